@@ -50,7 +50,7 @@ def main() -> None:
     def ours() -> None:
         with tempfile.TemporaryDirectory() as d:
             cfg = HarvestConfig(sites="res,mlp,att,mlp_in", layers="all", tokens=n_tokens, store=d,
-                                context_len=args.context_len, batch_size=args.batch_size, shard_rows=8192)
+                                context_len=args.context_len, forward_batch=args.batch_size, shard_rows=8192)
             harvest(cfg, model_bf16, tok)
 
     model_fp32, _ = load_model("embedded", "float32", "cpu")

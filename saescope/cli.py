@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.config import add_arguments, from_namespace, option
 from saescope.errors import SaescopeError
+from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.release.formats import release
+from saescope.run import RunConfig, run, summary_table
+from saescope.train.trainer import TrainConfig, Trainer
 
 
 @dataclass
@@ -36,9 +40,33 @@ def cmd_harvest(cfg: HarvestConfig) -> None:
     print(f"saescope: activation store ready in {path}")
 
 
+def cmd_train(cfg: TrainConfig) -> None:
+    saes = Trainer(cfg).train()
+    print(f"saescope: {len(saes)} trained SAEs in {cfg.out}/saes")
+
+
+def cmd_evaluate(cfg: EvalConfig) -> None:
+    evaluate(cfg)
+    print(summary_table(cfg.out))
+
+
+@dataclass
+class ReleaseConfig:
+    out: str = option("runs/default", "run folder whose evaluated SAEs are released")
+    dest: str = option("", "release folder (default: OUT/release)")
+
+
+def cmd_release(cfg: ReleaseConfig) -> None:
+    print(f"saescope: release written to {release(cfg.out, cfg.dest or None)}")
+
+
 JOBS: dict[str, tuple[type, object, str]] = {
+    "run": (RunConfig, run, "the whole pipeline: harvest, train, evaluate, release, summary"),
     "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
     "harvest": (HarvestConfig, cmd_harvest, "store activations of many sites from one forward pass per batch"),
+    "train": (TrainConfig, cmd_train, "train SAEs for many sites, widths and sparsities from one read of a store"),
+    "evaluate": (EvalConfig, cmd_evaluate, "L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents per SAE"),
+    "release": (ReleaseConfig, cmd_release, "write evaluated SAEs in Gemma Scope's layout with suite.json"),
 }
 
 

@@ -35,14 +35,14 @@ class HarvestConfig:
     layers: str = option("all", "layers: all, 5, 0,4,8 or 2-7")
     tokens: int = option(200_000, "training tokens to store (BOS/EOS/pad excluded)")
     context_len: int = option(1024, "tokens per sequence")
-    batch_size: int = option(8, "sequences per forward pass")
+    forward_batch: int = option(8, "sequences per forward pass")
     dtype: str = option("bfloat16", "model and store dtype: bfloat16 or float32")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     shard_rows: int = option(65536, "rows per shard file")
     store: str = option("runs/default/activations", "activation store folder", "--out")
 
 
-KEYS_THAT_MUST_MATCH = ("model", "dataset", "text_field", "context_len", "batch_size", "dtype", "shard_rows")
+KEYS_THAT_MUST_MATCH = ("model", "dataset", "text_field", "context_len", "forward_batch", "dtype", "shard_rows")
 
 
 def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
@@ -160,7 +160,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     seen = 0  # train tokens produced so far, including the ones skipped on resume
     bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest", dynamic_ncols=True)
     try:
-        for batch in pack_documents(docs, tokenizer, cfg.context_len, cfg.batch_size, max_tokens=cfg.tokens):
+        for batch in pack_documents(docs, tokenizer, cfg.context_len, cfg.forward_batch, max_tokens=cfg.tokens):
             n = int(batch.train_mask.sum())
             if seen + n <= done:  # wholly harvested before the interruption: no forward needed
                 seen += n

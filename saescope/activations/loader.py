@@ -50,6 +50,8 @@ class ShuffledLoader:
         self.chunks = [(s, lo, min(lo + chunk_rows, self.store.shard_rows(s)))
                        for s in self.shards for lo in range(0, self.store.shard_rows(s), chunk_rows)]
         self.rows = sum(hi - lo for _, lo, hi in self.chunks)
+        if not drop_last:  # evaluation: every row once, so a small split just means one short batch
+            batch_size = min(batch_size, self.rows)
         if batch_size > self.rows:
             raise SaescopeError(f"batch size {batch_size} exceeds the {self.rows} rows of the {split} split: "
                                 f"lower --batch-size or harvest more tokens")

@@ -27,7 +27,7 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def small_cfg(store: Path, **kw) -> HarvestConfig:
-    base = dict(sites="res,mlp,att,mlp_in", layers="all", tokens=3000, context_len=64, batch_size=4,
+    base = dict(sites="res,mlp,att,mlp_in", layers="all", tokens=3000, context_len=64, forward_batch=4,
                 dtype="float32", shard_rows=512, store=str(store), device="cpu")
     return HarvestConfig(**{**base, **kw})
 
@@ -78,7 +78,7 @@ def test_rerun_is_a_noop_and_other_settings_are_refused(tmp_path, tiny_tokenizer
 
 def test_killed_harvest_resumes_to_byte_identical_store(tmp_path, tiny_model_dir):
     args = ["harvest", "--model", str(tiny_model_dir), "--sites", "res,att", "--tokens", "30000",
-            "--context-len", "128", "--batch-size", "2", "--shard-rows", "1024", "--dtype", "float32", "--device", "cpu"]
+            "--context-len", "128", "--forward-batch", "2", "--shard-rows", "1024", "--dtype", "float32", "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     assert cli(*args, "--out", str(tmp_path / "whole"), env=env).returncode == 0
     victim = subprocess.Popen([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "cut")], env=env,

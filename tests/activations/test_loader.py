@@ -14,7 +14,7 @@ from saescope.errors import SaescopeError
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer) -> ActivationStore:
-    cfg = HarvestConfig(sites="res,att", layers="0,2", tokens=5000, context_len=64, batch_size=4, dtype="bfloat16",
+    cfg = HarvestConfig(sites="res,att", layers="0,2", tokens=5000, context_len=64, forward_batch=4, dtype="bfloat16",
                         shard_rows=1000, store=str(tmp_path_factory.mktemp("store")), device="cpu")
     return ActivationStore(harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer))
 

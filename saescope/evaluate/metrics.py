@@ -1,0 +1,180 @@
+"""The standard SAE metrics, with the recipe's definitions.
+
+From the held-out shards of the store: L0, FVU (squared error over squared deviation from the
+dataset mean, both summed over all held-out tokens), firing frequencies, dead latents (never fired),
+dense latents (firing on more than 10% of tokens) and a firing-frequency histogram.
+
+From held-out text run through the model: next-token cross-entropy clean, with the SAE's
+reconstruction spliced in at its site, and with the site zero-ablated; delta LM loss, KL divergence
+to the clean model, and CE loss recovered. BOS, EOS and padding positions are never counted and
+keep their original activation (no SAE is trained on them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from saescope.activations.corpus import iter_documents, pack_documents
+from saescope.activations.loader import ShuffledLoader
+from saescope.activations.store import ActivationStore, read_json, write_json_atomic
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.models.loading import load_model
+from saescope.models.sites import Site, replace
+from saescope.saes.base import SAE
+
+DENSE_FREQUENCY = 0.1
+HISTOGRAM_EDGES = np.arange(-7.0, 0.5, 0.5)  # log10 firing frequency bins
+
+
+@dataclass
+class EvalConfig:
+    out: str = option("runs/default", "run folder whose SAEs (OUT/saes) are evaluated")
+    store: str = option("", "activation store for the held-out split (default: the one the SAEs were trained on)")
+    eval_shards: int = option(1, "last shards of the store held out for evaluation")
+    eval_sequences: int = option(8, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
+    eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
+    eval_batch_size: int = option(4, "sequences per forward pass")
+    eval_dtype: str = option("bfloat16", "model dtype for the model-based metrics")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
+@torch.no_grad()
+def store_metrics(sae: SAE, loader: ShuffledLoader, site: str) -> dict:
+    """L0, FVU and firing statistics of one SAE on the held-out rows of its site."""
+    n, sq_err, l0_sum = 0, 0.0, 0.0
+    sums = torch.zeros(sae.d_in, dtype=torch.float64)
+    sq_sums = torch.zeros(sae.d_in, dtype=torch.float64)
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64)
+    for batch in loader:
+        x = batch.acts[site]
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        active = f > 0
+        n += len(x)
+        sq_err += (x_hat - x).double().pow(2).sum().item()
+        l0_sum += active.sum().item()
+        fired += active.sum(0).double().cpu()
+        sums += x.double().sum(0).cpu()
+        sq_sums += x.double().pow(2).sum(0).cpu()
+    variance = (sq_sums - sums.pow(2) / n).sum().item()
+    freq = (fired / n).numpy()
+    with np.errstate(divide="ignore"):
+        hist, _ = np.histogram(np.log10(freq[freq > 0]), HISTOGRAM_EDGES)
+    return {
+        "tokens": n, "l0": l0_sum / n, "fvu": sq_err / variance, "mse": sq_err / n,
+        "dead_latents": int((fired == 0).sum()), "dead_fraction": float((fired == 0).double().mean()),
+        "dense_latents": int((freq > DENSE_FREQUENCY).sum()),
+        "frequency_histogram": {"log10_edges": HISTOGRAM_EDGES.tolist(), "counts": hist.tolist()},
+        "firing_frequency": freq.tolist(),
+    }
+
+
+def _masked_ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, targets: torch.Tensor, count: torch.Tensor):
+    logp = F.log_softmax(logits.float(), dim=-1)
+    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    return (ce * count).sum().item(), (kl * count).sum().item()
+
+
+class HeldOutText:
+    """Held-out sequences (after the text the harvest used) and the clean model's outputs on them."""
+
+    def __init__(self, model, tokenizer, dataset: str, text_field: str, skip_tokens: int, cfg: EvalConfig):
+        docs = iter_documents(dataset, text_field)
+        batches = list(pack_documents(docs, tokenizer, cfg.eval_context_len, cfg.eval_batch_size,
+                                      max_tokens=cfg.eval_sequences * cfg.eval_context_len, skip_tokens=skip_tokens))
+        if not batches:
+            raise SaescopeError("no held-out text is left after the harvested tokens: harvest fewer tokens "
+                                "or use a larger dataset")
+        self.model, self.device = model, next(model.parameters()).device
+        self.batches, self.clean = [], []
+        with torch.inference_mode():
+            for b in batches:
+                ids, am = b.input_ids.to(self.device), b.attention_mask.to(self.device)
+                # predict token t+1 at position t; count t only if t is a real token and t+1 exists
+                count = (b.train_mask[:, :-1] & b.attention_mask[:, 1:].bool()).to(self.device).float()
+                logp = F.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].float(), -1)
+                self.batches.append((ids, am, ~b.train_mask.to(self.device), count))
+                self.clean.append(logp)
+        self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
+
+    @torch.inference_mode()
+    def loss_with(self, site: Site | None, fn) -> tuple[float, float]:
+        """Mean CE and KL-to-clean with the site's activation replaced by fn(x) (None = clean)."""
+        ce_sum = kl_sum = 0.0
+        for (ids, am, keep, count), clean_logp in zip(self.batches, self.clean):
+            if site is None:
+                logits = self.model(input_ids=ids, attention_mask=am).logits
+            else:
+                with replace(self.model, site, fn, keep=keep):
+                    logits = self.model(input_ids=ids, attention_mask=am).logits
+            ce, kl = _masked_ce_kl(logits[:, :-1], clean_logp, ids[:, 1:], count)
+            ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
+        return ce_sum / self.tokens, kl_sum / self.tokens
+
+
+def model_metrics(text: HeldOutText, sae: SAE, site: Site, clean_ce: float, zero_ce: float) -> dict:
+    def splice(x: torch.Tensor) -> torch.Tensor:
+        return sae(x.float())
+
+    ce, kl = text.loss_with(site, splice)
+    return {"eval_text_tokens": text.tokens, "ce_clean": clean_ce, "ce_spliced": ce, "ce_zero_ablation": zero_ce,
+            "delta_loss": ce - clean_ce, "kl_div": kl,
+            "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
+
+
+def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
+    from saescope.release.formats import load
+
+    return load(folder).to(device), read_json(folder / "config.json")
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, dict]:
+    """Write OUT/saes/<sae>/metrics.json for every trained SAE; return them by SAE name."""
+    from saescope.models.loading import resolve_device
+
+    out = Path(cfg.out)
+    folders = sorted(p for p in (out / "saes").glob("*") if (p / "config.json").exists())
+    if not folders:
+        raise SaescopeError(f"no trained SAEs in {out / 'saes'}: run `saescope train --out {out}` first")
+    device = resolve_device(cfg.device)
+    store = ActivationStore(cfg.store or (out / "activations"))
+    info = store.info
+    model, tokenizer = load_model(info["model"], cfg.eval_dtype, cfg.device)
+    text = HeldOutText(model, tokenizer, info["dataset"], info.get("text_field", "text"), info["rows"], cfg)
+    clean_ce, _ = text.loss_with(None, None)
+    zero_ce: dict[str, float] = {}
+    results = {}
+    for folder in tqdm(folders, desc="evaluate", unit="sae", dynamic_ncols=True):
+        sae, meta = load_trained(folder, device)
+        site = Site(meta["layer"], meta["site"])
+        loader = ShuffledLoader(store, [site.name], batch_size=4096, split="eval", eval_shards=cfg.eval_shards,
+                                drop_last=False, device=device)
+        metrics = store_metrics(sae, loader, site.name)
+        if site.name not in zero_ce:
+            zero_ce[site.name] = text.loss_with(site, torch.zeros_like)[0]
+        metrics |= model_metrics(text, sae, site, clean_ce, zero_ce[site.name])
+        write_json_atomic(folder / "metrics.json", metrics)
+        results[folder.name] = metrics
+    return results
+
+
+def summary_rows(out: str | Path) -> list[dict]:
+    """One row per evaluated SAE, sorted by site kind and layer, for tables."""
+    rows = []
+    for folder in sorted(Path(out, "saes").glob("*")):
+        if (folder / "metrics.json").exists():
+            meta = json.loads((folder / "config.json").read_text())
+            m = json.loads((folder / "metrics.json").read_text())
+            rows.append({"name": folder.name, "site": meta["site"], "layer": meta["layer"], "width": meta["d_sae"],
+                         "coefficient": meta["sparsity_coefficient"], **{k: v for k, v in m.items()
+                                                                         if not isinstance(v, (list, dict))}})
+    return sorted(rows, key=lambda r: (r["site"], r["layer"], r["width"], r["coefficient"]))

@@ -1,0 +1,118 @@
+"""The training loop: schedules, many SAEs from one read, resume equality, NaN handling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.errors import SaescopeError
+from saescope.train.trainer import Trainer, TrainConfig, lr_at, parse_knobs, sparsity_scale_at
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_tokenizer):
+    cfg = HarvestConfig(sites="res,mlp", layers="0,1", tokens=6144, context_len=64, forward_batch=4, dtype="float32",
+                        shard_rows=1024, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
+
+
+def cfg_for(store, out, **kw) -> TrainConfig:
+    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], train_tokens=256 * 12,
+                batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
+                log_every=2, device="cpu", norm_rows=4096)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=1.0, lr_warmup_steps=100, l0_warmup_steps=1000)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(100, cfg) == 1.0 and lr_at(5000, cfg) == 1.0
+    assert lr_at(50, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(lr_at(s, cfg) <= lr_at(s + 1, cfg) for s in range(120))
+    assert sparsity_scale_at(0, cfg) == 0 and sparsity_scale_at(500, cfg) == 0.5 and sparsity_scale_at(2000, cfg) == 1
+
+
+def test_parse_knobs():
+    assert parse_knobs("target_l0=40, l0_penalty=quadratic,bandwidth=0.002") == {
+        "target_l0": 40, "l0_penalty": "quadratic", "bandwidth": 0.002}
+    with pytest.raises(SaescopeError, match="key=value"):
+        parse_knobs("target_l0")
+
+
+def test_many_saes_share_one_read_and_learn(store, tmp_path):
+    trainer = Trainer(cfg_for(store, tmp_path, train_tokens=256 * 40, l0_coefficients=[1e-3]))
+    assert len(trainer.saes) == 4 and len({id(p) for p in trainer.opt.param_groups[0]["params"]}) == 4 * 5
+    reads = []
+    original = trainer.loader.store.read
+    trainer.loader.store.read = lambda *a, **k: reads.append(a) or original(*a, **k)
+    trainer.train()
+    assert len(reads) <= 4 * 8 * 2  # each (site, shard) read at most once per epoch, not once per SAE
+    for site, scale in trainer.scales.items():  # E||x/C||^2 = 1 on the sample
+        x = torch.cat([trainer.store.read(site, i).float() for i in range(4)])
+        assert (x / scale).pow(2).sum(1).mean().item() == pytest.approx(1.0, rel=1e-4)
+    log = [json.loads(l) for l in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    first, last = log[0], log[-1]
+    for key in trainer.saes:
+        assert last[key]["fvu"] < first[key]["fvu"] and last[key]["fvu"] < 0.5
+    for sae in trainer.saes.values():
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
+    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(trainer.saes)
+
+
+def test_killed_training_resumes_to_identical_weights(store, tmp_path):
+    whole = Trainer(cfg_for(store, tmp_path / "whole"))
+    whole.train()
+
+    class Killed(Exception):
+        pass
+
+    cut = Trainer(cfg_for(store, tmp_path / "cut"))
+    real_step = cut.train_step
+
+    def dying_step(acts):
+        if cut.step == 6:  # checkpoint at step 4, then two more steps of lost work
+            raise Killed
+        return real_step(acts)
+    cut.train_step = dying_step
+    with pytest.raises(Killed):
+        cut.train()
+    assert torch.load(cut.checkpoint_path, weights_only=True)["step"] == 4
+    resumed = Trainer(cfg_for(store, tmp_path / "cut"))
+    resumed.train()
+    for key, sae in whole.saes.items():
+        for name, tensor in sae.state_dict().items():
+            assert torch.equal(tensor, resumed.saes[key].state_dict()[name]), (key, name)
+
+
+def test_nan_in_batch_names_site_layer_step_and_keeps_checkpoint(store, tmp_path):
+    poisoned = tmp_path / "store"
+    import shutil
+    shutil.copytree(store, poisoned)
+    trainer = Trainer(cfg_for(poisoned, tmp_path / "run", checkpoint_every=1, norm_rows=1024, buffer_rows=1024))
+    second = trainer.loader._groups(0)[1][0][0]  # the shard read for the second buffer: steps 4-7
+    manifest_path = poisoned / "mlp.1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for shard in manifest["shards"][second:second + 1]:  # NaNs as a broken model would store them
+        path = poisoned / "mlp.1" / shard["file"]
+        data = np.fromfile(path, dtype=np.float32)
+        data[::7] = np.nan
+        data.tofile(path)
+        shard["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    trainer = Trainer(cfg_for(poisoned, tmp_path / "run", checkpoint_every=1, norm_rows=1024, buffer_rows=1024))
+    with pytest.raises(SaescopeError, match=r"NaN or inf in the activation batch at site mlp, layer 1, step 4: "
+                                            r"the last checkpoint .* is kept"):
+        trainer.train()
+    assert torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
+    Trainer(cfg_for(store, tmp_path, train_tokens=256 * 4)).train()
+    with pytest.raises(SaescopeError, match="other SAEs"):
+        Trainer(cfg_for(store, tmp_path, widths=[64], train_tokens=256 * 8)).train()
