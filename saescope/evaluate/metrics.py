@@ -96,6 +96,7 @@ class HeldOutText:
                                 "or use a larger dataset")
         self.model, self.device = model, next(model.parameters()).device
         self.batches, self.clean = [], []
+        self.where = [(b.doc_ids, b.positions) for b in batches]  # traces every evaluated token to its text
         with torch.inference_mode():
             for b in batches:
                 ids, am = b.input_ids.to(self.device), b.attention_mask.to(self.device)

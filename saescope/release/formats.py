@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
 from saescope.activations.store import write_json_atomic
 from saescope.errors import SaescopeError
+from saescope.release import hub, interop
+from saescope.release.interop import LoadedSAE
+from saescope.release.skip_transcoder import SkipTranscoder
 from saescope.saes.base import SAE
-from saescope.saes.registry import sae_from_params
 
 KIND_FOLDERS = {"res": "res", "mlp": "mlp", "att": "att", "mlp_in": "transcoders"}
 
@@ -38,42 +37,17 @@ def width_name(width: int) -> str:
     return f"{width // 1000}k" if width >= 1000 else str(width)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise SaescopeError(f"{path} is not a readable .npz of SAE arrays ({type(e).__name__}): "
-                            f"is it an SAE file?") from e
+def read(path_or_hub_id: str | Path, format: str | None = None) -> LoadedSAE:
+    """One SAE with its format, source and metadata, from a local path or a Hugging Face hub id
+    (`owner/repo/folder`), in any format `saescope.release.interop` reads."""
+    return interop.read(hub.resolve(path_or_hub_id), format)
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SaescopeError(f"{path} is not a readable safetensors file ({e}): is it an SAE file?") from e
-
-
-def load(path: str | Path) -> SAE:
-    """Load an SAE saved by saescope: a released `params.npz` folder or file, or a trained folder."""
-    path = Path(path)
-    if not path.exists():
-        raise SaescopeError(f"{path} does not exist: pass a folder holding params.npz or sae.safetensors")
-    folder = path if path.is_dir() else path.parent
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    arch = config.get("architecture", "jumprelu")
-    knobs = config.get("knobs", {})
-    if path.suffix == ".npz" or (path.is_dir() and (path / "params.npz").exists()):
-        params = _read_npz(path if path.suffix == ".npz" else path / "params.npz")
-    elif path.suffix == ".safetensors" or (path.is_dir() and (path / "sae.safetensors").exists()):
-        params = _read_safetensors(path if path.suffix == ".safetensors" else path / "sae.safetensors")
-    else:
-        raise SaescopeError(f"{path} holds no SAE (no params.npz or sae.safetensors): "
-                            f"pass a released or trained SAE folder")
-    for k, v in params.items():
-        if v.dtype.kind != "f":
-            raise SaescopeError(f"{path}: array {k} has dtype {v.dtype}, expected floating point")
-    return sae_from_params(arch, params, **knobs).eval()
+def load(path: str | Path, format: str | None = None) -> SAE | SkipTranscoder:
+    """Load an SAE: saescope's trained or released folders, Gemma Scope 1 (`params.npz`), Gemma
+    Scope 2 (`params.safetensors`), SAELens or sparsify folders, locally or by hub id. The format
+    is detected from the files unless named (one of `interop.FORMATS`)."""
+    return read(path, format).sae
 
 
 def release(out: str | Path, dest: str | Path | None = None) -> Path:

@@ -133,7 +133,7 @@ class Trainer:
             self.saes[key] = make_sae(cfg.arch, self.store.d_in(site), int(width), **coef_knob, **self.knobs).to(self.device)
             self.site_of[key] = site
         params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8)
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)), eps=1e-8)
         self.step = 0
         self.scales: dict[str, float] = {}
 
@@ -163,7 +163,7 @@ class Trainer:
         for key, sae in self.saes.items():
             self.saes[key] = sae_from_state(self.cfg.arch, sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2), eps=1e-8)
+        self.opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(float(self.cfg.adam_beta1), float(self.cfg.adam_beta2)), eps=1e-8)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales = ckpt["step"], ckpt["scales"]
         return True

@@ -1,0 +1,290 @@
+"""Tokens/s of one full JumpReLU training step: ours (float32 and bfloat16 encoder matmul)
+against the plain dense PyTorch loop a user writes first, and SAELens if it is installed.
+
+A step is: loss, backward, remove the decoder-parallel gradient, Adam(betas=(0, 0.999)) step,
+renormalise the decoder (SAELens runs its own trainer's step body instead: forward, firing
+statistics, backward, gradient clipping, Adam step).
+
+Realistic sparsity: the inputs are sums of 32 of 4096 random unit directions (a sparse
+dictionary), scaled to E||x||^2 = 1 as the recipe normalises them, and before timing every
+latent's threshold is set to the (1 - l0_frac) quantile of its pre-activations on the batch,
+so each latent fires on l0_frac of the tokens and the mean L0 is l0_frac * width (1.5% of
+16384 = 246 by default, the range of Gemma Scope's released 16k SAEs). All variants start from
+the same weights and see the same batch. Rounds interleave the variants so machine noise hits
+them alike; ratios measured in one run are the evidence, not absolute times.
+
+    python benchmarks/train_step.py [--steps 5] [--width 16384] [--d-in 640] [--batch 4096]
+    python benchmarks/train_step.py --compare-fvu 300   # FVU cost of the bfloat16 matmul
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from saescope.saes import JumpReLUSAE
+
+LR = 7e-5
+BETAS = (0.0, 0.999)
+L0_COEFFICIENT = 1e-3
+
+
+# ---- the baseline: a straightforward dense JumpReLU with the recipe's estimators -----------
+class _Rect(torch.autograd.Function):
+    """JumpReLU with a rectangle-kernel straight-through gradient for the threshold."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        pre, theta = ctx.saved_tensors
+        window = ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
+        return (pre > theta) * g, (-(theta / ctx.eps) * window * g).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        pre, theta = ctx.saved_tensors
+        window = ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
+        return None, (-(1 / ctx.eps) * window * g).sum(0), None
+
+
+class PlainJumpReLU(nn.Module):
+    def __init__(self, src: JumpReLUSAE) -> None:
+        super().__init__()
+        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            setattr(self, k, nn.Parameter(getattr(src, k).detach().clone()))
+        self.eps = src.bandwidth
+
+    def loss(self, x: Tensor) -> Tensor:
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        f = _Rect.apply(pre, self.threshold, self.eps)
+        x_hat = f @ self.W_dec + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l0 = _Step.apply(pre, self.threshold, self.eps).sum(-1).mean()
+        return mse + L0_COEFFICIENT * l0
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+def sparse_activations(n: int, d_in: int, n_true: int = 4096, k: int = 32, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(n_true, d_in, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+    idx = torch.rand(n, n_true, generator=g).topk(k, dim=1).indices
+    mags = torch.zeros(n, n_true).scatter_(1, idx, torch.rand(n, k, generator=g).exponential_())
+    x = mags @ D
+    return x / x.pow(2).sum(1).mean().sqrt()
+
+
+@torch.no_grad()
+def calibrate_thresholds(sae: JumpReLUSAE, x: Tensor, l0_frac: float) -> None:
+    pre = sae.pre_acts(x)
+    k = max(1, min(x.shape[0], round((1 - l0_frac) * x.shape[0])))
+    sae.threshold.copy_(pre.kthvalue(k, dim=0).values.clamp_min(1e-3))
+
+
+# ---- the variants ----------------------------------------------------------------------------
+def ours_step(sae: JumpReLUSAE, x: Tensor) -> Callable[[], float]:
+    opt = torch.optim.Adam(sae.parameters(), lr=LR, betas=BETAS)
+
+    def step() -> float:
+        out = sae.loss(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        sae.normalize_decoder()
+        return out.l0.item()
+
+    return step
+
+
+def plain_step(model: PlainJumpReLU, x: Tensor) -> Callable[[], float]:
+    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS)
+
+    def step() -> float:
+        loss = model.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            unit = model.W_dec / model.W_dec.norm(dim=1, keepdim=True)
+            model.W_dec.grad -= (model.W_dec.grad * unit).sum(1, keepdim=True) * unit
+        opt.step()
+        with torch.no_grad():
+            model.W_dec /= model.W_dec.norm(dim=1, keepdim=True)
+        return float("nan")
+
+    return step
+
+
+def saelens_step(src: JumpReLUSAE, x: Tensor) -> Callable[[], float] | str:
+    """SAELens' JumpReLU training step, or the reason it cannot run."""
+    try:
+        from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+    except ImportError as e:
+        return f"sae_lens not importable ({e}); pip install sae-lens"
+    cfg = JumpReLUTrainingSAEConfig(
+        d_in=src.d_in, d_sae=src.d_sae, dtype="float32", device=str(x.device),
+        jumprelu_bandwidth=src.bandwidth, jumprelu_init_threshold=src.threshold_init,
+        l0_coefficient=L0_COEFFICIENT,
+    )
+    sae = JumpReLUTrainingSAE(cfg).to(x.device)
+    with torch.no_grad():
+        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            getattr(sae, k).copy_(getattr(src, k))
+    opt = torch.optim.Adam(sae.parameters(), lr=LR, betas=BETAS)
+    fired_since = torch.zeros(src.d_sae, device=x.device)
+    freq = torch.zeros(src.d_sae, device=x.device)
+
+    def step() -> float:
+        nonlocal fired_since
+        out = sae.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={"l0": L0_COEFFICIENT}, dead_neuron_mask=None,
+            n_training_steps=0, is_logging_step=False,
+        ))
+        with torch.no_grad():  # the bookkeeping SAETrainer._train_step does every step
+            firing = out.feature_acts.bool().float()
+            fired_since += 1
+            fired_since[firing.sum(-2).bool()] = 0
+            freq.add_(firing.sum(0))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        return float("nan")
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    x = sparse_activations(args.batch, args.d_in, seed=args.seed).to(device)
+    base = JumpReLUSAE(args.d_in, args.width, l0_coefficient=L0_COEFFICIENT).to(device)
+    calibrate_thresholds(base, x, args.l0_frac)
+
+    def clone(**knobs) -> JumpReLUSAE:
+        sae = JumpReLUSAE(args.d_in, args.width, **(base.knobs() | knobs)).to(device)
+        sae.load_state_dict(base.state_dict())
+        return sae
+
+    variants: dict[str, Callable[[], float]] = {
+        "saescope float32": ours_step(clone(matmul_dtype="float32"), x),
+        "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
+        "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
+    }
+    sl = "skipped (--no-saelens)" if args.no_saelens else saelens_step(base, x)
+    if isinstance(sl, str):
+        print(f"SAELens row skipped: {sl}")
+    else:
+        variants["SAELens"] = sl
+    print(f"d_in {args.d_in}, width {args.width}, batch {args.batch}, device {device}, "
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"auto matmul dtype here: {'bfloat16' if base.uses_bf16(device) else 'float32'}")
+
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    l0s: dict[str, float] = {}
+    for name, step in variants.items():  # warm-up: allocator, thread pool, Adam state
+        for _ in range(args.warmup):
+            l0s[name] = step()
+    for _ in range(args.steps):
+        for name, step in variants.items():
+            sync(device)
+            t0 = time.perf_counter()
+            l0s[name] = step()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"mean L0 at start: {args.l0_frac * args.width:.0f} of {args.width} latents ({args.l0_frac:.1%});"
+          f" ours measured {l0s['saescope float32']:.0f} after the run")
+    head = f"{'variant':20s} {'s/step':>8s} {'tokens/s':>9s} {'vs plain':>9s}"
+    print(head + (f" {'vs SAELens':>10s}" if "SAELens" in med else ""))
+    for name, t in med.items():
+        row = f"{name:20s} {t:8.3f} {args.batch / t:9.0f} {med['plain dense loop'] / t:8.2f}x"
+        if "SAELens" in med:
+            row += f" {med['SAELens'] / t:9.2f}x"
+        print(row)
+    print(f"(median of {args.steps} interleaved steps each; min/max s: "
+          + ", ".join(f"{k} {min(v):.2f}/{max(v):.2f}" for k, v in times.items()) + ")")
+
+
+def compare_fvu(args: argparse.Namespace) -> None:
+    """Train float32 and bfloat16-matmul SAEs from one init on the same synthetic stream with the
+    recipe's optimiser, and report the held-out FVU and L0 each reaches."""
+    device = torch.device(args.device)
+    d_in, width, n = args.d_in, args.width, args.batch
+    g_data = torch.Generator().manual_seed(args.seed)
+    stream = [int(s) for s in torch.randint(0, 2**31, (args.compare_fvu,), generator=g_data)]
+    held_out = sparse_activations(n, d_in, seed=12345).to(device)
+    torch.manual_seed(args.seed)
+    base = JumpReLUSAE(d_in, width, l0_coefficient=L0_COEFFICIENT)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        sae = JumpReLUSAE(d_in, width, **(base.knobs() | {"matmul_dtype": dtype})).to(device)
+        sae.load_state_dict(base.state_dict())
+        opt = torch.optim.Adam(sae.parameters(), lr=args.fvu_lr, betas=BETAS)
+        t0 = time.perf_counter()
+        for i, s in enumerate(stream):
+            out = sae.loss(sparse_activations(n, d_in, seed=s).to(device), sparsity_scale=min(1.0, i / (len(stream) / 2)))
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            sae.remove_parallel_decoder_grad()
+            opt.step()
+            sae.normalize_decoder()
+        with torch.no_grad():
+            ev = sae.loss(held_out)
+        results[dtype] = (ev.fvu.item(), ev.l0.item(), time.perf_counter() - t0)
+        print(f"{dtype:9s} matmul: held-out FVU {results[dtype][0]:.5f}  L0 {results[dtype][1]:.1f}  ({results[dtype][2]:.0f} s)")
+    diff = results["bfloat16"][0] - results["float32"][0]
+    print(f"FVU(bfloat16) - FVU(float32) = {diff:+.5f} ({diff / results['float32'][0]:+.2%} relative)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d-in", type=int, default=640)
+    p.add_argument("--width", type=int, default=16384)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--l0-frac", type=float, default=0.015, help="share of latents active per token")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-saelens", action="store_true")
+    p.add_argument("--compare-fvu", type=int, default=0, metavar="STEPS",
+                   help="instead of timing, train float32 and bfloat16 for STEPS steps and compare FVU")
+    p.add_argument("--fvu-lr", type=float, default=1e-3, help="learning rate for --compare-fvu (short runs)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare_fvu:
+        compare_fvu(args)
+    else:
+        benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The JumpReLU SAE of Gemma Scope, with a training step that is sparse after one dense matmul.
+
+Why the step is written by hand: a dense JumpReLU step spends most of its time in elementwise
+passes over the [tokens, d_sae] pre-activations (masks, the estimator's window test, casts) and
+in two backward matmuls against a matrix that is ~98% zeros. Here the encoder matmul is the
+only dense [n, d_sae] computation; one comparison per element picks the entries that are
+active or inside the estimator's window, and every other product runs on those entries alone
+(gather-sum and gather-dot kernels that torch ships for embedding bags). The gradients are the
+recipe's straight-through estimators, equal to a dense autograd implementation up to float
+rounding (tests/saes/test_jumprelu.py holds that reference).
+
+Optionally the encoder matmul runs in bfloat16. Its rounding (~1e-3 on unit-scale inputs) is
+larger than half the estimator's bandwidth, so every entry within 8 standard deviations of
+that rounding noise from the threshold or the window's edges is recomputed in float32: which
+latents are active and which fall in the window is decided as in float32. Only the values of
+clearly active latents keep the bfloat16 product's rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saescope.errors import SaescopeError
+from saescope.saes.base import SAE, LossOutput
+
+# Dense pre-activations are produced a block of rows at a time so memory stays bounded at
+# Gemma Scope widths (2^20 latents x 4096 tokens would be 16 GiB in one piece).
+_BLOCK_ELEMENTS = 1 << 24
+
+_BF16_UNIT_ROUNDOFF = 2.0**-8
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+
+# Gemma Scope's released sweeps were named by sparsity coefficient (folders such as
+# sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on inputs scaled to
+# E||x||^2 = 1 those gave average L0 of tens to low hundreds, so 1e-3 is the middle default.
+DEFAULT_L0_COEFFICIENT = 1e-3
+# Gemma Scope reports latents firing on more than 10% of tokens as "high frequency".
+DEFAULT_FREQ_TARGET = 0.1
+
+MATMUL_DTYPES = ("auto", "float32", "bfloat16")
+L0_PENALTIES = ("l0", "quadratic")
+
+
+# ---- sparse kernels ------------------------------------------------------------------------
+def _group_starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
+    """Offsets of each group in entries sorted by group id (the embedding-bag `offsets`)."""
+    counts = torch.bincount(sorted_ids, minlength=n_groups)
+    return torch.cumsum(counts, 0) - counts
+
+
+def _gather_sum(index: Tensor, src: Tensor, starts: Tensor, weights: Tensor) -> Tensor:
+    """out[g] = sum over entries k of group g of weights[k] * src[index[k]]: a sparse-dense
+    product that reads only the rows of `src` it needs."""
+    return F.embedding_bag(index, src, starts, mode="sum", per_sample_weights=weights)
+
+
+def _gather_dot(a: Tensor, a_index: Tensor, b: Tensor, b_index: Tensor, a_starts: Tensor) -> Tensor:
+    """out[k] = a[a_index[k]] . b[b_index[k]], entries grouped by a_index (sampled dense-dense
+    product). This is exactly embedding_bag's gradient with respect to per_sample_weights, a
+    fused kernel on CPU and CUDA; the public sampled_addmm was 2-4x slower on CPU. Grouping by
+    the row of `a` keeps that row in cache while the rows of `b` stream past."""
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(a, b, b_index, a_starts, a_index, 0)
+
+
+def _bf16_below(v: Tensor) -> Tensor:
+    """A bfloat16 value <= v (round-to-nearest moves by at most 2^-8 relative)."""
+    return (v - v.abs() * 2.0**-7).to(torch.bfloat16)
+
+
+def _bf16_above(v: Tensor) -> Tensor:
+    """A bfloat16 value >= v."""
+    return (v + v.abs() * 2.0**-7).to(torch.bfloat16)
+
+
+@functools.cache
+def _native_bf16_matmul(device_type: str) -> bool:
+    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
+    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in: int) -> Tensor:
+    """Per latent, how far a bfloat16 product x @ W_c can plausibly sit from the float32 one,
+    for rows whose largest 2-norm is x_l2 and largest entry x_inf.
+
+    Rounding both inputs to bfloat16 perturbs each term x_i W_i by a relative error up to 2u,
+    u = 2^-8. The worst case (all errors aligned, 2u * sum |x_i W_i|) is ~sqrt(d_in) times the
+    real error and would send ~1.7M entries of a 4096 x 16384 step to the float32 recompute,
+    costing more than bfloat16 saves. The errors are rounding noise with standard deviation
+    u * sqrt(2/3) * sqrt(sum x_i^2 W_i^2) <= u * sqrt(2/3) * min(||x||_2 max|W|, max|x| ||W||_2).
+    We allow 8 of those (measured errors stay below 4) plus the float32 accumulation bound."""
+    u = _BF16_UNIT_ROUNDOFF
+    spread = torch.minimum(x_l2 * w_inf, x_inf * w_l2)
+    return 8 * u * (2 / 3) ** 0.5 * spread + d_in * _FP32_UNIT_ROUNDOFF * x_l2 * w_l2
+
+
+@torch.no_grad()
+def _select_entries(
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, eps: float, bf16: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The (token, latent) entries that are active or inside the estimator's window
+    |pre - theta| < eps/2, in token-major order, with their float32 pre-activations.
+
+    pre = xc @ W_enc + b_enc > theta - eps/2 is tested as xc @ W_enc >= lo with b_enc folded
+    into the per-latent bound, so the dense block sees one matmul and one comparison.
+    """
+    n, d_in = xc.shape
+    d_sae = W_enc.shape[1]
+    lo = theta - b_enc - eps / 2
+    if bf16:
+        # Bounds are taken per block of rows; blocks are small so that one long row does not
+        # widen the bound for the whole batch.
+        x_l2, x_inf = xc.norm(dim=1), xc.abs().amax(dim=1)
+        w_l2, w_inf = W_enc.norm(dim=0), W_enc.abs().amax(dim=0)
+        a, w = xc.to(torch.bfloat16), W_enc.to(torch.bfloat16)
+        block = max(1, min(256, _BLOCK_ELEMENTS // d_sae))
+    else:
+        # Only float32 rounding of the folded bias separates the two tests.
+        lo_b = lo - 1e-6 * (theta.abs() + b_enc.abs() + eps)
+        a, w = xc, W_enc
+        block = max(1, _BLOCK_ELEMENTS // d_sae)
+    rows, cols, vals, settled = [], [], [], []
+    for start in range(0, n, block):
+        if bf16:
+            rows_ = slice(start, start + block)
+            err = _bf16_margin(x_l2[rows_].max(), x_inf[rows_].max(), w_l2, w_inf, d_in)
+            # Rounding the product to bfloat16 is monotone, so bounds rounded outward stay safe.
+            lo_b, hi_b = _bf16_below(lo - err), _bf16_above(lo + eps + err)
+        out = a[start : start + block] @ w
+        r, c = (out >= lo_b).nonzero(as_tuple=True)
+        v = out[r, c]
+        if bf16:
+            settled.append(v > hi_b[c])  # certainly above theta + eps/2: active, not in window
+        rows.append(r + start)
+        cols.append(c)
+        vals.append(v)
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    pre = torch.cat(vals).to(torch.float32) + b_enc[cols]
+    if bf16:
+        settled = torch.cat(settled)
+        unsure = (~settled).nonzero().squeeze(1)
+        if unsure.numel():
+            unsure = unsure[torch.sort(cols[unsure].to(torch.int32), stable=True).indices]
+            r, c = rows[unsure], cols[unsure]
+            exact = _gather_dot(W_enc.t().contiguous(), c, xc, r, _group_starts(c, d_sae))
+            pre[unsure] = exact + b_enc[c]
+    t = theta[cols]
+    active = pre > t
+    window = (pre - t).abs() < eps / 2
+    if bf16:
+        active |= settled
+        window &= ~settled
+    keep = (active | window).nonzero().squeeze(1)
+    return rows[keep], cols[keep], pre[keep], active[keep], window[keep]
+
+
+class _SparseJumpReLU(torch.autograd.Function):
+    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active
+    latents (the differentiable L0), with the recipe's straight-through gradients:
+
+      d x_hat-path / d pre   = H(pre - theta)                        (through JumpReLU)
+      d JumpReLU / d theta   = -(theta / eps) K((pre - theta) / eps)  times the upstream grad
+      d H(pre - theta)/d theta = -(1 / eps) K((pre - theta) / eps)     (the L0 counts; none to pre)
+    with K(u) = 1[|u| < 1/2].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool) -> tuple[Tensor, Tensor, Tensor]:
+        n, d_sae = x.shape[0], W_enc.shape[1]
+        xc = x - b_dec if pre_encoder_bias else x
+        rows, cols, pre, active, window = _select_entries(xc, W_enc, b_enc, theta, eps, bf16)
+        f = pre * active
+        x_hat = _gather_sum(cols, W_dec, _group_starts(rows, n), f) + b_dec
+        fired = active.to(x.dtype)
+        token_l0 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, fired)
+        latent_counts = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols, fired)
+        ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
+        ctx.eps, ctx.pre_encoder_bias = eps, pre_encoder_bias
+        return x_hat, token_l0, latent_counts
+
+    @staticmethod
+    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
+        xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
+        eps = ctx.eps
+        n, d_sae = xc.shape[0], W_enc.shape[1]
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
+        g = grad_x_hat.contiguous()
+
+        # Latent-major order: the products below then reuse one decoder/encoder row per group
+        # and stream the small [n, d_in] matrices, which stay in cache.
+        order = torch.sort(cols.to(torch.int32), stable=True).indices
+        rows_t, cols_t = rows[order], cols[order]
+        starts_t = _group_starts(cols_t, d_sae)
+        grad_f = _gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
+        grad_pre = grad_f * active[order]
+
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
+        if need_theta:
+            win = window[order]
+            wc, wr = cols_t[win], rows_t[win]
+            jump = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, wc, grad_f[win])
+            step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
+            step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
+            grad_theta = -(theta / eps) * jump - step / eps
+        if need_W_dec:
+            grad_W_dec = _gather_sum(rows_t, g, starts_t, f[order])
+        if need_W_enc:
+            grad_W_enc = _gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
+        colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
+        if need_b_enc:
+            grad_b_enc = colsum
+        if need_b_dec:
+            grad_b_dec = g.sum(0)
+            if ctx.pre_encoder_bias:
+                grad_b_dec = grad_b_dec - W_enc @ colsum
+        if need_x:
+            grad_pre_rows = torch.empty_like(grad_pre)
+            grad_pre_rows[order] = grad_pre
+            grad_x = _gather_sum(cols, W_enc.t().contiguous(), _group_starts(rows, n), grad_pre_rows)
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
+
+
+class JumpReLUSAE(SAE):
+    """f = pre * H(pre - theta) with a learned threshold theta per latent (Gemma Scope).
+
+    The threshold is a parameter in its own units, not exp(log_threshold): Adam moves a
+    parameter by about lr per step, so at the recipe's lr a log-parameterised threshold
+    starting at 0.001 can only double in 10k steps, which is the "L0 will not come down"
+    complaint peers' users file. It is projected back to >= 0 before each training forward.
+    """
+
+    arch: ClassVar[str] = "jumprelu"
+    extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        l0_coefficient: float | None = None,
+        bandwidth: float = 1e-3,
+        threshold_init: float = 1e-3,
+        l0_penalty: str = "l0",
+        target_l0: float | None = None,
+        freq_coefficient: float = 0.0,
+        freq_target: float = DEFAULT_FREQ_TARGET,
+        matmul_dtype: str = "auto",
+        pre_encoder_bias: bool = True,
+    ) -> None:
+        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias)
+        if l0_penalty not in L0_PENALTIES:
+            raise SaescopeError(f"unknown l0_penalty {l0_penalty!r}; use one of {list(L0_PENALTIES)}")
+        if l0_penalty == "quadratic" and not (target_l0 is not None and target_l0 > 0):
+            raise SaescopeError("l0_penalty='quadratic' needs target_l0 > 0, e.g. target_l0=64")
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
+        for name, value in (("bandwidth", bandwidth), ("threshold_init", threshold_init)):
+            if not value > 0:
+                raise SaescopeError(f"{name} must be > 0, got {value!r}")
+        if not 0 < freq_target <= 1:
+            raise SaescopeError(f"freq_target is a share of tokens in (0, 1], got {freq_target!r}")
+        if (l0_coefficient is not None and l0_coefficient < 0) or freq_coefficient < 0:
+            raise SaescopeError("l0_coefficient and freq_coefficient must be >= 0")
+        self.l0_coefficient = DEFAULT_L0_COEFFICIENT if l0_coefficient is None else float(l0_coefficient)
+        self.bandwidth = float(bandwidth)
+        self.threshold_init = float(threshold_init)
+        self.l0_penalty = l0_penalty
+        self.target_l0 = None if target_l0 is None else float(target_l0)
+        self.freq_coefficient = float(freq_coefficient)
+        self.freq_target = float(freq_target)
+        self.matmul_dtype = matmul_dtype
+        self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
+
+    def knobs(self) -> dict[str, Any]:
+        return super().knobs() | {
+            "l0_coefficient": self.l0_coefficient,
+            "bandwidth": self.bandwidth,
+            "threshold_init": self.threshold_init,
+            "l0_penalty": self.l0_penalty,
+            "target_l0": self.target_l0,
+            "freq_coefficient": self.freq_coefficient,
+            "freq_target": self.freq_target,
+            "matmul_dtype": self.matmul_dtype,
+        }
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold)
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        if self.matmul_dtype == "auto":
+            return _native_bf16_matmul(device.type)
+        return self.matmul_dtype == "bfloat16"
+
+    def loss(self, x: Tensor, sparsity_scale: float = 1.0) -> LossOutput:
+        """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
+        penalty is lambda * L0 ("l0", Gemma Scope), or lambda * mean over tokens of
+        (2 / T) * (L0_token - T)^2 ("quadratic", the Gemma Scope 2 form as SAELens implements
+        it; its slope equals the linear penalty's at L0 = 1.25 T, so lambda keeps one scale),
+        plus freq_coefficient * sum over latents of max(0, p - freq_target) on each latent's
+        batch firing share p (our choice for Gemma Scope 2's frequency penalty: an extra L0
+        coefficient on over-frequent latents only)."""
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        with torch.no_grad():
+            self.threshold.clamp_(min=0.0)
+        x_hat, token_l0, latent_counts = _SparseJumpReLU.apply(
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold,
+            self.bandwidth, self.pre_encoder_bias, self.uses_bf16(x.device),
+        )
+        n = x.shape[0]
+        mse = (x_hat - x).pow(2).sum(dim=1).mean()
+        if self.l0_penalty == "l0":
+            penalty = self.l0_coefficient * token_l0.mean()
+        else:
+            T = self.target_l0
+            penalty = self.l0_coefficient * (2 / T * (token_l0 - T).pow(2)).mean()
+        if self.freq_coefficient > 0:
+            penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_target).relu().sum()
+        penalty = sparsity_scale * penalty
+        with torch.no_grad():
+            variance = (x - x.mean(dim=0)).pow(2).sum(dim=1).mean()
+            fvu = mse.detach() / variance
+        return LossOutput(
+            loss=mse + penalty,
+            mse=mse.detach(),
+            l0=token_l0.mean().detach(),
+            fvu=fvu,
+            fired=latent_counts.detach() > 0,
+            penalty=penalty.detach(),
+        )
+
+    def extra_arrays(self) -> dict[str, Tensor]:
+        return {"threshold": self.threshold.detach().clamp(min=0.0)}
+
+    def load_extra_arrays(self, arrays: dict[str, Tensor]) -> None:
+        if (arrays["threshold"] < 0).any():
+            raise SaescopeError("threshold has negative entries; a JumpReLU threshold must be >= 0")
+        self.threshold.copy_(arrays["threshold"])

@@ -1,0 +1,52 @@
+"""Architecture names to classes, so configs, checkpoints and the CLI can say "jumprelu"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.saes.base import SAE
+from saescope.saes.jumprelu import JumpReLUSAE
+
+ARCHITECTURES: dict[str, type[SAE]] = {cls.arch: cls for cls in (JumpReLUSAE,)}
+
+
+def sae_class(arch: str) -> type[SAE]:
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise SaescopeError(
+            f"unknown SAE architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}"
+        ) from None
+
+
+def make_sae(arch: str, d_in: int, d_sae: int, **knobs: Any) -> SAE:
+    """A freshly initialised SAE; unknown knobs fail with the family's valid ones listed."""
+    cls = sae_class(arch)
+    try:
+        return cls(d_in, d_sae, **knobs)
+    except TypeError as e:
+        raise SaescopeError(f"bad option for {arch} SAE: {e}; see {cls.__name__}.__init__ for valid knobs") from None
+
+
+def sae_from_state(arch: str, d_in: int, d_sae: int, knobs: dict[str, Any], state: dict[str, torch.Tensor]) -> SAE:
+    """Rebuild a training checkpoint: make_sae with the saved knobs, then its state_dict.
+    Shape mismatches become one-line errors naming the checkpoint's problem."""
+    sae = make_sae(arch, d_in, d_sae, **knobs)
+    expected = sae.state_dict()
+    if set(state) != set(expected):
+        raise SaescopeError(
+            f"checkpoint tensors {sorted(state)} do not match a {arch} SAE's {sorted(expected)}; is it another architecture?"
+        )
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise SaescopeError(f"checkpoint {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} for d_in={d_in}, d_sae={d_sae}")
+    sae.load_state_dict(state)
+    return sae
+
+
+def sae_from_params(arch: str, params: dict[str, Any], **knobs: Any) -> SAE:
+    """A released SAE (Gemma Scope params.npz arrays) of the given family."""
+    return sae_class(arch).from_params(params, **knobs)

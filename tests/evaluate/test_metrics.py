@@ -1,0 +1,71 @@
+"""Metric definitions on a tiny run, checked against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.loader import ShuffledLoader
+from saescope.activations.store import ActivationStore
+from saescope.evaluate.metrics import EvalConfig, HeldOutText, store_metrics
+from saescope.models.sites import Site
+from saescope.saes.registry import make_sae
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer):
+    model = tiny_model("llama")
+    cfg = HarvestConfig(sites="res,mlp", layers="1", tokens=3000, context_len=64, forward_batch=4, dtype="float32",
+                        shard_rows=1000, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    return model, ActivationStore(harvest(cfg, model, tiny_tokenizer))
+
+
+def test_store_metrics_match_direct_computation(setup):
+    _, store = setup
+    torch.manual_seed(0)
+    sae = make_sae("jumprelu", 64, 96).folded(1.0)
+    with torch.no_grad():
+        sae.threshold.uniform_(0.0, 0.6)
+        sae.b_dec.normal_()
+    loader = ShuffledLoader(store, ["res.1"], batch_size=256, split="eval", drop_last=False)
+    m = store_metrics(sae, loader, "res.1")
+    x = store.read("res.1", store.n_shards - 1).float()
+    with torch.no_grad():
+        f = sae.encode(x)
+        err = (sae.decode(f) - x).pow(2).sum()
+    var = (x - x.mean(0)).pow(2).sum()
+    assert m["tokens"] == len(x) == 1000
+    assert m["fvu"] == pytest.approx((err / var).item(), rel=1e-5)
+    assert m["l0"] == pytest.approx((f > 0).sum(1).float().mean().item(), rel=1e-6)
+    freq = (f > 0).float().mean(0).numpy()
+    np.testing.assert_allclose(m["firing_frequency"], freq, rtol=1e-6)
+    assert m["dead_latents"] == int((freq == 0).sum()) and m["dense_latents"] == int((freq > 0.1).sum())
+    assert sum(m["frequency_histogram"]["counts"]) == int((freq > 0).sum())
+
+
+def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, tiny_tokenizer):
+    model, store = setup
+    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
+                       EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2))
+    counted = sum(int(c.sum()) for *_, c in text.batches)
+    assert text.tokens == counted and 4 * 31 - 8 <= counted <= 4 * 31  # no BOS, no last position
+    clean, kl0 = text.loss_with(None, None)
+    same, kl = text.loss_with(Site(1, "res"), lambda x: x.clone())
+    zero, klz = text.loss_with(Site(1, "mlp"), torch.zeros_like)
+    assert same == pytest.approx(clean, abs=1e-6) and abs(kl) < 1e-6 and abs(kl0) < 1e-6
+    assert zero != pytest.approx(clean, abs=1e-4) and klz > 0
+
+
+def test_heldout_text_is_disjoint_from_the_harvested_tokens(setup, tiny_tokenizer):
+    model, store = setup
+    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
+                       EvalConfig(eval_sequences=6, eval_context_len=32, eval_batch_size=2))
+    harvested = {(int(d), int(p)) for i in range(store.n_shards) for _, d, p in store.read_tokens(i)}
+    held = {(int(d), int(p)) for docs, pos in text.where for d, p in zip(docs.flatten(), pos.flatten()) if p > 0}
+    assert len(held) > 100 and not held & harvested
+    # it starts right where the harvest stopped: the token after the last harvested one is held out
+    last_doc, last_pos = max(harvested)
+    assert (last_doc, last_pos + 1) in held or (last_doc + 1, 1) in held

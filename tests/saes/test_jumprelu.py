@@ -1,0 +1,344 @@
+"""JumpReLUSAE against a dense autograd reference written straight from the recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.saes import JumpReLUSAE, make_sae
+from saescope.saes.jumprelu import _SparseJumpReLU
+
+
+# ---- the dense reference: recipe.md's estimators, one dense tensor per quantity ------------
+def _rect(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+    return ((pre - theta).abs() < eps / 2).to(pre.dtype)
+
+
+class _RefJumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        d_theta = (-(theta / ctx.eps) * _rect(pre, theta, ctx.eps) * g).sum(0)
+        return (pre > theta) * g, d_theta, None
+
+
+class _RefStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        return None, (-(1 / ctx.eps) * _rect(pre, theta, ctx.eps) * g).sum(0), None
+
+
+def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    pre = sae.encoder_input(x) @ sae.W_enc + sae.b_enc
+    f = _RefJumpReLU.apply(pre, sae.threshold, sae.bandwidth)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    mse = (x_hat - x).pow(2).sum(1).mean()
+    h = _RefStep.apply(pre, sae.threshold, sae.bandwidth)
+    token_l0 = h.sum(1)
+    if sae.l0_penalty == "l0":
+        penalty = sae.l0_coefficient * token_l0.mean()
+    else:
+        T = sae.target_l0
+        penalty = sae.l0_coefficient * (2 / T * (token_l0 - T) ** 2).mean()
+    penalty = penalty + sae.freq_coefficient * (h.mean(0) - sae.freq_target).relu().sum()
+    return mse + sparsity_scale * penalty, token_l0.mean()
+
+
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+def _sae(seed: int = 0, d_in: int = 48, d_sae: int = 384, **knobs) -> JumpReLUSAE:
+    """An SAE in a trained-looking state: biases set, thresholds spread so that a few percent
+    of latents fire and a good number of entries sit inside the estimator's window."""
+    torch.manual_seed(seed)
+    knobs = {"bandwidth": 0.04, "l0_coefficient": 3e-3, **knobs}
+    sae = JumpReLUSAE(d_in, d_sae, **knobs)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc) / d_in**0.5)
+        sae.b_enc.copy_(0.02 * torch.randn(d_sae))
+        sae.b_dec.copy_(0.05 * torch.randn(d_in))
+        sae.threshold.copy_(torch.empty(d_sae).uniform_(0.25, 0.5))
+    return sae
+
+
+def _x(n: int = 512, d_in: int = 48, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d_in, generator=g) / d_in**0.5 * (1 + torch.rand(n, 1, generator=g))
+
+
+def _grads(sae: JumpReLUSAE, loss: torch.Tensor, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    sae.zero_grad()
+    if x is not None:
+        x.grad = None
+    loss.backward()
+    out = {k: getattr(sae, k).grad.clone() for k in PARAMS}
+    if x is not None:
+        out["x"] = x.grad.clone()
+    return out
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float) -> None:
+    for k in a:
+        scale = b[k].abs().max().clamp_min(1e-12)
+        err = (a[k] - b[k]).abs().max() / scale
+        assert err < rtol, f"{k}: max error {err:.2e} of its scale"
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"l0_penalty": "quadratic", "target_l0": 6.0, "l0_coefficient": 0.01},
+        {"freq_coefficient": 0.5, "freq_target": 0.02},
+        {"pre_encoder_bias": False},
+        {"bandwidth": 1e-3},
+    ],
+    ids=["l0", "quadratic", "freq", "no-pre-bias", "recipe-eps"],
+)
+def test_float32_gradients_equal_dense_reference(knobs):
+    sae = _sae(matmul_dtype="float32", **knobs)
+    x = _x().requires_grad_()
+    out = sae.loss(x, sparsity_scale=0.7)
+    ref_loss, ref_l0 = reference_loss(sae, x, sparsity_scale=0.7)
+    torch.testing.assert_close(out.loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert out.l0 == ref_l0
+    assert 0.01 < out.l0 / sae.d_sae < 0.1
+    ours, ref = _grads(sae, out.loss, x), _grads(sae, ref_loss, x)
+    _assert_close(ours, ref, rtol=1e-5)
+    assert ref["threshold"].abs().max() > 0
+
+
+def test_threshold_gradient_formulas():
+    """Each estimator on its own: the L0 counts give -(1/eps) * (window count) per latent and the
+    reconstruction gives -(theta/eps) * sum of dL/df over the window, nothing to pre from L0."""
+    sae = _sae(matmul_dtype="float32")
+    x = _x()
+    eps = sae.bandwidth
+    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, False)
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        window = (pre - sae.threshold).abs() < eps / 2
+    assert window.sum() > 50
+
+    x_hat, token_l0, counts = _SparseJumpReLU.apply(*args)
+    w = torch.randn(x.shape[0])
+    (token_l0 * w).sum().backward()
+    expected = -(window * w[:, None]).sum(0) / eps
+    torch.testing.assert_close(sae.threshold.grad, expected, rtol=1e-5, atol=1e-4)
+    assert sae.W_enc.grad.abs().max() == 0 and sae.b_enc.grad.abs().max() == 0
+
+    sae.zero_grad()
+    x_hat, token_l0, counts = _SparseJumpReLU.apply(*args)
+    g = torch.randn_like(x_hat)
+    (x_hat * g).sum().backward()
+    dL_df = g @ sae.W_dec.detach().t()
+    expected = -(sae.threshold.detach() / eps) * (window * dL_df).sum(0)
+    torch.testing.assert_close(sae.threshold.grad, expected, rtol=1e-4, atol=1e-4)
+    dL_dpre = dL_df * (pre > sae.threshold)
+    torch.testing.assert_close(sae.b_enc.grad, dL_dpre.sum(0), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_matmul_decides_exactly_like_float32():
+    """bf16 rounding of the pre-activations exceeds eps/2 here, so without the float32
+    recompute some window/active decisions would flip; with it the L0 and the L0-term
+    threshold gradient match float32 exactly and the other gradients to bf16 precision."""
+    sae = _sae(matmul_dtype="bfloat16", bandwidth=1e-3)
+    x = _x(n=1024)
+    eps = sae.bandwidth
+    with torch.no_grad():
+        pre32 = sae.pre_acts(x)
+        pre16 = (sae.encoder_input(x).bfloat16() @ sae.W_enc.bfloat16()).float() + sae.b_enc
+        t = sae.threshold
+        flips = ((pre32 > t) != (pre16 > t)).sum() + (((pre32 - t).abs() < eps / 2) != ((pre16 - t).abs() < eps / 2)).sum()
+    assert flips > 0, "test data too easy: bf16 rounding flips no decision"
+
+    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True)
+    _, token_l0, counts = _SparseJumpReLU.apply(*args)
+    assert torch.equal(token_l0, (pre32 > t).sum(1).float())
+    assert torch.equal(counts, (pre32 > t).sum(0).float())
+    token_l0.sum().backward()
+    expected = -((pre32 - t).abs() < eps / 2).sum(0).float() / eps
+    assert torch.equal(sae.threshold.grad, expected)
+
+    out = sae.loss(x)
+    ref_loss, ref_l0 = reference_loss(sae, x)
+    assert out.l0 == ref_l0
+    torch.testing.assert_close(out.loss, ref_loss, rtol=2e-3, atol=0)
+    _assert_close(_grads(sae, out.loss), _grads(sae, ref_loss), rtol=3e-2)
+
+
+def test_bfloat16_gradients_with_wide_window():
+    sae = _sae(matmul_dtype="bfloat16")
+    x = _x()
+    out = sae.loss(x)
+    ref_loss, ref_l0 = reference_loss(sae, x)
+    assert out.l0 == ref_l0
+    _assert_close(_grads(sae, out.loss), _grads(sae, ref_loss), rtol=3e-2)
+
+
+def test_no_active_latents_gives_zero_sparse_gradients():
+    sae = _sae(matmul_dtype="float32")
+    with torch.no_grad():
+        sae.threshold.fill_(100.0)
+    out = sae.loss(_x())
+    out.loss.backward()
+    assert out.l0 == 0 and not out.fired.any()
+    assert sae.W_enc.grad.abs().max() == 0 and sae.W_dec.grad.abs().max() == 0
+    torch.testing.assert_close(out.mse, (_x() - sae.b_dec).pow(2).sum(1).mean())
+
+
+def test_training_path_matches_inference_forward():
+    sae = _sae(matmul_dtype="float32")
+    x = _x()
+    out = sae.loss(x)
+    torch.testing.assert_close(out.mse, (sae(x) - x).pow(2).sum(1).mean().detach())
+    torch.testing.assert_close(out.l0, (sae.encode(x) > 0).sum(1).float().mean())
+    assert torch.equal(out.fired, (sae.encode(x) > 0).any(0))
+    variance = (x - x.mean(0)).pow(2).sum(1).mean()
+    torch.testing.assert_close(out.fvu, out.mse / variance)
+
+
+# ---- folding and release --------------------------------------------------------------------
+def test_folded_sae_on_raw_activations_matches_trained_sae():
+    sae = _sae()
+    C = 37.5
+    x_raw = C * _x()
+    folded = sae.folded(C)
+    assert type(folded) is JumpReLUSAE and not folded.pre_encoder_bias and sae.pre_encoder_bias
+    with torch.no_grad():
+        torch.testing.assert_close(folded.encode(x_raw), C * sae.encode(x_raw / C), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(folded(x_raw), C * sae(x_raw / C), rtol=1e-5, atol=1e-4)
+        assert torch.equal(folded.encode(x_raw) > 0, sae.encode(x_raw / C) > 0)
+
+
+def test_params_npz_round_trip_and_reference_forward():
+    sae = _sae(l0_penalty="quadratic", target_l0=20.0)
+    C = 3.0
+    params = sae.folded(C).params_npz()
+    assert {k: v.shape for k, v in params.items()} == {
+        "W_enc": (48, 384), "W_dec": (384, 48), "b_enc": (384,), "b_dec": (48,), "threshold": (384,)
+    }
+    assert all(v.dtype == np.float32 for v in params.values())
+
+    x = (C * _x()).numpy()
+    pre = x @ params["W_enc"] + params["b_enc"]
+    acts = (pre > params["threshold"]) * np.maximum(pre, 0)
+    recon = acts @ params["W_dec"] + params["b_dec"]
+
+    loaded = JumpReLUSAE.from_params(params, **sae.knobs())
+    assert loaded.knobs() == sae.knobs() | {"pre_encoder_bias": False}
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(torch.from_numpy(x)).numpy(), recon, rtol=1e-5, atol=1e-4)
+    for k, v in loaded.params_npz().items():
+        np.testing.assert_array_equal(v, params[k])
+
+
+def test_from_params_rejects_bad_shapes_and_unfolded_release():
+    params = _sae().folded(1.0).params_npz()
+    with pytest.raises(SaescopeError, match="threshold"):
+        JumpReLUSAE.from_params(params | {"threshold": params["threshold"][:-1]})
+    with pytest.raises(SaescopeError, match="missing"):
+        JumpReLUSAE.from_params({k: v for k, v in params.items() if k != "b_dec"})
+    with pytest.raises(SaescopeError, match="folded"):
+        _sae().params_npz()
+
+
+# ---- decoder constraint and init ------------------------------------------------------------
+def test_decoder_constraint():
+    sae = _sae()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(sae.d_sae, 1) + 0.5)
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.remove_parallel_decoder_grad()
+    cos = (sae.W_dec.grad * sae.W_dec).sum(1) / (sae.W_dec.grad.norm(dim=1) * sae.W_dec.norm(dim=1))
+    assert cos.abs().max() < 1e-5
+    sae.normalize_decoder()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
+
+
+def test_init_follows_recipe():
+    sae = JumpReLUSAE(64, 256, threshold_init=0.002)
+    assert torch.equal(sae.W_enc, sae.W_dec.t())
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
+    assert torch.equal(sae.threshold, torch.full((256,), 0.002))
+    assert not sae.b_enc.any() and not sae.b_dec.any()
+    assert sae.pre_encoder_bias and JumpReLUSAE(64, 256).threshold[0] == 1e-3
+
+
+def test_knobs_rebuild_the_same_sae():
+    sae = make_sae("jumprelu", 16, 32, l0_penalty="quadratic", target_l0=4.0, matmul_dtype="float32")
+    again = make_sae("jumprelu", 16, 32, **sae.knobs())
+    assert again.knobs() == sae.knobs()
+    again.load_state_dict(sae.state_dict())
+
+
+def test_bad_knobs_raise_saescope_error():
+    with pytest.raises(SaescopeError, match="target_l0"):
+        make_sae("jumprelu", 16, 32, l0_penalty="quadratic")
+    with pytest.raises(SaescopeError, match="matmul_dtype"):
+        make_sae("jumprelu", 16, 32, matmul_dtype="fp8")
+    with pytest.raises(SaescopeError, match="bandwidth"):
+        make_sae("jumprelu", 16, 32, bandwidth=0)
+    with pytest.raises(SaescopeError, match="valid knobs"):
+        make_sae("jumprelu", 16, 32, l1_coefficient=1.0)
+    with pytest.raises(SaescopeError, match=r"\[tokens, 48\]"):
+        _sae().loss(torch.randn(4, 16))
+
+
+def test_unknown_arch_lists_valid_names():
+    with pytest.raises(SaescopeError, match="jumprelu"):
+        make_sae("gated", 16, 32)
+
+
+# ---- a short training run -------------------------------------------------------------------
+def _synthetic_batches(d_in: int, n_true: int, k: int, seed: int = 0):
+    """Tokens that are sums of k of n_true unit directions with positive magnitudes, scaled to
+    E||x||^2 = 1: a sparse dictionary an SAE can find."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(n_true, d_in, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+
+    def batch(n: int) -> torch.Tensor:
+        idx = torch.rand(n, n_true, generator=g).argsort(1)[:, :k]
+        mags = torch.zeros(n, n_true).scatter_(1, idx, 0.5 + torch.rand(n, k, generator=g))
+        return mags @ D / (k**0.5)
+
+    return batch
+
+
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_short_training_lowers_fvu_and_approaches_target_l0(matmul_dtype):
+    torch.manual_seed(0)
+    batch = _synthetic_batches(d_in=32, n_true=96, k=4)
+    target = 8.0
+    sae = JumpReLUSAE(32, 128, l0_penalty="quadratic", target_l0=target, l0_coefficient=0.05,
+                      bandwidth=0.05, matmul_dtype=matmul_dtype)
+    opt = torch.optim.Adam(sae.parameters(), lr=2e-3, betas=(0.0, 0.999))
+    first = None
+    for step in range(300):
+        out = sae.loss(batch(512), sparsity_scale=min(1.0, step / 50))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        sae.normalize_decoder()
+        first = first or (out.fvu.item(), out.l0.item())
+    with torch.no_grad():
+        final = sae.loss(batch(2048))
+    assert final.fvu < 0.5 * first[0], (first, final)
+    assert abs(final.l0 - target) < 0.25 * abs(first[1] - target), (first, final)

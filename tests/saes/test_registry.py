@@ -1,0 +1,43 @@
+"""Architecture registry: names, knobs and checkpoint rebuilds."""
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.saes import ARCHITECTURES, JumpReLUSAE, make_sae, sae_from_params, sae_from_state
+
+
+def test_registry_names_the_jumprelu_family():
+    assert ARCHITECTURES["jumprelu"] is JumpReLUSAE
+    assert isinstance(make_sae("jumprelu", 8, 16), JumpReLUSAE)
+
+
+def test_unknown_arch_raises_with_valid_names():
+    with pytest.raises(SaescopeError, match=r"unknown SAE architecture 'topk'.*jumprelu"):
+        make_sae("topk", 8, 16)
+
+
+def test_state_round_trip_keeps_weights_and_knobs():
+    sae = make_sae("jumprelu", 8, 16, l0_coefficient=5e-4, bandwidth=0.01)
+    with torch.no_grad():
+        sae.threshold.uniform_(0.1, 0.2)
+    again = sae_from_state("jumprelu", 8, 16, sae.knobs(), sae.state_dict())
+    assert again.knobs() == sae.knobs()
+    for k, v in sae.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+
+
+def test_state_with_wrong_shape_or_keys_is_a_saescope_error():
+    state = make_sae("jumprelu", 8, 16).state_dict()
+    with pytest.raises(SaescopeError, match="has shape"):
+        sae_from_state("jumprelu", 8, 32, {}, state)
+    with pytest.raises(SaescopeError, match="another architecture"):
+        sae_from_state("jumprelu", 8, 16, {}, {k: v for k, v in state.items() if k != "threshold"})
+
+
+def test_sae_from_params_builds_a_folded_sae():
+    params = make_sae("jumprelu", 8, 16).folded(2.0).params_npz()
+    sae = sae_from_params("jumprelu", {k: np.asarray(v) for k, v in params.items()})
+    assert not sae.pre_encoder_bias
+    np.testing.assert_array_equal(sae.params_npz()["threshold"], params["threshold"])
