@@ -17,6 +17,7 @@ run: install
 	$(VENV)/bin/saescope run
 
 test: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)  # browser tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install

@@ -7,9 +7,12 @@ as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
+from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.config import add_arguments, from_namespace, option
 from saescope.errors import SaescopeError
@@ -37,12 +40,15 @@ def cmd_sites(cfg: SitesConfig) -> None:
 
 def cmd_harvest(cfg: HarvestConfig) -> None:
     path = harvest(cfg)
-    print(f"saescope: activation store ready in {path}")
+    if distributed.is_main():
+        print(f"saescope: activation store ready in {path}")
 
 
 def cmd_train(cfg: TrainConfig) -> None:
-    saes = Trainer(cfg).train()
-    print(f"saescope: {len(saes)} trained SAEs in {cfg.out}/saes")
+    trainer = Trainer(cfg)
+    trainer.train()
+    if distributed.is_main():
+        print(f"saescope: {trainer.n_suite} trained SAEs in {cfg.out}/saes")
 
 
 def cmd_evaluate(cfg: EvalConfig) -> None:
@@ -60,6 +66,90 @@ def cmd_release(cfg: ReleaseConfig) -> None:
     print(f"saescope: release written to {release(cfg.out, cfg.dest or None)}")
 
 
+@dataclass
+class LoadConfig:
+    path: str = option("", "SAE folder or file, or Hugging Face id OWNER/REPO[/FOLDER] (also positional)")
+    format: str = option("", "gemma-scope, gemma-scope-2, saelens, sparsify or saescope (default: detected)")
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+
+
+def cmd_load(cfg: LoadConfig) -> None:
+    from saescope.release.formats import read
+
+    if not cfg.path:
+        raise SaescopeError("no SAE given: pass a folder, file or hub id, e.g. `saescope load runs/x/release/res/...`")
+    print(read(cfg.path, cfg.format or None).summary())
+
+
+@dataclass
+class ExportConfig:
+    format: str = option("gemma-scope", "gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia")
+    src: str = option("", "a run folder, a release, a folder of SAEs, one SAE, or a hub id (also positional)")
+    dest: str = option("", "output folder (also positional)")
+    source_format: str = option("", "format of SRC's SAEs (default: detected)")
+    store: str = option("", "neuronpedia: activation store for top activations (default: SRC/activations)")
+    model: str = option("", "neuronpedia: model for logit-lens tokens (default: the SAE's recorded model)")
+    positional: ClassVar[tuple[str, ...]] = ("src", "dest")
+
+
+def cmd_export(cfg: ExportConfig) -> None:
+    from saescope.release.export import export
+
+    if not cfg.src or not cfg.dest:
+        raise SaescopeError("export needs SRC and DEST: `saescope export --format saelens RUN_OR_SAE OUT`")
+    written = export(cfg.src, cfg.dest, cfg.format, source_format=cfg.source_format or None,
+                     store=cfg.store or None, model=cfg.model or None)
+    print(f"saescope: {len(written)} SAE(s) written as {cfg.format} under {cfg.dest}")
+
+
+@dataclass
+class PushConfig:
+    release: str = option("runs/default/release", "release folder (with suite.json) or run folder")
+    repo: str = option("", "OWNER/NAME; per-kind layout pushes OWNER/NAME-res, OWNER/NAME-mlp, ...")
+    layout: str = option("per-kind", "per-kind (one repository per site kind, as Gemma Scope) or single")
+    private: bool = option(False, "create private repositories")
+    license: str = option("apache-2.0", "license in the model card")
+    base_model: str = option("", "base model id in the model card (default: the suite's model)")
+    saelens: bool = option(True, "also upload an SAELens copy of every SAE under saelens/")
+
+
+def cmd_push(cfg: PushConfig) -> None:
+    from saescope.release.hub import push
+
+    if not cfg.repo:
+        raise SaescopeError("no repository given: pass --repo OWNER/NAME")
+    pushed = push(cfg.release, cfg.repo, layout=cfg.layout, private=cfg.private, license=cfg.license,
+                  base_model=cfg.base_model or None, saelens=cfg.saelens)
+    print("saescope: pushed " + ", ".join(f"https://huggingface.co/{r}" for r in pushed))
+
+
+@dataclass
+class BrowseConfig:
+    positional = ("run",)  # `saescope browse RUN`
+    run: str = option("runs/default", "run folder whose SAEs are browsed")
+    export: str = option("", "write a static HTML site to this folder instead of serving")
+    export_latents: int = option(0, "with --export: latents per SAE, most frequent first (0 = all)")
+    host: str = option("127.0.0.1", "address to serve on (127.0.0.1 = this machine only)")
+    port: int = option(8765, "port to serve on")
+    top_k: int = option(16, "top activating examples kept per latent")
+    max_rows: int = option(65536, "held-out tokens the statistics are computed over")
+    recompute: bool = option(False, "recompute statistics even for unchanged SAEs")
+
+
+def cmd_browse(cfg: BrowseConfig) -> None:
+    from saescope.browse.stats import StatsOptions, compute_stats
+
+    compute_stats(cfg.run, StatsOptions(top_k=cfg.top_k, max_rows=cfg.max_rows), force=cfg.recompute)
+    if cfg.export:
+        from saescope.browse.export import export_site
+
+        print(f"saescope: static site written to {export_site(cfg.run, cfg.export, cfg.export_latents)}/index.html")
+        return
+    from saescope.browse.app import serve
+
+    serve(cfg.run, cfg.host, cfg.port)
+
+
 JOBS: dict[str, tuple[type, object, str]] = {
     "run": (RunConfig, run, "the whole pipeline: harvest, train, evaluate, release, summary"),
     "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
@@ -67,6 +157,10 @@ JOBS: dict[str, tuple[type, object, str]] = {
     "train": (TrainConfig, cmd_train, "train SAEs for many sites, widths and sparsities from one read of a store"),
     "evaluate": (EvalConfig, cmd_evaluate, "L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents per SAE"),
     "release": (ReleaseConfig, cmd_release, "write evaluated SAEs in Gemma Scope's layout with suite.json"),
+    "release-push": (PushConfig, cmd_push, "upload a release to the Hugging Face Hub with a model card (also: release push)"),
+    "load": (LoadConfig, cmd_load, "load an SAE in any supported format or from the Hub and summarise it"),
+    "export": (ExportConfig, cmd_export, "write an SAE or a suite as gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia"),
+    "browse": (BrowseConfig, cmd_browse, "feature browser: compute latent statistics, then serve or --export a static site"),
 }
 
 
@@ -76,23 +170,60 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, helptext) in JOBS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
         add_arguments(p, cls)
+        for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
+            p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
+        if name in DISTRIBUTED_JOBS:
+            p.add_argument("--nproc", type=int, default=1,
+                           help="processes on this machine: runs the job under torchrun (default: 1)")
     return parser
+
+
+# Jobs that run as one job across many processes under torchrun (saescope/distributed.py).
+DISTRIBUTED_JOBS = ("harvest", "train")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line a torchrun worker gets: the same job, minus --nproc."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         argv = ["run"] if "run" in JOBS else ["--help"]
+    if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in JOBS:  # two-word jobs: `release push`
+        argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     cls, fn, _ = JOBS[args.job]
+    many = distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
     try:
+        if getattr(args, "nproc", 1) < 1:
+            raise SaescopeError(f"--nproc must be at least 1, got {args.nproc}")
+        if getattr(args, "nproc", 1) > 1 and not distributed.launched_by_torchrun():
+            return distributed.launch(_without_nproc(argv), args.nproc)
+        if many and args.job not in DISTRIBUTED_JOBS:
+            raise SaescopeError(f"saescope {args.job} runs in one process: start it without torchrun "
+                                f"(only {' and '.join(DISTRIBUTED_JOBS)} run distributed)")
+        if many:
+            distributed.setup()
         fn(from_namespace(cls, args))
     except SaescopeError as e:
-        print(f"saescope: error: {e}", file=sys.stderr)
+        where = f"[rank {os.environ.get('RANK')}] " if many else ""
+        print(f"saescope: error: {where}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("saescope: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -1,0 +1,125 @@
+"""The feature browser web app (FastAPI): suite, SAE, latent, search, prompt and steering pages.
+
+Ids in URLs are looked up in the feature database, never turned into file paths; an unknown one
+is a 404 page naming what was asked for. Every error reaches the browser as a short escaped
+message, never a traceback (the server log keeps those).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from saescope.browse import render
+from saescope.browse.db import FeatureDB, db_path
+from saescope.browse.live import Live, SteerRequest
+from saescope.errors import SaescopeError
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("saescope.browse")
+
+
+def create_app(run: str | Path) -> FastAPI:
+    run = Path(run).resolve()
+    db = FeatureDB(db_path(run))
+    live = Live(run, db)
+    links = render.Links()
+    app = FastAPI(title="saescope browser", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def html(body: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status)
+
+    def known_sae(name: str) -> str:
+        if name not in db.saes:
+            raise HTTPException(404, f"no SAE named '{name}' in this run: pick one from the suite page")
+        return name
+
+    def known_latent(name: str, latent: str):
+        known_sae(name)
+        if not latent.isdigit() or (row := db.latent(name, int(latent))) is None:
+            raise HTTPException(404, f"{name} has no latent '{latent}': latents are numbered "
+                                     f"0-{db.saes[name].d_sae - 1}")
+        return row
+
+    async def form_of(request: Request) -> dict[str, str]:
+        """The posted form as plain strings (urlencoded bodies only; no multipart dependency)."""
+        body = (await request.body()).decode("utf-8", errors="replace")
+        return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else \
+            "no such page: start from the suite page"
+        return html(render.error_page(exc.status_code, str(message), links), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError):
+        return html(render.error_page(400, "malformed request: check the address or the form", links), 400)
+
+    @app.exception_handler(SaescopeError)
+    async def user_error(_request: Request, exc: SaescopeError):
+        return html(render.error_page(400, str(exc), links), 400)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception):
+        log.exception("browser request failed", exc_info=exc)
+        return html(render.error_page(500, "internal error while rendering this page; the server log has the "
+                                           "details", links), 500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview(metric: str = "l0"):
+        return html(render.overview(db, links, metric))
+
+    @app.get("/sae/{name}/", response_class=HTMLResponse)
+    @app.get("/sae/{name}", response_class=HTMLResponse)
+    def sae(name: str, sort: str = "freq_desc", q: str = ""):
+        return html(render.sae_page(db, known_sae(name), links, sort, q))
+
+    @app.get("/latent/{name}/{latent}", response_class=HTMLResponse)
+    def latent(name: str, latent: str):
+        return html(render.latent_page(db, known_latent(name, latent), links))
+
+    @app.get("/search", response_class=HTMLResponse)
+    def search(q: str = ""):
+        return html(render.search_page(db, q, links))
+
+    @app.get("/prompt", response_class=HTMLResponse)
+    def prompt_form(text: str = ""):
+        return html(render.prompt_page(db, links, text, live.analyze(text) if text.strip() else None))
+
+    @app.post("/prompt", response_class=HTMLResponse)
+    async def prompt_run(request: Request):
+        text = (await form_of(request)).get("text", "")
+        return html(render.prompt_page(db, links, text, live.analyze(text) if text.strip() else None))
+
+    @app.get("/steer", response_class=HTMLResponse)
+    def steer_form(request: Request):
+        return html(render.steer_page(db, links, dict(request.query_params)))
+
+    @app.post("/steer", response_class=HTMLResponse)
+    async def steer_run(request: Request):
+        form = await form_of(request)
+        try:
+            result = live.steer(SteerRequest.parse(form, live.suite))
+        except SaescopeError as err:
+            return html(render.steer_page(db, links, form, error=str(err)), 400)
+        return html(render.steer_page(db, links, form, result))
+
+    app.state.db, app.state.live = db, live
+    return app
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+    import uvicorn
+
+    app = create_app(run)
+    print(f"saescope: browsing {run} at http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

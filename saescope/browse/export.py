@@ -1,0 +1,50 @@
+"""`saescope browse RUN --export DIR`: the suite as static HTML files, for sharing without a server.
+
+The same renderers as the live app write the pages, with relative links, so the folder can be
+opened from disk or put on any static host. Prompt, steering and search need the model or the
+database and are left out; the latent tables keep client-side sorting and filtering.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from saescope.browse import render
+from saescope.browse.app import STATIC
+from saescope.browse.db import FeatureDB, db_path
+from saescope.errors import SaescopeError
+
+
+def export_site(run: str | Path, dest: str | Path, latents_per_sae: int = 0, progress: bool = True) -> Path:
+    """Write DEST/index.html, DEST/sae/<name>/index.html and one page per latent.
+
+    `latents_per_sae` > 0 keeps only that many latents per SAE (the most frequent ones), for a
+    smaller site; the SAE tables still list every latent, linking only the exported ones.
+    """
+    run, dest = Path(run).resolve(), Path(dest).resolve()
+    own = [run] + [run / d for d in ("saes", "activations", "release", "train", "browse")]
+    if any(dest == d or d in dest.parents for d in own[1:]) or dest == run:
+        raise SaescopeError(f"export folder {dest} would mix with the run's own files: choose a folder "
+                            f"outside {run} or a new subfolder such as {run / 'site'}")
+    db = FeatureDB(db_path(run))
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(STATIC, dest / "static", dirs_exist_ok=True)
+    (dest / "index.html").write_text(render.overview(db, render.Links("", True)), encoding="utf-8")
+    links = render.Links("../../", True)
+    total = sum(min(s.d_sae, latents_per_sae or s.d_sae) for s in db.saes.values())
+    bar = tqdm(total=total, desc="export", unit="page", dynamic_ncols=True, disable=not progress)
+    for name in db.saes:
+        rows = db.latent_table(name, "frequency DESC")
+        chosen = [r[0] for r in (rows[:latents_per_sae] if latents_per_sae else rows)]
+        folder = dest / "sae" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.html").write_text(render.sae_page(db, name, links, exported=set(chosen)), encoding="utf-8")
+        for latent in chosen:
+            row = db.latent(name, latent)
+            (folder / f"{latent}.html").write_text(render.latent_page(db, row, links), encoding="utf-8")
+            bar.update()
+    bar.close()
+    return dest

@@ -1,0 +1,119 @@
+"""Weight-only latent statistics: the logit lens and the nearest latents by decoder cosine.
+
+Logit lens. A latent writes its decoder row into the residual stream; the final norm then scales
+each dimension and the unembedding turns the result into logits. We drop the norm's data-dependent
+division (it only rescales the whole vector) and keep its per-dimension scale: `1 + weight` for
+Gemma's RMSNorm, `weight` for Llama's RMSNorm and GPT-2's LayerNorm.
+- `res` and `mlp` decoder rows already live in the residual stream (Gemma's mlp site is after the
+  post-MLP norm).
+- `att` rows live in the concatenated head outputs: they go through the attention output
+  projection first (bias removed), and for Gemma through the post-attention norm's scale.
+- `mlp_in` rows are the MLP's normalised input, not a residual direction: the lens is not
+  applicable there and the page says so.
+
+The unembedding is huge (Gemma 3: 262k tokens), so logits are computed in bfloat16 over vocabulary
+chunks, and only the candidates for the top/bottom lists are recomputed exactly in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from saescope.models.sites import Site, blocks, family_of
+
+TOP_TOKENS = 10
+LOGIT_BINS = 24
+VOCAB_CHUNK = 32768
+LATENT_BLOCK = 128
+CANDIDATES = 3 * TOP_TOKENS
+
+
+def _norm_scale(module: nn.Module, model: nn.Module) -> torch.Tensor:
+    weight = module.weight.detach().float()
+    return 1.0 + weight if model.config.model_type.startswith("gemma") else weight
+
+
+def residual_directions(model: nn.Module, site: Site, W_dec: torch.Tensor) -> torch.Tensor | None:
+    """Decoder rows mapped into the residual stream (None where the lens does not apply)."""
+    W = W_dec.detach().float()
+    if site.kind in ("res", "mlp"):
+        return W
+    if site.kind == "att":
+        block = blocks(model)[site.layer]
+        proj = block.get_submodule(family_of(model).att[0])
+        with torch.no_grad():
+            p = next(proj.parameters())
+            out = proj(W.to(p.dtype)).float() - proj(torch.zeros(1, W.shape[1], dtype=p.dtype)).float()
+        post = getattr(block, "post_attention_layernorm", None)
+        if post is not None and model.config.model_type.startswith("gemma"):
+            out = out * _norm_scale(post, model)
+        return out
+    return None
+
+
+def unembedding(model: nn.Module) -> torch.Tensor:
+    """[vocab, d_model] matrix with the final norm's per-dimension scale folded in."""
+    fam = family_of(model)
+    W_U = model.get_submodule(fam.unembed).weight.detach().float()
+    return W_U * _norm_scale(model.get_submodule(fam.final_norm), model)
+
+
+@torch.no_grad()
+def logit_lens(directions: torch.Tensor, W_U: torch.Tensor, W_U_low: torch.Tensor | None = None) -> list[dict]:
+    """Per latent: top/bottom tokens with exact logits and a histogram of all its logits."""
+    W_U_low = W_U.bfloat16() if W_U_low is None else W_U_low
+    vocab = W_U.shape[0]
+    k = min(CANDIDATES, vocab)
+    out = []
+    for lo in range(0, len(directions), LATENT_BLOCK):
+        d = directions[lo:lo + LATENT_BLOCK]
+        d_low = d.bfloat16()
+        top_v = torch.full((len(d), 0), 0.0)
+        top_i = torch.zeros((len(d), 0), dtype=torch.long)
+        bot_v, bot_i = top_v.clone(), top_i.clone()
+        chunks = []
+        for v0 in range(0, vocab, VOCAB_CHUNK):
+            logits = (d_low @ W_U_low[v0:v0 + VOCAB_CHUNK].T).float()
+            chunks.append(logits.to(torch.float16))  # kept only for the histogram
+            tv, ti = logits.topk(min(k, logits.shape[1]), dim=1)
+            bv, bi = (-logits).topk(min(k, logits.shape[1]), dim=1)
+            top_v, top_i = _merge(top_v, top_i, tv, ti + v0, k)
+            bot_v, bot_i = _merge(bot_v, bot_i, bv, bi + v0, k)
+        lo_edge = torch.stack([c.amin(1) for c in chunks], 1).float().amin(1)
+        hi_edge = torch.stack([c.amax(1) for c in chunks], 1).float().amax(1)
+        span = (hi_edge - lo_edge).clamp_min(1e-12)
+        counts = torch.zeros(len(d), LOGIT_BINS, dtype=torch.long)
+        for c in chunks:  # a second sweep over the kept chunks: the bin edges needed the extremes
+            bins = ((c.float() - lo_edge[:, None]) / span[:, None] * LOGIT_BINS).long().clamp_(0, LOGIT_BINS - 1)
+            counts.scatter_add_(1, bins, torch.ones_like(bins))
+        for j in range(len(d)):
+            exact_top = d[j] @ W_U[top_i[j]].T
+            exact_bot = d[j] @ W_U[bot_i[j]].T
+            ot = exact_top.argsort(descending=True)[:TOP_TOKENS]
+            ob = exact_bot.argsort()[:TOP_TOKENS]
+            out.append({"top": [[int(top_i[j, i]), round(float(exact_top[i]), 4)] for i in ot],
+                        "bottom": [[int(bot_i[j, i]), round(float(exact_bot[i]), 4)] for i in ob],
+                        "hist": {"lo": float(lo_edge[j]), "hi": float(hi_edge[j]), "counts": counts[j].tolist()}})
+    return out
+
+
+def _merge(values: torch.Tensor, index: torch.Tensor, new_v: torch.Tensor, new_i: torch.Tensor, k: int):
+    v = torch.cat([values, new_v], 1)
+    i = torch.cat([index, new_i], 1)
+    keep = v.topk(min(k, v.shape[1]), dim=1).indices
+    return v.gather(1, keep), i.gather(1, keep)
+
+
+@torch.no_grad()
+def nearest(W_a: torch.Tensor, W_b: torch.Tensor | None = None, k: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k decoder cosines of each row of W_a against W_b (itself, excluding the diagonal, if None)."""
+    a = nn.functional.normalize(W_a.detach().float(), dim=1)
+    b = a if W_b is None else nn.functional.normalize(W_b.detach().float(), dim=1)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError("decoders of different widths cannot be compared")
+    cos = a @ b.T
+    if W_b is None:
+        cos.fill_diagonal_(-2.0)
+    values, index = cos.topk(min(k, cos.shape[1]), dim=1)
+    return values, index
