@@ -361,7 +361,7 @@ def pack_documents(
     """Turn documents into `[batch_size, context_len]` token batches, deterministically.
 
     mode "pack": documents (each starting with its BOS) are concatenated into rows of exactly
-    `context_len` tokens; a document that does not fit continues on the next row without a new
+    `context_len` tokens; a document that does not fit continues on the next row after a fresh
     BOS, its positions counting on. Only the very last row of the corpus is right-padded.
     mode "truncate": one document per row, cut to `context_len` and right-padded.
 
@@ -391,8 +391,11 @@ def pack_documents(
     maybe_special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     special = [int(token_id) for token_id in maybe_special if token_id is not None]
     special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
-    make_rows = _packed_rows if mode == "pack" else _truncated_rows
-    rows = make_rows(_tokenized(docs, tokenizer), context_len)
+    tokenized = _tokenized(docs, tokenizer)
+    if mode == "pack":
+        rows = _packed_rows(tokenized, context_len, bos_token_id(tokenizer))
+    else:
+        rows = _truncated_rows(tokenized, context_len)
 
     skipped = emitted = 0
     pending: list[_Row] = []
@@ -431,14 +434,23 @@ def _tokenized(docs: Iterable[Document], tokenizer: Any) -> Iterator[tuple[int, 
                 yield doc.doc_id, ids
 
 
-def _packed_rows(tokenized: Iterator[tuple[int, list[int]]], context_len: int) -> Iterator[_RawRow]:
-    """Concatenate documents into full rows; a document spills over into the next row."""
+def _packed_rows(tokenized: Iterator[tuple[int, list[int]]], context_len: int,
+                 bos: int | None = None) -> Iterator[_RawRow]:
+    """Concatenate documents into full rows; a document spills over into the next row.
+
+    A row that opens mid-document starts with its own BOS (position 0, never a training token):
+    a model treats whatever token comes first as an attention sink with an outsized residual
+    norm, so a bare continuation token there would be an outlier that no SAE should see, and
+    replacing it when measuring delta loss would wreck the whole row.
+    """
     ids: list[int] = []
     doc_ids: list[int] = []
     positions: list[int] = []
     for doc_id, tokens in tokenized:
         start = 0
         while start < len(tokens):
+            if not ids and start > 0 and bos is not None:
+                ids, doc_ids, positions = [bos], [doc_id], [0]
             take = min(context_len - len(ids), len(tokens) - start)
             ids.extend(tokens[start : start + take])
             doc_ids.extend([doc_id] * take)

@@ -11,6 +11,16 @@ from saescope.saes import JumpReLUSAE, make_sae
 from saescope.saes.jumprelu import _SparseJumpReLU
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These shapes are tiny: a second thread only adds synchronisation, and on a shared
+    2-core machine a busy core stalls every parallel region (steps went from 6 ms to 190 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- the dense reference: recipe.md's estimators, one dense tensor per quantity ------------
 def _rect(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
     return ((pre - theta).abs() < eps / 2).to(pre.dtype)
