@@ -18,7 +18,7 @@ from saescope.config import add_arguments, from_namespace, option
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
-from saescope.run import RunConfig, run, summary_table
+from saescope.run import RunConfig, run, summary_table, write_readme_table
 from saescope.train.trainer import TrainConfig, Trainer
 
 
@@ -150,12 +150,25 @@ def cmd_browse(cfg: BrowseConfig) -> None:
     serve(cfg.run, cfg.host, cfg.port)
 
 
+@dataclass
+class TableConfig:
+    out: str = option("runs/default", "run folder")
+    readme: str = option("", "also write the table into this README between its saescope-table markers")
+
+
+def cmd_table(cfg: TableConfig) -> None:
+    print(summary_table(cfg.out))
+    if cfg.readme:
+        write_readme_table(cfg.out, cfg.readme)
+
+
 JOBS: dict[str, tuple[type, object, str]] = {
     "run": (RunConfig, run, "the whole pipeline: harvest, train, evaluate, release, summary"),
     "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
     "harvest": (HarvestConfig, cmd_harvest, "store activations of many sites from one forward pass per batch"),
     "train": (TrainConfig, cmd_train, "train SAEs for many sites, widths and sparsities from one read of a store"),
     "evaluate": (EvalConfig, cmd_evaluate, "L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents per SAE"),
+    "table": (TableConfig, cmd_table, "print a run's metrics table (and write it into a README)"),
     "release": (ReleaseConfig, cmd_release, "write evaluated SAEs in Gemma Scope's layout with suite.json"),
     "release-push": (PushConfig, cmd_push, "upload a release to the Hugging Face Hub with a model card (also: release push)"),
     "load": (LoadConfig, cmd_load, "load an SAE in any supported format or from the Hub and summarise it"),

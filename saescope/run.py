@@ -16,6 +16,7 @@ from pathlib import Path
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.config import option, save_config
+from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, summary_rows
 from saescope.release.formats import release
 from saescope.train.trainer import TrainConfig, Trainer
@@ -56,6 +57,22 @@ def summary_table(out: str | Path) -> str:
                      f"{r['delta_loss']:.3f} | {r['ce_loss_recovered']:.3f} | {r['kl_div']:.3f} | "
                      f"{r['dead_latents']} | {r['dense_latents']} |")
     return "\n".join(lines)
+
+
+TABLE_START, TABLE_END = "<!-- saescope-table:start -->", "<!-- saescope-table:end -->"
+
+
+def write_readme_table(out: str | Path, readme: str | Path) -> None:
+    """Replace the README's marked table with this run's metrics (`saescope table RUN --readme README.md`)."""
+    path = Path(readme)
+    text = path.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise SaescopeError(f"{path} has no {TABLE_START} ... {TABLE_END} block to fill: add the two markers")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    times = Path(out, "summary.md").read_text().rsplit("Time: ", 1)[-1].strip() if Path(out, "summary.md").exists() else ""
+    block = f"{TABLE_START}\n{summary_table(out)}\n\nRun folder `{out}`; {times}.\n{TABLE_END}"
+    path.write_text(head + block + tail)
 
 
 def run(cfg: RunConfig) -> Path:

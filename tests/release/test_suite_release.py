@@ -85,3 +85,17 @@ def test_load_rejects_what_is_not_an_sae(tmp_path):
         saescope.load(tmp_path)
     with pytest.raises(saescope.SaescopeError, match="does not exist"):
         saescope.load(tmp_path / "nope")
+
+
+def test_readme_table_is_regenerated_between_markers(tiny_run, tmp_path):
+    from saescope.run import write_readme_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- saescope-table:start -->\nSTALE-ROW\n<!-- saescope-table:end -->\noutro\n")
+    write_readme_table(tiny_run, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "STALE-ROW" not in text
+    assert text.count("| res |") == 2 and "| att | 2 | 256 |" in text
+    readme.write_text("no markers")
+    with pytest.raises(saescope.SaescopeError, match="markers"):
+        write_readme_table(tiny_run, readme)
