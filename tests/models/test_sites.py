@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, tiny_model
+from tinymodels import FAMILIES, tiny_model
 from saescope.errors import SaescopeError
 from saescope.models.sites import (Site, capture, parse_sites, replace, run_to_sites, site_width)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_model
+from tinymodels import tiny_model
 from helpers import random_params
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
+from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
 from saescope.train.trainer import Trainer, TrainConfig, lr_at, parse_knobs, sparsity_scale_at
