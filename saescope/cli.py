@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.compare import CompareConfig, compare
 from saescope.config import add_arguments, from_namespace, option
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
@@ -174,6 +175,8 @@ JOBS: dict[str, tuple[type, object, str]] = {
     "load": (LoadConfig, cmd_load, "load an SAE in any supported format or from the Hub and summarise it"),
     "export": (ExportConfig, cmd_export, "write an SAE or a suite as gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia"),
     "browse": (BrowseConfig, cmd_browse, "feature browser: compute latent statistics, then serve or --export a static site"),
+    "compare": (CompareConfig, compare, "train several SAE families on one site with the same tokens; table and plot of "
+                                        "delta LM loss and FVU against L0"),
 }
 
 

@@ -7,6 +7,10 @@ batch holds the same tokens for all sites: that is what lets one read feed many 
 
 The order depends only on (seed, epoch), so batch number k can be reached again without reading
 the batches before it: training resumes on exactly the batches it would have seen.
+
+Data-parallel training gives each rank a `part=(i, n)`: the loader then computes the same global
+order as everyone else but yields only rows [B*i//n, B*(i+1)//n) of each global batch, and reads
+from the shards only the rows that its slices of the buffer's batches need.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class ShuffledLoader:
     def __init__(self, store: ActivationStore | str, sites: list[str] | None = None, batch_size: int = 4096,
                  buffer_rows: int = 65536, chunk_rows: int = 1024, seed: int = 0, split: str = "train",
                  eval_shards: int = 1, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 with_tokens: bool = False, verify: bool = True, drop_last: bool = True):
+                 with_tokens: bool = False, verify: bool = True, drop_last: bool = True,
+                 part: tuple[int, int] = (0, 1)):
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         self.sites = sites or self.store.sites
         for s in self.sites:
@@ -58,6 +63,10 @@ class ShuffledLoader:
         self.batch_size, self.seed, self.dtype, self.device = batch_size, seed, dtype, torch.device(device)
         self.buffer_rows = max(buffer_rows, batch_size)
         self.with_tokens, self.verify, self.drop_last = with_tokens, verify, drop_last
+        if not (part[1] >= 1 and 0 <= part[0] < part[1]) or part[1] > batch_size:
+            raise SaescopeError(f"cannot split batches of {batch_size} rows into part {part[0]} of {part[1]}: "
+                                f"use fewer processes or a larger --batch-size")
+        self.part = part
         self._verified: set[tuple[str, int]] = set()
 
     def _groups(self, epoch: int) -> list[list[tuple[int, int, int]]]:
@@ -78,17 +87,29 @@ class ShuffledLoader:
         sizes = [sum(hi - lo for _, lo, hi in g) for g in self._groups(0)]
         return sum(r // self.batch_size if self.drop_last else -(-r // self.batch_size) for r in sizes)
 
-    def _read(self, name: str, chunks: list[tuple[int, int, int]]) -> torch.Tensor:
-        parts = []
+    def _read(self, name: str, chunks: list[tuple[int, int, int]], rows: np.ndarray | None = None) -> torch.Tensor:
+        """The buffer's rows of one column: all of them, or only the sorted buffer row numbers `rows`."""
+        parts, start = [], 0
         for shard, lo, hi in chunks:
+            if rows is None:
+                pick = slice(lo, hi)
+            else:  # rows of this chunk, as offsets into its shard; a memmap reads only those
+                inside = rows[(rows >= start) & (rows < start + hi - lo)]
+                pick = inside - start + lo
+            start += hi - lo
             if name == "tokens":
-                parts.append(torch.from_numpy(np.asarray(self.store.read_tokens(shard)[lo:hi])))
+                parts.append(torch.from_numpy(np.asarray(self.store.read_tokens(shard)[pick])))
                 continue
             check = self.verify and (name, shard) not in self._verified
             column = self.store.column(name).read(shard, verify=check)
             self._verified.add((name, shard))
-            parts.append(as_torch(column[lo:hi], self.store.dtype))
+            parts.append(as_torch(np.asarray(column[pick]), self.store.dtype))
         return torch.cat(parts)
+
+    def _share(self) -> slice:
+        """This part's contiguous slice of every global batch."""
+        i, n = self.part
+        return slice(self.batch_size * i // n, self.batch_size * (i + 1) // n)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
@@ -104,11 +125,23 @@ class ShuffledLoader:
                     step += n_batches
                     continue
                 perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, step]).permutation(rows))
-                buffers = {name: self._read(name, group) for name in self.sites}
-                tokens = self._read("tokens", group) if self.with_tokens else None
+                needed, where = None, None
+                if self.part[1] > 1:  # read only the rows of this part's slices of the batches to come
+                    first = max(0, start_step - step)
+                    last = n_batches if max_steps is None else min(n_batches, max_steps - step)
+                    share = self._share()
+                    needed = torch.cat([perm[b * self.batch_size:(b + 1) * self.batch_size][share]
+                                        for b in range(first, last)]).sort().values
+                    where = torch.empty(rows, dtype=torch.long)
+                    where[needed] = torch.arange(len(needed))
+                    needed = needed.numpy()
+                buffers = {name: self._read(name, group, needed) for name in self.sites}
+                tokens = self._read("tokens", group, needed) if self.with_tokens else None
                 for b in range(n_batches):
                     if step >= start_step:
                         idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                        if where is not None:
+                            idx = where[idx[share]]
                         acts = {name: buf[idx].to(self.device, self.dtype, non_blocking=True)
                                 for name, buf in buffers.items()}
                         yield Batch(step, acts, tokens[idx] if tokens is not None else None)

@@ -11,6 +11,10 @@ Layout of a store folder:
 All sites of one harvest share row order, so row i of every site (and of `tokens/`) is the same token.
 A shard is written under a `.tmp` name and renamed when complete; the manifests only list complete
 shards, which is what lets an interrupted harvest resume exactly where it stopped.
+
+A harvest by several processes gives each rank its own shard names (`shard_r1of4_00000.bin`) and
+its own manifest (`manifest.r1of4.json`) in every folder; `manifest.json` is their merge. The
+store may also be an fsspec URL, read through a local cache (`saescope/activations/remote.py`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from saescope.activations.remote import file_url_path, is_url, mirror
 from saescope.errors import SaescopeError
 
 TOKEN_FIELDS = 3  # token_id, doc_id, position
@@ -46,8 +52,8 @@ def read_json(path: Path) -> dict:
         raise SaescopeError(f"{path} is not valid JSON ({e.msg}): the store is damaged, harvest it again") from e
 
 
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.bin"
+def shard_name(index: int, prefix: str = "") -> str:
+    return f"shard_{prefix}{index:05d}.bin"
 
 
 @dataclass
@@ -59,6 +65,9 @@ class ShardColumn:
     dtype: str
     meta: dict = field(default_factory=dict)
     shards: list[dict] = field(default_factory=list)
+    prefix: str = ""  # a harvest rank's own shard names, e.g. "r1of4_"
+    manifest_name: str = "manifest.json"
+    remote: Any = field(default=None, repr=False, compare=False)  # a RemoteFolder that fetches missing shards
 
     @property
     def numpy_dtype(self):
@@ -69,19 +78,19 @@ class ShardColumn:
         return sum(s["rows"] for s in self.shards)
 
     def save_manifest(self) -> None:
-        write_json_atomic(self.folder / "manifest.json", {
+        write_json_atomic(self.folder / self.manifest_name, {
             **self.meta, "width": self.width, "dtype": self.dtype, "rows": self.rows, "shards": self.shards})
 
     @classmethod
-    def open(cls, folder: Path) -> "ShardColumn":
-        m = read_json(folder / "manifest.json")
+    def open(cls, folder: Path, prefix: str = "", manifest_name: str = "manifest.json") -> "ShardColumn":
+        m = read_json(folder / manifest_name)
         meta = {k: v for k, v in m.items() if k not in ("width", "dtype", "rows", "shards")}
-        return cls(folder, m["width"], m["dtype"], meta, m["shards"])
+        return cls(folder, m["width"], m["dtype"], meta, m["shards"], prefix, manifest_name)
 
     def write_shard(self, index: int, array: np.ndarray) -> None:
         """Write a complete shard under a temporary name, then rename it into place."""
         assert array.dtype == self.numpy_dtype and array.shape[1] == self.width
-        path = self.folder / shard_name(index)
+        path = self.folder / shard_name(index, self.prefix)
         tmp = path.with_name(path.name + ".tmp")
         data = memoryview(np.ascontiguousarray(array)).cast("B")  # no copy of a shard-sized buffer
         try:
@@ -102,8 +111,10 @@ class ShardColumn:
         """Forget shards past `n_shards` (left by a run killed between sites) and stray temp files."""
         for extra in self.shards[n_shards:]:
             (self.folder / extra["file"]).unlink(missing_ok=True)
-        for tmp in self.folder.glob("*.tmp"):
-            tmp.unlink()
+        # Other ranks may be writing their own temp files in this folder right now.
+        patterns = [f"shard_{self.prefix}*.tmp", f"{self.manifest_name}.tmp"] if self.prefix else ["*.tmp"]
+        for tmp in [t for pattern in patterns for t in self.folder.glob(pattern)]:
+            tmp.unlink(missing_ok=True)
         self.shards = self.shards[:n_shards]
         self.save_manifest()
 
@@ -112,6 +123,8 @@ class ShardColumn:
         info = self.shards[index]
         path = self.folder / info["file"]
         expected = info["rows"] * self.width * np.dtype(self.numpy_dtype).itemsize
+        if not path.exists() and self.remote is not None:
+            self.remote.fetch(info["file"], path, expected)
         if not path.exists():
             raise SaescopeError(f"shard {path} is missing: harvest again or restore the file")
         if path.stat().st_size != expected:
@@ -139,12 +152,20 @@ class ActivationStore:
     """Read access to a finished (or partly finished) harvest."""
 
     def __init__(self, path: str | Path):
+        """`path` is a folder, a `file://` URL, or any fsspec URL (read through the local cache)."""
+        self.url = str(path)
+        remotes = {}
+        if is_url(path):
+            local = file_url_path(str(path))
+            path, remotes = (local, {}) if local is not None else mirror(str(path))
         self.path = Path(path)
         if not self.path.exists():
             raise SaescopeError(f"activation store {self.path} does not exist: run `saescope harvest --out {self.path}`")
         self.info = read_json(self.path / "store.json")
         self.tokens = ShardColumn.open(self.path / "tokens")
         self.columns = {name: ShardColumn.open(self.path / name) for name in self.info["sites"]}
+        for name, column in [("tokens", self.tokens), *self.columns.items()]:
+            column.remote = remotes.get(name)
 
     @property
     def sites(self) -> list[str]:

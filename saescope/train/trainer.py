@@ -8,6 +8,16 @@ instead of hundreds).
 Checkpoints hold weights, optimiser state, step and normalising constants; the loader can jump to
 any batch number without reading earlier ones, so a resumed run ends bit-identical to an
 uninterrupted one with the same seed.
+
+Under torchrun (`saescope/distributed.py`) the ranks form SAE groups x data ranks. An SAE group
+owns a contiguous share of the suite (SAE i is initialised from seed i whoever owns it) and reads
+only its sites; its data ranks each take a slice of every global batch, scale their loss by
+their share of the batch's tokens and sum gradients, which equals the one-process gradient for
+any loss that is a mean over tokens (the recipe's MSE and L0 terms). The frequency penalty of
+Gemma Scope 2 (`freq_coefficient`) is computed on each rank's slice instead of the whole batch,
+as is BatchTopK's batch-wide top-k selection (SAE parallel is exact for every family), and
+logged FVU is the token-weighted mean of the slices' FVU. Each group's first rank writes the
+group's checkpoint, log and SAEs; groups never wait for each other until the end.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from saescope import distributed
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore, write_json_atomic
 from saescope.config import option, save_config
@@ -30,7 +42,7 @@ from saescope.errors import SaescopeError
 from saescope.models.loading import resolve_device
 from saescope.models.sites import Site
 from saescope.saes.base import SAE
-from saescope.saes.registry import make_sae, sae_from_state
+from saescope.saes.registry import make_sae, sae_from_state, sweep_knobs
 
 
 @dataclass
@@ -38,9 +50,12 @@ class TrainConfig:
     store: str = option("runs/default/activations", "activation store to train on")
     out: str = option("runs/default", "run folder: checkpoints go to OUT/train, trained SAEs to OUT/saes")
     train_sites: str = option("all", "sites of the store to train on: all, or names like res.3,mlp.3")
-    arch: str = option("jumprelu", "SAE family")
+    arch: str = option("jumprelu", "SAE family: jumprelu, relu, gated, topk, batchtopk, matryoshka, atm")
     widths: list = option([4096], "dictionary sizes, comma-separated")
-    l0_coefficients: list = option([1e-3], "sparsity coefficients (lambda), comma-separated; one SAE per value")
+    l0_coefficients: list = option([1e-3], "the family's sparsity knob, comma-separated, one SAE per value: lambda "
+                                           "(jumprelu), L1 coefficient (relu, gated, atm) or k (topk, batchtopk, matryoshka)")
+    transcoder: str = option("", "train transcoders: plain, or skip (with an affine skip connection); "
+                                 "--train-sites then names mlp_in.L sites, each predicting mlp.L")
     knobs: str = option("", "family options as key=value,key=value (e.g. target_l0=40,l0_penalty=quadratic)")
     train_tokens: int = option(4_000_000_000, "training tokens per SAE (the loader repeats epochs if the store is smaller)")
     batch_size: int = option(4096, "tokens per step")
@@ -56,6 +71,9 @@ class TrainConfig:
     log_every: int = option(50, "steps between log lines in OUT/train/log.jsonl")
     seed: int = option(0, "seed for initialisation and shuffling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    parallel: str = option("auto", "with several processes: data (split every batch), sae (split the SAEs), both, "
+                                   "or auto (sae when there are at least as many SAEs as processes, else data)")
+    sae_groups: int = option(0, "with --parallel both: SAE groups, each splitting its batches (0 = one per machine)")
 
 
 def parse_knobs(text: str) -> dict:
@@ -71,8 +89,17 @@ def parse_knobs(text: str) -> dict:
     return knobs
 
 
-def sae_key(site: str, width: int, coefficient: float) -> str:
-    return f"{site}__w{width}__c{coefficient:g}"
+def sae_key(site: str, width: int, coefficient: float, arch: str | None = None) -> str:
+    """`res.6__w4096__c0.001`; with several families in one run the family leads: `topk__res.6__w4096__c32`."""
+    return f"{arch + '__' if arch else ''}{site}__w{width}__c{coefficient:g}"
+
+
+def transcoder_target(site: str) -> str:
+    """The output site a transcoder reading `site` predicts: mlp.L for mlp_in.L."""
+    s = Site.parse(site)
+    if s.kind != "mlp_in":
+        raise SaescopeError(f"transcoders read mlp_in sites, not {site}: pass --train-sites mlp_in.{s.layer}")
+    return Site(s.layer, "mlp").name
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -113,33 +140,70 @@ def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, families: list[tuple[str, list[float], dict]] | None = None):
+        """`families` (saescope compare) trains several families in one read of the store, each
+        with its own sweep values and knobs (added to --knobs); by default it is
+        [(cfg.arch, cfg.l0_coefficients, {})]."""
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(distributed.device_for(cfg.device))
         self.store = ActivationStore(cfg.store)
-        self.sites = select_sites(self.store, cfg.train_sites)
+        all_sites = select_sites(self.store, cfg.train_sites)
+        if cfg.transcoder not in ("", "plain", "skip"):
+            raise SaescopeError(f"unknown --transcoder {cfg.transcoder!r}: use plain or skip")
+        self.targets = {s: transcoder_target(s) for s in all_sites} if cfg.transcoder else {}
+        multi = families is not None
+        families = families or [(cfg.arch, cfg.l0_coefficients, {})]
+        suite = [(s, int(w), c, a) for a, values, _ in families for s in all_sites for w in cfg.widths for c in values]
+        extra = {a: knobs for a, _, knobs in families}
+        self.n_suite = len(suite)
+        self.layout = distributed.Layout.create(cfg.parallel, cfg.sae_groups, len(suite))
+        owned = distributed.partition([self.store.d_in(s) * w for s, w, _, _ in suite],
+                                      self.layout.sae_groups)[self.layout.group_index]
+        self.sites = [s for s in all_sites if any(suite[i][0] == s for i in owned)]  # only these are read
+        self.sites += [self.targets[s] for s in self.sites if s in self.targets]
         self.loader = ShuffledLoader(self.store, self.sites, cfg.batch_size, cfg.buffer_rows, seed=cfg.seed,
-                                     split="train", eval_shards=cfg.eval_shards, device=self.device)
+                                     split="train", eval_shards=cfg.eval_shards, device=self.device,
+                                     part=(self.layout.data_index, self.layout.data_ways))
         self.total_steps = max(1, cfg.train_tokens // cfg.batch_size)
         self.knobs = parse_knobs(cfg.knobs)
         self.saes: dict[str, SAE] = {}
         self.site_of: dict[str, str] = {}
-        for i, (site, width, coef) in enumerate((s, w, c) for s in self.sites for w in cfg.widths
-                                                for c in cfg.l0_coefficients):
+        self.arch_of: dict[str, str] = {}
+        if cfg.transcoder:
+            self.knobs["transcoder"] = cfg.transcoder
+        for i in owned:
+            site, width, coef, arch = suite[i]
             torch.manual_seed(cfg.seed * 100_003 + i)
-            coef_knob = {"l0_coefficient": coef} if cfg.arch == "jumprelu" else {"sparsity_coefficient": coef}
-            key = sae_key(site, int(width), coef)
-            self.saes[key] = make_sae(cfg.arch, self.store.d_in(site), int(width), **coef_knob, **self.knobs).to(self.device)
+            key = sae_key(site, int(width), coef, arch if multi else None)
+            self.saes[key] = make_sae(arch, self.store.d_in(site), int(width), **sweep_knobs(arch, coef),
+                                      **(self.knobs | extra[arch])).to(self.device)
             self.site_of[key] = site
+            self.arch_of[key] = arch
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)), eps=1e-8)
         self.step = 0
         self.scales: dict[str, float] = {}
 
+    def _group_file(self, stem: str, suffix: str) -> Path:
+        """OUT/train/STEM.SUFFIX, or STEM.g<i>of<n>.SUFFIX for one of several SAE groups."""
+        g, n = self.layout.group_index, self.layout.sae_groups
+        return self.out / "train" / (f"{stem}.{suffix}" if n == 1 else f"{stem}.g{g}of{n}.{suffix}")
+
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "train" / "checkpoint.pt"
+        return self._group_file("checkpoint", "pt")
+
+    def _refuse_other_layouts(self) -> None:
+        """Checkpoints of another SAE grouping hold other SAEs per file: resuming would silently
+        start some SAEs over, so say so instead."""
+        n = self.layout.sae_groups
+        ours = {"checkpoint.pt"} if n == 1 else {f"checkpoint.g{g}of{n}.pt" for g in range(n)}
+        others = sorted(p.name for p in (self.out / "train").glob("checkpoint*.pt") if p.name not in ours)
+        if others:
+            raise SaescopeError(f"{self.out / 'train'} holds checkpoints of a run split into other SAE groups "
+                                f"({others[0]}): restart with the same --nproc/--parallel/--sae-groups, "
+                                f"or delete them to start over")
 
     def save_checkpoint(self) -> None:
         path = self.checkpoint_path
@@ -161,7 +225,7 @@ class Trainer:
             raise SaescopeError(f"checkpoint {self.checkpoint_path} holds other SAEs than this config asks for: "
                                 f"use another --out or delete {self.checkpoint_path.parent}")
         for key, sae in self.saes.items():
-            self.saes[key] = sae_from_state(self.cfg.arch, sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
+            self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         self.opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(float(self.cfg.adam_beta1), float(self.cfg.adam_beta2)), eps=1e-8)
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -169,15 +233,23 @@ class Trainer:
         return True
 
     def train(self) -> dict[str, SAE]:
-        save_config(self.cfg, self.out / "train" / "config.json")
+        """Train this process's SAEs (all of them in one process); returns them."""
+        leader = self.layout.group_leader
+        (self.out / "train").mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            save_config(self.cfg, self.out / "train" / "config.json")
+        self._refuse_other_layouts()
         resumed = self.load_checkpoint()
         if not self.scales:
             self.scales = {s: estimate_scale(self.store, s, self.cfg.norm_rows) for s in self.sites}
-        if resumed:
+        if resumed and leader:
             print(f"saescope: resuming {len(self.saes)} SAEs at step {self.step}/{self.total_steps}")
-        log = open(self.out / "train" / "log.jsonl", "a")
+        if distributed.is_main() and self.layout.world > 1:
+            print(f"saescope: {self.layout.world} processes: {self.layout.sae_groups} SAE group(s) of "
+                  f"{self.layout.data_ways} data rank(s), {self.n_suite} SAEs")
+        log = open(self._group_file("log", "jsonl"), "a") if leader else None
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {len(self.saes)} SAEs",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=not distributed.is_main())
         started, start_step = time.perf_counter(), self.step
         try:
             for batch in self.loader.iterate(self.step, self.total_steps, epochs=None):
@@ -187,15 +259,30 @@ class Trainer:
                 rate = (self.step - start_step) * self.cfg.batch_size / (time.perf_counter() - started)
                 bar.set_postfix(tok_s=f"{rate:,.0f}", L0=f"{stats['l0']:.1f}", FVU=f"{stats['fvu']:.3f}")
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    log.write(json.dumps({"step": self.step, **stats["per_sae"]}) + "\n")
-                    log.flush()
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    per_sae = self._mean_over_data_ranks(stats["per_sae"], len(batch.acts[self.sites[0]]))
+                    if log is not None:
+                        log.write(json.dumps({"step": self.step, **per_sae}) + "\n")
+                        log.flush()
+                if leader and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps):
                     self.save_checkpoint()
         finally:
             bar.close()
-            log.close()
-        self.write_trained()
+            if log is not None:
+                log.close()
+        if leader:
+            self.write_trained()
+        distributed.barrier()  # the job is done when every group's SAEs are written
         return self.saes
+
+    def _mean_over_data_ranks(self, per_sae: dict[str, dict], rows: int) -> dict[str, dict]:
+        """Logged numbers for the whole global batch: each rank's means weighted by its rows."""
+        if self.layout.data_ways == 1:
+            return per_sae
+        names = ("l0", "fvu", "mse")
+        t = torch.tensor([[per_sae[k][n] * rows / self.cfg.batch_size for n in names] for k in self.saes],
+                         dtype=torch.float64)
+        dist.all_reduce(t, group=self.layout.data_group)
+        return {k: {n: round(v, 5) for n, v in zip(names, row)} for k, row in zip(self.saes, t.tolist())}
 
     def train_step(self, acts: dict[str, torch.Tensor]) -> dict:
         cfg = self.cfg
@@ -204,6 +291,10 @@ class Trainer:
         scale = sparsity_scale_at(self.step, cfg)
         per_sae, l0s, fvus = {}, [], []
         normalised: dict[str, torch.Tensor] = {}
+        # Data ranks: each loss is a mean over this rank's rows; weighting it by the rank's share of
+        # the global batch and summing over ranks gives the gradient of the global-batch mean.
+        share = None if self.layout.data_ways == 1 else len(next(iter(acts.values()))) / cfg.batch_size
+        pending = []
         for key, sae in self.saes.items():
             site = self.site_of[key]
             if site not in normalised:
@@ -211,19 +302,43 @@ class Trainer:
                 if not torch.isfinite(x).all():
                     raise self.nan_error(site, "the activation batch")
                 normalised[site] = x
-            out = sae.loss(normalised[site], scale)
+            target = self.targets.get(site)  # a transcoder's output, scaled by its input's constant
+            out = sae.loss(normalised[site], scale, **({"target": acts[target] / self.scales[site]} if target else {}))
             if not torch.isfinite(out.loss):
                 raise self.nan_error(site, f"the loss of SAE {key}")
-            out.loss.backward()
-            sae.remove_parallel_decoder_grad()
+            if share is None:
+                out.loss.backward()
+                sae.remove_parallel_decoder_grad()
+            else:
+                (out.loss * share).backward()
+                pending.append((sae, self._sum_grads_async(sae)))
             per_sae[key] = {"l0": round(out.l0.item(), 3), "fvu": round(out.fvu.item(), 5), "mse": round(out.mse.item(), 5)}
             l0s.append(per_sae[key]["l0"])
             fvus.append(per_sae[key]["fvu"])
+        for sae, wait in pending:
+            wait()
+            sae.remove_parallel_decoder_grad()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         for sae in self.saes.values():
             sae.normalize_decoder()
         return {"l0": sum(l0s) / len(l0s), "fvu": sum(fvus) / len(fvus), "per_sae": per_sae}
+
+    def _sum_grads_async(self, sae: SAE):
+        """Start summing one SAE's gradients over the data ranks, so the next SAE's step runs while
+        they travel; returns the function that waits and writes the sums back."""
+        params = list(sae.parameters())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        work = dist.all_reduce(flat, group=self.layout.data_group, async_op=True)
+
+        def wait() -> None:
+            work.wait()
+            for p, summed in zip(params, flat.split([p.numel() for p in params])):
+                p.grad.copy_(summed.view_as(p))
+        return wait
 
     def nan_error(self, site: str, what: str) -> SaescopeError:
         s = Site.parse(site)
@@ -241,13 +356,14 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             save_file({k: torch.from_numpy(v) for k, v in folded.params_npz().items()}, folder / "sae.safetensors")
             write_json_atomic(folder / "config.json", {
-                "architecture": self.cfg.arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "site": site.kind,
+                "architecture": folded.arch, "family": self.arch_of[key], "d_in": sae.d_in, "d_sae": sae.d_sae, "site": site.kind,
                 "layer": site.layer, "hook": site.name, "knobs": folded.knobs(),
                 "sparsity_coefficient": self._coef(key), "normalization_scale": self.scales[self.site_of[key]],
                 "tokens_trained": self.step * self.cfg.batch_size, "steps": self.step,
                 "model": self.store.info.get("model"), "model_name": self.store.info.get("model_name"),
                 "dataset": self.store.info.get("dataset"), "context_len": self.store.info.get("context_len"),
                 "store_dtype": self.store.dtype, "seed": self.cfg.seed,
+                **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
             })
 
     def _coef(self, key: str) -> float:
