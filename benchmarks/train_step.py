@@ -15,6 +15,12 @@ them alike; ratios measured in one run are the evidence, not absolute times.
 
     python benchmarks/train_step.py [--steps 5] [--width 16384] [--d-in 640] [--batch 4096]
     python benchmarks/train_step.py --compare-fvu 300   # FVU cost of the bfloat16 matmul
+
+One row per other SAE family (issue 4) steps the same batch with the family's own loss at the
+same L0 (k = l0_frac * width for the TopK families; the L1 families at their default
+coefficient, whose L0 on this batch is printed), and one row steps a freshly initialised
+JumpReLU SAE (threshold 0.001, about half the latents active: the dense path). Every row's
+ratio is against the plain dense JumpReLU loop measured in the same run.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from saescope.saes import JumpReLUSAE
+from saescope.saes import JumpReLUSAE, make_sae, sweep_knobs
 
 LR = 7e-5
 BETAS = (0.0, 0.999)
@@ -195,6 +201,16 @@ def benchmark(args: argparse.Namespace) -> None:
         "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
+    if not args.no_families:
+        k = max(1, round(args.l0_frac * args.width))
+        for arch in ("topk", "batchtopk", "matryoshka", "relu", "gated", "atm"):
+            knobs = sweep_knobs(arch, k) if arch in ("topk", "batchtopk", "matryoshka") else {}
+            fam = make_sae(arch, args.d_in, args.width, **knobs).to(device)
+            with torch.no_grad():
+                fam.W_enc.copy_(base.W_enc)
+                fam.W_dec.copy_(base.W_dec)
+            variants[arch] = ours_step(fam, x)
+        variants["jumprelu at init"] = ours_step(JumpReLUSAE(args.d_in, args.width).to(device), x)
     sl = "skipped (--no-saelens)" if args.no_saelens else saelens_step(base, x)
     if isinstance(sl, str):
         print(f"SAELens row skipped: {sl}")
@@ -224,10 +240,10 @@ def benchmark(args: argparse.Namespace) -> None:
     for label, stat in (("median", statistics.median), ("best", min)):
         t = {k: stat(v) for k, v in times.items()}
         print(f"\n{label} of {args.steps} interleaved steps")
-        print(f"{'variant':20s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s}"
+        print(f"{'variant':20s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s} {'L0':>7s}"
               + (f" {'vs SAELens':>10s}" if "SAELens" in t else ""))
         for name, secs in t.items():
-            row = f"{name:20s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x"
+            row = f"{name:20s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x {l0s[name]:7.0f}"
             if "SAELens" in t:
                 row += f" {t['SAELens'] / secs:9.2f}x"
             print(row)
@@ -276,6 +292,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-saelens", action="store_true")
+    p.add_argument("--no-families", action="store_true", help="only the JumpReLU rows")
     p.add_argument("--compare-fvu", type=int, default=0, metavar="STEPS",
                    help="instead of timing, train float32 and bfloat16 for STEPS steps and compare FVU")
     p.add_argument("--fvu-lr", type=float, default=1e-3, help="learning rate for --compare-fvu (short runs)")

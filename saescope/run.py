@@ -26,19 +26,23 @@ from saescope.train.trainer import TrainConfig, Trainer
 class RunConfig(EvalConfig, TrainConfig, HarvestConfig):
     out: str = option("runs/default", "run folder: activations, checkpoints, SAEs, release and summary")
     store: str = option("", "activation store (default: OUT/activations)")
-    tokens: int = option(204_800, "tokens to harvest (training split + held-out shard)")
+    tokens: int = option(114_688, "tokens to harvest: 6 training shards + 1 held-out shard of 16384")
     shard_rows: int = option(16384, "rows per shard file")
     context_len: int = option(1024, "tokens per sequence")
     widths: list = option([2048], "dictionary sizes, comma-separated")
     l0_coefficients: list = option([3e-3], "sparsity coefficients (lambda), comma-separated; one SAE per value")
-    train_tokens: int = option(1_228_800, "training tokens per SAE (epochs over the store's training split)")
-    batch_size: int = option(4096, "tokens per step")
-    lr: float = option(1e-3, "Adam learning rate (the recipe's 7e-5 is for billions of tokens)")
-    lr_warmup_steps: int = option(30, "cosine warm-up steps of the learning rate")
-    l0_warmup_steps: int = option(150, "linear warm-up steps of the sparsity coefficient")
-    buffer_rows: int = option(32768, "shuffle buffer rows (memory: rows x total site width x dtype size)")
+    knobs: str = option("l0_penalty=quadratic,target_l0=64",
+                        "family options; the default run uses Gemma Scope 2's quadratic L0 penalty so every "
+                        "site lands near one L0 (use --knobs '' for the plain lambda*L0 of Gemma Scope 1)")
+    train_tokens: int = option(307_200, "training tokens per SAE (about 3 epochs over the training shards)")
+    batch_size: int = option(1024, "tokens per step (the recipe's 4096 leaves too few steps for a short run)")
+    lr: float = option(2e-3, "Adam learning rate (the recipe's 7e-5 is for billions of tokens)")
+    lr_warmup_steps: int = option(10, "cosine warm-up steps of the learning rate")
+    l0_warmup_steps: int = option(60, "linear warm-up steps of the sparsity coefficient")
+    buffer_rows: int = option(16384, "shuffle buffer rows (memory: rows x total site width x dtype size)")
     checkpoint_every: int = option(50, "steps between checkpoints")
     log_every: int = option(10, "steps between log lines in OUT/train/log.jsonl")
+    eval_sequences: int = option(4, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
 
     def part(self, cls: type):
         """The sub-job's own config, with the store inside the run folder unless given."""

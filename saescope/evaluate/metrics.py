@@ -8,6 +8,10 @@ From held-out text run through the model: next-token cross-entropy clean, with t
 reconstruction spliced in at its site, and with the site zero-ablated; delta LM loss, KL divergence
 to the clean model, and CE loss recovered. BOS, EOS and padding positions are never counted and
 keep their original activation (no SAE is trained on them).
+
+Transcoders (config `transcoder: true`) read `mlp_in.L` and predict `mlp.L`: FVU is against the
+`mlp.L` rows, and delta LM loss replaces the whole MLP branch by the transcoder, i.e. the `mlp.L`
+activation by transcoder(the `mlp_in.L` activation of the same forward pass).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from saescope.activations.store import ActivationStore, read_json, write_json_at
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.models.loading import load_model
-from saescope.models.sites import Site, replace
+from saescope.models.sites import Site, capture, replace
 from saescope.saes.base import SAE
 
 DENSE_FREQUENCY = 0.1
@@ -46,9 +50,17 @@ class EvalConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
+def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """decode(f), plus the skip path of a skip transcoder (whose decode leaves it out)."""
+    out = sae.decode(f)
+    skip = getattr(sae, "affine_skip_connection", None)
+    return out if skip is None else out + x @ skip
+
+
 @torch.no_grad()
-def store_metrics(sae: SAE, loader: ShuffledLoader, site: str) -> dict:
-    """L0, FVU and firing statistics of one SAE on the held-out rows of its site."""
+def store_metrics(sae: SAE, loader: ShuffledLoader, site: str, target: str | None = None) -> dict:
+    """L0, FVU and firing statistics of one SAE on the held-out rows of its site; a transcoder is
+    scored against its `target` site's rows."""
     n, sq_err, l0_sum = 0, 0.0, 0.0
     sums = torch.zeros(sae.d_in, dtype=torch.float64)
     sq_sums = torch.zeros(sae.d_in, dtype=torch.float64)
@@ -56,7 +68,8 @@ def store_metrics(sae: SAE, loader: ShuffledLoader, site: str) -> dict:
     for batch in loader:
         x = batch.acts[site]
         f = sae.encode(x)
-        x_hat = sae.decode(f)
+        x_hat = _reconstruct(sae, x, f)
+        x = batch.acts[target] if target else x
         active = f > 0
         n += len(x)
         sq_err += (x_hat - x).double().pow(2).sum().item()
@@ -132,6 +145,24 @@ def model_metrics(text: HeldOutText, sae: SAE, site: Site, clean_ce: float, zero
             "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
 
 
+def transcoder_metrics(text: HeldOutText, tc: SAE, in_site: Site, out_site: Site, clean_ce: float,
+                       zero_ce: float) -> dict:
+    """model_metrics for a transcoder: the out site replaced by tc(the in site of the same forward)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(_site: Site, x: torch.Tensor) -> None:
+        seen["x"] = x
+
+    def splice(_y: torch.Tensor) -> torch.Tensor:
+        return tc(seen["x"].float())
+
+    with capture(text.model, [in_site], grab, stop_after=False):
+        ce, kl = text.loss_with(out_site, splice)
+    return {"eval_text_tokens": text.tokens, "ce_clean": clean_ce, "ce_spliced": ce, "ce_zero_ablation": zero_ce,
+            "delta_loss": ce - clean_ce, "kl_div": kl,
+            "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
+
+
 def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
     from saescope.release.formats import load
 
@@ -157,12 +188,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     for folder in tqdm(folders, desc="evaluate", unit="sae", dynamic_ncols=True):
         sae, meta = load_trained(folder, device)
         site = Site(meta["layer"], meta["site"])
-        loader = ShuffledLoader(store, [site.name], batch_size=4096, split="eval", eval_shards=cfg.eval_shards,
+        out_site = Site.parse(meta["target_site"]) if meta.get("transcoder") else site
+        read = [site.name] + ([out_site.name] if out_site != site else [])
+        loader = ShuffledLoader(store, read, batch_size=4096, split="eval", eval_shards=cfg.eval_shards,
                                 drop_last=False, device=device)
-        metrics = store_metrics(sae, loader, site.name)
-        if site.name not in zero_ce:
-            zero_ce[site.name] = text.loss_with(site, torch.zeros_like)[0]
-        metrics |= model_metrics(text, sae, site, clean_ce, zero_ce[site.name])
+        metrics = store_metrics(sae, loader, site.name, out_site.name if out_site != site else None)
+        if out_site.name not in zero_ce:
+            zero_ce[out_site.name] = text.loss_with(out_site, torch.zeros_like)[0]
+        if out_site != site:
+            metrics |= transcoder_metrics(text, sae, site, out_site, clean_ce, zero_ce[out_site.name])
+        else:
+            metrics |= model_metrics(text, sae, site, clean_ce, zero_ce[site.name])
         write_json_atomic(folder / "metrics.json", metrics)
         results[folder.name] = metrics
     return results

@@ -8,6 +8,10 @@ Release layout (one tree per site kind, as Gemma Scope shipped one repository pe
         config.json   model, site, layer, d_in, width, architecture, sparsity coefficient, tokens, scale
         metrics.json
 
+Transcoders (`mlp_in.L` -> `mlp.L`) go under `transcoders/`; a skip transcoder's folder ends in
+`_affine` (Gemma Scope 2's name for the affine skip connection) and its params.npz adds
+`affine_skip_connection [d_in, d_out]`.
+
 The arrays are folded, so the reference forward `pre = x @ W_enc + b_enc; acts = (pre > threshold)
 * relu(pre); recon = acts @ W_dec + b_dec` works on raw activations. Nothing is ever unpickled.
 """
@@ -64,13 +68,16 @@ def release(out: str | Path, dest: str | Path | None = None) -> Path:
         config = json.loads((folder / "config.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
         sae = load(folder)
-        rel = Path(KIND_FOLDERS[config["site"]], f"layer_{config['layer']}", f"width_{width_name(config['d_sae'])}",
-                   f"average_l0_{round(metrics['l0'])}")
+        params = sae.params_npz()
+        affine = "_affine" if "affine_skip_connection" in params else ""
+        kind = "transcoders" if config.get("transcoder") else KIND_FOLDERS[config["site"]]
+        rel = Path(kind, f"layer_{config['layer']}", f"width_{width_name(config['d_sae'])}",
+                   f"average_l0_{round(metrics['l0'])}{affine}")
         if any(e["path"] == str(rel) for e in entries):  # two coefficients landed on the same rounded L0
             rel = rel.with_name(f"{rel.name}_c{config['sparsity_coefficient']:g}")
         target = tmp / rel
         target.mkdir(parents=True)
-        np.savez(target / "params.npz", **sae.params_npz())
+        np.savez(target / "params.npz", **params)
         (target / "config.json").write_text(json.dumps(config, indent=2))
         (target / "metrics.json").write_text(json.dumps(metrics))
         entries.append({"path": str(rel), "site": config["site"], "layer": config["layer"], "width": config["d_sae"],

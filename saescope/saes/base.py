@@ -3,12 +3,18 @@ and the Gemma Scope `params.npz` layout.
 
 A family adds its activation function, its training loss and any extra released arrays
 (JumpReLU's threshold) through the small hooks at the bottom of `SAE`.
+
+Transcoders are SAEs of any family with `transcoder="plain"` or `"skip"`: they read one site
+(the MLP input) and predict another (the MLP output), so `loss` takes a `target`; the recipe
+gives them no pre-encoder bias and no transposed init. `"skip"` adds Gemma Scope 2's affine
+skip path `x @ affine_skip_connection` [d_in, d_out], initialised to zero so training starts
+from the plain transcoder.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +40,21 @@ class LossOutput:
     penalty: Tensor  # the sparsity term as it entered the loss (after sparsity_scale)
 
 
+TRANSCODER_KINDS = ("none", "plain", "skip")
+
+
+def batch_variance(y: Tensor) -> Tensor:
+    """Summed per-dimension variance of a batch (detached): FVU's denominator."""
+    with torch.no_grad():
+        return (y - y.mean(dim=0)).pow(2).sum(dim=1).mean()
+
+
+def loss_output(loss: Tensor, mse: Tensor, y: Tensor, token_l0: Tensor, fired: Tensor, penalty: Tensor) -> LossOutput:
+    """The LossOutput every family returns, with the numbers detached for logging."""
+    return LossOutput(loss=loss, mse=mse.detach(), l0=token_l0.detach().float().mean(),
+                      fvu=mse.detach() / batch_variance(y), fired=fired.detach(), penalty=penalty.detach())
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SaescopeError(f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=16384")
@@ -51,19 +72,36 @@ class SAE(nn.Module, ABC):
 
     arch: ClassVar[str]
     extra_params: ClassVar[tuple[str, ...]] = ()  # released arrays of shape [d_sae] beyond the four
+    # The knob `saescope train` sweeps (--l0-coefficients) for this family, and its type.
+    sweep_knob: ClassVar[str] = "sparsity_coefficient"
+    sweep_type: ClassVar[type] = float
 
-    def __init__(self, d_in: int, d_sae: int, *, pre_encoder_bias: bool = True) -> None:
+    def __init__(self, d_in: int, d_sae: int, *, pre_encoder_bias: bool | None = None,
+                 transcoder: str = "none") -> None:
         super().__init__()
         self.d_in = _positive_int("d_in", d_in)
         self.d_sae = _positive_int("d_sae", d_sae)
-        self.pre_encoder_bias = bool(pre_encoder_bias)
+        if transcoder not in TRANSCODER_KINDS:
+            raise SaescopeError(f"unknown transcoder {transcoder!r}; use one of {list(TRANSCODER_KINDS)}")
+        if transcoder != "none" and pre_encoder_bias:
+            raise SaescopeError("a transcoder has no pre-encoder bias (b_dec lives in the target site); "
+                                "drop pre_encoder_bias=True")
+        self.transcoder = transcoder
+        self.pre_encoder_bias = transcoder == "none" if pre_encoder_bias is None else bool(pre_encoder_bias)
         # Recipe init: He-uniform decoder scaled to unit rows, encoder its transpose, zero biases.
+        # Transcoders map one space to another, so their encoder is drawn on its own (same scale).
         W_dec = nn.init.kaiming_uniform_(torch.empty(d_sae, d_in))
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())
+        if transcoder == "none":
+            self.W_enc = nn.Parameter(W_dec.t().clone())
+        else:
+            W_enc = nn.init.kaiming_uniform_(torch.empty(d_sae, d_in))
+            self.W_enc = nn.Parameter((W_enc / W_enc.norm(dim=1, keepdim=True)).t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if transcoder == "skip":
+            self.affine_skip_connection = nn.Parameter(torch.zeros(d_in, d_in))
 
     # ---- inference -------------------------------------------------------------------
     def encoder_input(self, x: Tensor) -> Tensor:
@@ -80,12 +118,31 @@ class SAE(nn.Module, ABC):
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        out = self.decode(self.encode(x))
+        return out + x @ self.affine_skip_connection if self.transcoder == "skip" else out
 
-    @abstractmethod
-    def loss(self, x: Tensor, sparsity_scale: float = 1.0) -> LossOutput:
+    def loss(self, x: Tensor, sparsity_scale: float = 1.0, target: Tensor | None = None) -> LossOutput:
         """The training loss on a batch already divided by the site's normalising constant;
-        `sparsity_scale` in [0, 1] is the trainer's warm-up factor on the sparsity term."""
+        `sparsity_scale` in [0, 1] is the trainer's warm-up factor on the sparsity term.
+        Transcoders predict `target` (the output site, divided by the input's constant)."""
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        if (target is None) != (self.transcoder == "none"):
+            raise SaescopeError("a transcoder needs target= (its output site) and an SAE takes none; "
+                                "check the transcoder knob")
+        y = x if target is None else target.to(torch.float32)
+        if y.shape != x.shape:
+            raise SaescopeError(f"transcoder target must be [tokens, {self.d_in}] like its input, got {tuple(y.shape)}")
+        if self.transcoder != "skip":
+            return self._loss(x, y, sparsity_scale)
+        # The SAE part fits what the skip path leaves; the skip matrix learns through that target.
+        out = self._loss(x, y - x @ self.affine_skip_connection, sparsity_scale)
+        return replace(out, fvu=out.mse / batch_variance(y))
+
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+        """The family's loss for reconstructing `y` from `x` (y is x for an SAE)."""
+        raise SaescopeError(f"{type(self).__name__} cannot be trained; it was loaded for inference only")
 
     # ---- decoder constraint ----------------------------------------------------------
     @torch.no_grad()
@@ -107,35 +164,48 @@ class SAE(nn.Module, ABC):
     # ---- knobs, folding and release --------------------------------------------------
     def knobs(self) -> dict[str, Any]:
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""
-        return {"pre_encoder_bias": self.pre_encoder_bias}
+        knobs: dict[str, Any] = {"pre_encoder_bias": self.pre_encoder_bias}
+        return knobs | ({"transcoder": self.transcoder} if self.transcoder != "none" else {})
+
+    def release_form(self) -> tuple[type[SAE], dict[str, Tensor], dict[str, Any]]:
+        """(class, arrays, knobs) of the released SAE, before folding: arrays in this SAE's
+        units and with its pre-encoder bias. By default the family releases itself; families
+        whose inference is a JumpReLU (ReLU, Gated, BatchTopK) return JumpReLU arrays here."""
+        arrays = {k: getattr(self, k).detach() for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
+        return type(self), arrays | self.extra_arrays(), self.knobs()
 
     @torch.no_grad()
     def folded(self, scale: float) -> SAE:
-        """A new SAE of the same family that takes raw activations `x_raw = scale * x` and
-        returns `scale *` this SAE's latents and reconstruction, with no pre-encoder bias.
+        """The released SAE: it takes raw activations `x_raw = scale * x` and returns `scale *`
+        this SAE's latents and reconstruction, with no pre-encoder bias. A skip transcoder comes
+        back as a `SkipTranscoder` around the plain one (the skip is unchanged by folding).
 
         The recipe's formulas: b_enc' = C*b_enc - C*(b_dec @ W_enc), b_dec' = C*b_dec, extra
         per-latent arrays (the threshold) scaled by C, W_enc and W_dec unchanged.
         """
         if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
             raise SaescopeError(f"folding scale must be a positive finite number, got {scale!r}")
-        b_enc = self.b_enc - self.b_dec @ self.W_enc if self.pre_encoder_bias else self.b_enc
-        params = {
-            "W_enc": self.W_enc.detach(),
-            "W_dec": self.W_dec.detach(),
-            "b_enc": scale * b_enc,
-            "b_dec": scale * self.b_dec.detach(),
-        }
-        params |= {k: scale * v for k, v in self.extra_arrays().items()}
-        knobs = self.knobs() | {"pre_encoder_bias": False}
-        out = type(self).from_params(params, **knobs)
-        return out.to(self.W_enc.device)
+        cls, arrays, knobs = self.release_form()
+        W_enc, b_enc, b_dec = arrays["W_enc"], arrays["b_enc"], arrays["b_dec"]
+        if self.pre_encoder_bias:
+            b_enc = b_enc - b_dec @ W_enc
+        params = {"W_enc": W_enc, "W_dec": arrays["W_dec"], "b_enc": scale * b_enc, "b_dec": scale * b_dec}
+        params |= {k: scale * arrays[k] for k in cls.extra_params}
+        knobs = knobs | {"pre_encoder_bias": False}
+        if self.transcoder == "skip":
+            knobs["transcoder"] = "plain"
+        out = cls.from_params(params, **knobs).to(self.W_enc.device)
+        if self.transcoder == "skip":
+            from saescope.release.skip_transcoder import SkipTranscoder  # release builds on saes, not the reverse
+
+            return SkipTranscoder(out, self.affine_skip_connection.detach()).to(self.W_enc.device)
+        return out
 
     def params_npz(self) -> dict[str, np.ndarray]:
         """The Gemma Scope `params.npz` arrays (float32, released orientation)."""
-        if self.pre_encoder_bias:
+        if self.pre_encoder_bias or self.transcoder == "skip":
             raise SaescopeError(
-                "this SAE still subtracts b_dec before encoding; release sae.folded(C) instead"
+                "this SAE is in training form; release sae.folded(C) instead"
             )
         tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_enc": self.b_enc, "b_dec": self.b_dec}
         tensors |= self.extra_arrays()
@@ -160,6 +230,9 @@ class SAE(nn.Module, ABC):
                 raise SaescopeError(
                     f"{k} has shape {tuple(tensors[k].shape)} but W_enc implies {shape}; the params file is inconsistent"
                 )
+        if knobs.get("transcoder") == "skip":
+            raise SaescopeError("released arrays keep a skip transcoder's skip in a SkipTranscoder; "
+                                "build the SAE with transcoder='plain' and wrap it")
         sae = cls(d_in, d_sae, **(knobs | {"pre_encoder_bias": False}))
         with torch.no_grad():
             for k in ("W_enc", "W_dec", "b_enc", "b_dec"):

@@ -9,6 +9,11 @@ active or inside the estimator's window, and every other product runs on those e
 recipe's straight-through estimators, equal to a dense autograd implementation up to float
 rounding (tests/saes/test_jumprelu.py holds that reference).
 
+Right after init (theta = 0.001 on unit-scale inputs) about half of all latents fire, and then
+index lists of that size cost far more than dense products: a probe of the batch's first rows
+sends such steps to `_DenseJumpReLU` (the same estimators on dense tensors, float32), so early
+steps cost what a plain dense loop costs and the sparse kernels take over once L0 has come down.
+
 Optionally the encoder matmul runs in bfloat16. Its rounding (~1e-3 on unit-scale inputs) is
 larger than half the estimator's bandwidth, so every entry within 8 standard deviations of
 that rounding noise from the threshold or the window's edges is recomputed in float32: which
@@ -23,11 +28,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput
+from saescope.saes.base import SAE, LossOutput, loss_output
+from saescope.saes.sparse import gather_dot, gather_sum, group_starts, sort_order
 
 # Dense pre-activations are produced a block of rows at a time so memory stays bounded at
 # Gemma Scope widths (2^20 latents x 4096 tokens would be 16 GiB in one piece).
@@ -47,25 +52,15 @@ MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 L0_PENALTIES = ("l0", "quadratic")
 
 
-# ---- sparse kernels ------------------------------------------------------------------------
-def _group_starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
-    """Offsets of each group in entries sorted by group id (the embedding-bag `offsets`)."""
-    counts = torch.bincount(sorted_ids, minlength=n_groups)
-    return torch.cumsum(counts, 0) - counts
+# ---- sparse kernels (shared with the TopK families) ------------------------------------------
+_group_starts, _gather_sum, _gather_dot = group_starts, gather_sum, gather_dot
 
-
-def _gather_sum(index: Tensor, src: Tensor, starts: Tensor, weights: Tensor) -> Tensor:
-    """out[g] = sum over entries k of group g of weights[k] * src[index[k]]: a sparse-dense
-    product that reads only the rows of `src` it needs."""
-    return F.embedding_bag(index, src, starts, mode="sum", per_sample_weights=weights)
-
-
-def _gather_dot(a: Tensor, a_index: Tensor, b: Tensor, b_index: Tensor, a_starts: Tensor) -> Tensor:
-    """out[k] = a[a_index[k]] . b[b_index[k]], entries grouped by a_index (sampled dense-dense
-    product). This is exactly embedding_bag's gradient with respect to per_sample_weights, a
-    fused kernel on CPU and CUDA; the public sampled_addmm was 2-4x slower on CPU. Grouping by
-    the row of `a` keeps that row in cache while the rows of `b` stream past."""
-    return torch.ops.aten._embedding_bag_per_sample_weights_backward(a, b, b_index, a_starts, a_index, 0)
+# Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs
+# more than the dense one (index lists of that size and scattered reads lose to three matmuls;
+# measured by benchmarks/train_step.py --dense-crossover). This is the state right after init:
+# with theta = 0.001 on unit-scale inputs about half of all latents fire.
+DENSE_ABOVE = 0.05
+_PROBE_ROWS = 128
 
 
 def _bf16_below(v: Tensor) -> Tensor:
@@ -154,7 +149,7 @@ def _select_entries(
         settled = torch.cat(settled)
         unsure = (~settled).nonzero().squeeze(1)
         if unsure.numel():
-            unsure = unsure[torch.sort(cols[unsure].to(torch.int32), stable=True).indices]
+            unsure = unsure[sort_order(cols[unsure])]
             r, c = rows[unsure], cols[unsure]
             exact = _gather_dot(W_enc.t().contiguous(), c, xc, r, _group_starts(c, d_sae))
             pre[unsure] = exact + b_enc[c]
@@ -203,7 +198,7 @@ class _SparseJumpReLU(torch.autograd.Function):
 
         # Latent-major order: the products below then reuse one decoder/encoder row per group
         # and stream the small [n, d_in] matrices, which stay in cache.
-        order = torch.sort(cols.to(torch.int32), stable=True).indices
+        order = sort_order(cols)
         rows_t, cols_t = rows[order], cols[order]
         starts_t = _group_starts(cols_t, d_sae)
         grad_f = _gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
@@ -235,6 +230,65 @@ class _SparseJumpReLU(torch.autograd.Function):
         return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
 
 
+class _DenseJumpReLU(torch.autograd.Function):
+    """The same function and gradients as `_SparseJumpReLU`, with dense [n, d_sae] tensors: the
+    cheaper way while a large share of latents fires (early training). float32 throughout, so
+    which entries are active or in the window is decided exactly as the sparse path decides."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                theta: Tensor, eps: float, pre_encoder_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+        xc = x - b_dec if pre_encoder_bias else x
+        pre = torch.addmm(b_enc, xc, W_enc)
+        active = pre > theta
+        f = pre * active
+        x_hat = torch.addmm(b_dec, f, W_dec)
+        fired = active.to(x.dtype)
+        ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
+        ctx.eps, ctx.pre_encoder_bias = eps, pre_encoder_bias
+        return x_hat, fired.sum(1), fired.sum(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
+        xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
+        eps = ctx.eps
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
+        g = grad_x_hat.contiguous()
+        grad_f = g @ W_dec.t()
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
+        if need_theta:
+            window = ((pre - theta).abs() < eps / 2).to(g.dtype)
+            jump = (window * grad_f).sum(0)
+            step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
+            grad_theta = -(theta / eps) * jump - step / eps
+        grad_pre = grad_f.mul_(pre > theta)
+        if need_W_dec:
+            grad_W_dec = f.t() @ g
+        if need_W_enc:
+            grad_W_enc = xc.t() @ grad_pre
+        colsum = grad_pre.sum(0)
+        if need_b_enc:
+            grad_b_enc = colsum
+        if need_b_dec:
+            grad_b_dec = g.sum(0)
+            if ctx.pre_encoder_bias:
+                grad_b_dec = grad_b_dec - W_enc @ colsum
+        if need_x:
+            grad_x = grad_pre @ W_enc.t()
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None
+
+
+@torch.no_grad()
+def dense_share(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float,
+                pre_encoder_bias: bool) -> float:
+    """Share of entries active or in the window, estimated on the batch's first rows (a 3%
+    matmul for a 4096-token batch); deterministic in the weights and batch, so a resumed run
+    takes the same path as an uninterrupted one."""
+    rows = x[:_PROBE_ROWS]
+    xc = rows - b_dec if pre_encoder_bias else rows
+    return (torch.addmm(b_enc, xc, W_enc) > theta - eps / 2).float().mean().item()
+
+
 class JumpReLUSAE(SAE):
     """f = pre * H(pre - theta) with a learned threshold theta per latent (Gemma Scope).
 
@@ -246,6 +300,7 @@ class JumpReLUSAE(SAE):
 
     arch: ClassVar[str] = "jumprelu"
     extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
+    sweep_knob: ClassVar[str] = "l0_coefficient"
 
     def __init__(
         self,
@@ -260,9 +315,10 @@ class JumpReLUSAE(SAE):
         freq_coefficient: float = 0.0,
         freq_target: float = DEFAULT_FREQ_TARGET,
         matmul_dtype: str = "auto",
-        pre_encoder_bias: bool = True,
+        pre_encoder_bias: bool | None = None,
+        transcoder: str = "none",
     ) -> None:
-        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias)
+        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
         if l0_penalty not in L0_PENALTIES:
             raise SaescopeError(f"unknown l0_penalty {l0_penalty!r}; use one of {list(L0_PENALTIES)}")
         if l0_penalty == "quadratic" and not (target_l0 is not None and target_l0 > 0):
@@ -307,25 +363,27 @@ class JumpReLUSAE(SAE):
             return _native_bf16_matmul(device.type)
         return self.matmul_dtype == "bfloat16"
 
-    def loss(self, x: Tensor, sparsity_scale: float = 1.0) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
         """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
         penalty is lambda * L0 ("l0", Gemma Scope), or lambda * mean over tokens of
         (2 / T) * (L0_token - T)^2 ("quadratic", the Gemma Scope 2 form as SAELens implements
         it; its slope equals the linear penalty's at L0 = 1.25 T, so lambda keeps one scale),
         plus freq_coefficient * sum over latents of max(0, p - freq_target) on each latent's
         batch firing share p (our choice for Gemma Scope 2's frequency penalty: an extra L0
-        coefficient on over-frequent latents only)."""
-        if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
-        x = x.to(torch.float32)
+        coefficient on over-frequent latents only).
+
+        The step is sparse (`_SparseJumpReLU`) unless a probe of the batch finds more than
+        DENSE_ABOVE of the entries active or in the window; then it is dense (`_DenseJumpReLU`)."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)
-        x_hat, token_l0, latent_counts = _SparseJumpReLU.apply(
-            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold,
-            self.bandwidth, self.pre_encoder_bias, self.uses_bf16(x.device),
-        )
+        args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold, self.bandwidth, self.pre_encoder_bias)
+        if dense_share(x, self.W_enc, self.b_enc, self.b_dec, self.threshold, self.bandwidth,
+                       self.pre_encoder_bias) > DENSE_ABOVE:
+            x_hat, token_l0, latent_counts = _DenseJumpReLU.apply(*args)
+        else:
+            x_hat, token_l0, latent_counts = _SparseJumpReLU.apply(*args, self.uses_bf16(x.device))
         n = x.shape[0]
-        mse = (x_hat - x).pow(2).sum(dim=1).mean()
+        mse = (x_hat - y).pow(2).sum(dim=1).mean()
         if self.l0_penalty == "l0":
             penalty = self.l0_coefficient * token_l0.mean()
         else:
@@ -334,17 +392,7 @@ class JumpReLUSAE(SAE):
         if self.freq_coefficient > 0:
             penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_target).relu().sum()
         penalty = sparsity_scale * penalty
-        with torch.no_grad():
-            variance = (x - x.mean(dim=0)).pow(2).sum(dim=1).mean()
-            fvu = mse.detach() / variance
-        return LossOutput(
-            loss=mse + penalty,
-            mse=mse.detach(),
-            l0=token_l0.mean().detach(),
-            fvu=fvu,
-            fired=latent_counts.detach() > 0,
-            penalty=penalty.detach(),
-        )
+        return loss_output(mse + penalty, mse, y, token_l0, latent_counts > 0, penalty)
 
     def extra_arrays(self) -> dict[str, Tensor]:
         return {"threshold": self.threshold.detach().clamp(min=0.0)}

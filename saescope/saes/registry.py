@@ -7,10 +7,21 @@ from typing import Any
 import torch
 
 from saescope.errors import SaescopeError
+from saescope.saes.atm import ATMSAE
 from saescope.saes.base import SAE
+from saescope.saes.batchtopk import BatchTopKSAE
+from saescope.saes.gated import GatedSAE
 from saescope.saes.jumprelu import JumpReLUSAE
+from saescope.saes.matryoshka import MatryoshkaBatchTopKSAE
+from saescope.saes.relu import ReLUSAE
+from saescope.saes.topk import TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {cls.arch: cls for cls in (JumpReLUSAE,)}
+# "topk" with knob `k` is also what saescope.release.interop loads SAELens and sparsify TopK
+# SAEs into: keep that name and knob.
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.arch: cls
+    for cls in (JumpReLUSAE, ReLUSAE, GatedSAE, TopKSAE, BatchTopKSAE, MatryoshkaBatchTopKSAE, ATMSAE)
+}
 
 
 def sae_class(arch: str) -> type[SAE]:
@@ -20,6 +31,15 @@ def sae_class(arch: str) -> type[SAE]:
         raise SaescopeError(
             f"unknown SAE architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}"
         ) from None
+
+
+def sweep_knobs(arch: str, value: float) -> dict[str, Any]:
+    """The knob a sparsity sweep sets for this family: {"l0_coefficient": value} for JumpReLU,
+    {"sparsity_coefficient": value} for the L1 families, {"k": int(value)} for the TopK ones."""
+    cls = sae_class(arch)
+    if cls.sweep_type is int and value != int(value):
+        raise SaescopeError(f"{arch} sweeps {cls.sweep_knob}, an integer; got {value!r}")
+    return {cls.sweep_knob: cls.sweep_type(value)}
 
 
 def make_sae(arch: str, d_in: int, d_sae: int, **knobs: Any) -> SAE:

@@ -312,7 +312,7 @@ def test_bad_knobs_raise_saescope_error():
 
 def test_unknown_arch_lists_valid_names():
     with pytest.raises(SaescopeError, match="jumprelu"):
-        make_sae("gated", 16, 32)
+        make_sae("gatedd", 16, 32)
 
 
 # ---- a short training run -------------------------------------------------------------------

@@ -14,8 +14,8 @@ def test_registry_names_the_jumprelu_family():
 
 
 def test_unknown_arch_raises_with_valid_names():
-    with pytest.raises(SaescopeError, match=r"unknown SAE architecture 'topk'.*jumprelu"):
-        make_sae("topk", 8, 16)
+    with pytest.raises(SaescopeError, match=r"unknown SAE architecture 'sparsemax'.*batchtopk.*topk"):
+        make_sae("sparsemax", 8, 16)
 
 
 def test_state_round_trip_keeps_weights_and_knobs():

@@ -1,0 +1,165 @@
+"""`saescope compare`: several SAE families on the same site and the same tokens, side by side.
+
+Every family and sparsity level is trained in one Trainer, so each batch is read from the store
+once and every SAE sees exactly the same tokens in the same order; then `saescope evaluate`
+measures them all on the same held-out rows and text. The result is the sparsity-fidelity
+frontier the seed papers plot: delta LM loss against L0 and FVU against L0, one line per family
+(OUT/compare.md, OUT/compare.json, OUT/compare.png).
+
+Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): lambda for
+jumprelu, the L1 coefficient for relu/gated/atm, k for topk/batchtopk/matryoshka.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from saescope.activations.store import read_json, write_json_atomic
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.saes.registry import ARCHITECTURES, sweep_knobs
+from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
+
+DEFAULT_SWEEPS = ("jumprelu=0.0003/0.001/0.003,topk=16/32/64,batchtopk=16/32/64,"
+                  "gated=0.3/1/3,relu=1/3/10")
+
+
+@dataclass
+class CompareConfig:
+    store: str = option("runs/default/activations", "activation store to train and evaluate on")
+    out: str = option("runs/compare", "run folder: SAEs in OUT/saes, the table and plot in OUT/compare.*")
+    site: str = option("res.6", "the one site every family is trained on")
+    width: int = option(4096, "dictionary size of every SAE")
+    sweeps: str = option(DEFAULT_SWEEPS, "family=v1/v2/...,family=... : each family's sparsity knob values "
+                                         "(lambda, L1 coefficient or k)")
+    family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
+    train_tokens: int = option(1_228_800, "training tokens per SAE (the loader repeats epochs of a small store)")
+    batch_size: int = option(4096, "tokens per step")
+    lr: float = option(7e-5, "Adam learning rate (short comparisons want more, e.g. 1e-3)")
+    lr_warmup_steps: int = option(1000, "cosine warm-up of the learning rate")
+    l0_warmup_steps: int = option(10000, "linear warm-up of sparsity coefficients (no effect on k)")
+    eval_sequences: int = option(16, "held-out sequences for delta LM loss")
+    eval_context_len: int = option(256, "tokens per held-out sequence")
+    seed: int = option(0, "seed for initialisation and shuffling")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
+def parse_sweeps(text: str, family_knobs: str = "") -> list[tuple[str, list[float], dict]]:
+    """`topk=16/32,relu=1/3` -> [("topk", [16.0, 32.0], {}), ("relu", [1.0, 3.0], {})]."""
+    knobs: dict[str, dict] = defaultdict(dict)
+    for key, value in parse_knobs(family_knobs).items():
+        family, dot, name = key.partition(".")
+        if not dot or family not in ARCHITECTURES:
+            raise SaescopeError(f"bad --family-knobs entry {key!r}: use family.key=value with a family of "
+                                f"{sorted(ARCHITECTURES)}")
+        knobs[family][name] = value
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        family, eq, values = part.partition("=")
+        family = family.strip()
+        if not eq or family not in ARCHITECTURES:
+            raise SaescopeError(f"bad --sweeps entry {part!r}: use family=v1/v2 with a family of {sorted(ARCHITECTURES)}")
+        try:
+            numbers = [float(v) for v in values.split("/") if v.strip()]
+        except ValueError:
+            raise SaescopeError(f"bad --sweeps values in {part!r}: numbers separated by '/'") from None
+        if not numbers:
+            raise SaescopeError(f"--sweeps entry {part!r} has no values")
+        for v in numbers:
+            sweep_knobs(family, v)  # integer checks for k
+        out.append((family, numbers, knobs.get(family, {})))
+    if not out:
+        raise SaescopeError("--sweeps names no family: pass e.g. topk=16/32/64,relu=1/3/10")
+    return out
+
+
+def collect(out: str | Path) -> list[dict]:
+    """One row per evaluated SAE of a compare run: family, sweep value, L0, FVU, delta loss."""
+    rows = []
+    for folder in sorted(Path(out, "saes").glob("*")):
+        if not (folder / "metrics.json").exists():
+            continue
+        meta, m = read_json(folder / "config.json"), read_json(folder / "metrics.json")
+        rows.append({"family": meta.get("family", meta["architecture"]), "value": meta["sparsity_coefficient"],
+                     "l0": m["l0"], "fvu": m["fvu"], "delta_loss": m.get("delta_loss"),
+                     "kl_div": m.get("kl_div"), "ce_loss_recovered": m.get("ce_loss_recovered"),
+                     "dead_fraction": m.get("dead_fraction"), "name": folder.name})
+    return sorted(rows, key=lambda r: (r["family"], r["l0"]))
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table of the rows (sorted by family, then L0)."""
+    lines = ["| family | sweep value | L0 | FVU | delta LM loss | KL | CE recovered | dead |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r['delta_loss'])} | "
+                     f"{_f(r['kl_div'])} | {_f(r['ce_loss_recovered'], 3)} | {_f(r['dead_fraction'], 3)} |")
+    return "\n".join(lines)
+
+
+def _f(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Delta LM loss vs L0 and FVU vs L0, one line per family, log-scaled L0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_family[r["family"]].append(r)
+    for family, points in sorted(by_family.items()):
+        points = sorted(points, key=lambda r: r["l0"])
+        l0 = [r["l0"] for r in points]
+        for ax, key in zip(axes, ("delta_loss", "fvu")):
+            ax.plot(l0, [r[key] if r[key] is not None else float("nan") for r in points], "o-", label=family)
+    for ax, label in zip(axes, ("delta LM loss (nats)", "FVU")):
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare(cfg: CompareConfig) -> list[dict]:
+    """Train, evaluate, tabulate and plot; returns the table rows."""
+    families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
+    train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
+                            widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
+                            batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
+                            l0_warmup_steps=cfg.l0_warmup_steps, seed=cfg.seed, device=cfg.device)
+    Trainer(train_cfg, families).train()
+    evaluate(EvalConfig(out=cfg.out, store=cfg.store, eval_sequences=cfg.eval_sequences,
+                        eval_context_len=cfg.eval_context_len, device=cfg.device))
+    return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE")
+
+
+def report(out: str | Path, title: str = "") -> list[dict]:
+    """Write OUT/compare.md, .json and .png from the evaluated SAEs, and print the table."""
+    rows = collect(out)
+    if not rows:
+        raise SaescopeError(f"no evaluated SAEs in {Path(out) / 'saes'}: run `saescope compare --out {out}` first")
+    text = table(rows)
+    Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
+    write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": rows})
+    png = plot(rows, Path(out, "compare.png"), title)
+    print(text)
+    print(f"saescope: plot written to {png}")
+    return rows
+

@@ -1,0 +1,341 @@
+"""Every SAE family: its estimator's gradients against a dense reference written from the paper,
+dead-latent revival, BatchTopK's inference threshold, save/load round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.release import interop
+from saescope.saes import (ARCHITECTURES, ATMSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaBatchTopKSAE,
+                           ReLUSAE, TopKSAE, make_sae, sae_from_state, sweep_knobs)
+from saescope.saes import jumprelu
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+D_IN, D_SAE = 24, 96
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def _x(n: int = 256, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D_IN, generator=g) / D_IN**0.5 + 0.1
+
+
+def _perturb(sae, seed: int = 0):
+    """Move the SAE away from its symmetric init so every gradient term is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn(sae.W_enc.shape, generator=g) / D_IN**0.5)
+        sae.b_enc.copy_(0.02 * torch.randn(sae.d_sae, generator=g))
+        sae.b_dec.copy_(0.05 * torch.randn(sae.d_in, generator=g))
+    return sae
+
+
+def _grads(sae, loss: torch.Tensor, names=PARAMS) -> dict[str, torch.Tensor]:
+    sae.zero_grad()
+    loss.backward()
+    return {k: getattr(sae, k).grad.clone() for k in names}
+
+
+def _close(a: dict, b: dict, rtol: float = 1e-4) -> None:
+    for k in a:
+        err = (a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)
+        assert err < rtol, f"{k}: max error {err:.2e} of its scale"
+
+
+def _dense_topk_reference(sae, x: torch.Tensor, batch: bool, prefixes: list[int] | None = None) -> torch.Tensor:
+    """The TopK / BatchTopK / Matryoshka loss with dense tensors and plain autograd."""
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    if batch:
+        flat = pre.detach().flatten()
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(x.shape[0] * sae.k).indices] = True
+        keep = keep.view_as(pre)
+    else:
+        keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, pre.detach().topk(sae.k, dim=1).indices, True)
+    f = pre.relu() * keep
+    if prefixes is None:
+        return (f @ sae.W_dec + sae.b_dec - x).pow(2).sum(1).mean()
+    losses = [(f[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).sum(1).mean() for m in prefixes]
+    return torch.stack(losses).mean()
+
+
+# ---- estimators ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE, MatryoshkaBatchTopKSAE])
+def test_topk_families_sparse_gradients_equal_dense_reference(cls):
+    torch.manual_seed(0)
+    sae = _perturb(cls(D_IN, D_SAE, k=6, matmul_dtype="float32"))
+    x = _x()
+    ours = _grads(sae, sae.loss(x).loss)
+    prefixes = sae.prefix_sizes() if cls is MatryoshkaBatchTopKSAE else None
+    ref = _grads(sae, _dense_topk_reference(sae, x, batch=cls is not TopKSAE, prefixes=prefixes))
+    _close(ours, ref)
+
+
+def test_batchtopk_keeps_n_times_k_entries_and_tokens_differ():
+    sae = _perturb(BatchTopKSAE(D_IN, D_SAE, k=5, matmul_dtype="float32"))
+    x = _x() * torch.linspace(0.2, 3.0, 256).unsqueeze(1)  # tokens of very different norms
+    pre = sae.pre_acts(x).detach()
+    rows, cols = sae.select(pre)
+    assert rows.numel() == 256 * 5 and bool((rows[1:] >= rows[:-1]).all())
+    per_token = torch.bincount(rows, minlength=256)
+    assert per_token.min() < 5 < per_token.max()
+
+
+def test_auxk_gradient_equals_dense_reference():
+    torch.manual_seed(0)
+    sae = _perturb(TopKSAE(D_IN, D_SAE, k=4, aux_k=8, aux_coefficient=0.5, dead_tokens=10_000, matmul_dtype="float32"))
+    dead = torch.arange(0, D_SAE, 3)
+    sae.tokens_since_fired[dead] = 10**6
+    x = _x()
+    # The dense reference sees the dead set this batch starts with, minus latents firing in it.
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, pre.detach().topk(sae.k, dim=1).indices, True)
+    f = pre.relu() * keep
+    x_hat = f @ sae.W_dec + sae.b_dec
+    fired = (f > 0).any(0)
+    still_dead = torch.zeros(D_SAE, dtype=torch.bool)
+    still_dead[dead] = True
+    still_dead &= ~fired
+    masked = pre.detach().masked_fill(~still_dead, -torch.inf)
+    k_aux = min(8, int(still_dead.sum()))
+    assert k_aux >= 2
+    aux_keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, masked.topk(k_aux, dim=1).indices, True)
+    e_hat = (pre.relu() * aux_keep) @ sae.W_dec
+    ref_loss = (x_hat - x).pow(2).sum(1).mean() + 0.5 * (e_hat - (x - x_hat).detach()).pow(2).sum(1).mean()
+    ref = _grads(sae, ref_loss)
+    ours = _grads(sae, sae.loss(x).loss)
+    _close(ours, ref)
+
+
+def test_jumprelu_dense_and_sparse_paths_give_the_same_gradients(monkeypatch):
+    torch.manual_seed(0)
+    sae = _perturb(JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, l0_coefficient=3e-3, matmul_dtype="float32"))
+    with torch.no_grad():
+        sae.threshold.uniform_(0.0, 0.3)
+    x = _x().requires_grad_(True)
+    names = (*PARAMS, "threshold")
+    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", 2.0)  # never dense
+    sparse = _grads(sae, sae.loss(x).loss, names)
+    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", -1.0)  # always dense
+    dense = _grads(sae, sae.loss(x).loss, names)
+    _close(sparse, dense)
+    assert sparse["threshold"].abs().sum() > 0
+
+
+def test_jumprelu_takes_the_dense_path_right_after_init():
+    sae = JumpReLUSAE(D_IN, D_SAE)  # theta = 0.001: about half of the latents fire
+    share = jumprelu.dense_share(_x(), sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+    assert share > jumprelu.DENSE_ABOVE
+
+
+def test_relu_l1_is_weighted_by_decoder_row_norms():
+    torch.manual_seed(0)
+    sae = _perturb(ReLUSAE(D_IN, D_SAE, sparsity_coefficient=2.0, matmul_dtype="float32"))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, D_SAE).unsqueeze(1))
+    x = _x()
+    out = sae.loss(x)
+    f = sae.encode(x).detach()
+    expected = 2.0 * (f * sae.W_dec.norm(dim=1)).sum(1).mean()
+    torch.testing.assert_close(out.penalty, expected)
+    # Scaling a decoder row up and its encoder column down leaves the loss unchanged: the
+    # penalty cannot be gamed by the decoder scale, so no unit-norm constraint is needed.
+    before = out.loss.item()
+    with torch.no_grad():
+        sae.W_dec[3] *= 4.0
+        sae.W_enc[:, 3] /= 4.0
+        sae.b_enc[3] /= 4.0
+    assert sae.loss(x).loss.item() == pytest.approx(before, rel=1e-5)
+    W = sae.W_dec.detach().clone()
+    sae.normalize_decoder()
+    assert torch.equal(sae.W_dec, W)  # unit_decoder=False: rows stay free
+
+
+def test_gated_gradients_follow_the_paper():
+    """The gate learns only from the L1 and auxiliary terms, the magnitude path only from the
+    reconstruction, and the auxiliary term does not move the decoder."""
+    torch.manual_seed(0)
+    sae = _perturb(GatedSAE(D_IN, D_SAE, sparsity_coefficient=0.1, matmul_dtype="float32"))
+    x = _x()
+    names = (*PARAMS, "r_mag", "b_mag")
+    total = _grads(sae, sae.loss(x).loss, names)
+    xc = x - sae.b_dec
+    pi_gate = xc @ sae.W_enc + sae.b_enc
+    pi_mag = (xc @ sae.W_enc) * sae.r_mag.exp() + sae.b_mag
+    f = (pi_gate.detach() > 0) * pi_mag.relu()
+    mse = (f @ sae.W_dec + sae.b_dec - x).pow(2).sum(1).mean()
+    recon = _grads(sae, mse, ("W_dec", "r_mag", "b_mag"))
+    torch.testing.assert_close(total["b_mag"], recon["b_mag"])
+    torch.testing.assert_close(total["r_mag"], recon["r_mag"])
+    torch.testing.assert_close(total["W_dec"], recon["W_dec"])
+    gate_only = _grads(sae, 0.1 * pi_gate.relu().sum(1).mean()
+                       + (pi_gate.relu() @ sae.W_dec.detach() + sae.b_dec.detach() - x).pow(2).sum(1).mean(), ("b_enc",))
+    torch.testing.assert_close(total["b_enc"], gate_only["b_enc"])
+
+
+def test_gated_release_is_the_same_function_as_jumprelu():
+    torch.manual_seed(0)
+    sae = _perturb(GatedSAE(D_IN, D_SAE))
+    with torch.no_grad():
+        sae.r_mag.uniform_(-0.5, 0.5)
+        sae.b_mag.uniform_(-0.05, 0.05)
+    released = sae.folded(3.0)
+    assert isinstance(released, JumpReLUSAE) and (released.threshold >= 0).all()
+    x = _x()
+    torch.testing.assert_close(released.encode(3.0 * x), 3.0 * sae.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_atm_masks_only_unimportant_latents_after_its_start():
+    torch.manual_seed(0)
+    sae = _perturb(ATMSAE(D_IN, D_SAE, sparsity_coefficient=0.1, mask_start=3, ema_decay=0.5))
+    x = _x()
+    assert not sae.mask_probability().any()
+    for _ in range(3):
+        sae.loss(x)
+    assert int(sae.steps) == 3 and sae.ema_frequency.max() > 0
+    with torch.no_grad():
+        sae.ema_magnitude[:5] = 0
+        sae.ema_frequency[:5] = 0
+        sae.ema_contribution[:5] = 0
+    p = sae.mask_probability()
+    assert (p[:5] > 0).all() and p[:5].min() >= p[5:].max()
+    assert (p[sae.importance() > sae.importance().mean()] == 0).all()
+
+
+# ---- dead latents ----------------------------------------------------------------------------
+def _sparse_data(n_true: int = 48, k: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(n_true, D_IN, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+
+    def batch(n: int) -> torch.Tensor:
+        idx = torch.rand(n, n_true, generator=g).argsort(1)[:, :k]
+        mags = torch.zeros(n, n_true).scatter_(1, idx, 0.5 + torch.rand(n, k, generator=g))
+        return mags @ D / k**0.5
+
+    return batch
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
+def test_auxk_revives_dead_latents(cls):
+    """Half the latents are killed (encoder bias far below the rest, so they almost never win the
+    top k) and marked dead, on data with more true directions than live latents; with AuxK most
+    fire again within 300 steps, without it (nothing else moves them) they stay dead."""
+
+    def run(aux_coefficient: float) -> int:
+        torch.manual_seed(0)
+        batch = _sparse_data(n_true=192)
+        sae = cls(D_IN, D_SAE, k=3, aux_k=16, aux_coefficient=aux_coefficient, dead_tokens=256,
+                  matmul_dtype="float32")
+        killed = torch.arange(D_SAE // 2, D_SAE)
+        with torch.no_grad():
+            sae.b_enc[killed] = -0.8
+        sae.tokens_since_fired[killed] = 10**6
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-3, betas=(0.0, 0.999))
+        fired = torch.zeros(D_SAE, dtype=torch.bool)
+        for step in range(300):
+            out = sae.loss(batch(256))
+            opt.zero_grad()
+            out.loss.backward()
+            sae.remove_parallel_decoder_grad()
+            opt.step()
+            sae.normalize_decoder()
+            if step >= 250:
+                fired |= out.fired
+        return int(fired[killed].sum())
+
+    assert run(0.0) <= 4
+    assert run(1 / 32) >= D_SAE // 3
+
+
+# ---- BatchTopK's inference threshold ---------------------------------------------------------
+def test_batchtopk_inference_threshold_reproduces_training_l0():
+    torch.manual_seed(0)
+    batch = _sparse_data(n_true=64, k=4)
+    k = 6
+    sae = BatchTopKSAE(D_IN, D_SAE, k=k, matmul_dtype="float32", threshold_window=50)
+    opt = torch.optim.Adam(sae.parameters(), lr=2e-3, betas=(0.0, 0.999))
+    for _ in range(400):
+        out = sae.loss(batch(512))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        sae.normalize_decoder()
+    assert out.l0.item() == pytest.approx(k, rel=1e-6)  # training keeps exactly n*k entries
+    x = batch(4096)
+    inference_l0 = (sae.eval().encode(x) > 0).float().sum(1).mean().item()
+    assert inference_l0 == pytest.approx(k, rel=0.10), inference_l0
+    released = sae.folded(2.0)
+    assert isinstance(released, JumpReLUSAE)
+    torch.testing.assert_close(released.threshold, torch.full((D_SAE,), 2.0 * float(sae.threshold)))
+    released_l0 = (released.encode(2.0 * x) > 0).float().sum(1).mean().item()
+    assert released_l0 == pytest.approx(inference_l0, rel=1e-3)
+
+
+# ---- registry, knobs, save and load ----------------------------------------------------------
+def _sweep_value(arch: str) -> float:
+    return 5 if ARCHITECTURES[arch].sweep_type is int else 0.01
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_checkpoint_round_trip_keeps_weights_buffers_and_knobs(arch):
+    sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
+    sae.loss(_x())  # moves buffers (dead-latent counts, thresholds, EMAs)
+    again = sae_from_state(arch, D_IN, D_SAE, sae.knobs(), sae.state_dict())
+    assert again.knobs() == sae.knobs()
+    for k, v in sae.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_released_sae_saves_and_loads_with_the_same_outputs(tmp_path, arch):
+    torch.manual_seed(0)
+    sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
+    for _ in range(3):
+        sae.loss(_x())
+    sae.eval()
+    released = sae.folded(2.5)
+    interop.write_gemma_scope(released, {"site": "res", "layer": 1}, {}, tmp_path / arch)
+    loaded = interop.read(tmp_path / arch).sae
+    assert loaded.arch == ("topk" if arch == "topk" else "jumprelu")
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(2.5 * x), 2.5 * sae(x), atol=2e-5, rtol=1e-5)
+    if arch == "topk":  # SAELens and sparsify take TopK too
+        for fmt in ("saelens", "sparsify"):
+            interop.WRITERS[fmt](released, {"site": "res", "layer": 1}, {}, tmp_path / fmt)
+            with torch.no_grad():
+                torch.testing.assert_close(interop.read(tmp_path / fmt).sae(2.5 * x), 2.5 * sae(x), atol=2e-5, rtol=1e-5)
+
+
+def test_sweep_knobs_name_each_familys_sparsity_knob():
+    assert sweep_knobs("jumprelu", 1e-3) == {"l0_coefficient": 1e-3}
+    assert sweep_knobs("relu", 2.0) == {"sparsity_coefficient": 2.0}
+    assert sweep_knobs("topk", 32.0) == {"k": 32} and isinstance(sweep_knobs("batchtopk", 8.0)["k"], int)
+    with pytest.raises(SaescopeError, match="integer"):
+        sweep_knobs("matryoshka", 0.5)
+
+
+def test_bad_family_knobs_are_one_line_errors():
+    with pytest.raises(SaescopeError, match="k must be an integer"):
+        make_sae("topk", D_IN, D_SAE, k=D_SAE + 1)
+    with pytest.raises(SaescopeError, match="prefixes"):
+        make_sae("matryoshka", D_IN, 8, k=2, prefixes=9)
+    with pytest.raises(SaescopeError, match="threshold_window"):
+        make_sae("batchtopk", D_IN, D_SAE, threshold_window=0)
+    with pytest.raises(SaescopeError, match="valid knobs"):
+        make_sae("gated", D_IN, D_SAE, k=3)
+    with pytest.raises(SaescopeError, match="ATM needs"):
+        make_sae("atm", D_IN, D_SAE, ema_decay=1.5)

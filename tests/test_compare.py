@@ -1,0 +1,87 @@
+"""`saescope compare` end to end on a tiny model, and the transcoder path through train, evaluate
+and release."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import saescope
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.compare import CompareConfig, compare, parse_sweeps
+from saescope.errors import SaescopeError
+from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.release.formats import release
+from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.train.trainer import Trainer, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model_dir):
+    cfg = HarvestConfig(model=str(tiny_model_dir), sites="res,mlp,mlp_in", layers="1", tokens=4096, context_len=64,
+                        forward_batch=4, dtype="float32", shard_rows=1024, store=str(tmp_path_factory.mktemp("store")),
+                        device="cpu")
+    return harvest(cfg)
+
+
+def test_parse_sweeps():
+    assert parse_sweeps("topk=8/16, relu=0.5", "relu.unit_decoder=true") == [
+        ("topk", [8.0, 16.0], {}), ("relu", [0.5], {"unit_decoder": True})]
+    for bad, match in (("topk", "family=v1/v2"), ("mystery=1", "family=v1/v2"), ("topk=a/b", "numbers"),
+                       ("topk=2.5", "integer"), ("", "names no family")):
+        with pytest.raises(SaescopeError, match=match):
+            parse_sweeps(bad)
+    with pytest.raises(SaescopeError, match="family.key=value"):
+        parse_sweeps("topk=8", "bandwidth=0.1")
+
+
+def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_path):
+    cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=64,
+                        sweeps="jumprelu=0.003/0.03,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
+                        family_knobs="jumprelu.bandwidth=0.05", train_tokens=256 * 12, batch_size=256, lr=3e-3,
+                        lr_warmup_steps=2, l0_warmup_steps=4, eval_sequences=2, eval_context_len=32, device="cpu")
+    rows = compare(cfg)
+    assert sorted(r["family"] for r in rows) == ["batchtopk", "gated", "jumprelu", "jumprelu", "relu", "topk", "topk"]
+    configs = [json.loads(p.read_text()) for p in (tmp_path / "saes").glob("*/config.json")]
+    assert {c["tokens_trained"] for c in configs} == {256 * 12} and len({c["seed"] for c in configs}) == 1
+    assert {c["architecture"] for c in configs} == {"jumprelu", "topk"}  # how each family is released
+    topk = {r["value"]: r for r in rows if r["family"] == "topk"}
+    assert topk[4.0]["l0"] <= 4 + 1e-6 and topk[8.0]["l0"] <= 8 + 1e-6
+    assert all(np.isfinite(r["fvu"]) and np.isfinite(r["delta_loss"]) for r in rows)
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    assert (tmp_path / "compare.md").read_text().count("\n| ") == len(rows) + 1
+
+
+def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
+    cfg = TrainConfig(store=str(store), out=str(tmp_path), train_sites="mlp_in.1", arch="topk", widths=[64],
+                      l0_coefficients=[8], transcoder="skip", train_tokens=256 * 10, batch_size=256, lr=3e-3,
+                      lr_warmup_steps=2, l0_warmup_steps=2, buffer_rows=2048, device="cpu", norm_rows=2048)
+    trainer = Trainer(cfg)
+    assert set(trainer.sites) == {"mlp_in.1", "mlp.1"}
+    trainer.train()
+    folder = next((tmp_path / "saes").iterdir())
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["transcoder"] and meta["target_site"] == "mlp.1" and meta["site"] == "mlp_in"
+    tc = saescope.load(folder)
+    assert isinstance(tc, SkipTranscoder) and tc.affine_skip_connection.abs().sum() > 0
+    metrics = evaluate(EvalConfig(out=str(tmp_path), store=str(store), eval_sequences=2, eval_context_len=32,
+                                  device="cpu"))[folder.name]
+    assert np.isfinite(metrics["fvu"]) and np.isfinite(metrics["delta_loss"]) and metrics["l0"] <= 8
+    # the MLP branch (the mlp.1 site) was replaced, by the transcoder and by zeros
+    assert metrics["ce_spliced"] != metrics["ce_clean"] and metrics["ce_zero_ablation"] != metrics["ce_clean"]
+    dest = release(tmp_path)
+    params_file = next((dest / "transcoders" / "layer_1").rglob("params.npz"))
+    assert params_file.parent.name.endswith("_affine")
+    with np.load(params_file) as p:
+        assert p["affine_skip_connection"].shape == (64, 64)
+        x = torch.randn(4, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(saescope.load(params_file.parent)(x), tc(x))
+
+
+def test_trainer_rejects_transcoders_on_other_sites(store, tmp_path):
+    with pytest.raises(SaescopeError, match="mlp_in"):
+        Trainer(TrainConfig(store=str(store), out=str(tmp_path), train_sites="res.1", transcoder="plain", device="cpu"))
