@@ -22,10 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.jumprelu import MATMUL_DTYPES, JumpReLUSAE
-from saescope.saes.relu import matmuls_in
+from saescope.saes.jumprelu import JumpReLUSAE
+from saescope.saes.relu import check_l1_knobs, matmuls_in
 
 DEFAULT_L1_COEFFICIENT = 1.0
 
@@ -38,10 +37,7 @@ class GatedSAE(SAE):
     def __init__(self, d_in: int, d_sae: int, *, sparsity_coefficient: float | None = None,
                  matmul_dtype: str = "auto", pre_encoder_bias: bool | None = None, transcoder: str = "none") -> None:
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
-        if sparsity_coefficient is not None and not sparsity_coefficient >= 0:
-            raise SaescopeError(f"sparsity_coefficient must be >= 0, got {sparsity_coefficient!r}")
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
+        check_l1_knobs(sparsity_coefficient, matmul_dtype)
         self.matmul_dtype = matmul_dtype
         self.sparsity_coefficient = DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
         self.r_mag = nn.Parameter(torch.zeros(d_sae))

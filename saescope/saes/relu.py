@@ -32,6 +32,14 @@ from saescope.saes.jumprelu import MATMUL_DTYPES, JumpReLUSAE, _native_bf16_matm
 DEFAULT_L1_COEFFICIENT = 3.0
 
 
+def check_l1_knobs(sparsity_coefficient: float | None, matmul_dtype: str) -> None:
+    """The knobs ReLU/L1 and Gated share, validated once for both."""
+    if sparsity_coefficient is not None and not sparsity_coefficient >= 0:
+        raise SaescopeError(f"sparsity_coefficient must be >= 0, got {sparsity_coefficient!r}")
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
+
+
 def matmuls_in(matmul_dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for a dense step when asked, or by default where it is native."""
     bf16 = _native_bf16_matmul(device.type) if matmul_dtype == "auto" else matmul_dtype == "bfloat16"
@@ -47,10 +55,7 @@ class ReLUSAE(SAE):
                  unit_decoder: bool = False, matmul_dtype: str = "auto", pre_encoder_bias: bool | None = None,
                  transcoder: str = "none") -> None:
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
-        if sparsity_coefficient is not None and not sparsity_coefficient >= 0:
-            raise SaescopeError(f"sparsity_coefficient must be >= 0, got {sparsity_coefficient!r}")
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
+        check_l1_knobs(sparsity_coefficient, matmul_dtype)
         self.matmul_dtype = matmul_dtype
         self.sparsity_coefficient = DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
         self.unit_decoder = bool(unit_decoder)
