@@ -31,10 +31,11 @@ from saescope.activations.store import ActivationStore, read_json, write_json_at
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.models.loading import load_model
-from saescope.models.sites import Site, capture, replace
+from saescope.models.sites import Site, blocks, capture, replace
 from saescope.saes.base import SAE
 
 DENSE_FREQUENCY = 0.1
+CLEAN_CACHE_BYTES = 4 << 30
 HISTOGRAM_EDGES = np.arange(-7.0, 0.5, 0.5)  # log10 firing frequency bins
 
 
@@ -90,11 +91,32 @@ def store_metrics(sae: SAE, loader: ShuffledLoader, site: str, target: str | Non
     }
 
 
-def _masked_ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, targets: torch.Tensor, count: torch.Tensor):
-    logp = F.log_softmax(logits.float(), dim=-1)
-    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
-    return (ce * count).sum().item(), (kl * count).sum().item()
+def _masked_ce_kl(logits: torch.Tensor, clean: "CleanOutputs", targets: torch.Tensor, count: torch.Tensor,
+                  chunk: int = 128) -> tuple[float, float]:
+    """Summed CE and KL(clean || this) over counted positions, a few rows of the vocabulary-wide
+    logits at a time: KL = sum p_c log p_c - p_c . logits + logsumexp(logits), so per forward only
+    one float pass over the logits is needed, never a full log-softmax tensor."""
+    logits = logits.flatten(0, 1)
+    targets, count = targets.flatten(), count.flatten()
+    ce_sum = kl_sum = 0.0
+    for i in range(0, len(logits), chunk):
+        z = logits[i:i + chunk].float()
+        lse = torch.logsumexp(z, -1)
+        ce = lse - z.gather(-1, targets[i:i + chunk, None]).squeeze(-1)
+        kl = clean.neg_entropy[i:i + chunk] - torch.linalg.vecdot(clean.probs[i:i + chunk], z) + lse
+        c = count[i:i + chunk]
+        ce_sum += (ce * c).sum().item()
+        kl_sum += (kl * c).sum().item()
+    return ce_sum, kl_sum
+
+
+@dataclass
+class CleanOutputs:
+    """The clean model's next-token distribution on one batch (flattened positions) and the
+    outputs of every block, so a spliced forward can start at the spliced layer."""
+    probs: torch.Tensor
+    neg_entropy: torch.Tensor
+    block_outputs: list
 
 
 class HeldOutText:
@@ -108,29 +130,59 @@ class HeldOutText:
             raise SaescopeError("no held-out text is left after the harvested tokens: harvest fewer tokens "
                                 "or use a larger dataset")
         self.model, self.device = model, next(model.parameters()).device
-        self.batches, self.clean = [], []
         self.where = [(b.doc_ids, b.positions) for b in batches]  # traces every evaluated token to its text
-        with torch.inference_mode():
-            for b in batches:
-                ids, am = b.input_ids.to(self.device), b.attention_mask.to(self.device)
-                # predict token t+1 at position t; count t only if t is a real token and t+1 exists
-                count = (b.train_mask[:, :-1] & b.attention_mask[:, 1:].bool()).to(self.device).float()
-                logp = F.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].float(), -1)
-                self.batches.append((ids, am, ~b.train_mask.to(self.device), count))
-                self.clean.append(logp)
+        self.batches = []
+        for b in batches:
+            # predict token t+1 at position t; count t only if t is a real token and t+1 exists
+            count = (b.train_mask[:, :-1] & b.attention_mask[:, 1:].bool()).to(self.device).float()
+            self.batches.append((b.input_ids.to(self.device), b.attention_mask.to(self.device),
+                                 ~b.train_mask.to(self.device), count))
         self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
+        # the clean distributions take 4 bytes x vocabulary per position: kept while they fit in
+        # CLEAN_CACHE_BYTES (small CPU evaluations), recomputed per batch beyond (Gemma Scope scale)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= CLEAN_CACHE_BYTES
+        self._clean = [self._clean_outputs(i) for i in range(len(self.batches))] if keep else None
+
+    @torch.inference_mode()
+    def _clean_outputs(self, i: int) -> CleanOutputs:
+        ids, am, _keep, _count = self.batches[i]
+        outputs: list = []
+        hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in blocks(self.model)]
+        try:
+            logits = self.model(input_ids=ids, attention_mask=am).logits[:, :-1].flatten(0, 1)
+        finally:
+            for h in hooks:
+                h.remove()
+        logp = F.log_softmax(logits.float(), -1)
+        probs = logp.exp()
+        return CleanOutputs(probs, (probs * logp).sum(-1), outputs)
+
+    def clean(self, i: int) -> CleanOutputs:
+        return self._clean[i] if self._clean is not None else self._clean_outputs(i)
 
     @torch.inference_mode()
     def loss_with(self, site: Site | None, fn) -> tuple[float, float]:
-        """Mean CE and KL-to-clean with the site's activation replaced by fn(x) (None = clean)."""
+        """Mean CE and KL-to-clean with the site's activation replaced by fn(x) (None = clean).
+
+        Blocks before the site's layer return their clean outputs without running: their input
+        does not depend on the replacement, so the result is the same as a full forward."""
         ce_sum = kl_sum = 0.0
-        for (ids, am, keep, count), clean_logp in zip(self.batches, self.clean):
-            if site is None:
-                logits = self.model(input_ids=ids, attention_mask=am).logits
-            else:
-                with replace(self.model, site, fn, keep=keep):
+        skip = blocks(self.model)[:site.layer] if site is not None else []
+        for i, (ids, am, keep, count) in enumerate(self.batches):
+            clean = self.clean(i)
+            for block, out in zip(skip, clean.block_outputs):
+                block.forward = lambda *_a, _out=out, **_k: _out
+            try:
+                if site is None:
                     logits = self.model(input_ids=ids, attention_mask=am).logits
-            ce, kl = _masked_ce_kl(logits[:, :-1], clean_logp, ids[:, 1:], count)
+                else:
+                    with replace(self.model, site, fn, keep=keep):
+                        logits = self.model(input_ids=ids, attention_mask=am).logits
+            finally:
+                for block in skip:
+                    del block.forward
+            ce, kl = _masked_ce_kl(logits[:, :-1], clean, ids[:, 1:], count)
             ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
         return ce_sum / self.tokens, kl_sum / self.tokens
 

@@ -175,22 +175,40 @@ class SAE(nn.Module, ABC):
         return type(self), arrays | self.extra_arrays(), self.knobs()
 
     @torch.no_grad()
-    def folded(self, scale: float) -> SAE:
-        """The released SAE: it takes raw activations `x_raw = scale * x` and returns `scale *`
-        this SAE's latents and reconstruction, with no pre-encoder bias. A skip transcoder comes
-        back as a `SkipTranscoder` around the plain one (the skip is unchanged by folding).
+    def folded(self, scale: float | Tensor, shift: Tensor | None = None) -> SAE:
+        """The released SAE: it takes raw activations and gives back raw reconstructions, with no
+        pre-encoder bias. A skip transcoder comes back as a `SkipTranscoder` around the plain one
+        (the skip is unchanged by folding).
 
-        The recipe's formulas: b_enc' = C*b_enc - C*(b_dec @ W_enc), b_dec' = C*b_dec, extra
-        per-latent arrays (the threshold) scaled by C, W_enc and W_dec unchanged.
+        A number C (the recipe, `x_raw = C * x`): b_enc' = C*b_enc - C*(b_dec @ W_enc),
+        b_dec' = C*b_dec, extra per-latent arrays (the threshold) scaled by C, W_enc and W_dec
+        unchanged; latents come out C times larger.
+        A vector s with a shift m (per-dimension standardisation, `x_raw = s * x + m`):
+        W_enc' = W_enc / s (per input row), b_enc' = b_enc - (m / s + b_dec) @ W_enc,
+        W_dec' = W_dec * s (per output column), b_dec' = s * b_dec + m; latents and thresholds
+        unchanged, decoder rows no longer unit-norm.
         """
-        if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
-            raise SaescopeError(f"folding scale must be a positive finite number, got {scale!r}")
+        vector = isinstance(scale, Tensor)
+        ok = bool(torch.isfinite(scale).all() and (scale > 0).all()) if vector else (
+            isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0)
+        if not ok:
+            raise SaescopeError(f"folding scale must be positive and finite, got {scale!r}")
+        if self.transcoder != "none" and vector:
+            raise SaescopeError("transcoders are trained with the recipe's scalar normalisation only")
         cls, arrays, knobs = self.release_form()
-        W_enc, b_enc, b_dec = arrays["W_enc"], arrays["b_enc"], arrays["b_dec"]
-        if self.pre_encoder_bias:
-            b_enc = b_enc - b_dec @ W_enc
-        params = {"W_enc": W_enc, "W_dec": arrays["W_dec"], "b_enc": scale * b_enc, "b_dec": scale * b_dec}
-        params |= {k: scale * arrays[k] for k in cls.extra_params}
+        W_enc, b_enc, b_dec, W_dec = arrays["W_enc"], arrays["b_enc"], arrays["b_dec"], arrays["W_dec"]
+        if vector:
+            s = scale.to(W_enc)
+            m = torch.zeros_like(s) if shift is None else shift.to(W_enc)
+            pre_shift = m / s + (b_dec if self.pre_encoder_bias else 0.0)
+            params = {"W_enc": W_enc / s[:, None], "W_dec": W_dec * s, "b_enc": b_enc - pre_shift @ W_enc,
+                      "b_dec": s * b_dec + m}
+            params |= {k: arrays[k] for k in cls.extra_params}
+        else:
+            if self.pre_encoder_bias:
+                b_enc = b_enc - b_dec @ W_enc
+            params = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": scale * b_enc, "b_dec": scale * b_dec}
+            params |= {k: scale * arrays[k] for k in cls.extra_params}
         knobs = knobs | {"pre_encoder_bias": False}
         if self.transcoder == "skip":
             knobs["transcoder"] = "plain"

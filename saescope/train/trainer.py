@@ -64,6 +64,9 @@ class TrainConfig:
     l0_warmup_steps: int = option(10000, "linear warm-up of the sparsity coefficient from 0")
     adam_beta1: float = option(0.0, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
+    normalize: str = option("scalar", "scalar: divide each site by one constant so E||x||^2 = 1 (the recipe); "
+                                      "standardize: subtract each dimension's mean and divide by its spread, for "
+                                      "models whose residual stream has a few huge dimensions (Gemma 3)")
     norm_rows: int = option(65536, "rows used to estimate each site's normalising constant")
     buffer_rows: int = option(65536, "shuffle buffer rows (memory: rows x total site width x dtype size)")
     eval_shards: int = option(1, "last shards of the store held out for evaluation")
@@ -139,6 +142,30 @@ def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
     return math.sqrt(total / count)
 
 
+@torch.no_grad()
+def estimate_standardization(store: ActivationStore, site: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, mean) per dimension, with x = (x_raw - mean) / scale having unit variance spread
+    evenly over the dimensions (E||x||^2 = 1, as the scalar normalisation gives).
+
+    Why: an MSE on x_raw / C spends the SAE on the few dimensions that hold most of the variance;
+    in Gemma 3 270M the hundreds of others carry what the next layers read, and their error is
+    what costs LM loss (measured in the README)."""
+    n, total, total_sq = 0, None, None
+    for shard in range(store.n_shards):
+        x = store.read(site, shard)[: rows - n].double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = x.pow(2).sum(0) if total_sq is None else total_sq + x.pow(2).sum(0)
+        n += len(x)
+        if n >= rows:
+            break
+    mean = total / n
+    std = (total_sq / n - mean.pow(2)).clamp(min=0).sqrt()
+    if not bool(torch.isfinite(std).all()) or float(std.max()) <= 0:
+        raise SaescopeError(f"site {site}: activations are constant or not finite; harvest again")
+    std = std.clamp(min=1e-6 * float(std.mean()))  # a constant dimension must not divide by zero
+    return (std * math.sqrt(len(std))).float(), mean.float()
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, families: list[tuple[str, list[float], dict]] | None = None):
         """`families` (saescope compare) trains several families in one read of the store, each
@@ -183,7 +210,12 @@ class Trainer:
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)), eps=1e-8)
         self.step = 0
-        self.scales: dict[str, float] = {}
+        self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
+        self.shifts: dict[str, torch.Tensor] = {}  # per site, with --normalize standardize: the mean
+        if cfg.normalize not in ("scalar", "standardize"):
+            raise SaescopeError(f"unknown --normalize {cfg.normalize!r}: use scalar or standardize")
+        if cfg.normalize == "standardize" and cfg.transcoder:
+            raise SaescopeError("transcoders use the recipe's scalar normalisation: drop --normalize standardize")
 
     def _group_file(self, stem: str, suffix: str) -> Path:
         """OUT/train/STEM.SUFFIX, or STEM.g<i>of<n>.SUFFIX for one of several SAE groups."""
@@ -209,7 +241,7 @@ class Trainer:
         path = self.checkpoint_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"step": self.step, "scales": self.scales, "optimizer": self.opt.state_dict(),
+        torch.save({"step": self.step, "scales": self.scales, "shifts": self.shifts, "optimizer": self.opt.state_dict(),
                     "saes": {k: s.state_dict() for k, s in self.saes.items()}, "config": asdict(self.cfg)}, tmp)
         os.replace(tmp, path)
 
@@ -229,8 +261,16 @@ class Trainer:
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         self.opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(float(self.cfg.adam_beta1), float(self.cfg.adam_beta2)), eps=1e-8)
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.step, self.scales = ckpt["step"], ckpt["scales"]
+        self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
         return True
+
+    def estimate_normalization(self) -> None:
+        for site in self.sites:
+            if self.cfg.normalize == "standardize":
+                scale, mean = estimate_standardization(self.store, site, self.cfg.norm_rows)
+                self.scales[site], self.shifts[site] = scale.to(self.device), mean.to(self.device)
+            else:
+                self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows)
 
     def train(self) -> dict[str, SAE]:
         """Train this process's SAEs (all of them in one process); returns them."""
@@ -241,7 +281,7 @@ class Trainer:
         self._refuse_other_layouts()
         resumed = self.load_checkpoint()
         if not self.scales:
-            self.scales = {s: estimate_scale(self.store, s, self.cfg.norm_rows) for s in self.sites}
+            self.estimate_normalization()
         if resumed and leader:
             print(f"saescope: resuming {len(self.saes)} SAEs at step {self.step}/{self.total_steps}")
         if distributed.is_main() and self.layout.world > 1:
@@ -298,7 +338,8 @@ class Trainer:
         for key, sae in self.saes.items():
             site = self.site_of[key]
             if site not in normalised:
-                x = acts[site] / self.scales[site]
+                x = acts[site] - self.shifts[site] if site in self.shifts else acts[site]
+                x = x / self.scales[site]
                 if not torch.isfinite(x).all():
                     raise self.nan_error(site, "the activation batch")
                 normalised[site] = x
@@ -351,14 +392,17 @@ class Trainer:
         """Each trained SAE folded into raw-activation space, with the facts needed to release it."""
         for key, sae in self.saes.items():
             site = Site.parse(self.site_of[key])
-            folded = sae.folded(self.scales[self.site_of[key]]).cpu()
+            site_name = self.site_of[key]
+            folded = sae.folded(self.scales[site_name], self.shifts.get(site_name)).cpu()
+            scale = self.scales[site_name]
             folder = self.out / "saes" / key
             folder.mkdir(parents=True, exist_ok=True)
             save_file({k: torch.from_numpy(v) for k, v in folded.params_npz().items()}, folder / "sae.safetensors")
             write_json_atomic(folder / "config.json", {
                 "architecture": folded.arch, "family": self.arch_of[key], "d_in": sae.d_in, "d_sae": sae.d_sae, "site": site.kind,
                 "layer": site.layer, "hook": site.name, "knobs": folded.knobs(),
-                "sparsity_coefficient": self._coef(key), "normalization_scale": self.scales[self.site_of[key]],
+                "sparsity_coefficient": self._coef(key), "normalization": self.cfg.normalize,
+                "normalization_scale": scale if isinstance(scale, float) else scale.cpu().tolist(),
                 "tokens_trained": self.step * self.cfg.batch_size, "steps": self.step,
                 "model": self.store.info.get("model"), "model_name": self.store.info.get("model_name"),
                 "dataset": self.store.info.get("dataset"), "context_len": self.store.info.get("context_len"),

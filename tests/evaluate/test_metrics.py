@@ -71,3 +71,35 @@ def test_heldout_text_is_disjoint_from_the_harvested_tokens(setup, tiny_tokenize
     # it starts right where the harvest stopped: the token after the last harvested one is held out
     last_doc, last_pos = max(harvested)
     assert (last_doc, last_pos + 1) in held or (last_doc + 1, 1) in held
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch, cache):
+    """Starting at the spliced layer from cached block outputs, and the chunked CE/KL, change nothing."""
+    import torch.nn.functional as F
+
+    from saescope.evaluate import metrics
+    from saescope.models.sites import replace
+
+    if not cache:
+        monkeypatch.setattr(metrics, "CLEAN_CACHE_BYTES", 0)
+    model, store = setup
+    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
+                       EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2))
+    assert (text._clean is not None) == cache
+    site = Site(1, "mlp")
+
+    def fn(x):
+        return 0.5 * x + 0.1
+
+    ce_sum = kl_sum = 0.0
+    with torch.no_grad():
+        for ids, am, keep, count in text.batches:
+            clean = F.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].double(), -1)
+            with replace(model, site, fn, keep=keep):
+                logp = F.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].double(), -1)
+            ce_sum += (-logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * count).sum().item()
+            kl_sum += ((clean.exp() * (clean - logp)).sum(-1) * count).sum().item()
+    ce, kl = text.loss_with(site, fn)
+    assert ce == pytest.approx(ce_sum / text.tokens, rel=1e-5)
+    assert kl == pytest.approx(kl_sum / text.tokens, rel=1e-4) and kl > 1e-3

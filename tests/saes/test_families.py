@@ -339,3 +339,26 @@ def test_bad_family_knobs_are_one_line_errors():
         make_sae("gated", D_IN, D_SAE, k=3)
     with pytest.raises(SaescopeError, match="ATM needs"):
         make_sae("atm", D_IN, D_SAE, ema_decay=1.5)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_per_dimension_folding_gives_the_trained_sae_on_raw_activations(arch):
+    """Standardised training (x = (x_raw - m) / s): the released SAE takes x_raw, fires the same
+    latents with the same values, and returns s * reconstruction + m."""
+    torch.manual_seed(0)
+    sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
+    for _ in range(3):
+        sae.loss(_x())
+    sae.eval()
+    g = torch.Generator().manual_seed(5)
+    s = torch.rand(D_IN, generator=g) * 50 + 0.1
+    m = torch.randn(D_IN, generator=g) * 100
+    x = _x()
+    x_raw = x * s + m
+    released = sae.folded(s, m)
+    assert not released.pre_encoder_bias
+    with torch.no_grad():
+        torch.testing.assert_close(released.encode(x_raw), sae.encode(x), atol=5e-4, rtol=1e-4)
+        torch.testing.assert_close(released(x_raw), sae(x) * s + m, atol=5e-3, rtol=1e-4)
+    with pytest.raises(SaescopeError, match="positive"):
+        sae.folded(torch.zeros(D_IN), m)

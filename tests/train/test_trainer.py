@@ -116,3 +116,33 @@ def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
     Trainer(cfg_for(store, tmp_path, train_tokens=256 * 4)).train()
     with pytest.raises(SaescopeError, match="other SAEs"):
         Trainer(cfg_for(store, tmp_path, widths=[64], train_tokens=256 * 8)).train()
+
+
+def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path):
+    from saescope.release.formats import load
+
+    cfg = dict(normalize="standardize", l0_coefficients=[1e-3])
+    whole = Trainer(cfg_for(store, tmp_path / "whole", **cfg))
+    whole.train()
+    for site in whole.sites:  # each dimension centred with equal variance, E||x||^2 = 1
+        x = torch.cat([whole.store.read(site, i).float() for i in range(4)])
+        z = (x - whole.shifts[site]) / whole.scales[site]
+        torch.testing.assert_close(z.mean(0), torch.zeros(x.shape[1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z.var(0, unbiased=False), torch.full((x.shape[1],), 1 / x.shape[1]), rtol=1e-3, atol=0)
+    resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg, train_tokens=256 * 5))
+    resumed.train()  # stops at step 5 with a checkpoint at 4; a longer run resumes from it
+    resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg))
+    resumed.train()
+    for key, sae in whole.saes.items():
+        for name, tensor in sae.state_dict().items():
+            assert torch.equal(tensor, resumed.saes[key].state_dict()[name]), (key, name)
+        site = whole.site_of[key]
+        released = load(tmp_path / "whole" / "saes" / key)
+        meta = json.loads((tmp_path / "whole" / "saes" / key / "config.json").read_text())
+        assert meta["normalization"] == "standardize" and len(meta["normalization_scale"]) == sae.d_in
+        x_raw = whole.store.read(site, 5).float()[:64]
+        with torch.no_grad():
+            expected = sae((x_raw - whole.shifts[site]) / whole.scales[site]) * whole.scales[site] + whole.shifts[site]
+            torch.testing.assert_close(released(x_raw), expected, atol=1e-3, rtol=1e-4)
+    with pytest.raises(SaescopeError, match="normalize"):
+        Trainer(cfg_for(store, tmp_path / "bad", normalize="whiten"))
