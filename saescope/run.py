@@ -34,11 +34,14 @@ class RunConfig(EvalConfig, TrainConfig, HarvestConfig):
     knobs: str = option("l0_penalty=quadratic,target_l0=64",
                         "family options; the default run uses Gemma Scope 2's quadratic L0 penalty so every "
                         "site lands near one L0 (use --knobs '' for the plain lambda*L0 of Gemma Scope 1)")
-    train_tokens: int = option(307_200, "training tokens per SAE (about 3 epochs over the training shards)")
+    normalize: str = option("standardize", "scalar (the recipe) or standardize (per-dimension mean and scale): "
+                                           "Gemma 3's residual stream has a few huge dimensions, and with the recipe's "
+                                           "scalar a short training leaves multi-nat delta losses (README)")
+    train_tokens: int = option(245_760, "training tokens per SAE (240 steps, 2.5 epochs over the training shards)")
     batch_size: int = option(1024, "tokens per step (the recipe's 4096 leaves too few steps for a short run)")
     lr: float = option(2e-3, "Adam learning rate (the recipe's 7e-5 is for billions of tokens)")
     lr_warmup_steps: int = option(10, "cosine warm-up steps of the learning rate")
-    l0_warmup_steps: int = option(60, "linear warm-up steps of the sparsity coefficient")
+    l0_warmup_steps: int = option(40, "linear warm-up steps of the sparsity coefficient")
     buffer_rows: int = option(16384, "shuffle buffer rows (memory: rows x total site width x dtype size)")
     checkpoint_every: int = option(50, "steps between checkpoints")
     log_every: int = option(10, "steps between log lines in OUT/train/log.jsonl")

@@ -64,6 +64,8 @@ class TrainConfig:
     l0_warmup_steps: int = option(10000, "linear warm-up of the sparsity coefficient from 0")
     adam_beta1: float = option(0.0, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
+    adam_eps: float = option(1e-8, "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
+                                   "by about lr * gradient / eps instead of lr * sign(gradient)")
     normalize: str = option("scalar", "scalar: divide each site by one constant so E||x||^2 = 1 (the recipe); "
                                       "standardize: subtract each dimension's mean and divide by its spread, for "
                                       "models whose residual stream has a few huge dimensions (Gemma 3)")
@@ -208,7 +210,7 @@ class Trainer:
             self.site_of[key] = site
             self.arch_of[key] = arch
         params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)), eps=1e-8)
+        self.opt = self._adam(params)
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
         self.shifts: dict[str, torch.Tensor] = {}  # per site, with --normalize standardize: the mean
@@ -216,6 +218,11 @@ class Trainer:
             raise SaescopeError(f"unknown --normalize {cfg.normalize!r}: use scalar or standardize")
         if cfg.normalize == "standardize" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: drop --normalize standardize")
+
+    def _adam(self, params: list) -> torch.optim.Adam:
+        cfg = self.cfg
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)),
+                                eps=float(cfg.adam_eps))
 
     def _group_file(self, stem: str, suffix: str) -> Path:
         """OUT/train/STEM.SUFFIX, or STEM.g<i>of<n>.SUFFIX for one of several SAE groups."""
@@ -259,7 +266,7 @@ class Trainer:
         for key, sae in self.saes.items():
             self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(float(self.cfg.adam_beta1), float(self.cfg.adam_beta2)), eps=1e-8)
+        self.opt = self._adam(params)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
         return True
