@@ -41,6 +41,7 @@ class CompareConfig:
     lr: float = option(7e-5, "Adam learning rate (short comparisons want more, e.g. 1e-3)")
     lr_warmup_steps: int = option(1000, "cosine warm-up of the learning rate")
     l0_warmup_steps: int = option(10000, "linear warm-up of sparsity coefficients (no effect on k)")
+    normalize: str = option("scalar", "scalar (the recipe) or standardize (per-dimension mean and scale)")
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = option(256, "tokens per held-out sequence")
     seed: int = option(0, "seed for initialisation and shuffling")
@@ -143,7 +144,8 @@ def compare(cfg: CompareConfig) -> list[dict]:
     train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
                             widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
                             batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
-                            l0_warmup_steps=cfg.l0_warmup_steps, seed=cfg.seed, device=cfg.device)
+                            l0_warmup_steps=cfg.l0_warmup_steps, seed=cfg.seed, device=cfg.device,
+                            normalize=cfg.normalize)
     Trainer(train_cfg, families).train()
     evaluate(EvalConfig(out=cfg.out, store=cfg.store, eval_sequences=cfg.eval_sequences,
                         eval_context_len=cfg.eval_context_len, device=cfg.device))
