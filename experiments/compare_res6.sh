@@ -1,6 +1,7 @@
 # The issue-4 reproduction: five families on res.6 of Gemma 3 270M, width 4096, every SAE on the same
 # 245,760 tokens in the same order, sites standardised per dimension (see the README), then held-out
 # evaluation, table (OUT/compare.md) and plot (OUT/compare.png -> docs/compare_res6.png).
+# Run from the repository with the virtual environment active (`. .venv/bin/activate`).
 # Sized for a 2-core CPU: 120,000 harvested tokens (the last 20,000 held out), 240 steps of 1024.
 set -e
 OUT=${1:-runs/compare_res6}

@@ -188,7 +188,10 @@ class TokenText:
         self.unsaved: list[tuple[int, str]] = []
 
     def need(self, ids: np.ndarray | list[int]) -> None:
-        new = sorted({int(i) for i in np.unique(np.asarray(ids)) if i >= 0} - self.known.keys())
+        """Decode the ids not seen yet. Each id is looked up in `known` on its own: a set difference
+        with `known.keys()` walks every known token (200k+ late in a suite) on each call."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
+        new = [i for i in ids if i >= 0 and i not in self.known]
         if new:
             decoded = list(zip(new, self.tokenizer.batch_decode([[i] for i in new])))
             self.known.update(decoded)
@@ -198,8 +201,8 @@ class TokenText:
         out, self.unsaved = self.unsaved, []
         return out
 
-    def text(self, ids: np.ndarray) -> str:
-        return "".join(self.known.get(int(i), "") for i in ids if i >= 0)
+    def text(self, ids: np.ndarray | list[int]) -> str:
+        return "".join(self.known.get(i, "") for i in np.asarray(ids).tolist() if i >= 0)
 
 
 def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool = False,
@@ -328,11 +331,13 @@ def _neighbours(s: SuiteSAE, suite: list[SuiteSAE], cache: dict[str, torch.Tenso
 
 def _write_sae(con, s: SuiteSAE, sig: str, rows: int, st: ActivationStats, logits: list[dict] | None,
                neighbours: list[dict], text: TokenText) -> None:
-    """Replace one SAE's rows in a single transaction, so an interrupted pass leaves no half SAE."""
-    for ex in st.examples:
-        text.need(ex.ids)
+    """Replace one SAE's rows in a single transaction, so an interrupted pass leaves no half SAE.
+
+    Every token the rows mention is decoded up front in one call, not latent by latent."""
+    ids = [ex.ids.ravel() for ex in st.examples]
     if logits is not None:
-        text.need([t for entry in logits for t, _ in entry["top"] + entry["bottom"]])
+        ids.append(np.array([t for entry in logits for t, _ in entry["top"] + entry["bottom"]], dtype=np.int64))
+    text.need(np.concatenate(ids) if ids else [])
     latent_rows, search_rows = [], []
     for i in range(s.d_sae):
         ex = st.examples[i]
