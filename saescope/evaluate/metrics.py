@@ -35,7 +35,7 @@ from saescope.models.sites import Site, blocks, capture, replace
 from saescope.saes.base import SAE
 
 DENSE_FREQUENCY = 0.1
-CLEAN_CACHE_BYTES = 4 << 30
+CLEAN_CACHE_BYTES = 8 << 30  # 8k positions of a 262k vocabulary; beyond, clean forwards are redone per SAE
 HISTOGRAM_EDGES = np.arange(-7.0, 0.5, 0.5)  # log10 firing frequency bins
 
 
@@ -139,7 +139,7 @@ class HeldOutText:
                                  ~b.train_mask.to(self.device), count))
         self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
         # the clean distributions take 4 bytes x vocabulary per position: kept while they fit in
-        # CLEAN_CACHE_BYTES (small CPU evaluations), recomputed per batch beyond (Gemma Scope scale)
+        # CLEAN_CACHE_BYTES (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
         vocab = model.get_output_embeddings().weight.shape[0]
         keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= CLEAN_CACHE_BYTES
         self._clean = [self._clean_outputs(i) for i in range(len(self.batches))] if keep else None
