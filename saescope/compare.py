@@ -111,6 +111,7 @@ def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     by_family: dict[str, list[dict]] = defaultdict(list)
@@ -123,6 +124,8 @@ def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
             ax.plot(l0, [r[key] if r[key] is not None else float("nan") for r in points], "o-", label=family)
     for ax, label in zip(axes, ("delta LM loss (nats)", "FVU")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a log axis overlap
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
