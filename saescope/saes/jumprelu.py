@@ -104,6 +104,19 @@ def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in:
 
 
 @torch.no_grad()
+def _bias_grads(g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool,
+                pre_encoder_bias: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
+    gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
+    grad_b_enc = colsum if need_b_enc else None
+    grad_b_dec = None
+    if need_b_dec:
+        grad_b_dec = g.sum(0)
+        if pre_encoder_bias:
+            grad_b_dec = grad_b_dec - W_enc @ colsum
+    return grad_b_enc, grad_b_dec
+
+
 def _select_entries(
     xc: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, eps: float, bf16: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -217,12 +230,7 @@ class _SparseJumpReLU(torch.autograd.Function):
         if need_W_enc:
             grad_W_enc = _gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
         colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
-        if need_b_enc:
-            grad_b_enc = colsum
-        if need_b_dec:
-            grad_b_dec = g.sum(0)
-            if ctx.pre_encoder_bias:
-                grad_b_dec = grad_b_dec - W_enc @ colsum
+        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
         if need_x:
             grad_pre_rows = torch.empty_like(grad_pre)
             grad_pre_rows[order] = grad_pre
@@ -267,12 +275,7 @@ class _DenseJumpReLU(torch.autograd.Function):
         if need_W_enc:
             grad_W_enc = xc.t() @ grad_pre
         colsum = grad_pre.sum(0)
-        if need_b_enc:
-            grad_b_enc = colsum
-        if need_b_dec:
-            grad_b_dec = g.sum(0)
-            if ctx.pre_encoder_bias:
-                grad_b_dec = grad_b_dec - W_enc @ colsum
+        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
         if need_x:
             grad_x = grad_pre @ W_enc.t()
         return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None
