@@ -18,6 +18,7 @@ from saescope.compare import CompareConfig, compare
 from saescope.config import add_arguments, from_namespace, option
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.memory import keep_freed_memory
 from saescope.release.formats import release
 from saescope.run import RunConfig, run, summary_table, write_readme_table
 from saescope.train.trainer import TrainConfig, Trainer
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     cls, fn, _ = JOBS[args.job]
+    keep_freed_memory()
     many = distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
     try:
         if getattr(args, "nproc", 1) < 1:

@@ -2,8 +2,8 @@
 
 The forward stops after the last layer needed, so the LM head (for Gemma 3 270M, a 262k-token
 vocabulary that costs more than all 18 blocks) never runs. BOS, EOS and padding positions are
-dropped before anything is stored. Writing a shard happens on a background thread so the next
-forward overlaps with the disk.
+dropped before anything is stored. Background threads stream each batch's rows to disk while
+the next forward runs.
 
 Under torchrun the ranks split the corpus by packed batch: batch k is run by rank k % world.
 Every rank packs the whole stream (tokenising is cheap next to a forward) so that all agree on
@@ -18,6 +18,7 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ from tqdm import tqdm
 from saescope import distributed
 from saescope.activations.corpus import iter_documents, pack_documents
 from saescope.activations.remote import file_url_path, is_url
-from saescope.activations.store import (STORE_DTYPES, TOKEN_FIELDS, ShardColumn, read_json,
-                                        write_json_atomic)
+from saescope.activations.store import (STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors,
+                                        new_staging, read_json, write_json_atomic)
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.models.loading import load_model
@@ -53,7 +54,8 @@ class HarvestConfig:
 KEYS_THAT_MUST_MATCH = ("model", "dataset", "text_field", "context_len", "forward_batch", "dtype", "shard_rows")
 
 
-WRITE_THREADS = 2
+WRITE_THREADS = 2  # hashlib and os.write release the GIL, so two threads keep up with the forwards
+BATCHES_IN_FLIGHT = 2  # batches handed to the writers and not yet on disk; bounds the memory they hold
 
 
 def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
@@ -65,52 +67,79 @@ def estimate_bytes(widths: list[int], tokens: int, dtype: str) -> int:
     return tokens * (sum(widths) * np.dtype(STORE_DTYPES[dtype][1]).itemsize + TOKEN_FIELDS * 4)
 
 
-class _ShardWriter:
-    """Accumulates aligned rows for all columns and writes full shards together.
+Plan = list[tuple[int, int, int, bool]]  # (shard index, first row, end row, whether it completes the shard)
 
-    Columns are written (hashed, written, fsynced) by WRITE_THREADS threads while the model runs
-    the next batches; hashlib and file writes release the GIL, so the last shard of a harvest,
-    which nothing overlaps, costs 1/WRITE_THREADS of its serial time."""
+
+class _ShardWriter:
+    """Streams rows into the open shard of every column while the model runs on.
+
+    Nothing is gathered into shard-sized buffers: a site's rows are handed over the moment its hook
+    fires and appended (hashed and written) to the column's `.tmp` shard file by a writer thread,
+    so disk work overlaps the rest of the same forward, and when the last forward ends only its
+    last layer's rows are left to write. Each writer thread owns a fixed set of columns, which
+    keeps every column's appends in order without locks. Shards are cut at `shard_rows`, so the
+    files are the same however the rows arrived."""
 
     def __init__(self, columns: dict[str, ShardColumn], shard_rows: int, start_shard: int):
-        self.columns, self.shard_rows, self.shard = columns, shard_rows, start_shard
-        self.buffers = {k: np.empty((shard_rows, c.width), c.numpy_dtype) for k, c in columns.items()}
-        self.fill = 0
-        self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
-        self.pending: list[Future] = []
+        self.columns, self.shard_rows, self.shard, self.fill = columns, shard_rows, start_shard, 0
+        names = list(columns)
+        self.pool_of = {name: i % WRITE_THREADS for i, name in enumerate(names)}
+        self.pools = [ThreadPoolExecutor(max_workers=1) for _ in range(WRITE_THREADS)]
+        self.staging = [new_staging() for _ in range(WRITE_THREADS)]
+        self.open: dict[str, ShardFile] = {}
+        self.in_flight: list[list[Future]] = []
 
-    def add(self, rows: dict[str, np.ndarray]) -> None:
-        n = len(next(iter(rows.values())))
-        start = 0
+    def begin(self, n: int) -> Plan:
+        """Start a batch of `n` rows: where they fall in the shards, for every column alike."""
+        while len(self.in_flight) >= BATCHES_IN_FLIGHT:
+            for future in self.in_flight.pop(0):
+                future.result()  # re-raises a writer's SaescopeError (a full disk) in the harvest loop
+        self.in_flight.append([])
+        start, plan = 0, []
         while start < n:
             take = min(n - start, self.shard_rows - self.fill)
-            for k, buf in self.buffers.items():
-                buf[self.fill:self.fill + take] = rows[k][start:start + take]
             self.fill += take
-            start += take
+            plan.append((self.shard, start, start + take, self.fill == self.shard_rows))
             if self.fill == self.shard_rows:
-                self.flush()
+                self.shard, self.fill = self.shard + 1, 0
+            start += take
+        return plan
 
-    def flush(self) -> None:
-        if self.fill == 0:
-            return
-        self.wait()
-        full = {k: b[:self.fill] for k, b in self.buffers.items()}
-        # The writer threads own the filled buffers now; fresh ones take the next rows.
-        self.buffers = {k: np.empty_like(b) for k, b in self.buffers.items()}
-        self.pending = [self.pool.submit(col.write_shard, self.shard, full[k]) for k, col in self.columns.items()]
-        self.shard += 1
-        self.fill = 0
-
-    def wait(self) -> None:
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.result()
+    def put(self, name: str, rows: np.ndarray, plan: Plan) -> None:
+        """Queue one column's rows of the current batch."""
+        i = self.pool_of[name]
+        self.in_flight[-1].append(self.pools[i].submit(self._write, name, self.staging[i], rows, plan))
 
     def close(self) -> None:
-        self.flush()
-        self.wait()
-        self.pool.shutdown()
+        """Commit the last, partial shard and wait until everything is on disk."""
+        if self.fill:
+            plan = [(self.shard, 0, 0, True)]
+            self.in_flight.append([self.pools[self.pool_of[name]].submit(self._write, name, None, None, plan)
+                                   for name in self.columns])
+            self.shard, self.fill = self.shard + 1, 0
+        for batch in self.in_flight:
+            for future in batch:
+                future.result()
+        self.in_flight.clear()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True)
+        for shard in self.open.values():  # an interrupted harvest leaves no half-written file open
+            shard.abort()
+        self.open.clear()
+
+    def _write(self, name: str, staging: memoryview | None, rows: np.ndarray | None, plan: Plan) -> None:
+        column = self.columns[name]
+        for shard, lo, hi, completes in plan:
+            if name not in self.open:
+                self.open[name] = column.open_shard(shard, staging)
+            if hi > lo:
+                with disk_errors(self.open[name], shard):
+                    self.open[name].append(rows[lo:hi])
+            if completes:
+                column.commit_shard(shard, self.open.pop(name))
 
 
 def _rank_names(rank: int, world: int) -> tuple[str, str]:
@@ -208,9 +237,10 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
             seen += n
             if k % world == rank:
                 if mine + take > done:  # else wholly harvested before the interruption: no forward needed
-                    rows = _forward_rows(model, batch, sites, device, cfg.dtype)
                     lo = max(done - mine, 0)
-                    writer.add({key: v[lo:take] for key, v in rows.items()})
+                    plan = writer.begin(take - lo)
+                    _forward_into(model, batch, sites, device, cfg.dtype,
+                                  lambda name, rows: writer.put(name, rows[lo:take], plan))
                     bar.update(take - lo)
                 mine += take
             if seen >= cfg.tokens:
@@ -218,7 +248,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
         writer.close()
     finally:
         bar.close()
-        writer.pool.shutdown(wait=True)
+        writer.shutdown()
     if seen < cfg.tokens and rank == 0:
         print(f"saescope: the dataset ran out after {seen:,} tokens (asked for {cfg.tokens:,})")
     return _finish(cfg, columns)
@@ -233,17 +263,14 @@ def _was_complete(cfg: HarvestConfig) -> bool:
     return bool(old.get("complete")) and old.get("tokens", 0) >= cfg.tokens
 
 
-def _forward_rows(model, batch, sites: list[Site], device, dtype: str) -> dict[str, np.ndarray]:
+def _forward_into(model, batch, sites: list[Site], device, dtype: str,
+                  put: Callable[[str, np.ndarray], None]) -> None:
+    """Run one batch; every site's kept rows go to `put` as soon as its hook fires."""
     mask = batch.train_mask.to(device)
-    out: dict[str, np.ndarray] = {}
-
-    def keep(site: Site, x: torch.Tensor) -> None:
-        out[site.name] = _to_numpy(x[mask], dtype)
-
-    run_to_sites(model, batch.input_ids.to(device), batch.attention_mask.to(device), sites, keep)
+    run_to_sites(model, batch.input_ids.to(device), batch.attention_mask.to(device), sites,
+                 lambda site, x: put(site.name, _to_numpy(x[mask], dtype)))
     m = batch.train_mask
-    out["tokens"] = torch.stack([batch.input_ids[m], batch.doc_ids[m], batch.positions[m]], 1).to(torch.int32).numpy()
-    return out
+    put("tokens", torch.stack([batch.input_ids[m], batch.doc_ids[m], batch.positions[m]], 1).to(torch.int32).numpy())
 
 
 def _finish(cfg: HarvestConfig, columns: dict[str, ShardColumn]) -> Path:

@@ -19,12 +19,15 @@ store may also be an fsspec URL, read through a local cache (`saescope/activatio
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import mmap
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +57,97 @@ def read_json(path: Path) -> dict:
 
 def shard_name(index: int, prefix: str = "") -> str:
     return f"shard_{prefix}{index:05d}.bin"
+
+
+ALIGN = 4096  # O_DIRECT wants file offsets, lengths and memory addresses on block boundaries
+O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the OS has none: plain buffered writes
+
+
+def new_staging(nbytes: int = 8 << 20) -> memoryview:
+    """A page-aligned buffer for O_DIRECT writes, reused for every shard a writer thread writes."""
+    return memoryview(mmap.mmap(-1, nbytes - nbytes % ALIGN or ALIGN))
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        data = data[os.write(fd, data):]
+
+
+class ShardFile:
+    """One shard being written: rows are appended as batches arrive and hashed on the way; the
+    file has a `.tmp` name until `finish` renames it.
+
+    Bytes go to disk with O_DIRECT where the filesystem allows it. Buffered writes put every byte
+    in fresh page-cache pages, and on virtual machines that hand free pages back to the host a
+    fresh page is expensive: 800 MB took 2.5 s to write buffered and 0.3 s direct on this kind of
+    machine. Direct writes need aligned memory and lengths, so bytes pass through a page-aligned
+    staging buffer and the unaligned remainder waits for the next append; `finish` writes the
+    last partial block with O_DIRECT switched off."""
+
+    def __init__(self, path: Path, staging: memoryview | None = None):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.staging = staging
+        self.carry = b""  # tail of the appended bytes that does not fill a whole block yet
+        self.digest = hashlib.sha256()
+        self.rows = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.direct = bool(O_DIRECT) and staging is not None
+        try:
+            self.fd = os.open(self.tmp, flags | O_DIRECT if self.direct else flags)
+        except OSError as e:  # tmpfs and some network filesystems refuse O_DIRECT
+            if not self.direct or e.errno != errno.EINVAL:
+                raise
+            self.direct, self.fd = False, os.open(self.tmp, flags)
+
+    def append(self, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")  # no copy of the rows themselves
+        self.digest.update(data)
+        self.rows += len(rows)
+        if not self.direct:
+            _write_all(self.fd, data)
+            return
+        staging, pos = self.staging, 0
+        while pos < len(data):
+            start = len(self.carry)
+            staging[:start] = self.carry
+            take = min(len(data) - pos, len(staging) - start)
+            staging[start:start + take] = data[pos:pos + take]
+            pos += take
+            end = start + take
+            aligned = end - end % ALIGN
+            _write_all(self.fd, staging[:aligned])
+            self.carry = bytes(staging[aligned:end])
+
+    def finish(self) -> str:
+        """Write what is left, make it durable, rename into place; returns the sha256."""
+        if self.carry:
+            import fcntl  # only reached where O_DIRECT exists, i.e. on POSIX
+
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~O_DIRECT)
+            _write_all(self.fd, memoryview(self.carry))
+            self.carry = b""
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.path)
+        return self.digest.hexdigest()
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def disk_errors(shard: ShardFile, index: int) -> Iterator[None]:
+    """A full disk (or any OS error) becomes a one-line error; the temp file goes, complete shards stay."""
+    try:
+        yield
+    except OSError as e:
+        shard.abort()
+        raise SaescopeError(f"could not write {shard.path} ({e.strerror}): free disk space or choose another --out; "
+                            f"the {index} complete shards are kept and the harvest resumes from them") from e
 
 
 @dataclass
@@ -87,25 +181,24 @@ class ShardColumn:
         meta = {k: v for k, v in m.items() if k not in ("width", "dtype", "rows", "shards")}
         return cls(folder, m["width"], m["dtype"], meta, m["shards"], prefix, manifest_name)
 
-    def write_shard(self, index: int, array: np.ndarray) -> None:
-        """Write a complete shard under a temporary name, then rename it into place."""
-        assert array.dtype == self.numpy_dtype and array.shape[1] == self.width
-        path = self.folder / shard_name(index, self.prefix)
-        tmp = path.with_name(path.name + ".tmp")
-        data = memoryview(np.ascontiguousarray(array)).cast("B")  # no copy of a shard-sized buffer
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise SaescopeError(f"could not write {path} ({e.strerror}): free disk space or choose another --out; "
-                                f"the {index} complete shards are kept and the harvest resumes from them") from e
-        self.shards = self.shards[:index] + [{"file": path.name, "rows": len(array),
-                                              "sha256": hashlib.sha256(data).hexdigest()}]
+    def open_shard(self, index: int, staging: memoryview | None = None) -> "ShardFile":
+        """Start shard `index`; rows are appended to it batch by batch, then `commit_shard`."""
+        return ShardFile(self.folder / shard_name(index, self.prefix), staging)
+
+    def commit_shard(self, index: int, shard: "ShardFile") -> None:
+        """Rename a finished shard into place and list it in the manifest (only complete shards are listed)."""
+        with disk_errors(shard, index):
+            sha256 = shard.finish()
+        self.shards = self.shards[:index] + [{"file": shard.path.name, "rows": shard.rows, "sha256": sha256}]
         self.save_manifest()
+
+    def write_shard(self, index: int, array: np.ndarray) -> None:
+        """Write a whole shard at once."""
+        assert array.dtype == self.numpy_dtype and array.shape[1] == self.width
+        shard = self.open_shard(index)
+        with disk_errors(shard, index):
+            shard.append(array)
+        self.commit_shard(index, shard)
 
     def truncate(self, n_shards: int) -> None:
         """Forget shards past `n_shards` (left by a run killed between sites) and stray temp files."""

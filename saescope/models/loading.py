@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_model
 
 from saescope.errors import SaescopeError
+from saescope.memory import keep_freed_memory
+from saescope.models.attention import use_banded_attention
 
 EMBEDDED_NAMES = ("embedded", "gemma-3-270m", "gemma3-270m")
 EMBEDDED_CACHE_NAME = "gemma-3-270m"
@@ -83,6 +85,7 @@ def embedded_model_dir() -> Path:
 
 def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str = "auto"):
     """Return `(model, tokenizer)` in eval mode, gradients off, on the chosen device and dtype."""
+    keep_freed_memory()  # every later forward reuses the pages of the one before
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
@@ -102,4 +105,5 @@ def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", dev
             f"a reachable Hugging Face name, or 'embedded' for the bundled Gemma 3 270M"
         ) from e
     model.to(torch_device).eval().requires_grad_(False)
+    use_banded_attention(model)
     return model, tokenizer

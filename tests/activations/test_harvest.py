@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -137,3 +138,32 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
         assert r.returncode == 2, r.stderr
         err = r.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saescope: error:") and words in err[0], r.stderr
+
+
+def test_full_disk_is_a_clear_error_and_the_harvest_resumes(tmp_path, tiny_tokenizer, monkeypatch):
+    """The disk fills up mid-harvest (os.write fails with ENOSPC, as the kernel does): one-line error,
+    complete shards kept, no temp files, and the same command finishes the store once there is room."""
+    from saescope.activations import store as store_module
+
+    model = tiny_model("llama")
+    harvest(small_cfg(tmp_path / "whole", sites="res,att", layers="0,1"), model, tiny_tokenizer)
+    shard_bytes = sum(f.stat().st_size for f in (tmp_path / "whole").rglob("shard_00000.bin"))
+    real_write, budget = store_module.os.write, [3 * shard_bytes]  # room for about three shards
+
+    def filling_write(fd, data):
+        budget[0] -= len(data)
+        if budget[0] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store_module.os, "write", filling_write)
+    with pytest.raises(SaescopeError, match=r"could not write .*shard_\d+\.bin \(No space left on device\): free disk space"):
+        harvest(small_cfg(tmp_path / "cut", sites="res,att", layers="0,1"), model, tiny_tokenizer)
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    assert not list((tmp_path / "cut").rglob("*.tmp"))
+    kept = ActivationStore(tmp_path / "cut").n_shards
+    assert 0 < kept < ActivationStore(tmp_path / "whole").n_shards
+    harvest(small_cfg(tmp_path / "cut", sites="res,att", layers="0,1"), model, tiny_tokenizer)
+    for name in ["tokens", "res.0", "res.1", "att.0", "att.1"]:
+        for f in sorted((tmp_path / "whole" / name).glob("*.bin")):
+            assert f.read_bytes() == (tmp_path / "cut" / name / f.name).read_bytes()

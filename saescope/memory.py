@@ -1,0 +1,34 @@
+"""Keep freed memory in the process instead of handing it back to the operating system.
+
+glibc serves every allocation above 32 MiB with its own mmap and unmaps it on free, and trims the
+heap as soon as its top is free. Each forward pass therefore faults in all of its activation
+memory again, and on virtual machines that report free pages to the host (as these 2-core
+machines do) a fresh page costs microseconds: copying 800 MB into fresh memory took 2.56 s here,
+into reused memory 0.08 s. With large blocks served from the heap and no trimming, the second
+batch reuses the first batch's pages: a bare bf16 forward of Gemma 3 270M (8 x 1024 tokens) went
+from 13.3-15.1 s to 10.2-10.9 s. The price is that the process keeps its peak heap until exit,
+which is what a harvest or a training run wants anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's allocator once per process; a no-op (False) where there is no glibc."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    _done = ok
+    return ok

@@ -1,0 +1,48 @@
+"""Shards streamed to disk batch by batch: the same bytes and hash however they arrive."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+
+import numpy as np
+import pytest
+
+from saescope.activations import store
+from saescope.activations.store import ALIGN, ShardFile, new_staging
+
+
+def chunks(rows: np.ndarray, seed: int) -> list[np.ndarray]:
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, len(rows)), 6, replace=False))
+    return np.split(rows, cuts)
+
+
+@pytest.mark.parametrize("staging_pages", [1, 3, 1024])
+def test_streamed_shard_has_the_bytes_and_hash_of_one_write(tmp_path, staging_pages):
+    rows = np.random.default_rng(0).integers(0, 2**16, (1001, 37), dtype=np.uint16)  # 74,074 bytes: not block-aligned
+    shard = ShardFile(tmp_path / "direct.bin", new_staging(staging_pages * ALIGN))
+    assert shard.direct, "this filesystem takes O_DIRECT; the test is about that path"
+    for part in chunks(rows, staging_pages):
+        shard.append(part)
+    sha = shard.finish()
+    assert (tmp_path / "direct.bin").read_bytes() == rows.tobytes()
+    assert sha == hashlib.sha256(rows.tobytes()).hexdigest() and shard.rows == 1001
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypatch):
+    real_open = store.os.open
+
+    def no_direct(path, flags, *args):
+        if flags & store.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store.os, "open", no_direct)
+    rows = np.arange(5000, dtype=np.float32).reshape(1000, 5)
+    shard = ShardFile(tmp_path / "s.bin", new_staging())
+    for part in chunks(rows, 1):
+        shard.append(part)
+    assert not shard.direct
+    assert shard.finish() == hashlib.sha256(rows.tobytes()).hexdigest()
+    assert (tmp_path / "s.bin").read_bytes() == rows.tobytes()
