@@ -90,6 +90,7 @@ class ShardFile:
         self.carry = b""  # tail of the appended bytes that does not fill a whole block yet
         self.digest = hashlib.sha256()
         self.rows = 0
+        self.written = 0  # bytes written with O_DIRECT
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self.direct = bool(O_DIRECT) and staging is not None
         try:
@@ -115,15 +116,35 @@ class ShardFile:
             pos += take
             end = start + take
             aligned = end - end % ALIGN
-            _write_all(self.fd, staging[:aligned])
+            self._write_direct(staging[:aligned])
             self.carry = bytes(staging[aligned:end])
+            if not self.direct:  # the filesystem refused direct I/O at the first write
+                _write_all(self.fd, memoryview(self.carry))
+                _write_all(self.fd, data[pos:])
+                self.carry = b""
+                return
+
+    def _write_direct(self, block: memoryview) -> None:
+        try:
+            _write_all(self.fd, block)
+            self.written += len(block)
+        except OSError as e:  # some filesystems accept O_DIRECT at open and want other alignments
+            if e.errno != errno.EINVAL or self.written:
+                raise
+            self._buffered()
+            _write_all(self.fd, block)
+            self.written += len(block)
+
+    def _buffered(self) -> None:
+        import fcntl  # only reached where O_DIRECT exists, i.e. on POSIX
+
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~O_DIRECT)
+        self.direct = False
 
     def finish(self) -> str:
         """Write what is left, make it durable, rename into place; returns the sha256."""
-        if self.carry:
-            import fcntl  # only reached where O_DIRECT exists, i.e. on POSIX
-
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~O_DIRECT)
+        if self.carry:  # the last partial block cannot go direct
+            self._buffered()
             _write_all(self.fd, memoryview(self.carry))
             self.carry = b""
         os.fsync(self.fd)

@@ -46,3 +46,22 @@ def test_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypatc
     assert not shard.direct
     assert shard.finish() == hashlib.sha256(rows.tobytes()).hexdigest()
     assert (tmp_path / "s.bin").read_bytes() == rows.tobytes()
+
+
+def test_direct_io_refused_at_the_first_write_switches_to_buffered(tmp_path, monkeypatch):
+    real_write, refused = store.os.write, []
+
+    def picky(fd, data):
+        if not refused:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store.os, "write", picky)
+    rows = np.random.default_rng(2).integers(0, 2**16, (3000, 11), dtype=np.uint16)
+    shard = ShardFile(tmp_path / "s.bin", new_staging(2 * ALIGN))
+    for part in chunks(rows, 2):
+        shard.append(part)
+    assert refused and not shard.direct
+    assert shard.finish() == hashlib.sha256(rows.tobytes()).hexdigest()
+    assert (tmp_path / "s.bin").read_bytes() == rows.tobytes()
