@@ -136,7 +136,7 @@ class _ShardWriter:
             if name not in self.open:
                 self.open[name] = column.open_shard(shard, staging)
             if hi > lo:
-                with disk_errors(self.open[name], shard):
+                with disk_errors(self.open[name].path, shard, self.open[name]):
                     self.open[name].append(rows[lo:hi])
             if completes:
                 column.commit_shard(shard, self.open.pop(name))

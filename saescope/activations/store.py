@@ -161,13 +161,14 @@ class ShardFile:
 
 
 @contextmanager
-def disk_errors(shard: ShardFile, index: int) -> Iterator[None]:
+def disk_errors(path: Path, index: int, shard: ShardFile | None = None) -> Iterator[None]:
     """A full disk (or any OS error) becomes a one-line error; the temp file goes, complete shards stay."""
     try:
         yield
     except OSError as e:
-        shard.abort()
-        raise SaescopeError(f"could not write {shard.path} ({e.strerror}): free disk space or choose another --out; "
+        if shard is not None:
+            shard.abort()
+        raise SaescopeError(f"could not write {path} ({e.strerror}): free disk space or choose another --out; "
                             f"the {index} complete shards are kept and the harvest resumes from them") from e
 
 
@@ -204,11 +205,13 @@ class ShardColumn:
 
     def open_shard(self, index: int, staging: memoryview | None = None) -> "ShardFile":
         """Start shard `index`; rows are appended to it batch by batch, then `commit_shard`."""
-        return ShardFile(self.folder / shard_name(index, self.prefix), staging)
+        path = self.folder / shard_name(index, self.prefix)
+        with disk_errors(path, index):
+            return ShardFile(path, staging)
 
     def commit_shard(self, index: int, shard: "ShardFile") -> None:
         """Rename a finished shard into place and list it in the manifest (only complete shards are listed)."""
-        with disk_errors(shard, index):
+        with disk_errors(shard.path, index, shard):
             sha256 = shard.finish()
         self.shards = self.shards[:index] + [{"file": shard.path.name, "rows": shard.rows, "sha256": sha256}]
         self.save_manifest()
@@ -217,7 +220,7 @@ class ShardColumn:
         """Write a whole shard at once."""
         assert array.dtype == self.numpy_dtype and array.shape[1] == self.width
         shard = self.open_shard(index)
-        with disk_errors(shard, index):
+        with disk_errors(shard.path, index, shard):
             shard.append(array)
         self.commit_shard(index, shard)
 

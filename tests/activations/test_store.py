@@ -10,6 +10,7 @@ import pytest
 
 from saescope.activations import store
 from saescope.activations.store import ALIGN, ShardFile, new_staging
+from saescope.errors import SaescopeError
 
 
 def chunks(rows: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -65,3 +66,13 @@ def test_direct_io_refused_at_the_first_write_switches_to_buffered(tmp_path, mon
     assert refused and not shard.direct
     assert shard.finish() == hashlib.sha256(rows.tobytes()).hexdigest()
     assert (tmp_path / "s.bin").read_bytes() == rows.tobytes()
+
+
+def test_a_shard_that_cannot_be_created_is_a_one_line_error(tmp_path, monkeypatch):
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "open", full)
+    column = store.ShardColumn(tmp_path, 4, "float32")
+    with pytest.raises(SaescopeError, match=r"could not write .*shard_00003\.bin \(No space left on device\): free disk"):
+        column.open_shard(3, new_staging())
