@@ -2,8 +2,8 @@
 
 The forward stops after the last layer needed, so the LM head (for Gemma 3 270M, a 262k-token
 vocabulary that costs more than all 18 blocks) never runs. BOS, EOS and padding positions are
-dropped before anything is stored. Background threads stream each batch's rows to disk while
-the next forward runs.
+dropped before anything is stored. Each site's rows go to writer threads the moment its hook
+fires, so the disk works while the rest of the forward runs.
 
 Under torchrun the ranks split the corpus by packed batch: batch k is run by rank k % world.
 Every rank packs the whole stream (tokenising is cheap next to a forward) so that all agree on

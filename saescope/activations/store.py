@@ -79,8 +79,8 @@ class ShardFile:
 
     Bytes go to disk with O_DIRECT where the filesystem allows it. Buffered writes put every byte
     in fresh page-cache pages, and on virtual machines that hand free pages back to the host a
-    fresh page is expensive: 800 MB took 2.5 s to write buffered and 0.3 s direct on this kind of
-    machine. Direct writes need aligned memory and lengths, so bytes pass through a page-aligned
+    fresh page is expensive: `python benchmarks/pages.py` wrote an 800 MB shard (sha256 included) in
+    2.94 s buffered and 1.30 s direct. Direct writes need aligned memory and lengths, so bytes pass through a page-aligned
     staging buffer and the unaligned remainder waits for the next append; `finish` writes the
     last partial block with O_DIRECT switched off."""
 
