@@ -8,11 +8,19 @@ frontier the seed papers plot: delta LM loss against L0 and FVU against L0, one 
 
 Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): lambda for
 jumprelu, the L1 coefficient for relu/gated/atm, k for topk/batchtopk/matryoshka.
+
+Sweeps rarely land two families on the same L0, so the matched-L0 table reads each family's
+frontier at common L0 targets (`--matched-l0`, default 16, 32, 64): delta LM loss and FVU
+interpolated linearly in log(L0) between the two measured SAEs around the target, and "-" where
+the target lies outside the family's measured L0 range (no extrapolation: a frontier's slope
+beyond its last point is not known).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
 DEFAULT_SWEEPS = ("jumprelu=0.0003/0.001/0.003,topk=16/32/64,batchtopk=16/32/64,"
                   "gated=0.3/1/3,relu=1/3/10")
+DEFAULT_MATCHED_L0 = "16,32,64"
 
 
 @dataclass
@@ -42,14 +51,18 @@ class CompareConfig:
     lr_warmup_steps: int = option(1000, "cosine warm-up of the learning rate")
     l0_warmup_steps: int = option(10000, "linear warm-up of sparsity coefficients (no effect on k)")
     normalize: str = option("scalar", "scalar (the recipe) or standardize (per-dimension mean and scale)")
+    matched_l0: str = option(DEFAULT_MATCHED_L0, "L0 targets of the matched-L0 table (delta LM loss and FVU "
+                                                 "interpolated linearly in log L0), comma-separated")
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = option(256, "tokens per held-out sequence")
     seed: int = option(0, "seed for initialisation and shuffling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
-def parse_sweeps(text: str, family_knobs: str = "") -> list[tuple[str, list[float], dict]]:
-    """`topk=16/32,relu=1/3` -> [("topk", [16.0, 32.0], {}), ("relu", [1.0, 3.0], {})]."""
+def parse_sweeps(text: str, family_knobs: str = "", flag: str = "--sweeps",
+                 families: Collection[str] = tuple(ARCHITECTURES)) -> list[tuple[str, list[float], dict]]:
+    """`topk=16/32,relu=1/3` -> [("topk", [16.0, 32.0], {}), ("relu", [1.0, 3.0], {})]; errors name
+    `flag`, and only `families` (each a saescope family, whose knob type checks the values) are accepted."""
     knobs: dict[str, dict] = defaultdict(dict)
     for key, value in parse_knobs(family_knobs).items():
         family, dot, name = key.partition(".")
@@ -61,20 +74,34 @@ def parse_sweeps(text: str, family_knobs: str = "") -> list[tuple[str, list[floa
     for part in filter(None, (p.strip() for p in text.split(","))):
         family, eq, values = part.partition("=")
         family = family.strip()
-        if not eq or family not in ARCHITECTURES:
-            raise SaescopeError(f"bad --sweeps entry {part!r}: use family=v1/v2 with a family of {sorted(ARCHITECTURES)}")
+        if not eq or family not in families:
+            raise SaescopeError(f"bad {flag} entry {part!r}: use family=v1/v2 with a family of {sorted(families)}")
         try:
             numbers = [float(v) for v in values.split("/") if v.strip()]
         except ValueError:
-            raise SaescopeError(f"bad --sweeps values in {part!r}: numbers separated by '/'") from None
+            raise SaescopeError(f"bad {flag} values in {part!r}: numbers separated by '/'") from None
         if not numbers:
-            raise SaescopeError(f"--sweeps entry {part!r} has no values")
-        for v in numbers:
-            sweep_knobs(family, v)  # integer checks for k
+            raise SaescopeError(f"{flag} entry {part!r} has no values")
+        try:
+            for v in numbers:
+                sweep_knobs(family, v)  # integer checks for k
+        except SaescopeError as e:
+            raise SaescopeError(f"bad {flag} values in {part!r}: {e}") from None
         out.append((family, numbers, knobs.get(family, {})))
     if not out:
-        raise SaescopeError("--sweeps names no family: pass e.g. topk=16/32/64,relu=1/3/10")
+        raise SaescopeError(f"{flag} names no family: pass e.g. topk=16/32/64")
     return out
+
+
+def parse_targets(text: str) -> list[float]:
+    """`16,32,64` -> [16.0, 32.0, 64.0]: the L0s of the matched-L0 table."""
+    try:
+        targets = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SaescopeError(f"bad --matched-l0 {text!r}: positive L0 values separated by commas, e.g. 16,32,64") from None
+    if not targets or not all(math.isfinite(t) and t > 0 for t in targets):
+        raise SaescopeError(f"bad --matched-l0 {text!r}: positive L0 values separated by commas, e.g. 16,32,64")
+    return targets
 
 
 def collect(out: str | Path) -> list[dict]:
@@ -103,6 +130,45 @@ def table(rows: list[dict]) -> str:
 
 def _f(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> float | None:
+    """The value at L0 = `target` on the line through (log L0, value) of the two points around it
+    (a point measured at the target itself: its value, or the mean of several); None outside
+    [min L0, max L0] (no extrapolation). Points with L0 <= 0 have no log and are skipped."""
+    points = sorted((l0, v) for l0, v in points if l0 > 0)
+    if not points or not points[0][0] <= target <= points[-1][0]:
+        return None
+    at_target = [v for l0, v in points if l0 == target]
+    if at_target:
+        return sum(at_target) / len(at_target)
+    (l0_a, a), (l0_b, b) = next(pair for pair in zip(points, points[1:]) if pair[0][0] < target < pair[1][0])
+    return a + math.log(target / l0_a) / math.log(l0_b / l0_a) * (b - a)
+
+
+def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
+    """Per family: delta LM loss and FVU at each target L0 (None where it cannot be read off)."""
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_family[r["family"]].append(r)
+    out = []
+    for family, points in sorted(by_family.items()):
+        entry: dict = {"family": family}
+        for key in ("delta_loss", "fvu"):
+            measured = [(r["l0"], r[key]) for r in points if r[key] is not None]
+            entry[key] = [interpolate_log_l0(measured, t) for t in targets]
+        out.append(entry)
+    return out
+
+
+def matched_table(matched: list[dict], targets: list[float]) -> str:
+    """A markdown table: one row per family, delta LM loss then FVU at each target L0."""
+    heads = [f"delta LM loss @ L0 {t:g}" for t in targets] + [f"FVU @ L0 {t:g}" for t in targets]
+    lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for m in matched:
+        cells = [_f(v) for v in m["delta_loss"]] + [_f(v) for v in m["fvu"]]
+        lines.append(f"| {m['family']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
@@ -144,6 +210,7 @@ def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
 def compare(cfg: CompareConfig) -> list[dict]:
     """Train, evaluate, tabulate and plot; returns the table rows."""
     families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
+    targets = parse_targets(cfg.matched_l0)
     train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
                             widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
                             batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
@@ -152,19 +219,23 @@ def compare(cfg: CompareConfig) -> list[dict]:
     Trainer(train_cfg, families).train()
     evaluate(EvalConfig(out=cfg.out, store=cfg.store, eval_sequences=cfg.eval_sequences,
                         eval_context_len=cfg.eval_context_len, device=cfg.device))
-    return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE")
+    return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE", targets)
 
 
-def report(out: str | Path, title: str = "") -> list[dict]:
-    """Write OUT/compare.md, .json and .png from the evaluated SAEs, and print the table."""
+def report(out: str | Path, title: str = "", targets: list[float] | None = None) -> list[dict]:
+    """Write OUT/compare.md, .json and .png from the evaluated SAEs, and print the per-SAE table
+    and the matched-L0 table (at `targets`, default 16, 32, 64)."""
     rows = collect(out)
     if not rows:
         raise SaescopeError(f"no evaluated SAEs in {Path(out) / 'saes'}: run `saescope compare --out {out}` first")
-    text = table(rows)
+    targets = parse_targets(DEFAULT_MATCHED_L0) if targets is None else targets
+    matched = matched_l0(rows, targets)
+    text = table(rows) + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n" \
+        + matched_table(matched, targets)
     Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
-    write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": rows})
+    write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": rows,
+                                                  "matched_l0": {"targets": targets, "families": matched}})
     png = plot(rows, Path(out, "compare.png"), title)
     print(text)
     print(f"saescope: plot written to {png}")
     return rows
-

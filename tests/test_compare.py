@@ -4,6 +4,7 @@ and release."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 
 import saescope
 from saescope.activations.harvest import HarvestConfig, harvest
-from saescope.compare import CompareConfig, compare, parse_sweeps
+from saescope.compare import (CompareConfig, compare, interpolate_log_l0, matched_l0, matched_table, parse_sweeps,
+                              parse_targets)
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
@@ -36,13 +38,55 @@ def test_parse_sweeps():
             parse_sweeps(bad)
     with pytest.raises(SaescopeError, match="family.key=value"):
         parse_sweeps("topk=8", "bandwidth=0.1")
+    with pytest.raises(SaescopeError, match="bad --baseline-sweeps entry 'relu=1'"):
+        parse_sweeps("relu=1", flag="--baseline-sweeps", families=("jumprelu", "topk"))
+    with pytest.raises(SaescopeError, match="bad --baseline-sweeps values in 'topk=2.5'.*integer"):
+        parse_sweeps("topk=2.5", flag="--baseline-sweeps", families=("jumprelu", "topk"))
+
+
+def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
+    points = [(10.0, 1.0), (40.0, 0.4), (160.0, 0.1)]
+    # L0 20 is halfway between 10 and 40 in log L0: halfway between 1.0 and 0.4
+    assert interpolate_log_l0(points, 20.0) == pytest.approx(0.7)
+    # L0 80 is halfway between 40 and 160 in log L0
+    assert interpolate_log_l0(points, 80.0) == pytest.approx(0.25)
+    # log(16/10) / log(4) of the way from 1.0 to 0.4
+    assert interpolate_log_l0(points, 16.0) == pytest.approx(1.0 - 0.6 * math.log(1.6) / math.log(4))
+    assert interpolate_log_l0(points, 40.0) == pytest.approx(0.4)
+    assert interpolate_log_l0(points, 10.0) == pytest.approx(1.0) and interpolate_log_l0(points, 160.0) == 0.1
+    assert interpolate_log_l0(points, 9.9) is None and interpolate_log_l0(points, 161.0) is None
+    assert interpolate_log_l0([(32.0, 0.5)], 32.0) == 0.5 and interpolate_log_l0([(32.0, 0.5)], 16.0) is None
+    assert interpolate_log_l0([], 16.0) is None
+    assert interpolate_log_l0([(32.0, 0.4), (32.0, 0.6), (64.0, 0.1), (0.0, 9.0)], 32.0) == pytest.approx(0.5)
+
+
+def test_matched_l0_table_per_family():
+    rows = [{"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8},
+            {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4},
+            {"family": "jumprelu", "l0": 20.0, "fvu": 0.3, "delta_loss": None},
+            {"family": "jumprelu", "l0": 80.0, "fvu": 0.1, "delta_loss": 0.5}]
+    matched = matched_l0(rows, [16.0, 32.0, 64.0])
+    assert matched == [
+        {"family": "jumprelu", "delta_loss": [None, None, None],
+         "fvu": [None, pytest.approx(0.3 - 0.2 * math.log(1.6) / math.log(4)), pytest.approx(0.3 - 0.2 * math.log(3.2) / math.log(4))]},
+        {"family": "topk", "delta_loss": [0.8, pytest.approx(0.6), 0.4], "fvu": [0.2, pytest.approx(0.15), 0.1]}]
+    text = matched_table(matched, [16.0, 32.0, 64.0])
+    assert text.splitlines()[0] == ("| family | delta LM loss @ L0 16 | delta LM loss @ L0 32 | delta LM loss @ L0 64 | "
+                                    "FVU @ L0 16 | FVU @ L0 32 | FVU @ L0 64 |")
+    assert text.splitlines()[2] == "| jumprelu | - | - | - | - | 0.2322 | 0.1322 |"
+    assert text.splitlines()[3] == "| topk | 0.8000 | 0.6000 | 0.4000 | 0.2000 | 0.1500 | 0.1000 |"
+    assert parse_targets("8, 100") == [8.0, 100.0]
+    for bad in ("", "a,b", "16,-1", "0"):
+        with pytest.raises(SaescopeError, match="--matched-l0"):
+            parse_targets(bad)
 
 
 def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_path):
     cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=64,
                         sweeps="jumprelu=0.003/0.03,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
                         family_knobs="jumprelu.bandwidth=0.05", train_tokens=256 * 12, batch_size=256, lr=3e-3,
-                        lr_warmup_steps=2, l0_warmup_steps=4, eval_sequences=2, eval_context_len=32, device="cpu")
+                        lr_warmup_steps=2, l0_warmup_steps=4, eval_sequences=2, eval_context_len=32, device="cpu",
+                        matched_l0="5,6")
     rows = compare(cfg)
     assert sorted(r["family"] for r in rows) == ["batchtopk", "gated", "jumprelu", "jumprelu", "relu", "topk", "topk"]
     configs = [json.loads(p.read_text()) for p in (tmp_path / "saes").glob("*/config.json")]
@@ -52,7 +96,12 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert topk[4.0]["l0"] <= 4 + 1e-6 and topk[8.0]["l0"] <= 8 + 1e-6
     assert all(np.isfinite(r["fvu"]) and np.isfinite(r["delta_loss"]) for r in rows)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
-    assert (tmp_path / "compare.md").read_text().count("\n| ") == len(rows) + 1
+    families = sorted({r["family"] for r in rows})
+    assert (tmp_path / "compare.md").read_text().count("\n| ") == len(rows) + 1 + len(families) + 1
+    matched = json.loads((tmp_path / "compare.json").read_text())["matched_l0"]
+    assert matched["targets"] == [5.0, 6.0] and [m["family"] for m in matched["families"]] == families
+    topk_matched = next(m for m in matched["families"] if m["family"] == "topk")
+    assert all(np.isfinite(v) for v in topk_matched["delta_loss"] + topk_matched["fvu"])
 
 
 def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
