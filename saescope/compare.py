@@ -9,6 +9,10 @@ frontier the seed papers plot: delta LM loss against L0 and FVU against L0, one 
 Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): lambda for
 jumprelu, the L1 coefficient for relu/gated/atm, k for topk/batchtopk/matryoshka.
 
+With `--baseline saelens`, SAELens' own JumpReLU and TopK are then trained by SAELens' own code on
+the same rows in the same order (`saescope/saelens_baseline.py`), written beside ours as families
+saelens-jumprelu and saelens-topk, and evaluated, tabulated and plotted (dashed) like them.
+
 Sweeps rarely land two families on the same L0, so the matched-L0 table reads each family's
 frontier at common L0 targets (`--matched-l0`, default 16, 32, 64): delta LM loss and FVU
 interpolated linearly in log(L0) between the two measured SAEs around the target, and "-" where
@@ -28,6 +32,9 @@ from saescope.activations.store import read_json, write_json_atomic
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
+from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
+from saescope.saelens_baseline import require_saelens, train_saelens
 from saescope.saes.registry import ARCHITECTURES, sweep_knobs
 from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
@@ -51,6 +58,10 @@ class CompareConfig:
     lr_warmup_steps: int = option(1000, "cosine warm-up of the learning rate")
     l0_warmup_steps: int = option(10000, "linear warm-up of sparsity coefficients (no effect on k)")
     normalize: str = option("scalar", "scalar (the recipe) or standardize (per-dimension mean and scale)")
+    baseline: str = option("", "reference SAEs trained by their own library on the same rows as saescope's: saelens "
+                               "trains SAELens' JumpReLU and TopK on the same rows (needs sae-lens)")
+    baseline_sweeps: str = option(DEFAULT_BASELINE_SWEEPS, "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "
+                                                           "(SAELens' l0_coefficient on the normalised rows, and k)")
     matched_l0: str = option(DEFAULT_MATCHED_L0, "L0 targets of the matched-L0 table (delta LM loss and FVU "
                                                  "interpolated linearly in log L0), comma-separated")
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
@@ -91,6 +102,16 @@ def parse_sweeps(text: str, family_knobs: str = "", flag: str = "--sweeps",
     if not out:
         raise SaescopeError(f"{flag} names no family: pass e.g. topk=16/32/64")
     return out
+
+
+def parse_baseline(baseline: str, sweeps: str) -> list[tuple[str, list[float], dict]]:
+    """The baseline's families and sweep values; [] without --baseline. Checked before any training."""
+    if not baseline:
+        return []
+    if baseline != "saelens":
+        raise SaescopeError(f"unknown --baseline {baseline!r}: use --baseline saelens, or leave it out")
+    require_saelens()
+    return parse_sweeps(sweeps, flag="--baseline-sweeps", families=tuple(BASELINE_FAMILIES))
 
 
 def parse_targets(text: str) -> list[float]:
@@ -187,7 +208,8 @@ def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
         points = sorted(points, key=lambda r: r["l0"])
         l0 = [r["l0"] for r in points]
         for ax, key in zip(axes, ("delta_loss", "fvu")):
-            ax.plot(l0, [r[key] if r[key] is not None else float("nan") for r in points], "o-", label=family)
+            style = "o--" if family in BASELINE_FAMILIES.values() else "o-"  # other libraries' SAEs dashed
+            ax.plot(l0, [r[key] if r[key] is not None else float("nan") for r in points], style, label=family)
     for ax, label in zip(axes, ("delta LM loss (nats)", "FVU")):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a log axis overlap
@@ -211,12 +233,16 @@ def compare(cfg: CompareConfig) -> list[dict]:
     """Train, evaluate, tabulate and plot; returns the table rows."""
     families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
     targets = parse_targets(cfg.matched_l0)
+    baseline = parse_baseline(cfg.baseline, cfg.baseline_sweeps)
     train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
                             widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
                             batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
                             l0_warmup_steps=cfg.l0_warmup_steps, seed=cfg.seed, device=cfg.device,
                             normalize=cfg.normalize)
-    Trainer(train_cfg, families).train()
+    trainer = Trainer(train_cfg, families)
+    trainer.train()
+    if baseline:
+        train_saelens(trainer, baseline)
     evaluate(EvalConfig(out=cfg.out, store=cfg.store, eval_sequences=cfg.eval_sequences,
                         eval_context_len=cfg.eval_context_len, device=cfg.device))
     return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE", targets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +13,15 @@ import torch
 
 import saescope
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.loader import ShuffledLoader
 from saescope.compare import (CompareConfig, compare, interpolate_log_l0, matched_l0, matched_table, parse_sweeps,
                               parse_targets)
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
 from saescope.release.skip_transcoder import SkipTranscoder
-from saescope.train.trainer import Trainer, TrainConfig
+from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
+from saescope.train.trainer import Trainer, TrainConfig, estimate_standardization
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +137,110 @@ def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
 def test_trainer_rejects_transcoders_on_other_sites(store, tmp_path):
     with pytest.raises(SaescopeError, match="mlp_in"):
         Trainer(TrainConfig(store=str(store), out=str(tmp_path), train_sites="res.1", transcoder="plain", device="cpu"))
+
+
+# ---- --baseline saelens --------------------------------------------------------------------------
+def _tiny_trainer(store, out, **overrides) -> Trainer:
+    cfg = TrainConfig(store=str(store), out=str(out), train_sites="res.1", arch="topk", widths=[32],
+                      l0_coefficients=[4], train_tokens=256 * 16, batch_size=256, buffer_rows=1024, lr=3e-3,
+                      lr_warmup_steps=2, l0_warmup_steps=4, normalize="standardize", norm_rows=2048, device="cpu",
+                      **overrides)
+    return Trainer(cfg, [("topk", [4.0], {})])
+
+
+def test_saelens_baseline_sees_the_rows_saescope_saw_in_the_same_order(store, tmp_path, monkeypatch):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    trainer = _tiny_trainer(store, tmp_path, seed=3)
+    ours: list[torch.Tensor] = []
+    train_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, acts: (ours.append(acts["res.1"].clone()),
+                                                                   train_step(self, acts))[1])
+    trainer.train()
+    theirs: dict[int, list[torch.Tensor]] = {}
+    step = SAETrainer.step
+    monkeypatch.setattr(SAETrainer, "step", lambda self, batch: (theirs.setdefault(id(self), []).append(batch.clone()),
+                                                                 step(self, batch))[1])
+    folders = train_saelens(trainer, [("jumprelu", [0.01], {}), ("topk", [4.0], {})])
+    assert len(theirs) == 2 and len(ours) == trainer.total_steps == 16  # 4096 rows: more than one epoch of 3072
+    scale, mean = estimate_standardization(trainer.store, "res.1", 2048)
+    fresh = ShuffledLoader(str(store), ["res.1"], batch_size=256, buffer_rows=1024, seed=3, split="train", eval_shards=1)
+    for step_batches in zip(ours, *theirs.values(), fresh.iterate(0, 16, epochs=None)):
+        mine, *saelens, batch = step_batches
+        assert torch.equal(batch.acts["res.1"], mine)
+        for seen in saelens:
+            torch.testing.assert_close(seen, (mine - mean) / scale, rtol=0, atol=0)
+    # written with the keys saescope's own SAEs get, plus what SAELens was told
+    ours_meta = json.loads((tmp_path / "saes" / "topk__res.1__w32__c4" / "config.json").read_text())
+    for folder in folders:
+        meta = json.loads((folder / "config.json").read_text())
+        assert set(meta) - {"saelens"} == set(ours_meta) and meta["tokens_trained"] == 256 * 16
+        assert meta["saelens"]["trainer_config"]["lr"] == 3e-3 and meta["saelens"]["trainer_config"]["lr_warm_up_steps"] == 2
+    assert sorted(f.name for f in folders) == ["saelens-jumprelu__res.1__w32__c0.01", "saelens-topk__res.1__w32__c4"]
+
+
+def _randomised(arch: str, d_in: int = 16, d_sae: int = 48, k: int = 5):
+    """A SAELens training SAE with every parameter moved off its init: biases, decoder norms far
+    from 1, thresholds of both signs."""
+    torch.manual_seed(0)
+    sae = training_sae(arch, 0.01 if arch == "jumprelu" else k, d_in, d_sae, 0, "cpu")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        sae.W_dec.mul_(torch.rand(d_sae, 1) * 3 + 0.2)
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae) * 0.6 - 0.1)
+    return sae
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk"])
+@pytest.mark.parametrize("vector", [True, False])
+def test_converted_saelens_sae_equals_saelens_forward_on_raw_activations(arch, vector, tmp_path):
+    from sae_lens import SAE as SAELensSAE
+
+    sae = _randomised(arch)
+    sae.save_inference_model(tmp_path)  # what SAELens users load: its inference class
+    inference = SAELensSAE.load_from_disk(tmp_path)
+    scale = torch.rand(16) * 4 + 0.5 if vector else 3.7
+    mean = torch.randn(16) * 2 if vector else torch.zeros(16)
+    x_raw = torch.randn(200, 16) * 5 + 1
+    with torch.no_grad():
+        folded = to_saescope(sae).folded(scale, mean if vector else None)
+        assert folded.arch == arch and not folded.pre_encoder_bias and sae.cfg.apply_b_dec_to_input
+        ours = folded(x_raw)
+        torch.testing.assert_close(ours, inference((x_raw - mean) / scale) * scale + mean, rtol=1e-4, atol=1e-4)
+        if arch == "jumprelu":
+            assert (sae.threshold < 0).any()  # SAELens' inference class reads those as 0, and so do we
+            sae.threshold.clamp_(min=0)  # as SAELens' training_forward_pass does before every step
+        else:
+            assert folded.k == 5 and (folded.encode(x_raw) != 0).sum(1).max() <= 5
+        torch.testing.assert_close(ours, sae((x_raw - mean) / scale) * scale + mean, rtol=1e-4, atol=1e-4)
+
+
+def test_compare_with_saelens_baseline_writes_its_rows(store, tmp_path):
+    cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=32, sweeps="topk=4/8",
+                        baseline="saelens", baseline_sweeps="jumprelu=0.001/0.01,topk=4/8", train_tokens=256 * 8,
+                        batch_size=256, lr=3e-3, lr_warmup_steps=2, l0_warmup_steps=4, normalize="standardize",
+                        eval_sequences=2, eval_context_len=32, device="cpu", matched_l0="5,6")
+    compare(cfg)
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    by_family = {f: sorted(r["value"] for r in rows if r["family"] == f) for f in {r["family"] for r in rows}}
+    assert by_family == {"topk": [4.0, 8.0], "saelens-jumprelu": [0.001, 0.01], "saelens-topk": [4.0, 8.0]}
+    assert all(np.isfinite(r[k]) for r in rows for k in ("l0", "fvu", "delta_loss", "kl_div"))
+    assert all(r["l0"] <= r["value"] + 1e-6 for r in rows if r["family"].endswith("topk"))
+    matched = json.loads((tmp_path / "compare.json").read_text())["matched_l0"]["families"]
+    assert {m["family"] for m in matched} == {"topk", "saelens-jumprelu", "saelens-topk"}
+
+
+def test_baseline_options_fail_in_one_line_before_training(tmp_path, monkeypatch):
+    def attempt(**kw) -> str:
+        with pytest.raises(SaescopeError) as e:
+            compare(CompareConfig(store=str(tmp_path / "no-store"), out=str(tmp_path), sweeps="topk=4", **kw))
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "--baseline saelens" in attempt(baseline="saelens-v2")
+    assert "--baseline-sweeps" in attempt(baseline="saelens", baseline_sweeps="relu=1")
+    assert "--baseline-sweeps" in attempt(baseline="saelens", baseline_sweeps="topk=4.5")
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # what a missing install looks like to import
+    assert "pip install sae-lens" in attempt(baseline="saelens")
