@@ -15,7 +15,7 @@ from typing import ClassVar
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.compare import CompareConfig, compare
-from saescope.config import add_arguments, from_namespace, option
+from saescope.config import add_arguments, from_namespace, option, preset_values
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.memory import keep_freed_memory
@@ -181,12 +181,15 @@ JOBS: dict[str, tuple[type, object, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentParser:
+    """`defaults` replaces some jobs' option defaults (a --preset's values), so flags given on the
+    command line still win over the preset."""
     parser = argparse.ArgumentParser(prog="saescope", description="Sparse autoencoders for every layer of a language model.")
     sub = parser.add_subparsers(dest="job")
     for name, (cls, _, helptext) in JOBS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
         add_arguments(p, cls)
+        p.set_defaults(**(defaults or {}).get(name, {}))
         for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
         if name in DISTRIBUTED_JOBS:
@@ -221,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cls, fn, _ = JOBS[args.job]
     keep_freed_memory()
+    if getattr(args, "preset", ""):
+        try:
+            args = build_parser({args.job: preset_values(cls, args.preset)}).parse_args(argv)
+        except SaescopeError as e:
+            print(f"saescope: error: {e}", file=sys.stderr)
+            return 2
     many = distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
     try:
         if getattr(args, "nproc", 1) < 1:

@@ -76,6 +76,11 @@ class SAE(nn.Module, ABC):
     sweep_knob: ClassVar[str] = "sparsity_coefficient"
     sweep_type: ClassVar[type] = float
 
+    @classmethod
+    def sweep_knob_for(cls, knobs: dict[str, Any]) -> str:
+        """The sweep knob given the other knobs (JumpReLU sweeps a target L0 or lambda by its penalty)."""
+        return cls.sweep_knob
+
     def __init__(self, d_in: int, d_sae: int, *, pre_encoder_bias: bool | None = None,
                  transcoder: str = "none") -> None:
         super().__init__()
@@ -259,6 +264,10 @@ class SAE(nn.Module, ABC):
         return sae
 
     # ---- family hooks ----------------------------------------------------------------
+    def init_from_data(self, x: Tensor) -> None:
+        """Data-dependent initialisation, called once on normalised training rows before the first
+        step (JumpReLU sets its thresholds here); most families need none."""
+
     def extra_arrays(self) -> dict[str, Tensor]:
         """Released per-latent arrays beyond the four linear parameters (detached)."""
         return {}

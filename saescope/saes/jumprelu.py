@@ -41,15 +41,25 @@ _BLOCK_ELEMENTS = 1 << 24
 _BF16_UNIT_ROUNDOFF = 2.0**-8
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
-# Gemma Scope's released sweeps were named by sparsity coefficient (folders such as
-# sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on inputs scaled to
-# E||x||^2 = 1 those gave average L0 of tens to low hundreds, so 1e-3 is the middle default.
-DEFAULT_L0_COEFFICIENT = 1e-3
+# Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
+# (folders such as sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on
+# inputs scaled to E||x||^2 = 1 those gave average L0 of tens to low hundreds, so 1e-3 is the
+# recipe's middle. The two penalties toward a target L0 have the linear one's slope at L0 = 1.25 T
+# times lambda / (lambda of these defaults): measured by experiments/jumprelu.py (README).
+L0_PENALTIES = ("l0", "quadratic", "mean-quadratic")
+DEFAULT_L0_COEFFICIENTS = {"l0": 1e-3, "quadratic": 3e-3, "mean-quadratic": 0.03}
+# saescope's defaults, each measured against the recipe's in experiments/jumprelu.py (README,
+# "JumpReLU defaults"); `--preset gemma-scope` restores the recipe (l0, bandwidth and threshold
+# 0.001, no data init, no frequency penalty).
+DEFAULT_L0_PENALTY = "mean-quadratic"
+DEFAULT_TARGET_L0 = 64.0
+DEFAULT_BANDWIDTH = 0.03
+DEFAULT_FREQ_COEFFICIENT = 0.1
 # Gemma Scope reports latents firing on more than 10% of tokens as "high frequency".
 DEFAULT_FREQ_TARGET = 0.1
 
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
-L0_PENALTIES = ("l0", "quadratic")
+L0_PENALTIES = ("l0", "quadratic", "mean-quadratic")
 
 
 # ---- sparse kernels (shared with the TopK families) ------------------------------------------
@@ -303,7 +313,12 @@ class JumpReLUSAE(SAE):
 
     arch: ClassVar[str] = "jumprelu"
     extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
-    sweep_knob: ClassVar[str] = "l0_coefficient"
+    sweep_knob: ClassVar[str] = "target_l0"
+
+    @classmethod
+    def sweep_knob_for(cls, knobs: dict[str, Any]) -> str:
+        """A sweep sets the target L0 of the penalties that have one, and lambda for the recipe's."""
+        return "l0_coefficient" if knobs.get("l0_penalty", DEFAULT_L0_PENALTY) == "l0" else "target_l0"
 
     def __init__(
         self,
@@ -311,12 +326,13 @@ class JumpReLUSAE(SAE):
         d_sae: int,
         *,
         l0_coefficient: float | None = None,
-        bandwidth: float = 1e-3,
+        bandwidth: float = DEFAULT_BANDWIDTH,
         threshold_init: float = 1e-3,
-        l0_penalty: str = "l0",
-        target_l0: float | None = None,
-        freq_coefficient: float = 0.0,
+        l0_penalty: str = DEFAULT_L0_PENALTY,
+        target_l0: float | None = DEFAULT_TARGET_L0,
+        freq_coefficient: float = DEFAULT_FREQ_COEFFICIENT,
         freq_target: float = DEFAULT_FREQ_TARGET,
+        init_l0: float | None = None,
         matmul_dtype: str = "auto",
         pre_encoder_bias: bool | None = None,
         transcoder: str = "none",
@@ -324,8 +340,8 @@ class JumpReLUSAE(SAE):
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
         if l0_penalty not in L0_PENALTIES:
             raise SaescopeError(f"unknown l0_penalty {l0_penalty!r}; use one of {list(L0_PENALTIES)}")
-        if l0_penalty == "quadratic" and not (target_l0 is not None and target_l0 > 0):
-            raise SaescopeError("l0_penalty='quadratic' needs target_l0 > 0, e.g. target_l0=64")
+        if l0_penalty != "l0" and not (target_l0 is not None and target_l0 > 0):
+            raise SaescopeError(f"l0_penalty={l0_penalty!r} needs target_l0 > 0, e.g. target_l0=64")
         if matmul_dtype not in MATMUL_DTYPES:
             raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
         for name, value in (("bandwidth", bandwidth), ("threshold_init", threshold_init)):
@@ -333,15 +349,20 @@ class JumpReLUSAE(SAE):
                 raise SaescopeError(f"{name} must be > 0, got {value!r}")
         if not 0 < freq_target <= 1:
             raise SaescopeError(f"freq_target is a share of tokens in (0, 1], got {freq_target!r}")
+        if init_l0 is None:  # start at the target, if the penalty has one
+            init_l0 = 0.0 if l0_penalty == "l0" else min(float(target_l0), d_sae / 2)
+        if not init_l0 >= 0 or init_l0 >= d_sae:
+            raise SaescopeError(f"init_l0 is a starting L0 in [0, d_sae={d_sae}), got {init_l0!r}; 0 keeps threshold_init")
         if (l0_coefficient is not None and l0_coefficient < 0) or freq_coefficient < 0:
             raise SaescopeError("l0_coefficient and freq_coefficient must be >= 0")
-        self.l0_coefficient = DEFAULT_L0_COEFFICIENT if l0_coefficient is None else float(l0_coefficient)
+        self.l0_coefficient = DEFAULT_L0_COEFFICIENTS[l0_penalty] if l0_coefficient is None else float(l0_coefficient)
         self.bandwidth = float(bandwidth)
         self.threshold_init = float(threshold_init)
         self.l0_penalty = l0_penalty
         self.target_l0 = None if target_l0 is None else float(target_l0)
         self.freq_coefficient = float(freq_coefficient)
         self.freq_target = float(freq_target)
+        self.init_l0 = float(init_l0)
         self.matmul_dtype = matmul_dtype
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 
@@ -354,8 +375,32 @@ class JumpReLUSAE(SAE):
             "target_l0": self.target_l0,
             "freq_coefficient": self.freq_coefficient,
             "freq_target": self.freq_target,
+            "init_l0": self.init_l0,
             "matmul_dtype": self.matmul_dtype,
         }
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """With init_l0 > 0, set each latent's threshold to the (1 - init_l0/d_sae) quantile of
+        its pre-activations on `x` (training rows, normalised): every latent then fires on about
+        init_l0/d_sae of the tokens, the first step is already at L0 ~ init_l0, and none is dead.
+
+        Why: the recipe's constant threshold (0.001 on unit-scale inputs) lets about half of
+        all latents fire at first; a short run then spends its budget (and dense steps) bringing
+        L0 down from ~1000 instead of learning features, which is what TopK never has to do."""
+        if self.init_l0 <= 0:
+            return
+        xc = self.encoder_input(x.to(self.W_enc))
+        n = len(xc)
+        firing = min(n - 1, max(1, round(n * self.init_l0 / self.d_sae)))  # tokens above the threshold
+        step = max(1, _BLOCK_ELEMENTS // max(1, n))
+        for start in range(0, self.d_sae, step):
+            cols = slice(start, start + step)
+            pre = torch.addmm(self.b_enc[cols], xc, self.W_enc[:, cols])
+            self.threshold[cols] = pre.kthvalue(n - firing, dim=0).values
+        # A latent whose quantile is below zero fires on more than half the tokens; the JumpReLU
+        # threshold is >= 0, so it starts at a small positive value instead.
+        self.threshold.clamp_(min=1e-6)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
@@ -368,12 +413,14 @@ class JumpReLUSAE(SAE):
 
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
         """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
-        penalty is lambda * L0 ("l0", Gemma Scope), or lambda * mean over tokens of
-        (2 / T) * (L0_token - T)^2 ("quadratic", the Gemma Scope 2 form as SAELens implements
-        it; its slope equals the linear penalty's at L0 = 1.25 T, so lambda keeps one scale),
-        plus freq_coefficient * sum over latents of max(0, p - freq_target) on each latent's
-        batch firing share p (our choice for Gemma Scope 2's frequency penalty: an extra L0
-        coefficient on over-frequent latents only).
+        penalty is lambda * L0 ("l0", Gemma Scope), lambda * mean over tokens of
+        (2 / T) * (L0_token - T)^2 ("quadratic", the Gemma Scope 2 form as SAELens implements it),
+        or lambda * (2 / T) * (mean L0 - T)^2 ("mean-quadratic", saescope's default: the batch's
+        mean L0 is held near T while each token keeps as many latents as it needs; the
+        per-token form pushes tokens that need few latents to fire more, and short runs then
+        grew ~100 latents firing on > 10% of tokens), plus freq_coefficient * sum over latents
+        of max(0, p - freq_target) on each latent's batch firing share p (our choice for Gemma
+        Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only).
 
         The step is sparse (`_SparseJumpReLU`) unless a probe of the batch finds more than
         DENSE_ABOVE of the entries active or in the window; then it is dense (`_DenseJumpReLU`)."""
@@ -387,11 +434,13 @@ class JumpReLUSAE(SAE):
             x_hat, token_l0, latent_counts = _SparseJumpReLU.apply(*args, self.uses_bf16(x.device))
         n = x.shape[0]
         mse = (x_hat - y).pow(2).sum(dim=1).mean()
+        T = self.target_l0
         if self.l0_penalty == "l0":
             penalty = self.l0_coefficient * token_l0.mean()
-        else:
-            T = self.target_l0
+        elif self.l0_penalty == "quadratic":
             penalty = self.l0_coefficient * (2 / T * (token_l0 - T).pow(2)).mean()
+        else:
+            penalty = self.l0_coefficient * 2 / T * (token_l0.mean() - T).pow(2)
         if self.freq_coefficient > 0:
             penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_target).relu().sum()
         penalty = sparsity_scale * penalty

@@ -33,13 +33,16 @@ def sae_class(arch: str) -> type[SAE]:
         ) from None
 
 
-def sweep_knobs(arch: str, value: float) -> dict[str, Any]:
-    """The knob a sparsity sweep sets for this family: {"l0_coefficient": value} for JumpReLU,
-    {"sparsity_coefficient": value} for the L1 families, {"k": int(value)} for the TopK ones."""
+def sweep_knobs(arch: str, value: float, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The knob a sparsity sweep sets for this family, given its other knobs: {"target_l0": value}
+    for JumpReLU with a penalty toward a target (its default) and {"l0_coefficient": value} with
+    l0_penalty=l0, {"sparsity_coefficient": value} for the L1 families, {"k": int(value)} for the
+    TopK ones."""
     cls = sae_class(arch)
+    knob = cls.sweep_knob_for(knobs or {})
     if cls.sweep_type is int and value != int(value):
-        raise SaescopeError(f"{arch} sweeps {cls.sweep_knob}, an integer; got {value!r}")
-    return {cls.sweep_knob: cls.sweep_type(value)}
+        raise SaescopeError(f"{arch} sweeps {knob}, an integer; got {value!r}")
+    return {knob: cls.sweep_type(value)}
 
 
 def make_sae(arch: str, d_in: int, d_sae: int, **knobs: Any) -> SAE:

@@ -52,8 +52,9 @@ class TrainConfig:
     train_sites: str = option("all", "sites of the store to train on: all, or names like res.3,mlp.3")
     arch: str = option("jumprelu", "SAE family: jumprelu, relu, gated, topk, batchtopk, matryoshka, atm")
     widths: list = option([4096], "dictionary sizes, comma-separated")
-    l0_coefficients: list = option([1e-3], "the family's sparsity knob, comma-separated, one SAE per value: lambda "
-                                           "(jumprelu), L1 coefficient (relu, gated, atm) or k (topk, batchtopk, matryoshka)")
+    l0_coefficients: list = option([64], "the family's sparsity knob, comma-separated, one SAE per value: the target "
+                                         "L0 (jumprelu; lambda with --knobs l0_penalty=l0), L1 coefficient (relu, gated, "
+                                         "atm) or k (topk, batchtopk, matryoshka)", "--sweep")
     transcoder: str = option("", "train transcoders: plain, or skip (with an affine skip connection); "
                                  "--train-sites then names mlp_in.L sites, each predicting mlp.L")
     knobs: str = option("", "family options as key=value,key=value (e.g. target_l0=40,l0_penalty=quadratic)")
@@ -61,14 +62,18 @@ class TrainConfig:
     batch_size: int = option(4096, "tokens per step")
     lr: float = option(7e-5, "Adam learning rate")
     lr_warmup_steps: int = option(1000, "cosine warm-up from 0.1*lr to lr over these steps")
-    l0_warmup_steps: int = option(10000, "linear warm-up of the sparsity coefficient from 0")
+    l0_warmup_steps: int = option(0, "linear warm-up of the sparsity coefficient from 0 (the recipe: 10000; JumpReLU "
+                                     "starts at its target L0, so it needs none)")
+    lr_decay: float = option(0.2, "share of the run at its end over which the learning rate falls linearly to 0 "
+                                  "(the recipe: none)")
     adam_beta1: float = option(0.0, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(1e-8, "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
                                    "by about lr * gradient / eps instead of lr * sign(gradient)")
-    normalize: str = option("scalar", "scalar: divide each site by one constant so E||x||^2 = 1 (the recipe); "
-                                      "standardize: subtract each dimension's mean and divide by its spread, for "
-                                      "models whose residual stream has a few huge dimensions (Gemma 3)")
+    normalize: str = option("standardize", "standardize: subtract each dimension's mean and divide by its spread "
+                                           "(models whose residual stream has a few huge dimensions, as Gemma 3's, "
+                                           "train far better); scalar: divide each site by one constant so "
+                                           "E||x||^2 = 1 (the recipe)")
     norm_rows: int = option(65536, "rows used to estimate each site's normalising constant")
     buffer_rows: int = option(65536, "shuffle buffer rows (memory: rows x total site width x dtype size)")
     eval_shards: int = option(1, "last shards of the store held out for evaluation")
@@ -79,6 +84,9 @@ class TrainConfig:
     parallel: str = option("auto", "with several processes: data (split every batch), sae (split the SAEs), both, "
                                    "or auto (sae when there are at least as many SAEs as processes, else data)")
     sae_groups: int = option(0, "with --parallel both: SAE groups, each splitting its batches (0 = one per machine)")
+    preset: str = option("", "gemma-scope: the recipe's exact optimisation settings (lr 7e-5, batch 4096, 1k/10k "
+                             "warm-ups, no decay, scalar normalisation, JumpReLU with lambda*L0, bandwidth and threshold "
+                             "0.001); flags given beside it still win")
 
 
 def parse_knobs(text: str) -> dict:
@@ -107,8 +115,12 @@ def transcoder_target(site: str) -> str:
     return Site(s.layer, "mlp").name
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Cosine warm-up from 0.1*lr to lr; constant afterwards (the recipe states no decay)."""
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Cosine warm-up from 0.1*lr to lr, then constant (the recipe states no decay) until the
+    last `lr_decay` share of the run, over which it falls linearly towards 0."""
+    decay_steps = round(cfg.lr_decay * total_steps)
+    if decay_steps and step >= total_steps - decay_steps:
+        return cfg.lr * (total_steps - step) / decay_steps
     if step >= cfg.lr_warmup_steps:
         return cfg.lr
     progress = step / cfg.lr_warmup_steps
@@ -129,19 +141,30 @@ def select_sites(store: ActivationStore, sites: str) -> list[str]:
     return names
 
 
-@torch.no_grad()
-def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
-    """C with E[||x/C||^2] = 1, from the first `rows` training rows (the recipe's normalisation)."""
-    total, count = 0.0, 0
+# Rows of a site that data-dependent initialisation (JumpReLU thresholds) looks at.
+INIT_ROWS = 4096
+
+
+def first_rows(store: ActivationStore, site: str, rows: int) -> torch.Tensor:
+    """The first `rows` rows of a site in store order (training shards come first)."""
+    parts, count = [], 0
     for shard in range(store.n_shards):
-        x = store.read(site, shard)[: rows - count].float()
-        total += x.pow(2).sum().item()
+        x = store.read(site, shard)[: rows - count]
+        parts.append(x)
         count += len(x)
         if count >= rows:
             break
+    return torch.cat([torch.as_tensor(p) for p in parts])
+
+
+@torch.no_grad()
+def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
+    """C with E[||x/C||^2] = 1, from the first `rows` training rows (the recipe's normalisation)."""
+    x = first_rows(store, site, rows).double()
+    total = x.pow(2).sum().item()
     if not math.isfinite(total) or total <= 0:
         raise SaescopeError(f"site {site}: activations are all zero or not finite; harvest again")
-    return math.sqrt(total / count)
+    return math.sqrt(total / len(x))
 
 
 @torch.no_grad()
@@ -152,16 +175,9 @@ def estimate_standardization(store: ActivationStore, site: str, rows: int) -> tu
     Why: an MSE on x_raw / C spends the SAE on the few dimensions that hold most of the variance;
     in Gemma 3 270M the hundreds of others carry what the next layers read, and their error is
     what costs LM loss (measured in the README)."""
-    n, total, total_sq = 0, None, None
-    for shard in range(store.n_shards):
-        x = store.read(site, shard)[: rows - n].double()
-        total = x.sum(0) if total is None else total + x.sum(0)
-        total_sq = x.pow(2).sum(0) if total_sq is None else total_sq + x.pow(2).sum(0)
-        n += len(x)
-        if n >= rows:
-            break
-    mean = total / n
-    std = (total_sq / n - mean.pow(2)).clamp(min=0).sqrt()
+    x = first_rows(store, site, rows).double()
+    mean = x.mean(0)
+    std = (x.pow(2).mean(0) - mean.pow(2)).clamp(min=0).sqrt()
     if not bool(torch.isfinite(std).all()) or float(std.max()) <= 0:
         raise SaescopeError(f"site {site}: activations are constant or not finite; harvest again")
     std = std.clamp(min=1e-6 * float(std.mean()))  # a constant dimension must not divide by zero
@@ -205,8 +221,9 @@ class Trainer:
             site, width, coef, arch = suite[i]
             torch.manual_seed(cfg.seed * 100_003 + i)
             key = sae_key(site, int(width), coef, arch if multi else None)
-            self.saes[key] = make_sae(arch, self.store.d_in(site), int(width), **sweep_knobs(arch, coef),
-                                      **(self.knobs | extra[arch])).to(self.device)
+            knobs = self.knobs | extra[arch]
+            self.saes[key] = make_sae(arch, self.store.d_in(site), int(width),
+                                      **(knobs | sweep_knobs(arch, coef, knobs))).to(self.device)
             self.site_of[key] = site
             self.arch_of[key] = arch
         params = [p for sae in self.saes.values() for p in sae.parameters()]
@@ -279,6 +296,18 @@ class Trainer:
             else:
                 self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows)
 
+    @torch.no_grad()
+    def init_from_data(self) -> None:
+        """Each SAE's data-dependent initialisation (JumpReLU thresholds at a starting L0) on the
+        first INIT_ROWS rows of its site, normalised as training batches are."""
+        rows: dict[str, torch.Tensor] = {}
+        for key, sae in self.saes.items():
+            site = self.site_of[key]
+            if site not in rows:
+                x = first_rows(self.store, site, INIT_ROWS).to(self.device, torch.float32)
+                rows[site] = ((x - self.shifts[site]) if site in self.shifts else x) / self.scales[site]
+            sae.init_from_data(rows[site])
+
     def train(self) -> dict[str, SAE]:
         """Train this process's SAEs (all of them in one process); returns them."""
         leader = self.layout.group_leader
@@ -289,6 +318,8 @@ class Trainer:
         resumed = self.load_checkpoint()
         if not self.scales:
             self.estimate_normalization()
+        if not resumed:
+            self.init_from_data()
         if resumed and leader:
             print(f"saescope: resuming {len(self.saes)} SAEs at step {self.step}/{self.total_steps}")
         if distributed.is_main() and self.layout.world > 1:
@@ -334,7 +365,7 @@ class Trainer:
     def train_step(self, acts: dict[str, torch.Tensor]) -> dict:
         cfg = self.cfg
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, cfg)
+            group["lr"] = lr_at(self.step, cfg, self.total_steps)
         scale = sparsity_scale_at(self.step, cfg)
         per_sae, l0s, fvus = {}, [], []
         normalised: dict[str, torch.Tensor] = {}

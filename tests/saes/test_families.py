@@ -321,7 +321,8 @@ def test_released_sae_saves_and_loads_with_the_same_outputs(tmp_path, arch):
 
 
 def test_sweep_knobs_name_each_familys_sparsity_knob():
-    assert sweep_knobs("jumprelu", 1e-3) == {"l0_coefficient": 1e-3}
+    assert sweep_knobs("jumprelu", 32) == {"target_l0": 32}
+    assert sweep_knobs("jumprelu", 1e-3, {"l0_penalty": "l0"}) == {"l0_coefficient": 1e-3}
     assert sweep_knobs("relu", 2.0) == {"sparsity_coefficient": 2.0}
     assert sweep_knobs("topk", 32.0) == {"k": 32} and isinstance(sweep_knobs("batchtopk", 8.0)["k"], int)
     with pytest.raises(SaescopeError, match="integer"):

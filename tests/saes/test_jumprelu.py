@@ -60,11 +60,13 @@ def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.
     mse = (x_hat - x).pow(2).sum(1).mean()
     h = _RefStep.apply(pre, sae.threshold, sae.bandwidth)
     token_l0 = h.sum(1)
+    T = sae.target_l0
     if sae.l0_penalty == "l0":
         penalty = sae.l0_coefficient * token_l0.mean()
-    else:
-        T = sae.target_l0
+    elif sae.l0_penalty == "quadratic":
         penalty = sae.l0_coefficient * (2 / T * (token_l0 - T) ** 2).mean()
+    else:
+        penalty = sae.l0_coefficient * 2 / T * (token_l0.mean() - T) ** 2
     penalty = penalty + sae.freq_coefficient * (h.mean(0) - sae.freq_target).relu().sum()
     return mse + sparsity_scale * penalty, token_l0.mean()
 
@@ -114,11 +116,12 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: 
     [
         {},
         {"l0_penalty": "quadratic", "target_l0": 6.0, "l0_coefficient": 0.01},
+        {"l0_penalty": "mean-quadratic", "target_l0": 6.0, "l0_coefficient": 0.01},
         {"freq_coefficient": 0.5, "freq_target": 0.02},
         {"pre_encoder_bias": False},
         {"bandwidth": 1e-3},
     ],
-    ids=["l0", "quadratic", "freq", "no-pre-bias", "recipe-eps"],
+    ids=["l0", "quadratic", "mean-quadratic", "freq", "no-pre-bias", "recipe-eps"],
 )
 def test_float32_gradients_equal_dense_reference(knobs):
     sae = _sae(matmul_dtype="float32", **knobs)
@@ -299,7 +302,9 @@ def test_knobs_rebuild_the_same_sae():
 
 def test_bad_knobs_raise_saescope_error():
     with pytest.raises(SaescopeError, match="target_l0"):
-        make_sae("jumprelu", 16, 32, l0_penalty="quadratic")
+        make_sae("jumprelu", 16, 32, l0_penalty="quadratic", target_l0=None)
+    with pytest.raises(SaescopeError, match="init_l0"):
+        make_sae("jumprelu", 16, 32, init_l0=32)
     with pytest.raises(SaescopeError, match="matmul_dtype"):
         make_sae("jumprelu", 16, 32, matmul_dtype="fp8")
     with pytest.raises(SaescopeError, match="bandwidth"):

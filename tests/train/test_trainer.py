@@ -13,7 +13,7 @@ import torch
 from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
-from saescope.train.trainer import Trainer, TrainConfig, lr_at, parse_knobs, sparsity_scale_at
+from saescope.train.trainer import Trainer, TrainConfig, first_rows, lr_at, parse_knobs, sparsity_scale_at
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def store(tmp_path_factory, tiny_tokenizer):
 
 
 def cfg_for(store, out, **kw) -> TrainConfig:
-    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], train_tokens=256 * 12,
+    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], knobs="l0_penalty=l0",
+                normalize="scalar", train_tokens=256 * 12,
                 batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
                 log_every=2, device="cpu", norm_rows=4096)
     return TrainConfig(**{**base, **kw})
@@ -32,10 +33,57 @@ def cfg_for(store, out, **kw) -> TrainConfig:
 
 def test_schedules():
     cfg = TrainConfig(lr=1.0, lr_warmup_steps=100, l0_warmup_steps=1000)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(100, cfg) == 1.0 and lr_at(5000, cfg) == 1.0
-    assert lr_at(50, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert all(lr_at(s, cfg) <= lr_at(s + 1, cfg) for s in range(120))
+    assert lr_at(0, cfg, 9000) == pytest.approx(0.1) and lr_at(100, cfg, 9000) == 1.0 and lr_at(5000, cfg, 9000) == 1.0
+    assert lr_at(50, cfg, 9000) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(lr_at(s, cfg, 9000) <= lr_at(s + 1, cfg, 9000) for s in range(120))
+    decay = TrainConfig(lr=1.0, lr_warmup_steps=10, lr_decay=0.25)  # the last 25 of 100 steps
+    assert lr_at(74, decay, 100) == 1.0 and lr_at(75, decay, 100) == 1.0
+    assert lr_at(90, decay, 100) == pytest.approx(0.4) and lr_at(99, decay, 100) == pytest.approx(0.04)
     assert sparsity_scale_at(0, cfg) == 0 and sparsity_scale_at(500, cfg) == 0.5 and sparsity_scale_at(2000, cfg) == 1
+
+
+def test_data_init_starts_jumprelu_at_the_requested_l0(store, tmp_path):
+    """saescope's default JumpReLU starts at its target L0: the very first training step already
+    runs at about that L0 (no dense phase), on the store's rows after standardisation, and every
+    latent fires at first."""
+    cfg = TrainConfig(store=str(store), out=str(tmp_path / "init"), widths=[128], l0_coefficients=[8],
+                      train_tokens=256, batch_size=256, log_every=1, device="cpu", norm_rows=4096)
+    trainer = Trainer(cfg)
+    trainer.estimate_normalization()
+    trainer.init_from_data()
+    for key, sae in trainer.saes.items():
+        assert sae.target_l0 == 8 and sae.init_l0 == 8
+        site = trainer.site_of[key]
+        x = (first_rows(trainer.store, site, 2048) - trainer.shifts[site]) / trainer.scales[site]
+        fired = sae.encode(x) > 0
+        assert fired.sum(1).float().mean().item() == pytest.approx(8, rel=0.1)
+        assert fired.any(0).all()
+    trainer.train()
+    first = json.loads((tmp_path / "init" / "train" / "log.jsonl").read_text().splitlines()[0])
+    for key in trainer.saes:
+        assert first[key]["l0"] == pytest.approx(8, rel=0.25)
+
+
+def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
+    """`--preset gemma-scope` gives the recipe's exact settings (recipe notes) and flags given beside
+    it still win; the SAEs it builds are the recipe's JumpReLU."""
+    from saescope.cli import build_parser
+    from saescope.config import from_namespace, preset_values, with_preset
+
+    cfg = with_preset(TrainConfig, "gemma-scope", store=str(store), out=str(tmp_path / "gs"), device="cpu")
+    recipe = dict(lr=7e-5, batch_size=4096, lr_warmup_steps=1000, l0_warmup_steps=10_000, lr_decay=0.0,
+                  adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, normalize="scalar", l0_coefficients=[1e-3])
+    assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.preset == "gemma-scope"
+    for sae in Trainer(cfg).saes.values():
+        assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == \
+            ("l0", 1e-3, 1e-3, 0.0, 0.0)
+        assert torch.all(sae.threshold == 1e-3)
+    argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
+    args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
+    parsed = from_namespace(TrainConfig, args)
+    assert parsed.lr == 1e-3 and parsed.batch_size == 4096 and parsed.knobs == cfg.knobs
+    with pytest.raises(SaescopeError, match="preset"):
+        preset_values(TrainConfig, "gemma-scop")
 
 
 def test_parse_knobs():

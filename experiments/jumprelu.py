@@ -1,0 +1,143 @@
+"""Why JumpReLU trailed TopK in short runs, and which settings fix it (the README's JumpReLU table).
+
+Each variant trains one JumpReLU SAE on the same site, rows and tokens as the default run's
+schedule (width 2048, 240 steps of 1024 tokens, sites standardised), changing one thing at a
+time; all are then evaluated together on the same held-out rows and text. TopK at the same
+budget is the yardstick. Run from the repository with the virtual environment active:
+
+    saescope harvest --sites res,mlp,att --layers 6 --tokens 120000 --shard-rows 20000 --out runs/exp6/activations
+    python experiments/jumprelu.py --round 1 --out runs/exp_jr1 --site res.6     # 2 and 3 likewise
+    python experiments/jumprelu.py --round 4 --out runs/exp_mlp6 --site mlp.6    # and att.6
+
+Prints a markdown table (also OUT/table.md): L0 and delta LM loss on held-out text, FVU and
+dead / dense latents on the held-out shard, the first step's L0 and the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.train.trainer import TrainConfig, Trainer
+
+# The default run's schedule before this study: Gemma Scope 2's per-token quadratic penalty
+# toward L0 64 (lambda 3e-3), the recipe's threshold init and bandwidth (0.001), no frequency
+# penalty, a 40-step sparsity warm-up, no lr decay. Every knob is spelled out, so the table
+# does not change when saescope's defaults do.
+BEFORE = dict(arch="jumprelu", widths=[2048], l0_coefficients=[64], normalize="standardize", train_tokens=245_760,
+              batch_size=1024, lr=2e-3, lr_warmup_steps=10, l0_warmup_steps=40, lr_decay=0.0, adam_beta1=0.0,
+              knobs="l0_penalty=quadratic,l0_coefficient=0.003,init_l0=0,bandwidth=0.001,freq_coefficient=0")
+RECIPE_KNOBS = "init_l0=0,bandwidth=0.001,freq_coefficient=0"
+Q = "l0_penalty=quadratic,l0_coefficient=0.003"
+MQ = "l0_penalty=mean-quadratic,l0_coefficient=0.03"
+TOPK = dict(arch="topk", l0_coefficients=[64], knobs="dead_tokens=50000", l0_warmup_steps=0, lr_decay=0.2)
+
+# Three rounds, each changing one thing at a time from the best of the round before.
+ROUNDS: dict[int, dict[str, dict]] = {
+    1: {
+        "before (threshold 0.001, bandwidth 0.001)": {},
+        "init_l0=64": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0"),
+        "init_l0=64, no sparsity warm-up": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0),
+        "init_l0=64, bandwidth 0.01": dict(knobs=f"{Q},bandwidth=0.01,freq_coefficient=0", l0_warmup_steps=0),
+        "init_l0=64, bandwidth 0.03": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0),
+        "init_l0=64, lr decay 20%": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
+        "init_l0=64, lr 1e-3": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr=1e-3),
+        "init_l0=64, lr 4e-3": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr=4e-3),
+        "init_l0=64, batch 4096": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0,
+                                       batch_size=4096, lr_warmup_steps=3),
+        "init_l0=64, freq penalty 0.1": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0.1", l0_warmup_steps=0),
+        "topk k=64": dict(TOPK, lr_decay=0.0),
+    },
+    2: {
+        "A: init_l0=64, no warm-up, bandwidth 0.03, lr decay 20%":
+            dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
+        "A + freq 0.1": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2),
+        "A + freq 0.3": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2),
+        "A + freq 1": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=1", l0_warmup_steps=0, lr_decay=0.2),
+        "A, mean-quadratic 0.03": dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
+        "A, mean-quadratic 0.03 + freq 0.1":
+            dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2),
+        "A, mean-quadratic 0.1 + freq 0.3": dict(knobs="l0_penalty=mean-quadratic,l0_coefficient=0.1,bandwidth=0.03,"
+                                                       "freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2),
+        "A + freq 0.3, lr 3e-3": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.3", l0_warmup_steps=0,
+                                      lr_decay=0.2, lr=3e-3),
+        "A + freq 0.3, bandwidth 0.1": dict(knobs=f"{Q},bandwidth=0.1,freq_coefficient=0.3", l0_warmup_steps=0,
+                                            lr_decay=0.2),
+        "topk k=64, lr decay 20%": TOPK,
+    },
+}
+B = dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2)
+ROUNDS[3] = {
+    "B: mean-quadratic 0.03, freq 0.1, init_l0=64, bandwidth 0.03, lr decay 20%": B,
+    "B + freq 0.3": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3"),
+    "B, bandwidth 0.01": B | dict(knobs=f"{MQ},bandwidth=0.01,freq_coefficient=0.1"),
+    "B, lr 3e-3": B | dict(lr=3e-3),
+    "B, lr decay 40%": B | dict(lr_decay=0.4),
+    "B, batch 512": B | dict(batch_size=512),
+    "B, Adam beta1 0.9": B | dict(adam_beta1=0.9),
+    "B, no init (threshold 0.001)": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,init_l0=0"),
+}
+# The same check on the other site kinds: before, B (saescope's defaults) and TopK.
+ROUNDS[4] = {"before": {}, "B (saescope's defaults)": B, "topk k=64, lr decay 20%": TOPK}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--store", default="runs/exp6/activations")
+    p.add_argument("--out", default="runs/exp_jumprelu")
+    p.add_argument("--site", default="res.6")
+    p.add_argument("--round", type=int, default=3, choices=sorted(ROUNDS))
+    p.add_argument("--only", default="", help="comma-separated variant numbers (1-based) to run")
+    p.add_argument("--eval-sequences", type=int, default=8)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    out = Path(args.out)
+    variants = ROUNDS[args.round]
+    chosen = [int(i) - 1 for i in args.only.split(",")] if args.only else range(len(variants))
+    names = list(variants)
+    log = {}
+    for i in chosen:
+        name = names[i]
+        folder = out / "variants" / f"v{i + 1:02d}"
+        cfg = TrainConfig(**(BEFORE | variants[name] | dict(store=args.store, out=str(folder), train_sites=args.site,
+                                                            log_every=1, checkpoint_every=10_000)))
+        start = time.perf_counter()
+        if not (folder / "saes").exists():
+            Trainer(cfg).train()
+        seconds = time.perf_counter() - start
+        first = json.loads((folder / "train" / "log.jsonl").read_text().splitlines()[0])
+        (trained,) = (folder / "saes").iterdir()
+        dest = out / "saes" / f"v{i + 1:02d}"
+        if not dest.exists():
+            shutil.copytree(trained, dest)
+        log[name] = {"folder": dest.name, "first_l0": next(v["l0"] for k, v in first.items() if k != "step"),
+                     "train_s": round(seconds, 1), "config": dataclasses.asdict(cfg)}
+    done = out / "variants.json"
+    log = (json.loads(done.read_text()) if done.exists() else {}) | log
+    done.write_text(json.dumps(log, indent=1))
+    evaluate(EvalConfig(out=str(out), store=args.store, eval_sequences=args.eval_sequences))
+    print(table(out, log))
+
+
+def table(out: Path, log: dict) -> str:
+    lines = ["| variant | L0 | delta LM loss | FVU | dead | dense | first-step L0 | train s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in log.items():
+        m = json.loads((out / "saes" / row["folder"] / "metrics.json").read_text())
+        lines.append(f"| {name} | {m['l0']:.1f} | {m['delta_loss']:.3f} | {m['fvu']:.3f} | {m['dead_latents']} | "
+                     f"{m['dense_latents']} | {row['first_l0']:.0f} | {row['train_s']:.0f} |")
+    text = "\n".join(lines)
+    (out / "table.md").write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()
