@@ -55,7 +55,7 @@ def cmd_train(cfg: TrainConfig) -> None:
 
 def cmd_evaluate(cfg: EvalConfig) -> None:
     evaluate(cfg)
-    print(summary_table(cfg.out))
+    print(summary_table(cfg.out, cfg.text))
 
 
 @dataclass
@@ -156,10 +156,11 @@ def cmd_browse(cfg: BrowseConfig) -> None:
 class TableConfig:
     out: str = option("runs/default", "run folder")
     readme: str = option("", "also write the table into this README between its saescope-table markers")
+    text: str = option("", "the metrics `saescope evaluate --text FILE` measured on that text, instead of the held-out corpus")
 
 
 def cmd_table(cfg: TableConfig) -> None:
-    print(summary_table(cfg.out))
+    print(summary_table(cfg.out, cfg.text))
     if cfg.readme:
         write_readme_table(cfg.out, cfg.readme)
 

@@ -46,13 +46,15 @@ class RunConfig(EvalConfig, TrainConfig, HarvestConfig):
         return cls(**values)
 
 
-def summary_table(out: str | Path) -> str:
-    """Markdown table of every evaluated SAE of a run (the README's table comes from here)."""
-    rows = summary_rows(out)
-    lines = ["| site | layer | width | L0 | FVU | delta loss | CE recovered | KL | dead | dense |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def summary_table(out: str | Path, text: str = "") -> str:
+    """Markdown table of every evaluated SAE of a run (the README's table comes from here); with
+    `text`, the metrics `evaluate --text` measured on that text."""
+    rows = summary_rows(out, text)
+    lines = ["| site | layer | width | L0 | L0 on text | FVU | delta loss | CE recovered | KL | dead | dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['site']} | {r['layer']} | {r['width']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
+        text_l0 = f"{r['text_l0']:.1f}" if "text_l0" in r else "-"
+        lines.append(f"| {r['site']} | {r['layer']} | {r['width']} | {r['l0']:.1f} | {text_l0} | {r['fvu']:.3f} | "
                      f"{r['delta_loss']:.3f} | {r['ce_loss_recovered']:.3f} | {r['kl_div']:.3f} | "
                      f"{r['dead_latents']} | {r['dense_latents']} |")
     return "\n".join(lines)
@@ -80,7 +82,8 @@ def run(cfg: RunConfig) -> Path:
     timings = {}
     for name, job in (("harvest", lambda: harvest(cfg.part(HarvestConfig))),
                       ("train", lambda: Trainer(cfg.part(TrainConfig)).train()),
-                      ("evaluate", lambda: evaluate(cfg.part(EvalConfig))),
+                      ("evaluate", lambda: evaluate(dataclasses.replace(cfg.part(EvalConfig), text=""))),
+                      *([("evaluate --text", lambda: evaluate(cfg.part(EvalConfig)))] if cfg.text else []),
                       ("release", lambda: release(out))):
         print(f"saescope: == {name} ==")
         start = time.perf_counter()

@@ -48,6 +48,9 @@ class EvalConfig:
     eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
     eval_batch_size: int = option(4, "sequences per forward pass")
     eval_dtype: str = option("bfloat16", "model dtype for the model-based metrics")
+    text: str = option("", "evaluate delta LM loss, KL and CE recovered on this text (a .txt/.jsonl/.parquet file or "
+                           "dataset, e.g. one unlike the training corpus) instead of the held-out corpus text; "
+                           "results go to each SAE's metrics.<name>.json beside metrics.json")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
@@ -188,11 +191,20 @@ class HeldOutText:
 
 
 def model_metrics(text: HeldOutText, sae: SAE, site: Site, clean_ce: float, zero_ce: float) -> dict:
+    """Delta LM loss, KL and CE recovered with the SAE spliced in, and its L0 on those same tokens
+    (a JumpReLU SAE's L0 depends on the text: on text unlike the training corpus it moves)."""
+    l0: list[torch.Tensor] = []
+
     def splice(x: torch.Tensor) -> torch.Tensor:
-        return sae(x.float())
+        f = sae.encode(x.float())
+        l0.append((f > 0).sum(-1))
+        return _reconstruct(sae, x.float(), f)
 
     ce, kl = text.loss_with(site, splice)
-    return {"eval_text_tokens": text.tokens, "ce_clean": clean_ce, "ce_spliced": ce, "ce_zero_ablation": zero_ce,
+    counted = [~keep for _ids, _am, keep, _count in text.batches]
+    text_l0 = sum(n[m].sum().item() for n, m in zip(l0, counted)) / max(1, sum(m.sum().item() for m in counted))
+    return {"eval_text_tokens": text.tokens, "text_l0": text_l0, "ce_clean": clean_ce, "ce_spliced": ce,
+            "ce_zero_ablation": zero_ce,
             "delta_loss": ce - clean_ce, "kl_div": kl,
             "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
 
@@ -233,7 +245,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     store = ActivationStore(cfg.store or (out / "activations"))
     info = store.info
     model, tokenizer = load_model(info["model"], cfg.eval_dtype, cfg.device)
-    text = HeldOutText(model, tokenizer, info["dataset"], info.get("text_field", "text"), info["rows"], cfg)
+    if cfg.text:  # the whole given text; otherwise what follows the harvested tokens
+        text = HeldOutText(model, tokenizer, cfg.text, "text", 0, cfg)
+    else:
+        text = HeldOutText(model, tokenizer, info["dataset"], info.get("text_field", "text"), info["rows"], cfg)
     clean_ce, _ = text.loss_with(None, None)
     zero_ce: dict[str, float] = {}
     results = {}
@@ -251,18 +266,24 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
             metrics |= transcoder_metrics(text, sae, site, out_site, clean_ce, zero_ce[out_site.name])
         else:
             metrics |= model_metrics(text, sae, site, clean_ce, zero_ce[site.name])
-        write_json_atomic(folder / "metrics.json", metrics)
+        write_json_atomic(folder / metrics_file(cfg.text), metrics)
         results[folder.name] = metrics
     return results
 
 
-def summary_rows(out: str | Path) -> list[dict]:
-    """One row per evaluated SAE, sorted by site kind and layer, for tables."""
+def metrics_file(text: str = "") -> str:
+    """metrics.json for the held-out corpus text, metrics.<name>.json for `evaluate --text FILE`."""
+    return f"metrics.{Path(text).stem}.json" if text else "metrics.json"
+
+
+def summary_rows(out: str | Path, text: str = "") -> list[dict]:
+    """One row per evaluated SAE, sorted by site kind and layer, for tables (`text`: the metrics of
+    `evaluate --text` on that text)."""
     rows = []
     for folder in sorted(Path(out, "saes").glob("*")):
-        if (folder / "metrics.json").exists():
+        if (folder / metrics_file(text)).exists():
             meta = json.loads((folder / "config.json").read_text())
-            m = json.loads((folder / "metrics.json").read_text())
+            m = json.loads((folder / metrics_file(text)).read_text())
             rows.append({"name": folder.name, "site": meta["site"], "layer": meta["layer"], "width": meta["d_sae"],
                          "coefficient": meta["sparsity_coefficient"], **{k: v for k, v in m.items()
                                                                          if not isinstance(v, (list, dict))}})

@@ -103,3 +103,30 @@ def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch,
     ce, kl = text.loss_with(site, fn)
     assert ce == pytest.approx(ce_sum / text.tokens, rel=1e-5)
     assert kl == pytest.approx(kl_sum / text.tokens, rel=1e-4) and kl > 1e-3
+
+
+def test_text_file_evaluation_and_l0_on_the_spliced_tokens(setup, tiny_tokenizer, tmp_path):
+    """`evaluate --text FILE` measures on that file from its start; model_metrics' text L0 counts
+    the SAE's active latents on exactly the tokens whose loss it measures (BOS and pad left out)."""
+    from saescope.evaluate.metrics import metrics_file, model_metrics
+
+    model, store = setup
+    path = tmp_path / "other.txt"
+    path.write_text("A wholly different text, in verse and prose.\n\n" * 40)
+    cfg = EvalConfig(eval_sequences=2, eval_context_len=32, eval_batch_size=2)
+    text = HeldOutText(model, tiny_tokenizer, str(path), "text", 0, cfg)
+    assert tiny_tokenizer.decode(text.batches[0][0][0, 1:12]).replace(" ", "").startswith("Awhollydifferent")
+    torch.manual_seed(0)
+    sae = make_sae("jumprelu", 64, 96).folded(1.0)
+    with torch.no_grad():
+        sae.threshold.uniform_(0.0, 0.6)
+    clean, _ = text.loss_with(None, None)
+    m = model_metrics(text, sae, Site(1, "res"), clean, clean + 1.0)
+    seen = []
+    text.loss_with(Site(1, "res"), lambda x: seen.append(x.float().clone()) or x)
+    real = [~keep for _ids, _am, keep, _count in text.batches]
+    with torch.no_grad():
+        direct = torch.cat([(sae.encode(x)[m_] > 0).sum(-1).float()
+                            for x, m_ in zip(seen, real)]).mean().item()
+    assert m["text_l0"] == pytest.approx(direct, rel=1e-6)
+    assert metrics_file(str(path)) == "metrics.other.json" and metrics_file() == "metrics.json"
