@@ -35,8 +35,14 @@ Sweep values: TopK sweeps k. JumpReLU sweeps SAELens' `l0_coefficient` as SAELen
 to the rows we feed: MSE (summed over dimensions, E||x||^2 = 1 after our normalisation) +
 l0_coefficient * L0, the same scale as saescope's jumprelu lambda. SAELens' own default 1.0
 assumes its `expected_average_only_in` normalisation (E||x|| = sqrt(d_in)), where the MSE is about
-d_in times larger, so it corresponds to about 1/d_in here (1.6e-3 at Gemma 3 270M's d_in 640);
-DEFAULT_SWEEPS brackets that (see the README for what it gave on res.6).
+d_in times larger, so it corresponds to about 1/d_in here (1.6e-3 at Gemma 3 270M's d_in 640).
+DEFAULT_SWEEPS starts at twice that and goes up by ~3x: in runs as short as the ones a 2-core CPU
+affords, the threshold (init 0.01) moves at most ~lr per Adam step, so L0 comes down slowly and
+larger coefficients are needed to reach L0 16-64. A quick try on Gemma 3 270M res.6 (standardised,
+width 2048, 120 steps of 1024 tokens, lr 1e-3, 10 LR and 40 L0 warm-up steps) gave held-out L0
+94 / 53 / 45 for 0.003 / 0.01 / 0.03. These are also the lambdas of saescope's jumprelu in the
+README's res.6 reproduction: the same objective (MSE + lambda * L0), so the two implementations
+meet at equal coefficients.
 
 Conversion: the arrays SAELens itself saves for inference (`process_state_dict_for_saving_inference`
 folds TopK's decoder norms into the encoder, which keeps its choice of latents and its output),
@@ -63,7 +69,7 @@ from saescope.train.trainer import Trainer, sae_key
 
 # SAELens architecture -> the family name the baseline's SAEs carry in config.json and the tables.
 FAMILIES = {"jumprelu": "saelens-jumprelu", "topk": "saelens-topk"}
-DEFAULT_SWEEPS = "jumprelu=0.0005/0.0015/0.005,topk=16/32/64"
+DEFAULT_SWEEPS = "jumprelu=0.003/0.01/0.03,topk=16/32/64"
 INSTALL = "pip install sae-lens (or pip install -e '.[bench]')"
 # What SAELens' trainer was told, recorded in each folder's config.json under "saelens".
 TRAINER_FIELDS = ("total_training_samples", "train_batch_size_samples", "lr", "lr_scheduler_name",
