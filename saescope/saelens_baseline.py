@@ -17,13 +17,15 @@ batches (the Trainer's own ShuffledLoader from step 0: same seed, batch size, bu
 hence the same rows in the same order), the normalisation (the Trainer's estimated scale and, with
 `--normalize standardize`, mean: rows are (x - mean) / scale before SAELens sees them, and SAELens'
 own `normalize_activations` stays "none"), the number of steps and tokens, the width, the learning
-rate, the LR warm-up steps (SAELens `lr_warm_up_steps`) and the sparsity warm-up (JumpReLU
-`l0_warm_up_steps`, linear from 0 as in saescope), the device, and seeding (SAE i of the baseline
-is initialised after `torch.manual_seed(seed * 100_003 + i)`, as the Trainer seeds its SAE i).
+rate, the LR warm-up steps (SAELens `lr_warm_up_steps`), the LR decay (the Trainer's linear fall to
+0 over the last `lr_decay` share of the run is SAELens' `lr_decay_steps` with its constant
+scheduler, step for step), the sparsity warm-up (JumpReLU `l0_warm_up_steps`, linear from 0 as in
+saescope), the device, and seeding (SAE i of the baseline is initialised after
+`torch.manual_seed(seed * 100_003 + i)`, as the Trainer seeds its SAE i).
 
 SAELens defaults that are kept, where saescope differs: Adam betas (0.9, 0.999) (compare uses
 beta1 = 0) with torch's eps 1e-8; gradient-norm clipping at 1.0; linear LR warm-up from lr/steps
-(saescope: cosine from 0.1 lr), constant after it, no decay; float32, no autocast; decoder rows
+(saescope: cosine from 0.1 lr), constant after it; float32, no autocast; decoder rows
 initialised at norm 0.1 with the encoder their transpose, biases zero; b_dec subtracted from the
 input (`apply_b_dec_to_input`); no unit-norm decoder constraint; `dead_feature_window` 1000 steps.
 JumpReLU: `jumprelu_init_threshold` 0.01, `jumprelu_bandwidth` 0.05, the "step" L0 loss
@@ -40,9 +42,9 @@ DEFAULT_SWEEPS starts at twice that and goes up by ~3x: in runs as short as the 
 affords, the threshold (init 0.01) moves at most ~lr per Adam step, so L0 comes down slowly and
 larger coefficients are needed to reach L0 16-64. A quick try on Gemma 3 270M res.6 (standardised,
 width 2048, 120 steps of 1024 tokens, lr 1e-3, 10 LR and 40 L0 warm-up steps) gave held-out L0
-94 / 53 / 45 for 0.003 / 0.01 / 0.03. These are also the lambdas of saescope's jumprelu in the
-README's res.6 reproduction: the same objective (MSE + lambda * L0), so the two implementations
-meet at equal coefficients.
+94 / 53 / 45 for 0.003 / 0.01 / 0.03. saescope's jumprelu minimises the same MSE + lambda * L0
+with `--family-knobs jumprelu.l0_penalty=l0` (the Gemma Scope objective; the README's res.6
+reproduction swept these lambdas), so at equal values the two implementations optimise one objective.
 
 Conversion: the arrays SAELens itself saves for inference (`process_state_dict_for_saving_inference`
 folds TopK's decoder norms into the encoder, which keeps its choice of latents and its output),
@@ -110,14 +112,16 @@ def normalized_batches(trainer: Trainer) -> Iterator[dict[str, Tensor]]:
 
 
 def trainer_config(trainer: Trainer) -> Any:
-    """SAELens' SAETrainerConfig with compare's steps, batch size, lr and LR warm-up; lr_end is
-    what SAELens' runner config defaults it to (lr / 10; the constant scheduler ignores it)."""
+    """SAELens' SAETrainerConfig with the Trainer's steps, batch size, lr, LR warm-up and decay
+    steps (`lr_decay_steps` as `lr_at` counts them); lr_end is what SAELens' runner config defaults
+    it to (lr / 10; the constant scheduler ignores it)."""
     from sae_lens.config import SAETrainerConfig
 
     cfg = trainer.cfg
     return SAETrainerConfig(total_training_samples=trainer.total_steps * cfg.batch_size,
                             train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
-                            lr_warm_up_steps=cfg.lr_warmup_steps, device=str(trainer.device))
+                            lr_warm_up_steps=cfg.lr_warmup_steps, lr_decay_steps=round(cfg.lr_decay * trainer.total_steps),
+                            device=str(trainer.device))
 
 
 @torch.no_grad()

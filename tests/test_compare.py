@@ -21,7 +21,7 @@ from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
 from saescope.release.skip_transcoder import SkipTranscoder
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
-from saescope.train.trainer import Trainer, TrainConfig, estimate_standardization
+from saescope.train.trainer import Trainer, TrainConfig, estimate_standardization, lr_at
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
 
 def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
     cfg = TrainConfig(store=str(store), out=str(tmp_path), train_sites="mlp_in.1", arch="topk", widths=[64],
-                      l0_coefficients=[8], transcoder="skip", train_tokens=256 * 10, batch_size=256, lr=3e-3,
+                      l0_coefficients=[8], transcoder="skip", normalize="scalar", train_tokens=256 * 10, batch_size=256, lr=3e-3,
                       lr_warmup_steps=2, l0_warmup_steps=2, buffer_rows=2048, device="cpu", norm_rows=2048)
     trainer = Trainer(cfg)
     assert set(trainer.sites) == {"mlp_in.1", "mlp.1"}
@@ -143,8 +143,8 @@ def test_trainer_rejects_transcoders_on_other_sites(store, tmp_path):
 def _tiny_trainer(store, out, **overrides) -> Trainer:
     cfg = TrainConfig(store=str(store), out=str(out), train_sites="res.1", arch="topk", widths=[32],
                       l0_coefficients=[4], train_tokens=256 * 16, batch_size=256, buffer_rows=1024, lr=3e-3,
-                      lr_warmup_steps=2, l0_warmup_steps=4, normalize="standardize", norm_rows=2048, device="cpu",
-                      **overrides)
+                      lr_warmup_steps=2, l0_warmup_steps=4, lr_decay=0.25, normalize="standardize", norm_rows=2048,
+                      device="cpu", **overrides)
     return Trainer(cfg, [("topk", [4.0], {})])
 
 
@@ -158,9 +158,11 @@ def test_saelens_baseline_sees_the_rows_saescope_saw_in_the_same_order(store, tm
                                                                    train_step(self, acts))[1])
     trainer.train()
     theirs: dict[int, list[torch.Tensor]] = {}
+    lrs: list[float] = []
     step = SAETrainer.step
     monkeypatch.setattr(SAETrainer, "step", lambda self, batch: (theirs.setdefault(id(self), []).append(batch.clone()),
-                                                                 step(self, batch))[1])
+                                                                 lrs.append(self.optimizer.param_groups[0]["lr"]),
+                                                                 step(self, batch))[2])
     folders = train_saelens(trainer, [("jumprelu", [0.01], {}), ("topk", [4.0], {})])
     assert len(theirs) == 2 and len(ours) == trainer.total_steps == 16  # 4096 rows: more than one epoch of 3072
     scale, mean = estimate_standardization(trainer.store, "res.1", 2048)
@@ -170,6 +172,12 @@ def test_saelens_baseline_sees_the_rows_saescope_saw_in_the_same_order(store, tm
         assert torch.equal(batch.acts["res.1"], mine)
         for seen in saelens:
             torch.testing.assert_close(seen, (mine - mean) / scale, rtol=0, atol=0)
+    # SAELens' own warm-up (linear from lr/2 over 2 steps; ours is a cosine from lr/10), then the same learning
+    # rate at every step, through the linear decay over the last quarter of the run
+    per_step = lrs[::2]
+    assert lrs[1::2] == per_step and per_step[:2] == pytest.approx([1.5e-3, 3e-3])
+    assert per_step[2:] == pytest.approx([lr_at(s, trainer.cfg, 16) for s in range(2, 16)], rel=1e-6)
+    assert per_step[-1] == pytest.approx(3e-3 / 4)
     # written with the keys saescope's own SAEs get, plus what SAELens was told
     ours_meta = json.loads((tmp_path / "saes" / "topk__res.1__w32__c4" / "config.json").read_text())
     for folder in folders:
