@@ -188,7 +188,9 @@ def benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x = sparse_activations(args.batch, args.d_in, seed=args.seed).to(device)
-    base = JumpReLUSAE(args.d_in, args.width, l0_coefficient=L0_COEFFICIENT).to(device)
+    # The recipe's knobs (lambda * L0, bandwidth 0.001), which SAELens' step is also given.
+    base = JumpReLUSAE(args.d_in, args.width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3,
+                       freq_coefficient=0.0).to(device)
     calibrate_thresholds(base, x, args.l0_frac)
 
     def clone(**knobs) -> JumpReLUSAE:
@@ -199,6 +201,10 @@ def benchmark(args: argparse.Namespace) -> None:
     variants: dict[str, Callable[[], float]] = {
         "saescope float32": ours_step(clone(matmul_dtype="float32"), x),
         "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
+        # saescope's default knobs: 30x the bandwidth puts more entries in the estimator's window
+        "saescope defaults (bandwidth 0.03, mean-quadratic, freq)": ours_step(clone(
+            l0_penalty="mean-quadratic", l0_coefficient=0.03, target_l0=max(1.0, args.l0_frac * args.width),
+            bandwidth=0.03, freq_coefficient=0.1), x),
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
     if not args.no_families:
@@ -210,7 +216,10 @@ def benchmark(args: argparse.Namespace) -> None:
                 fam.W_enc.copy_(base.W_enc)
                 fam.W_dec.copy_(base.W_dec)
             variants[arch] = ours_step(fam, x)
-        variants["jumprelu at init"] = ours_step(JumpReLUSAE(args.d_in, args.width).to(device), x)
+        # the recipe's init (threshold 0.001: about half the latents fire, the dense path); saescope's
+        # default starts at the target L0 instead (Trainer.init_from_data), i.e. the rows above
+        variants["jumprelu, recipe init"] = ours_step(
+            JumpReLUSAE(args.d_in, args.width, l0_penalty="l0", bandwidth=1e-3, freq_coefficient=0.0).to(device), x)
     sl = "skipped (--no-saelens)" if args.no_saelens else saelens_step(base, x)
     if isinstance(sl, str):
         print(f"SAELens row skipped: {sl}")
@@ -240,10 +249,10 @@ def benchmark(args: argparse.Namespace) -> None:
     for label, stat in (("median", statistics.median), ("best", min)):
         t = {k: stat(v) for k, v in times.items()}
         print(f"\n{label} of {args.steps} interleaved steps")
-        print(f"{'variant':20s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s} {'L0':>7s}"
+        print(f"{'variant':56s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s} {'L0':>7s}"
               + (f" {'vs SAELens':>10s}" if "SAELens" in t else ""))
         for name, secs in t.items():
-            row = f"{name:20s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x {l0s[name]:7.0f}"
+            row = f"{name:56s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x {l0s[name]:7.0f}"
             if "SAELens" in t:
                 row += f" {t['SAELens'] / secs:9.2f}x"
             print(row)
@@ -258,7 +267,7 @@ def compare_fvu(args: argparse.Namespace) -> None:
     stream = [int(s) for s in torch.randint(0, 2**31, (args.compare_fvu,), generator=g_data)]
     held_out = sparse_activations(n, d_in, seed=12345).to(device)
     torch.manual_seed(args.seed)
-    base = JumpReLUSAE(d_in, width, l0_coefficient=L0_COEFFICIENT)
+    base = JumpReLUSAE(d_in, width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0)
     results = {}
     for dtype in ("float32", "bfloat16"):
         sae = JumpReLUSAE(d_in, width, **(base.knobs() | {"matmul_dtype": dtype})).to(device)
