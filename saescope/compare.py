@@ -6,8 +6,9 @@ measures them all on the same held-out rows and text. The result is the sparsity
 frontier the seed papers plot: delta LM loss against L0 and FVU against L0, one line per family
 (OUT/compare.md, OUT/compare.json, OUT/compare.png).
 
-Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): lambda for
-jumprelu, the L1 coefficient for relu/gated/atm, k for topk/batchtopk/matryoshka.
+Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): the target L0
+for jumprelu (lambda with `--family-knobs jumprelu.l0_penalty=l0`, the Gemma Scope objective), the
+L1 coefficient for relu/gated/atm, k for topk/batchtopk/matryoshka.
 
 With `--baseline saelens`, SAELens' own JumpReLU and TopK are then trained by SAELens' own code on
 the same rows in the same order (`saescope/saelens_baseline.py`), written beside ours as families
@@ -38,7 +39,7 @@ from saescope.saelens_baseline import require_saelens, train_saelens
 from saescope.saes.registry import ARCHITECTURES, sweep_knobs
 from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
-DEFAULT_SWEEPS = ("jumprelu=0.0003/0.001/0.003,topk=16/32/64,batchtopk=16/32/64,"
+DEFAULT_SWEEPS = ("jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,"
                   "gated=0.3/1/3,relu=1/3/10")
 DEFAULT_MATCHED_L0 = "16,32,64"
 
@@ -50,7 +51,8 @@ class CompareConfig:
     site: str = option("res.6", "the one site every family is trained on")
     width: int = option(4096, "dictionary size of every SAE")
     sweeps: str = option(DEFAULT_SWEEPS, "family=v1/v2/...,family=... : each family's sparsity knob values "
-                                         "(lambda, L1 coefficient or k)")
+                                         "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
+                                         "coefficient; or k)")
     family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
     train_tokens: int = option(1_228_800, "training tokens per SAE (the loader repeats epochs of a small store)")
     batch_size: int = option(4096, "tokens per step")

@@ -86,7 +86,7 @@ def test_matched_l0_table_per_family():
 
 def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_path):
     cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=64,
-                        sweeps="jumprelu=0.003/0.03,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
+                        sweeps="jumprelu=4/8,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
                         family_knobs="jumprelu.bandwidth=0.05", train_tokens=256 * 12, batch_size=256, lr=3e-3,
                         lr_warmup_steps=2, l0_warmup_steps=4, eval_sequences=2, eval_context_len=32, device="cpu",
                         matched_l0="5,6")
