@@ -41,7 +41,7 @@ d_in times larger, so it corresponds to about 1/d_in here (1.6e-3 at Gemma 3 270
 DEFAULT_SWEEPS starts at twice that and goes up by ~3x: in runs as short as the ones a 2-core CPU
 affords, the threshold (init 0.01) moves at most ~lr per Adam step, so L0 comes down slowly and
 larger coefficients are needed to reach L0 16-64. A quick try on Gemma 3 270M res.6 (standardised,
-width 2048, 120 steps of 1024 tokens, lr 1e-3, 10 LR and 40 L0 warm-up steps) gave held-out L0
+width 2048, 120 steps of 1024 tokens, lr 1e-3, 10 LR and 40 L0 warm-up steps, no LR decay) gave held-out L0
 94 / 53 / 45 for 0.003 / 0.01 / 0.03. saescope's jumprelu minimises the same MSE + lambda * L0
 with `--family-knobs jumprelu.l0_penalty=l0` (the Gemma Scope objective; the README's res.6
 reproduction swept these lambdas), so at equal values the two implementations optimise one objective.
