@@ -12,7 +12,7 @@ from saescope.browse.app import create_app, serve
 from saescope.browse.db import FeatureDB, db_path
 from saescope.cli import BrowseConfig, main
 
-RES = "res.1__w256__c0.003"
+RES = "res.1__w256__c64"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_prompt_and_steer_text_is_escaped(client):
 
 
 def test_steering_changes_the_generation(client):
-    form = {"prompt": "The history of the city", "latents": f"{RES}:1,res.2__w256__c0.003:4", "mode": "add",
+    form = {"prompt": "The history of the city", "latents": f"{RES}:1,res.2__w256__c64:4", "mode": "add",
             "strength": "60", "max_new_tokens": "8"}
     r = client.post("/steer", data=form)
     assert r.status_code == 200

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from saescope.browse.db import FeatureDB, db_path
 
-RES = "res.1__w256__c0.003"
+RES = "res.1__w256__c64"
 
 
 def shot(page, name: str) -> None:

@@ -15,7 +15,7 @@ from saescope.browse.stats import StatsOptions, compute_stats, held_out
 from saescope.models.loading import load_model
 from saescope.release.formats import load
 
-RES = "res.1__w256__c0.003"
+RES = "res.1__w256__c64"
 
 
 def test_frequencies_match_the_evaluation(browse_run):
@@ -64,17 +64,17 @@ def test_att_lens_goes_through_the_output_projection(browse_run, tiny_model_dir)
     db = FeatureDB(db_path(browse_run))
     model, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     block = model.model.layers[2]
-    W_dec = load(browse_run / "saes" / "att.2__w256__c0.003").W_dec.detach()
+    W_dec = load(browse_run / "saes" / "att.2__w256__c64").W_dec.detach()
     resid = (W_dec @ block.self_attn.o_proj.weight.T) * (1 + block.post_attention_layernorm.weight)
     logits = (resid * (1 + model.model.norm.weight)) @ model.lm_head.weight.T
-    row = db.latent("att.2__w256__c0.003", 3)
+    row = db.latent("att.2__w256__c64", 3)
     assert [t for t, _ in row.logits["top"]] == logits[3].topk(lens.TOP_TOKENS).indices.tolist()
 
 
 def test_neighbours_are_decoder_cosines(browse_run):
     db = FeatureDB(db_path(browse_run))
     W = torch.nn.functional.normalize(load(browse_run / "saes" / RES).W_dec.detach(), dim=1)
-    W0 = torch.nn.functional.normalize(load(browse_run / "saes" / "res.0__w256__c0.003").W_dec.detach(), dim=1)
+    W0 = torch.nn.functional.normalize(load(browse_run / "saes" / "res.0__w256__c64").W_dec.detach(), dim=1)
     row = db.latent(RES, 11)
     cos = W[11] @ W.T
     cos[11] = -2
@@ -99,7 +99,7 @@ def test_topics_and_search(browse_run, hostile_doc_id):
 
 def test_second_pass_is_incremental(browse_run):
     assert compute_stats(browse_run, progress=False)["saes"] == 0
-    weights = browse_run / "saes" / "mlp.0__w256__c0.003" / "sae.safetensors"
+    weights = browse_run / "saes" / "mlp.0__w256__c64" / "sae.safetensors"
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     # the SAE itself, and mlp.1 whose adjacent-layer neighbours it provides
