@@ -54,12 +54,13 @@ class CompareConfig:
                                          "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
                                          "coefficient; or k)")
     family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
-    train_tokens: int = option(1_228_800, "training tokens per SAE (the loader repeats epochs of a small store)")
-    batch_size: int = option(4096, "tokens per step")
-    lr: float = option(7e-5, "Adam learning rate (short comparisons want more, e.g. 1e-3)")
-    lr_warmup_steps: int = option(1000, "cosine warm-up of the learning rate")
-    l0_warmup_steps: int = option(10000, "linear warm-up of sparsity coefficients (no effect on k)")
-    normalize: str = option("scalar", "scalar (the recipe) or standardize (per-dimension mean and scale)")
+    train_tokens: int = option(245_760, "training tokens per SAE (the loader repeats epochs of a small store)")
+    batch_size: int = option(1024, "tokens per step")
+    lr: float = option(2e-3, "Adam learning rate (the default run's; the recipe's 7e-5 is for billions of tokens)")
+    lr_warmup_steps: int = option(10, "cosine warm-up of the learning rate")
+    l0_warmup_steps: int = option(0, "linear warm-up of sparsity coefficients (no effect on k; the recipe: 10000)")
+    lr_decay: float = option(0.2, "share of the run at its end over which the learning rate falls linearly to 0")
+    normalize: str = option("standardize", "standardize (per-dimension mean and scale) or scalar (the recipe)")
     baseline: str = option("", "reference SAEs trained by their own library on the same rows as saescope's: saelens "
                                "trains SAELens' JumpReLU and TopK on the same rows (needs sae-lens)")
     baseline_sweeps: str = option(DEFAULT_BASELINE_SWEEPS, "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "
@@ -239,8 +240,8 @@ def compare(cfg: CompareConfig) -> list[dict]:
     train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
                             widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
                             batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
-                            l0_warmup_steps=cfg.l0_warmup_steps, seed=cfg.seed, device=cfg.device,
-                            normalize=cfg.normalize)
+                            l0_warmup_steps=cfg.l0_warmup_steps, lr_decay=cfg.lr_decay, seed=cfg.seed,
+                            device=cfg.device, normalize=cfg.normalize)
     trainer = Trainer(train_cfg, families)
     trainer.train()
     if baseline:
