@@ -14,7 +14,8 @@ owns a contiguous share of the suite (SAE i is initialised from seed i whoever o
 only its sites; its data ranks each take a slice of every global batch, scale their loss by
 their share of the batch's tokens and sum gradients, which equals the one-process gradient for
 any loss that is a mean over tokens (the recipe's MSE and L0 terms). The frequency penalty of
-Gemma Scope 2 (`freq_coefficient`) is computed on each rank's slice instead of the whole batch,
+Gemma Scope 2 (`freq_coefficient`) and the mean-quadratic L0 penalty (saescope's default, a
+function of the batch's mean L0) are computed on each rank's slice instead of the whole batch,
 as is BatchTopK's batch-wide top-k selection (SAE parallel is exact for every family), and
 logged FVU is the token-weighted mean of the slices' FVU. Each group's first rank writes the
 group's checkpoint, log and SAEs; groups never wait for each other until the end.
@@ -52,7 +53,7 @@ class TrainConfig:
     train_sites: str = option("all", "sites of the store to train on: all, or names like res.3,mlp.3")
     arch: str = option("jumprelu", "SAE family: jumprelu, relu, gated, topk, batchtopk, matryoshka, atm")
     widths: list = option([4096], "dictionary sizes, comma-separated")
-    l0_coefficients: list = option([64], "the family's sparsity knob, comma-separated, one SAE per value: the target "
+    l0_coefficients: list = option([64.0], "the family's sparsity knob, comma-separated, one SAE per value: the target "
                                          "L0 (jumprelu; lambda with --knobs l0_penalty=l0), L1 coefficient (relu, gated, "
                                          "atm) or k (topk, batchtopk, matryoshka)", "--sweep")
     transcoder: str = option("", "train transcoders: plain, or skip (with an affine skip connection); "

@@ -18,7 +18,7 @@ from saescope.run import RunConfig, run
 def tiny_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("run")
     cfg = RunConfig(model=str(tiny_model_dir), out=str(out), sites="res,mlp,att", layers="0,2", tokens=6144,
-                    shard_rows=2048, context_len=128, widths=[256], l0_coefficients=[3e-3], train_tokens=1024 * 30,
+                    shard_rows=2048, context_len=128, widths=[256], l0_coefficients=[32], train_tokens=1024 * 30,
                     batch_size=1024, lr_warmup_steps=5, l0_warmup_steps=15, device="cpu", dtype="float32",
                     eval_sequences=4, eval_context_len=64)
     return run(cfg)
