@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saescope.activations.store import read_json, write_json_atomic
-from saescope.config import option
+from saescope.config import option, same_as
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.run import RunConfig
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
 from saescope.saelens_baseline import require_saelens, train_saelens
@@ -54,13 +55,14 @@ class CompareConfig:
                                          "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
                                          "coefficient; or k)")
     family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
-    train_tokens: int = option(245_760, "training tokens per SAE (the loader repeats epochs of a small store)")
-    batch_size: int = option(1024, "tokens per step")
-    lr: float = option(2e-3, "Adam learning rate (the default run's; the recipe's 7e-5 is for billions of tokens)")
-    lr_warmup_steps: int = option(10, "cosine warm-up of the learning rate")
-    l0_warmup_steps: int = option(0, "linear warm-up of sparsity coefficients (no effect on k; the recipe: 10000)")
-    lr_decay: float = option(0.2, "share of the run at its end over which the learning rate falls linearly to 0")
-    normalize: str = option("standardize", "standardize (per-dimension mean and scale) or scalar (the recipe)")
+    # the default run's schedule
+    train_tokens: int = same_as(RunConfig, "train_tokens")
+    batch_size: int = same_as(RunConfig, "batch_size")
+    lr: float = same_as(RunConfig, "lr")
+    lr_warmup_steps: int = same_as(RunConfig, "lr_warmup_steps")
+    l0_warmup_steps: int = same_as(RunConfig, "l0_warmup_steps")
+    lr_decay: float = same_as(RunConfig, "lr_decay")
+    normalize: str = same_as(RunConfig, "normalize")
     baseline: str = option("", "reference SAEs trained by their own library on the same rows as saescope's: saelens "
                                "trains SAELens' JumpReLU and TopK on the same rows (needs sae-lens)")
     baseline_sweeps: str = option(DEFAULT_BASELINE_SWEEPS, "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "

@@ -24,6 +24,15 @@ def option(default: Any, help: str, *aliases: str) -> Any:
     return dataclasses.field(metadata={"help": help, "aliases": aliases}, **kw)
 
 
+def same_as(cls: type, name: str) -> Any:
+    """A field declared like `cls`'s field `name`, with its default and help: a job that runs another
+    job's schedule (compare runs the default run's) then states each value once."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default is not dataclasses.MISSING:
+        return dataclasses.field(default=f.default, metadata=f.metadata)
+    return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
