@@ -133,6 +133,26 @@ def test_jumprelu_dense_and_sparse_paths_give_the_same_gradients(monkeypatch):
     assert sparse["threshold"].abs().sum() > 0
 
 
+def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_and_rounds_only_values(monkeypatch):
+    """The dense path's bfloat16 products carry values only: the pre-activations stay float32, so
+    the L0 counts are identical and every gradient is within bfloat16 matmul rounding."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", -1.0)  # always dense
+    out, grads = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        sae = _perturb(JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype=dtype))
+        with torch.no_grad():
+            sae.threshold.uniform_(0.0, 0.3)
+        x = _x().requires_grad_(True)
+        out[dtype] = sae.loss(x)
+        grads[dtype] = _grads(sae, out[dtype].loss, (*PARAMS, "threshold"))
+    assert torch.equal(out["float32"].l0, out["bfloat16"].l0)
+    assert torch.equal(out["float32"].fired, out["bfloat16"].fired)
+    _close(grads["bfloat16"], grads["float32"], rtol=3e-2)
+    assert any((grads["bfloat16"][k] != grads["float32"][k]).any() for k in grads["float32"])  # really bf16
+
+
 def test_jumprelu_takes_the_dense_path_right_after_init():
     sae = JumpReLUSAE(D_IN, D_SAE)  # theta = 0.001: about half of the latents fire
     share = jumprelu.dense_share(_x(), sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)

@@ -113,14 +113,20 @@ def test_many_saes_share_one_read_and_learn(store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(trainer.saes)
 
 
-def test_killed_training_resumes_to_identical_weights(store, tmp_path):
-    whole = Trainer(cfg_for(store, tmp_path / "whole"))
+# The recipe's JumpReLU, and saescope's defaults (thresholds from the data, mean-quadratic and
+# frequency penalties, standardised sites, lr decay): a resumed run must not initialise again.
+DEFAULTS = dict(knobs="", normalize="standardize", l0_coefficients=[8.0, 16.0])
+
+
+@pytest.mark.parametrize("kw", [{}, DEFAULTS], ids=["recipe", "saescope-defaults"])
+def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
+    whole = Trainer(cfg_for(store, tmp_path / "whole", **kw))
     whole.train()
 
     class Killed(Exception):
         pass
 
-    cut = Trainer(cfg_for(store, tmp_path / "cut"))
+    cut = Trainer(cfg_for(store, tmp_path / "cut", **kw))
     real_step = cut.train_step
 
     def dying_step(acts):
@@ -131,7 +137,7 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path):
     with pytest.raises(Killed):
         cut.train()
     assert torch.load(cut.checkpoint_path, weights_only=True)["step"] == 4
-    resumed = Trainer(cfg_for(store, tmp_path / "cut"))
+    resumed = Trainer(cfg_for(store, tmp_path / "cut", **kw))
     resumed.train()
     for key, sae in whole.saes.items():
         for name, tensor in sae.state_dict().items():
