@@ -84,6 +84,17 @@ ROUNDS[3] = {
 }
 # The same check on the other site kinds: before, B (saescope's defaults) and TopK.
 ROUNDS[4] = {"before": {}, "B (saescope's defaults)": B, "topk k=64, lr decay 20%": TOPK}
+# Fewer steps for the default run's time budget, and a larger learning rate to make up for them.
+ROUNDS[5] = {"B, 240 steps": B, "B, 200 steps": B | dict(train_tokens=204_800),
+             "B, 200 steps, lr 3e-3": B | dict(train_tokens=204_800, lr=3e-3),
+             "B, 240 steps, lr 3e-3": B | dict(lr=3e-3),
+             "B, batch 512 (480 steps)": B | dict(batch_size=512),
+             "B, batch 512, lr 3e-3": B | dict(batch_size=512, lr=3e-3),
+             "B, width 4096": B | dict(widths=[4096])}
+# Attention sites kept latents firing on > 10% of held-out tokens: charge firing above a lower share.
+ROUNDS[6] = {"B": B, "B, freq target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.05"),
+             "B, freq 0.3, target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"),
+             "B, freq 1": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=1")}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
