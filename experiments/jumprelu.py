@@ -82,8 +82,8 @@ ROUNDS[3] = {
     "B, Adam beta1 0.9": B | dict(adam_beta1=0.9),
     "B, no init (threshold 0.001)": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,init_l0=0"),
 }
-# The same check on the other site kinds: before, B (saescope's defaults) and TopK.
-ROUNDS[4] = {"before": {}, "B (saescope's defaults)": B, "topk k=64, lr decay 20%": TOPK}
+# The same check on the other site kinds: before, B and TopK.
+ROUNDS[4] = {"before": {}, "B": B, "topk k=64, lr decay 20%": TOPK}
 # Fewer steps for the default run's time budget, and a larger learning rate to make up for them.
 ROUNDS[5] = {"B, 240 steps": B, "B, 200 steps": B | dict(train_tokens=204_800),
              "B, 200 steps, lr 3e-3": B | dict(train_tokens=204_800, lr=3e-3),
