@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from saescope.saes import JumpReLUSAE, make_sae, sweep_knobs
+from saescope.saes import JumpReLUSAE, jumprelu, make_sae, sweep_knobs
 
 LR = 7e-5
 BETAS = (0.0, 0.999)
@@ -106,6 +106,24 @@ def calibrate_thresholds(sae: JumpReLUSAE, x: Tensor, l0_frac: float) -> None:
 
 
 # ---- the variants ----------------------------------------------------------------------------
+# saescope's JumpReLU defaults other than the target L0 (set from --l0-frac)
+DEFAULT_KNOBS = dict(l0_penalty=jumprelu.DEFAULT_L0_PENALTY,
+                     l0_coefficient=jumprelu.DEFAULT_L0_COEFFICIENTS[jumprelu.DEFAULT_L0_PENALTY],
+                     bandwidth=jumprelu.DEFAULT_BANDWIDTH, freq_coefficient=jumprelu.DEFAULT_FREQ_COEFFICIENT,
+                     freq_target=jumprelu.DEFAULT_FREQ_TARGET)
+
+
+def forced(step: Callable[[], float], dense_above: float) -> Callable[[], float]:
+    """`step` with JumpReLU's dense/sparse switch set to `dense_above` (-1: always dense, 2: never)."""
+    def run() -> float:
+        saved, jumprelu.DENSE_ABOVE = jumprelu.DENSE_ABOVE, dense_above
+        try:
+            return step()
+        finally:
+            jumprelu.DENSE_ABOVE = saved
+    return run
+
+
 def ours_step(sae: JumpReLUSAE, x: Tensor) -> Callable[[], float]:
     opt = torch.optim.Adam(sae.parameters(), lr=LR, betas=BETAS)
 
@@ -201,10 +219,12 @@ def benchmark(args: argparse.Namespace) -> None:
     variants: dict[str, Callable[[], float]] = {
         "saescope float32": ours_step(clone(matmul_dtype="float32"), x),
         "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
-        # saescope's default knobs: 30x the bandwidth puts more entries in the estimator's window
-        "saescope defaults (bandwidth 0.03, mean-quadratic, freq)": ours_step(clone(
-            l0_penalty="mean-quadratic", l0_coefficient=0.03, target_l0=max(1.0, args.l0_frac * args.width),
-            bandwidth=0.03, freq_coefficient=0.1), x),
+        # saescope's default knobs: 30x the bandwidth puts more entries in the estimator's window,
+        # which can send the step down either path; each path forced, and the chosen one
+        **{f"saescope defaults, {path}": forced(ours_step(clone(**DEFAULT_KNOBS, matmul_dtype=dtype,
+                                                                target_l0=max(1.0, args.l0_frac * args.width)), x), limit)
+           for path, dtype, limit in (("dense path float32", "float32", -1.0), ("dense path bf16", "auto", -1.0),
+                                      ("sparse path", "auto", 2.0), ("path chosen", "auto", jumprelu.DENSE_ABOVE))},
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
     if not args.no_families:
