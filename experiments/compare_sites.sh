@@ -10,8 +10,8 @@ STORE=${1:-runs/exp6/activations}
 for SITE in res.6 mlp.6 att.6; do
   OUT=runs/compare_${SITE/./}
   saescope compare --store "$STORE" --out "$OUT" --site "$SITE" --width 4096 \
-    --sweeps "jumprelu=16/32/64,topk=16/32/64" --family-knobs "topk.dead_tokens=50000" --train-tokens 245760 \
-    --baseline saelens --baseline-sweeps "jumprelu=0.003/0.01/0.03/0.1/0.3,topk=16/32/64" \
+    --sweeps "jumprelu=14/32/64,topk=16/32/64" --family-knobs "topk.dead_tokens=50000" --train-tokens 245760 \
+    --baseline saelens --baseline-sweeps "jumprelu=0.0003/0.001/0.003/0.01,topk=16/32/64" \
     --eval-sequences 16 --eval-context-len 256
   cp "$OUT/compare.png" "docs/compare_${SITE/./}.png"
 done

@@ -38,11 +38,11 @@ to the rows we feed: MSE (summed over dimensions, E||x||^2 = 1 after our normali
 l0_coefficient * L0, the same scale as saescope's jumprelu lambda. SAELens' own default 1.0
 assumes its `expected_average_only_in` normalisation (E||x|| = sqrt(d_in)), where the MSE is about
 d_in times larger, so it corresponds to about 1/d_in here (1.6e-3 at Gemma 3 270M's d_in 640).
-DEFAULT_SWEEPS starts at twice that and goes up by ~3x: in runs as short as the ones a 2-core CPU
-affords, the threshold (init 0.01) moves at most ~lr per Adam step, so L0 comes down slowly and
-larger coefficients are needed to reach L0 16-64. A quick try on Gemma 3 270M res.6 (standardised,
-width 2048, 120 steps of 1024 tokens, lr 1e-3, 10 LR and 40 L0 warm-up steps, no LR decay) gave held-out L0
-94 / 53 / 45 for 0.003 / 0.01 / 0.03. saescope's jumprelu minimises the same MSE + lambda * L0
+DEFAULT_SWEEPS brackets that by ~3x steps. How far L0 comes down in a short run depends on the
+learning rate (the threshold, init 0.01, moves about lr per Adam step): on Gemma 3 270M res.6
+(standardised, width 2048, 120 steps of 1024 tokens, lr 1e-3, no LR decay) 0.003 / 0.01 / 0.03 gave
+held-out L0 94 / 53 / 45, while at compare's default lr 3e-3 over 240 steps of width 4096, 0.01 /
+0.03 / 0.1 / 0.3 gave L0 5.3 / 2.8 / 1.6 / 1.0, hence 0.0003 ... 0.01 by default. saescope's jumprelu minimises the same MSE + lambda * L0
 with `--family-knobs jumprelu.l0_penalty=l0` (the Gemma Scope objective; the README's res.6
 reproduction swept these lambdas), so at equal values the two implementations optimise one objective.
 
@@ -71,7 +71,7 @@ from saescope.train.trainer import Trainer, sae_key
 
 # SAELens architecture -> the family name the baseline's SAEs carry in config.json and the tables.
 FAMILIES = {"jumprelu": "saelens-jumprelu", "topk": "saelens-topk"}
-DEFAULT_SWEEPS = "jumprelu=0.003/0.01/0.03,topk=16/32/64"
+DEFAULT_SWEEPS = "jumprelu=0.0003/0.001/0.003/0.01,topk=16/32/64"
 INSTALL = "pip install sae-lens (or pip install -e '.[bench]')"
 # What SAELens' trainer was told, recorded in each folder's config.json under "saelens".
 TRAINER_FIELDS = ("total_training_samples", "train_batch_size_samples", "lr", "lr_scheduler_name",
