@@ -96,6 +96,24 @@ ROUNDS[6] = {"B": B, "B, freq target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03
              "B, freq 0.3, target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"),
              "B, freq 1": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=1")}
 
+# Why SAELens' JumpReLU led saescope's by ~0.03 nats at L0 64 on res.6 (compare_sites.sh): the
+# compare run's scale (width 4096, 240 steps, lr 3e-3), saescope's defaults against each thing
+# SAELens does differently, one at a time.
+D = B | dict(widths=[4096], lr=3e-3, knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05")
+ROUNDS[7] = {"defaults (D)": D,
+             "D, no frequency penalty": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0"),
+             "D, freq 0.1 at 10%": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.1"),
+             "D, Adam beta1 0.9": D | dict(adam_beta1=0.9),
+             "D, bandwidth 0.05": D | dict(knobs=f"{MQ},bandwidth=0.05,freq_coefficient=0.3,freq_target=0.05"),
+             "D, linear L0 penalty 0.001": D | dict(knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=64,"
+                                                          "bandwidth=0.03,freq_coefficient=0"),
+             "SAELens' knobs: linear 0.001, threshold 0.01, bandwidth 0.05, beta1 0.9":
+                 D | dict(adam_beta1=0.9, knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,"
+                                                "bandwidth=0.05,freq_coefficient=0"),
+             "D, decoder rows free (no unit norm)": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,"
+                                                                   "freq_target=0.05,unit_decoder=false"),
+             "D, batch 512": D | dict(batch_size=512)}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

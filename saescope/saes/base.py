@@ -75,6 +75,7 @@ class SAE(nn.Module, ABC):
     # The knob `saescope train` sweeps (--l0-coefficients) for this family, and its type.
     sweep_knob: ClassVar[str] = "sparsity_coefficient"
     sweep_type: ClassVar[type] = float
+    unit_decoder: bool = True  # decoder rows held at unit norm while training (a family may make it a knob)
 
     @classmethod
     def sweep_knob_for(cls, knobs: dict[str, Any]) -> str:
@@ -155,7 +156,7 @@ class SAE(nn.Module, ABC):
         """Project out the gradient along each decoder row: the step then cannot change a
         row's norm to first order, so normalising afterwards does not undo the update."""
         grad = self.W_dec.grad
-        if grad is None:
+        if grad is None or not self.unit_decoder:
             return
         unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
         grad -= (grad * unit).sum(dim=1, keepdim=True) * unit
@@ -163,8 +164,9 @@ class SAE(nn.Module, ABC):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Unit-norm rows stop the sparsity term from being gamed by shrinking activations
-        and growing the decoder."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+        and growing the decoder; families whose loss is blind to that trade set unit_decoder False."""
+        if self.unit_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
     # ---- knobs, folding and release --------------------------------------------------
     def knobs(self) -> dict[str, Any]:

@@ -79,14 +79,6 @@ class ReLUSAE(SAE):
             active = f > 0
         return loss_output(mse + penalty, mse, y, active.sum(1), active.any(0), penalty)
 
-    def remove_parallel_decoder_grad(self) -> None:
-        if self.unit_decoder:
-            super().remove_parallel_decoder_grad()
-
-    def normalize_decoder(self) -> None:
-        if self.unit_decoder:
-            super().normalize_decoder()
-
     def release_form(self) -> tuple[type[SAE], dict[str, Tensor], dict[str, Any]]:
         _, arrays, knobs = super().release_form()
         threshold = torch.zeros(self.d_sae, device=self.W_enc.device)

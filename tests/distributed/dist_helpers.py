@@ -24,7 +24,7 @@ def train_cfg(store, out, **kw) -> TrainConfig:
     lambda * L0 penalty without the frequency penalty: a mean over tokens, whose data-parallel gradient
     is exactly the one-process gradient (saescope's default penalties use each slice's statistics)."""
     base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], train_tokens=256 * 12,
-                knobs="l0_penalty=l0,freq_coefficient=0", normalize="scalar",
+                knobs="l0_penalty=l0,freq_coefficient=0,matmul_dtype=float32", normalize="scalar",
                 batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
                 log_every=2, device="cpu", norm_rows=4096)
     return TrainConfig(**{**base, **kw})

@@ -67,7 +67,7 @@ def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.
         penalty = sae.l0_coefficient * (2 / T * (token_l0 - T) ** 2).mean()
     else:
         penalty = sae.l0_coefficient * 2 / T * (token_l0.mean() - T) ** 2
-    penalty = penalty + sae.freq_coefficient * (h.mean(0) - sae.freq_target).relu().sum()
+    penalty = penalty + sae.freq_coefficient * (h.mean(0) - sae.freq_line()).relu().sum()
     return mse + sparsity_scale * penalty, token_l0.mean()
 
 
@@ -282,6 +282,24 @@ def test_decoder_constraint():
     assert cos.abs().max() < 1e-5
     sae.normalize_decoder()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
+
+    free = _sae(unit_decoder=False)
+    with torch.no_grad():
+        free.W_dec.mul_(2.0)
+    grad = torch.randn_like(free.W_dec)
+    free.W_dec.grad = grad.clone()
+    free.remove_parallel_decoder_grad()
+    free.normalize_decoder()
+    assert torch.equal(free.W_dec.grad, grad)
+    torch.testing.assert_close(free.W_dec.norm(dim=1), torch.full((free.d_sae,), 2.0))
+
+
+def test_frequency_line_never_below_the_targets_mean_share():
+    """The frequency penalty starts at freq_target, or at 1.5x the share a target L0 asks for when
+    that is higher, so that it cannot pull L0 below the target (100 of 1024 latents: ~10% each)."""
+    assert JumpReLUSAE(16, 2048, target_l0=64).freq_line() == pytest.approx(0.05)
+    assert JumpReLUSAE(16, 1024, target_l0=100).freq_line() == pytest.approx(1.5 * 100 / 1024)
+    assert JumpReLUSAE(16, 1024, l0_penalty="l0", freq_target=0.02).freq_line() == pytest.approx(0.02)
 
 
 def test_init_follows_recipe():
