@@ -16,6 +16,9 @@ from saescope.browse import render
 from saescope.browse.app import STATIC
 from saescope.browse.db import FeatureDB, db_path
 from saescope.errors import SaescopeError
+from saescope.outputs import check_replaceable, replacing
+
+SITE_FILES = ("index.html", ("static", "sae"))  # a previous export's index and what else it holds
 
 
 def export_site(run: str | Path, dest: str | Path, latents_per_sae: int = 0, progress: bool = True) -> Path:
@@ -24,13 +27,26 @@ def export_site(run: str | Path, dest: str | Path, latents_per_sae: int = 0, pro
     `latents_per_sae` > 0 keeps only that many latents per SAE (the most frequent ones), for a
     smaller site; the SAE tables still list every latent, linking only the exported ones.
     """
+    run, dest = Path(run).resolve(), check_destination(run, dest)
+    db = FeatureDB(db_path(run))
+    with replacing(dest, "--export", *SITE_FILES) as tmp:
+        _write_site(db, tmp, latents_per_sae, progress)
+    return dest
+
+
+def check_destination(run: str | Path, dest: str | Path) -> Path:
+    """The export folder, resolved, if it may be written: not inside the run's own folders, and
+    empty, new or a previous export (checked before the statistics, which can take minutes)."""
     run, dest = Path(run).resolve(), Path(dest).resolve()
     own = [run] + [run / d for d in ("saes", "activations", "release", "train", "browse")]
     if any(dest == d or d in dest.parents for d in own[1:]) or dest == run:
         raise SaescopeError(f"export folder {dest} would mix with the run's own files: choose a folder "
                             f"outside {run} or a new subfolder such as {run / 'site'}")
-    db = FeatureDB(db_path(run))
-    dest.mkdir(parents=True, exist_ok=True)
+    return check_replaceable(dest, "--export", *SITE_FILES)
+
+
+def _write_site(db: FeatureDB, dest: Path, latents_per_sae: int, progress: bool) -> None:
+    """Every page of the site into `dest` (a fresh temporary folder)."""
     shutil.copytree(STATIC, dest / "static", dirs_exist_ok=True)
     (dest / "index.html").write_text(render.overview(db, render.Links("", True)), encoding="utf-8")
     links = render.Links("../../", True)
@@ -47,4 +63,3 @@ def export_site(run: str | Path, dest: str | Path, latents_per_sae: int = 0, pro
             (folder / f"{latent}.html").write_text(render.latent_page(db, row, links), encoding="utf-8")
             bar.update()
     bar.close()
-    return dest

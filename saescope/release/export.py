@@ -10,9 +10,11 @@ is: Gemma Scope 1 `<kind>/layer_L/width_W/average_l0_N`, Gemma Scope 2
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from saescope.errors import SaescopeError
+from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
 from saescope.release.formats import KIND_FOLDERS, width_name
 from saescope.release.hooks import GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, tl_hook
@@ -62,19 +64,32 @@ def export(src: str | Path, dest: str | Path, fmt: str, *, source_format: str | 
     if store is None and (src_path / "activations" / "store.json").exists():
         store = src_path / "activations"
     written: list[Path] = []
-    used: set[Path] = set()
-    for folder in folders:
-        loaded = interop.read(folder, source_format)
-        rel = Path() if single else target_folder(fmt, loaded, folder.name)
-        while rel in used and not single:  # two SAEs with the same site, width and rounded L0
-            rel = rel.with_name(rel.name + "_b")
-        used.add(rel)
-        target = dest / rel
-        if fmt == "neuronpedia":
-            from saescope.release.neuronpedia import export_neuronpedia
+    with replacing(dest, "DEST", "export.json", _export_names(dest)) as tmp:
+        used: set[Path] = set()
+        for folder in folders:
+            loaded = interop.read(folder, source_format)
+            rel = Path() if single else target_folder(fmt, loaded, folder.name)
+            while rel in used and not single:  # two SAEs with the same site, width and rounded L0
+                rel = rel.with_name(rel.name + "_b")
+            used.add(rel)
+            if fmt == "neuronpedia":
+                from saescope.release.neuronpedia import export_neuronpedia
 
-            export_neuronpedia(folder, target, store=store, model_dir=model)
-        else:
-            interop.WRITERS[fmt](loaded.sae, loaded.meta, loaded.metrics, target)
-        written.append(target)
+                export_neuronpedia(folder, tmp / rel, store=store, model_dir=model)
+            else:
+                interop.WRITERS[fmt](loaded.sae, loaded.meta, loaded.metrics, tmp / rel)
+            written.append(dest / rel)
+        (tmp / "export.json").write_text(strict_json({"format": fmt, "source": str(src),
+                                                      "saes": [str(p.relative_to(dest)) for p in written]}, indent=2))
     return written
+
+
+def _export_names(dest: Path) -> set[str]:
+    """What a previous export in `dest` holds at its top: its index and the folders or files of the
+    SAEs it lists (anything else there is the user's and stops the export)."""
+    try:
+        listed = json.loads((dest / "export.json").read_text())["saes"]
+        return {Path(p).parts[0] if Path(p).parts else "" for p in listed} | (
+            {p.name for p in dest.iterdir() if p.is_file()} if "." in listed else set())
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()

@@ -19,13 +19,13 @@ The arrays are folded, so the reference forward `pre = x @ W_enc + b_enc; acts =
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from saescope.activations.store import write_json_atomic
 from saescope.errors import SaescopeError
+from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
 from saescope.release.interop import LoadedSAE
 from saescope.release.skip_transcoder import SkipTranscoder
@@ -61,8 +61,13 @@ def release(out: str | Path, dest: str | Path | None = None) -> Path:
     trained = sorted(p for p in (out / "saes").glob("*") if (p / "metrics.json").exists())
     if not trained:
         raise SaescopeError(f"no evaluated SAEs in {out / 'saes'}: run `saescope evaluate --out {out}` first")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with replacing(dest, "--dest", "suite.json", KIND_FOLDERS.values()) as tmp:
+        _write_release(trained, tmp)
+    return dest
+
+
+def _write_release(trained: list[Path], tmp: Path) -> None:
+    """Every SAE folder of `trained` in the layout, and suite.json, written into `tmp`."""
     entries = []
     for folder in trained:
         config = json.loads((folder / "config.json").read_text())
@@ -78,8 +83,8 @@ def release(out: str | Path, dest: str | Path | None = None) -> Path:
         target = tmp / rel
         target.mkdir(parents=True)
         np.savez(target / "params.npz", **params)
-        (target / "config.json").write_text(json.dumps(config, indent=2))
-        (target / "metrics.json").write_text(json.dumps(metrics))
+        (target / "config.json").write_text(strict_json(config, indent=2))
+        (target / "metrics.json").write_text(strict_json(metrics))
         entries.append({"path": str(rel), "site": config["site"], "layer": config["layer"], "width": config["d_sae"],
                         "architecture": config["architecture"], "average_l0": metrics["l0"], "fvu": metrics["fvu"],
                         "delta_loss": metrics.get("delta_loss"), "ce_loss_recovered": metrics.get("ce_loss_recovered"),
@@ -87,6 +92,3 @@ def release(out: str | Path, dest: str | Path | None = None) -> Path:
     first = json.loads((trained[0] / "config.json").read_text())
     write_json_atomic(tmp / "suite.json", {"format": "gemma-scope-1", "model": first.get("model"),
                                            "model_name": first.get("model_name"), "saes": entries})
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest

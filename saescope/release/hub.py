@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import SaescopeError
+from saescope.outputs import strict_json
 
 HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(.+?))?/?$")
 EMBEDDED_BASE_MODEL = "google/gemma-3-270m"  # what the embedded GGUF was converted from
@@ -134,7 +135,7 @@ def _stage(release: Path, kind: str | None, entries: list[dict], suite: dict, re
             loaded = read(src)
             write_saelens(loaded.sae, loaded.meta, loaded.metrics, root / "saelens" / rel)
     local = [e | {"path": str(Path(e["path"]).relative_to(kind)) if kind else e["path"]} for e in entries]
-    (root / "suite.json").write_text(json.dumps(suite | {"saes": local}, indent=2))
+    (root / "suite.json").write_text(strict_json(suite | {"saes": local}, indent=2))
     (root / "README.md").write_text(model_card(suite, repo_id, local, license=license, base_model=base_model))
     return root
 

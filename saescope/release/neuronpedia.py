@@ -16,7 +16,6 @@ activations (top examples: tokens, values, max value and the index of the top to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
+from saescope.outputs import strict_json
 
 N_BINS = 20
 
@@ -76,7 +76,7 @@ def write_neuronpedia(records: list[LatentRecord], dest: str | Path, *, model_id
         batch = {"model_id": model_id, "layer": f"{layer}-{sae_set}", "sae_set": sae_set,
                  "features": [neuronpedia_feature(r) for r in records[start:start + batch_size]]}
         paths.append(dest / f"batch-{n}.json")
-        paths[-1].write_text(json.dumps(batch))
+        paths[-1].write_text(strict_json(batch))
     return paths
 
 
