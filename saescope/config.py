@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from saescope.errors import SaescopeError
+from saescope.outputs import strict_json
 
 T = TypeVar("T")
 
@@ -88,12 +90,62 @@ def with_preset(cls: type[T], name: str, **values: Any) -> T:
 
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+    return validate(cls(**{k: v for k, v in vars(ns).items() if k in names}))
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+# Ranges of the options every job shares, by field name, so each job that has the field gets the
+# check where its command line is parsed (a zero --shard-rows once harvested forever).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: _at_least(1) for name in (
+        "tokens", "shard_rows", "context_len", "forward_batch", "train_tokens", "batch_size", "norm_rows",
+        "buffer_rows", "checkpoint_every", "log_every", "eval_sequences", "eval_context_len", "eval_batch_size",
+        "top_k", "max_rows", "width")},
+    **{name: _at_least(0) for name in (
+        "eval_shards", "lr_warmup_steps", "l0_warmup_steps", "sae_groups", "export_latents")},
+    "lr": ((lambda v: 0 < v < math.inf), "a positive number"),
+    "adam_eps": ((lambda v: 0 < v < math.inf), "a positive number"),
+    "adam_beta1": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "adam_beta2": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "lr_decay": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "port": ((lambda v: 0 <= v <= 65535), "a TCP port in 0-65535"),
+    "widths": ((lambda v: len(v) > 0 and all(w >= 1 for w in v)), "a list of positive sizes"),
+    "l0_coefficients": ((lambda v: len(v) > 0 and all(0 <= c < math.inf for c in v)), "a list of numbers >= 0"),
+}
+
+
+FOLDERS = ("out", "store", "dest", "export", "run")  # options that name a folder, never a file
+
+
+def validate(config: T) -> T:
+    """Check every option with a known range, and the device; a bad value is a one-line error
+    naming the option, the value and what it must be."""
+    for f in dataclasses.fields(config):
+        rule = RANGES.get(f.name)
+        value = getattr(config, f.name)
+        if rule and not rule[0](value):
+            raise SaescopeError(f"--{f.name.replace('_', '-')} {value!r} is out of range: it must be {rule[1]}")
+        if f.name in FOLDERS and isinstance(value, str) and "://" not in value and Path(value).is_file():
+            raise SaescopeError(f"--{f.name} {value} is an existing file, not a folder: pass a folder")
+    if getattr(config, "device", "auto") != "auto":
+        from saescope.models.loading import resolve_device
+
+        resolve_device(config.device)
+    return config
+
+
+def changed_fields(saved: dict, config: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`name: old -> new` for each field of `config` that differs from a saved config.json's."""
+    now = dataclasses.asdict(config)
+    return [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items() if k in saved and k not in ignore and saved[k] != v]
 
 
 def save_config(config: Any, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"job": type(config).__name__, **dataclasses.asdict(config)}, indent=2))
+    Path(path).write_text(strict_json({"job": type(config).__name__, **dataclasses.asdict(config)}, indent=2))
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
@@ -102,4 +154,4 @@ def load_config(cls: type[T], path: str | Path) -> T:
     except FileNotFoundError as e:
         raise SaescopeError(f"{path} is missing: run the job that writes it first") from e
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    return validate(cls(**{k: v for k, v in data.items() if k in names}))

@@ -14,6 +14,7 @@ Two halves:
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import json
 from collections.abc import Iterable, Iterator
@@ -96,6 +97,27 @@ def iter_documents(dataset: str, text_field: str = "text", split: str = "train")
         docs = _numbered(_hub_documents(dataset, text_field, split))
     first = next(docs)  # readers raise on empty input, so this surfaces field/format errors now
     return chain([first], docs)
+
+
+def dataset_fingerprint(dataset: str) -> str | None:
+    """What identifies the text of `dataset`: the sha256 of a local file's or folder's bytes (with
+    the files' names), the embedded corpus' package version; None for a hub dataset (streamed,
+    nothing to hash). A harvest stores it to refuse resuming on text that changed under it."""
+    if dataset in WIKI_NAMES:
+        try:
+            return f"{WIKI_DISTRIBUTION}=={importlib.metadata.version(WIKI_DISTRIBUTION)}"
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    for file in _local_files(path):
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_documents(dataset: str, text_field: str = "text", limit: int | None = None) -> list[Document]:

@@ -25,11 +25,11 @@ import torch
 from tqdm import tqdm
 
 from saescope import distributed
-from saescope.activations.corpus import iter_documents, pack_documents
+from saescope.activations.corpus import dataset_fingerprint, iter_documents, pack_documents
 from saescope.activations.remote import file_url_path, is_url
 from saescope.activations.store import (STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors,
                                         new_staging, read_json, write_json_atomic)
-from saescope.config import option
+from saescope.config import option, validate
 from saescope.errors import SaescopeError
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, parse_sites, run_to_sites, site_width
@@ -155,9 +155,15 @@ def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widt
     rank, world = distributed.rank(), distributed.world_size()
     info = {"format": "saescope-store-1", **{k: getattr(cfg, k) for k in KEYS_THAT_MUST_MATCH},
             "model_name": model_name, "sites": [s.name for s in sites], "tokens": cfg.tokens, "complete": False,
-            "ranks": world}
+            "ranks": world, "dataset_fingerprint": dataset_fingerprint(cfg.dataset)}
     if info_path.exists():  # every rank checks, so a refusal is the same error on all of them
         old = read_json(info_path)
+        if not isinstance(old, dict):
+            raise SaescopeError(f"{info_path} is damaged (not a JSON object): choose another --out or delete the folder")
+        if old.get("dataset_fingerprint", info["dataset_fingerprint"]) != info["dataset_fingerprint"]:
+            raise SaescopeError(f"--dataset {cfg.dataset} changed since store {root} was harvested from it (its "
+                                f"sha256 differs), so the token index would point at other text: restore the "
+                                f"dataset or harvest into another --out")
         changed = [k for k in (*KEYS_THAT_MUST_MATCH, "sites") if old.get(k) != info[k]]
         if changed:
             raise SaescopeError(f"store {root} was harvested with other settings ({', '.join(changed)}): "
@@ -165,6 +171,9 @@ def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widt
         if old.get("ranks", 1) != world:
             raise SaescopeError(f"store {root} was harvested by {old.get('ranks', 1)} process(es), this run has {world}: "
                                 f"resume with --nproc {old.get('ranks', 1)} or choose another --out")
+        for name in ["tokens", *info["sites"]]:  # a damaged manifest stops the rerun before anything is written
+            if (root / name / _rank_names(rank, world)[1]).exists():
+                ShardColumn.open(root / name, *_rank_names(rank, world))
     distributed.barrier()  # nobody reads the old store.json after this
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
@@ -191,6 +200,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
             raise SaescopeError(f"harvest writes to a filesystem path, not {cfg.store}: harvest to local or shared "
                                 f"storage (NFS, Lustre), then copy the folder to object storage")
         cfg = replace(cfg, store=str(file_url_path(cfg.store)))
+    validate(cfg)
     rank, world = distributed.rank(), distributed.world_size()
     docs = iter_documents(cfg.dataset, cfg.text_field)  # a bad dataset fails before the model loads
     if model is None:
@@ -200,13 +210,16 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     was_complete = _was_complete(cfg)
     columns = _open_or_create(cfg, getattr(model, "name_or_path", cfg.model), sites, widths)
 
-    if world == 1 and len({len(c.shards) for c in columns.values()}) == 1 and columns["tokens"].rows >= cfg.tokens:
+    intact = _intact_shards(columns) if world == 1 else None
+    if intact is None and len({len(c.shards) for c in columns.values()}) == 1 and columns["tokens"].rows >= cfg.tokens:
         return _finish(cfg, columns)
     if world > 1 and was_complete:  # a rank cannot tell alone that its share is complete
         return _finish(cfg, columns)
     # Resume from the last shard complete in every column; only full shards count, so a finished
-    # short tail is rewritten if more tokens are asked for now.
+    # short tail is rewritten if more tokens are asked for now. Shards from a damaged one on are
+    # harvested again.
     n_full = min(sum(1 for s in c.shards if s["rows"] == cfg.shard_rows) for c in columns.values())
+    n_full = n_full if intact is None else min(n_full, intact)
     for c in columns.values():
         c.truncate(n_full)
     done = n_full * cfg.shard_rows  # this rank's rows already stored
@@ -252,6 +265,18 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     if seen < cfg.tokens and rank == 0:
         print(f"saescope: the dataset ran out after {seen:,} tokens (asked for {cfg.tokens:,})")
     return _finish(cfg, columns)
+
+
+def _intact_shards(columns: dict[str, ShardColumn]) -> int | None:
+    """None when every listed shard file exists with its manifest's sha256; else the number of
+    shards before the first damaged one in any column (those are kept, the rest rewritten)."""
+    damaged = {name: c.first_damaged() for name, c in columns.items()}
+    damaged = {name: d for name, d in damaged.items() if d is not None}
+    if not damaged:
+        return None
+    name, (index, what) = min(damaged.items(), key=lambda kv: kv[1][0])
+    print(f"saescope: shard {index} of {name} is {what}: harvesting again from shard {index}")
+    return index
 
 
 def _was_complete(cfg: HarvestConfig) -> bool:

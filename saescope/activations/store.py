@@ -34,6 +34,7 @@ import torch
 
 from saescope.activations.remote import file_url_path, is_url, mirror
 from saescope.errors import SaescopeError
+from saescope.outputs import strict_json
 
 TOKEN_FIELDS = 3  # token_id, doc_id, position
 STORE_DTYPES = {"bfloat16": (torch.bfloat16, np.uint16), "float32": (torch.float32, np.float32),
@@ -42,7 +43,7 @@ STORE_DTYPES = {"bfloat16": (torch.bfloat16, np.uint16), "float32": (torch.float
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(strict_json(data, str(path), indent=2))
     os.replace(tmp, path)
 
 
@@ -93,12 +94,12 @@ class ShardFile:
         self.written = 0  # bytes written with O_DIRECT
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self.direct = bool(O_DIRECT) and staging is not None
-        try:
-            self.fd = os.open(self.tmp, flags | O_DIRECT if self.direct else flags)
+        try:  # 0o644: shards are data, never executable
+            self.fd = os.open(self.tmp, flags | O_DIRECT if self.direct else flags, 0o644)
         except OSError as e:  # tmpfs and some network filesystems refuse O_DIRECT
             if not self.direct or e.errno != errno.EINVAL:
                 raise
-            self.direct, self.fd = False, os.open(self.tmp, flags)
+            self.direct, self.fd = False, os.open(self.tmp, flags, 0o644)
 
     def append(self, rows: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(rows)).cast("B")  # no copy of the rows themselves
@@ -200,6 +201,7 @@ class ShardColumn:
     @classmethod
     def open(cls, folder: Path, prefix: str = "", manifest_name: str = "manifest.json") -> "ShardColumn":
         m = read_json(folder / manifest_name)
+        _check_manifest(m, folder / manifest_name)
         meta = {k: v for k, v in m.items() if k not in ("width", "dtype", "rows", "shards")}
         return cls(folder, m["width"], m["dtype"], meta, m["shards"], prefix, manifest_name)
 
@@ -235,6 +237,16 @@ class ShardColumn:
         self.shards = self.shards[:n_shards]
         self.save_manifest()
 
+    def first_damaged(self) -> tuple[int, str] | None:
+        """The first listed shard whose file is missing or whose sha256 differs from the manifest's,
+        with what is wrong; None when every shard checks out."""
+        for i in range(len(self.shards)):
+            try:
+                self.read(i, verify=True)
+            except SaescopeError as e:
+                return i, "missing" if "missing" in str(e) else "corrupt"
+        return None
+
     def read(self, index: int, verify: bool = False) -> np.ndarray:
         """Memory-map one shard, checking its size (always) and its sha256 (when asked)."""
         info = self.shards[index]
@@ -259,6 +271,31 @@ class ShardColumn:
         return np.memmap(path, dtype=self.numpy_dtype, mode="c", shape=(info["rows"], self.width))
 
 
+MANIFEST_TYPES = {"width": int, "dtype": str, "shards": list}
+SHARD_TYPES = {"file": str, "rows": int, "sha256": str}
+
+
+def _check_manifest(m: Any, path: Path) -> None:
+    """A manifest of the wrong shape (valid JSON, wrong keys or types) is a one-line error."""
+    problem = None
+    if not isinstance(m, dict):
+        problem = "it is not a JSON object"
+    else:
+        problem = next((f"'{k}' is missing or not {t.__name__}" for k, t in MANIFEST_TYPES.items()
+                        if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)), None)
+        if problem is None and m["dtype"] not in (*STORE_DTYPES, "int32"):
+            problem = f"dtype {m['dtype']!r} is not one of {', '.join(STORE_DTYPES)}"
+        if problem is None and m["width"] < 1:
+            problem = f"width {m['width']} is not positive"
+        for i, shard in enumerate(m["shards"] if problem is None else []):
+            bad = [k for k, t in SHARD_TYPES.items() if not isinstance(shard, dict) or not isinstance(shard.get(k), t)]
+            if bad or shard["rows"] < 0 or "/" in shard["file"] or shard["file"].startswith("."):
+                problem = f"shard entry {i} has a bad {', '.join(bad) or 'file or rows'}"
+                break
+    if problem:
+        raise SaescopeError(f"{path} is damaged ({problem}): harvest this store again into a new --out")
+
+
 def as_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
     """View stored rows as a torch tensor; bfloat16 is stored as its raw 16-bit pattern."""
     t = torch.from_numpy(np.asarray(array))
@@ -279,6 +316,11 @@ class ActivationStore:
         if not self.path.exists():
             raise SaescopeError(f"activation store {self.path} does not exist: run `saescope harvest --out {self.path}`")
         self.info = read_json(self.path / "store.json")
+        sites = self.info.get("sites") if isinstance(self.info, dict) else None
+        if not isinstance(sites, list) or not all(isinstance(n, str) and n and "/" not in n for n in sites) \
+                or self.info.get("dtype") not in STORE_DTYPES:
+            raise SaescopeError(f"{self.path / 'store.json'} is damaged (sites or dtype missing or of the wrong type): "
+                                f"harvest this store again into a new --out")
         self.tokens = ShardColumn.open(self.path / "tokens")
         self.columns = {name: ShardColumn.open(self.path / name) for name in self.info["sites"]}
         for name, column in [("tokens", self.tokens), *self.columns.items()]:

@@ -78,7 +78,7 @@ def held_out(store: ActivationStore, opts: StatsOptions) -> HeldOut:
         rows = min(store.shard_rows(shard), left)
         for lo in range(0, rows, opts.batch_rows):
             chunks.append((shard, lo, min(lo + opts.batch_rows, rows)))
-        tokens.append(np.asarray(store.read_tokens(shard)[:rows]).astype(np.int64))
+        tokens.append(np.asarray(store.tokens.read(shard, verify=True)[:rows]).astype(np.int64))
         left -= rows
         if left <= 0:
             break
@@ -253,8 +253,11 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
         column = store.column(site)
         with torch.inference_mode():
             for shard, lo, hi in data.chunks:
-                x = torch.from_numpy(np.asarray(column.read(shard)[lo:hi]))
+                x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
                 x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
+                if not torch.isfinite(x).all():
+                    raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
+                                        f"{shard}, rows {lo}-{hi}): harvest that store again")
                 for sae, acc in zip(models, sparse):
                     acc.add(sae.encode(x), row0)
                 row0 += hi - lo

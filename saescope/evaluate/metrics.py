@@ -61,6 +61,15 @@ def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return out if skip is None else out + x @ skip
 
 
+def _refuse_nonfinite(x: torch.Tensor, site: str, loader: ShuffledLoader) -> None:
+    """One NaN in the held-out rows would turn FVU into NaN; stop and say where it is."""
+    if not torch.isfinite(x).all():
+        s = Site.parse(site)
+        shards = ", ".join(str(i) for i in loader.shards)
+        raise SaescopeError(f"NaN or inf in the held-out activations of site {s.kind}, layer {s.layer} (store "
+                            f"{loader.store.path}, shard(s) {shards}): harvest that store again")
+
+
 @torch.no_grad()
 def store_metrics(sae: SAE, loader: ShuffledLoader, site: str, target: str | None = None) -> dict:
     """L0, FVU and firing statistics of one SAE on the held-out rows of its site; a transcoder is
@@ -71,9 +80,12 @@ def store_metrics(sae: SAE, loader: ShuffledLoader, site: str, target: str | Non
     fired = torch.zeros(sae.d_sae, dtype=torch.float64)
     for batch in loader:
         x = batch.acts[site]
+        _refuse_nonfinite(x, site, loader)
         f = sae.encode(x)
         x_hat = _reconstruct(sae, x, f)
         x = batch.acts[target] if target else x
+        if target:
+            _refuse_nonfinite(x, target, loader)
         active = f > 0
         n += len(x)
         sq_err += (x_hat - x).double().pow(2).sum().item()

@@ -45,9 +45,16 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise SaescopeError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise SaescopeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) visible to "
+                            f"torch {torch.__version__}: use --device cpu or auto")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps and mps.is_available()):
+        raise SaescopeError(f"--device {device}: MPS is not available on this machine: use --device cpu or auto")
+    return dev
 
 
 def embedded_model_dir() -> Path:

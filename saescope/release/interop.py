@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from saescope.errors import SaescopeError
+from saescope.outputs import strict_json
 from saescope.release.hooks import (GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, site_of_hf_hook, site_of_tl_hook,
                                     tl_hook)
 from saescope.release.skip_transcoder import SkipTranscoder
@@ -226,9 +227,9 @@ def write_gemma_scope(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, fold
     sae = without_pre_encoder_bias(sae)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "params.npz", **_arrays(sae))
-    (folder / "config.json").write_text(json.dumps(_native_meta(sae, meta), indent=2))
+    (folder / "config.json").write_text(strict_json(_native_meta(sae, meta), indent=2))
     if metrics:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.json").write_text(strict_json(metrics))
     return folder
 
 
@@ -274,9 +275,9 @@ def write_gemma_scope_2(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, fo
     if meta.get("transcoder") or isinstance(sae, SkipTranscoder):
         config["affine_connection"] = isinstance(sae, SkipTranscoder)
     config["saescope"] = _native_meta(sae, meta)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "config.json").write_text(strict_json(config, indent=2))
     if metrics:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.json").write_text(strict_json(metrics))
     return folder
 
 
@@ -383,13 +384,13 @@ def write_saelens(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, folder: 
         arrays["W_skip"] = np.ascontiguousarray(arrays.pop("affine_skip_connection").T)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(arrays, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "cfg.json").write_text(strict_json(cfg, indent=2))
     freq = metrics.get("firing_frequency") if metrics else None
     if freq is not None and len(freq) == sae.d_sae:
         log_freq = np.log10(np.maximum(np.asarray(freq, dtype=np.float64), 1e-10)).astype(np.float32)
         save_file({"sparsity": log_freq}, str(folder / "sparsity.safetensors"))
     if metrics:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.json").write_text(strict_json(metrics))
     return folder
 
 
@@ -448,9 +449,9 @@ def write_sparsify(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, folder:
            "saescope": _native_meta(sae, meta)}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "sae.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "cfg.json").write_text(strict_json(cfg, indent=2))
     if metrics:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.json").write_text(strict_json(metrics))
     return folder
 
 
@@ -509,4 +510,13 @@ def read(path: Path | str, format: str | None = None) -> LoadedSAE:
     fmt = format or detect_format(path)
     if fmt not in READERS:
         raise SaescopeError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    return READERS[fmt](path)
+    loaded = READERS[fmt](path)
+    _refuse_nonfinite(loaded.sae, path)
+    return loaded
+
+
+def _refuse_nonfinite(sae: torch.nn.Module, path: Path) -> None:
+    """Weights holding NaN or inf would make every metric and browser page NaN without a word."""
+    for name, tensor in sae.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SaescopeError(f"SAE {path} has NaN or inf in {name}: retrain it (or restore the file) before loading")
