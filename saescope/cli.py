@@ -10,15 +10,18 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.store import read_json
 from saescope.compare import CompareConfig, compare
-from saescope.config import add_arguments, from_namespace, option, preset_values
+from saescope.config import add_arguments, changed_fields, from_namespace, option, preset_values
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.memory import keep_freed_memory
+from saescope.outputs import check_writable
 from saescope.release.formats import release
 from saescope.run import RunConfig, run, summary_table, write_readme_table
 from saescope.train.trainer import TrainConfig, Trainer
@@ -51,6 +54,27 @@ def cmd_train(cfg: TrainConfig) -> None:
     trainer.train()
     if distributed.is_main():
         print(f"saescope: {trainer.n_suite} trained SAEs in {cfg.out}/saes")
+
+
+# Settings that say where or how fast a training runs, not what it trains: a resume may change them.
+RUNTIME_FIELDS = ("device", "parallel", "sae_groups")
+
+
+def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
+    """A checkpoint in OUT/train belongs to the config.json beside it: resuming it with other
+    settings would keep the old weights under a config that no longer describes them. Refuse,
+    or with --force start that training again from scratch."""
+    train = Path(cfg.out) / "train"
+    checkpoints = sorted(train.glob("checkpoint*.pt"))
+    if not checkpoints or not (train / "config.json").exists():
+        return
+    changed = changed_fields(read_json(train / "config.json"), cfg, RUNTIME_FIELDS)
+    if changed and not force:
+        raise SaescopeError(f"--out {cfg.out} already holds a training with other settings ({'; '.join(changed)}): "
+                            f"choose another --out, or pass --force to train again from scratch there")
+    if changed:
+        for path in [*checkpoints, train / "log.jsonl"]:
+            path.unlink(missing_ok=True)
 
 
 def cmd_evaluate(cfg: EvalConfig) -> None:
@@ -141,6 +165,10 @@ class BrowseConfig:
 def cmd_browse(cfg: BrowseConfig) -> None:
     from saescope.browse.stats import StatsOptions, compute_stats
 
+    if cfg.export:  # a destination that would be refused is refused before minutes of statistics
+        from saescope.browse.export import check_destination
+
+        check_destination(cfg.run, cfg.export)
     compute_stats(cfg.run, StatsOptions(top_k=cfg.top_k, max_rows=cfg.max_rows), force=cfg.recompute)
     if cfg.export:
         from saescope.browse.export import export_site
@@ -160,6 +188,8 @@ class TableConfig:
 
 
 def cmd_table(cfg: TableConfig) -> None:
+    if not (Path(cfg.out) / "saes").is_dir():
+        raise SaescopeError(f"--out {cfg.out} is not a run folder (no saes/ in it): pass the --out of a trained run")
     print(summary_table(cfg.out, cfg.text))
     if cfg.readme:
         write_readme_table(cfg.out, cfg.readme)
@@ -193,10 +223,18 @@ def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentPa
         p.set_defaults(**(defaults or {}).get(name, {}))
         for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
+        if name == "train":
+            p.add_argument("--force", action="store_true",
+                           help="train again from scratch in an --out whose saved training has other settings")
         if name in DISTRIBUTED_JOBS:
             p.add_argument("--nproc", type=int, default=1,
                            help="processes on this machine: runs the job under torchrun (default: 1)")
     return parser
+
+
+# The option naming each job's output folder, checked for being writable before the job starts.
+OUTPUTS = {"harvest": "store", "train": "out", "run": "out", "evaluate": "out", "compare": "out",
+           "release": "dest", "export": "dest", "browse": "export"}
 
 
 # Jobs that run as one job across many processes under torchrun (saescope/distributed.py).
@@ -242,10 +280,19 @@ def main(argv: list[str] | None = None) -> int:
                                 f"(only {' and '.join(DISTRIBUTED_JOBS)} run distributed)")
         if many:
             distributed.setup()
-        fn(from_namespace(cls, args))
+        cfg = from_namespace(cls, args)
+        if getattr(cfg, OUTPUTS.get(args.job, ""), ""):
+            check_writable(getattr(cfg, OUTPUTS[args.job]), f"--{OUTPUTS[args.job]}")
+        if args.job == "train":
+            refuse_changed_training(cfg, args.force)
+        fn(cfg)
     except SaescopeError as e:
         where = f"[rank {os.environ.get('RANK')}] " if many else ""
         print(f"saescope: error: {where}{e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named cannot be read or written: one line, not a traceback
+        print(f"saescope: error: {e.strerror or e}: {e.filename or ''}: check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("saescope: interrupted; run the same command again to resume", file=sys.stderr)

@@ -7,9 +7,12 @@ message, never a traceback (the server log keeps those).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from pathlib import Path
-from urllib.parse import parse_qs
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,16 +29,79 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("saescope.browse")
 
 
-def create_app(run: str | Path) -> FastAPI:
+MAX_BODY = 1 << 20  # bytes of a posted form: a long prompt is a few KB; more is refused before it is read
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARDS = {"0.0.0.0", "::", ""}
+HEADERS = {  # the pages use one external script and no inline ones; nothing may frame them
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+}
+
+
+def _hostname(authority: str) -> str:
+    """`host` of `host:port` or `[v6]:port`, lower-cased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def allowed_hosts(host: str) -> Callable[[str], bool]:
+    """Which Host headers the server answers: loopback names, the --host it serves on, and when
+    it listens on every interface, this machine's names and any IP address. A page from another
+    site that re-points its own DNS name at this server (DNS rebinding) is refused."""
+    names = LOOPBACK | {_hostname(host)}
+    wildcard = host in WILDCARDS
+    if wildcard:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    def ok(authority: str) -> bool:
+        name = _hostname(authority)
+        if name in names:
+            return True
+        try:
+            return wildcard and bool(ipaddress.ip_address(name))
+        except ValueError:
+            return False
+    return ok
+
+
+def _refusal(request: Request, host_ok: Callable[[str], bool]) -> tuple[int, str] | None:
+    """Why a request is refused before it reaches a page (status and message), or None."""
+    host = request.headers.get("host", "")
+    if not host_ok(host):
+        return 421, f"this server does not answer for host '{host}': open it as http://127.0.0.1 or the --host given"
+    if request.method == "POST":
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return 403, "cross-origin form posts are refused: use the form on this server's own page"
+        length = request.headers.get("content-length", "0")
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
+            return 413, f"the form is larger than {MAX_BODY // 1024} KB: send a shorter text"
+    return None
+
+
+def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
+    """The app for one run; `host` is the --host it is served on (for the Host allow-list)."""
     run = Path(run).resolve()
     db = FeatureDB(db_path(run))
     live = Live(run, db)
     links = render.Links()
+    host_ok = allowed_hosts(host)
     app = FastAPI(title="saescope browser", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def html(body: str, status: int = 200) -> HTMLResponse:
         return HTMLResponse(body, status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        refused = _refusal(request, host_ok)
+        response = html(render.error_page(*refused, links), refused[0]) if refused else await call_next(request)
+        response.headers.update(HEADERS)
+        return response
 
     def known_sae(name: str) -> str:
         if name not in db.saes:
@@ -44,14 +110,21 @@ def create_app(run: str | Path) -> FastAPI:
 
     def known_latent(name: str, latent: str):
         known_sae(name)
-        if not latent.isdigit() or (row := db.latent(name, int(latent))) is None:
+        ok = latent.isascii() and latent.isdigit() and int(latent) < db.saes[name].d_sae  # not "²", not 10**40
+        if not ok or (row := db.latent(name, int(latent))) is None:
             raise HTTPException(404, f"{name} has no latent '{latent}': latents are numbered "
                                      f"0-{db.saes[name].d_sae - 1}")
         return row
 
     async def form_of(request: Request) -> dict[str, str]:
         """The posted form as plain strings (urlencoded bodies only; no multipart dependency)."""
-        body = (await request.body()).decode("utf-8", errors="replace")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a body without Content-Length is capped as it arrives
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise HTTPException(413, f"the form is larger than {MAX_BODY // 1024} KB: send a shorter text")
+            chunks.append(chunk)
+        body = b"".join(chunks).decode("utf-8", errors="replace")
         return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
     @app.exception_handler(StarletteHTTPException)
@@ -120,6 +193,6 @@ def create_app(run: str | Path) -> FastAPI:
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
-    app = create_app(run)
+    app = create_app(run, host)
     print(f"saescope: browsing {run} at http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -71,7 +71,7 @@ class SteerRequest:
             if name not in suite:
                 raise SaescopeError(f"unknown SAE '{name}' in '{part.strip()}': use SAE_NAME:LATENT with a name "
                                     f"from the suite page")
-            if not index.isdigit() or int(index) >= suite[name].d_sae:
+            if not (index.isascii() and index.isdigit()) or int(index) >= suite[name].d_sae:
                 raise SaescopeError(f"latent '{index}' of {name} does not exist: use 0-{suite[name].d_sae - 1}")
             specs.append((name, int(index)))
         if not specs:

@@ -17,7 +17,7 @@ RES = "res.1__w256__c64"
 
 @pytest.fixture(scope="module")
 def client(browse_run):
-    return TestClient(create_app(browse_run), raise_server_exceptions=False)
+    return TestClient(create_app(browse_run), base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 def hostile_latent(run, doc_id: int) -> tuple[str, int]:
@@ -39,6 +39,7 @@ def test_pages_render(client):
 
 
 @pytest.mark.parametrize("url", ["/latent/nope/1", f"/latent/{RES}/999999", f"/latent/{RES}/abc", f"/latent/{RES}/-1",
+                                 f"/latent/{RES}/\u00b2", f"/latent/{RES}/\u0663", f"/latent/{RES}/{10 ** 40}",
                                  "/sae/nope", "/sae/..%2F..%2Fconfig.json", "/latent/..%2Fsaes/0",
                                  "/static/..%2F..%2Fcli.py", "/static/%2e%2e/app.py", "/no/such/page"])
 def test_unknown_ids_are_clear_404s(client, url):
@@ -80,12 +81,52 @@ def test_steering_changes_the_generation(client):
     assert 'id="gen-steered"' in clamp
 
 
-@pytest.mark.parametrize("bad", [{"latents": ""}, {"latents": f"{RES}:9999"}, {"strength": "x"},
+@pytest.mark.parametrize("bad", [{"latents": ""}, {"latents": f"{RES}:9999"}, {"latents": f"{RES}:\u00b2"}, {"strength": "x"},
                                  {"mode": "boost"}, {"max_new_tokens": "1000"}, {"prompt": " "}])
 def test_bad_steering_forms_get_one_line(client, bad):
     form = {"prompt": "Hello", "latents": f"{RES}:1", "mode": "add", "strength": "4", "max_new_tokens": "4"} | bad
     r = client.post("/steer", data=form)
     assert r.status_code == 400 and 'id="steer-error"' in r.text and "Traceback" not in r.text
+
+
+def test_every_response_carries_the_security_headers(client):
+    for url in ["/", f"/latent/{RES}/0", "/static/app.js", "/no/such/page"]:
+        headers = client.get(url).headers
+        assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.evil.example", "10.0.0.5"])
+def test_a_foreign_host_header_is_refused(client, host):
+    r = client.get("/", headers={"host": host})
+    assert r.status_code == 421 and "does not answer for host" in r.text
+
+
+def test_loopback_names_and_the_served_host_are_answered(browse_run, client):
+    for host in ["localhost:8765", "127.0.0.1", "[::1]:8765"]:
+        assert client.get("/", headers={"host": host}).status_code == 200
+    lan = TestClient(create_app(browse_run, host="192.168.7.7"), base_url="http://192.168.7.7:8765")
+    assert lan.get("/").status_code == 200 and lan.get("/", headers={"host": "10.0.0.5"}).status_code == 421
+
+
+@pytest.mark.parametrize("path", ["/prompt", "/steer"])
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:9999"])
+def test_cross_origin_posts_are_refused(client, path, origin):
+    r = client.post(path, data={"text": "hi", "prompt": "hi"}, headers={"origin": origin})
+    assert r.status_code == 403 and "cross-origin" in r.text
+
+
+def test_same_origin_posts_work(client):
+    r = client.post("/prompt", data={"text": "the city"}, headers={"origin": "http://127.0.0.1"})
+    assert r.status_code == 200 and 'id="prompt-table"' in r.text
+
+
+def test_an_oversize_post_is_refused_before_it_is_read(client):
+    r = client.post("/prompt", content=b"text=" + b"a" * (2 << 20),
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
+    r = client.post("/prompt", content=iter([b"text=", b"a" * (2 << 20)]),  # chunked: no Content-Length
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
 
 
 def test_server_binds_localhost_by_default():
