@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from saescope.cli import main
@@ -100,6 +101,18 @@ def user_folder(sandbox: Path) -> Path:
 def release_with_user_file(run: Path, sandbox: Path) -> Path:
     folder = shutil.copytree(run / "release", sandbox / "rel")
     (folder / "mine.txt").write_text("the user's own notes")
+    return folder
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def pickled_model(model: Path, sandbox: Path) -> Path:
+    """The tiny model with its weights replaced by a pytorch_model.bin that would run code if unpickled."""
+    folder = shutil.copytree(model, sandbox / "model", ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save({"w": Payload()}, folder / "pytorch_model.bin")
     return folder
 
 
@@ -276,6 +289,8 @@ CASES = [
          lambda r, s, m: ["browse", str(r), "--export", str(user_folder(s))], "saescope did not write"),
     simple("browse --export inside the run", "browse", "RUN", "--export", "RUN/saes", expect="mix with the run"),
     simple("sites of a missing model folder", "sites", "--model", "SANDBOX/nomodel", expect="nomodel"),
+    Case("sites of a model whose pytorch_model.bin holds pickled code",
+         lambda r, s, m: ["sites", "--model", str(pickled_model(m, s))], "safe loader refuses"),
     simple("release push without --repo", "release", "push", "--release", "RUN/release", expect="--repo"),
     simple("run --shard-rows 0", "run", "--out", "SANDBOX/r", "--shard-rows", "0", expect="--shard-rows 0"),
     simple("run --train-tokens 0", "run", "--out", "SANDBOX/r", "--train-tokens", "0", expect="--train-tokens 0"),
@@ -371,3 +386,14 @@ def test_a_read_only_output_folder_is_one_line(run, tmp_path, tiny_model_dir, jo
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().endswith("is read-only: choose a folder you can write to")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_filesystem_package_is_named(monkeypatch, capsys, tmp_path):
+    """fsspec's ImportError for s3:// carries no module name; the advice must still name s3fs."""
+    import fsspec.core
+
+    def no_s3fs(url, **kw):
+        raise ImportError("Install s3fs to access S3")
+    monkeypatch.setattr(fsspec.core, "url_to_fs", no_s3fs)
+    assert main(["train", "--store", "s3://bucket/store", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("pip install s3fs")

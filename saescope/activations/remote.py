@@ -39,14 +39,23 @@ def cache_root() -> Path:
     return saescope_home() / "store-cache"
 
 
+def _package_for(url: str) -> str:
+    """The package fsspec needs for `url`'s protocol (s3fs for s3://): its ImportError has no name."""
+    from fsspec.registry import known_implementations
+
+    cls = known_implementations.get(url.split("://", 1)[0], {}).get("class", "")
+    return cls.split(".", 1)[0] or "fsspec"
+
+
 def _filesystem(url: str):
     try:
         import fsspec
 
         return fsspec.core.url_to_fs(url)
     except ImportError as e:  # e.g. s3fs or gcsfs, which fsspec imports for s3:// and gs://
-        raise SaescopeError(f"reading {url} needs a package that is not installed ({e.name}): "
-                            f"pip install {e.name}") from e
+        package = e.name or _package_for(url)
+        raise SaescopeError(f"reading {url} needs a package that is not installed ({e}): "
+                            f"pip install {package}") from e
     except ValueError as e:
         raise SaescopeError(f"cannot read store URL {url} ({e}): use s3://, gs://, memory:// or file://") from e
 

@@ -8,6 +8,7 @@ under `$SAESCOPE_HOME/models/` and every later load reads that copy in seconds.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,9 @@ def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", dev
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except pickle.UnpicklingError as e:  # torch's weights-only loader refused objects in a .bin file
+        raise SaescopeError(f"could not load model '{name}': its pytorch_model.bin holds Python objects that the "
+                            f"safe loader refuses (nothing was executed): use a copy saved as safetensors") from e
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaescopeError(
