@@ -120,6 +120,16 @@ def browser():
 
 
 @pytest.fixture
+def rebinding_browser(browser):
+    """A second Chromium whose resolver maps the foreign name rebind.test to 127.0.0.1, as a DNS
+    rebinding attack would."""
+    b = browser.browser_type.launch(executable_path=chromium_path(), headless=True,
+                                    args=[*CHROMIUM_FLAGS[1:], "--host-resolver-rules=MAP rebind.test 127.0.0.1"])
+    yield b
+    b.close()
+
+
+@pytest.fixture
 def page(browser, tmp_path_factory):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     p = ctx.new_page()

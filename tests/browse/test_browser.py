@@ -82,3 +82,31 @@ def test_steering_generation(page, server):
     assert clean.strip() and steered.strip() and clean != steered
     shot(page, "steer")
     assert page.errors == []
+
+
+def test_an_oversize_prompt_is_refused_fast(page, server):
+    page.goto(server + "/prompt")
+    page.evaluate("document.querySelector('textarea[name=text]').value = 'a'.repeat(2 << 20)")
+    with page.expect_navigation() as nav:
+        page.click("#run-prompt")
+    assert nav.value.status == 413 and "larger than 1024 KB" in page.inner_text("body")
+    assert nav.value.request.timing["responseEnd"] < 10_000  # milliseconds, body never read
+
+
+def test_a_cross_site_form_post_is_refused(page, server):
+    """A page on another site auto-submits a form to /prompt: Chromium sends its Origin, the app refuses."""
+    evil = (f'<form id="f" method="post" action="{server}/prompt"><input name="text" value="from evil"></form>'
+            f'<script>document.getElementById("f").submit()</script>')
+    page.route("http://evil.test/**", lambda route: route.fulfill(body=evil, content_type="text/html"))
+    with page.expect_navigation(url=f"{server}/prompt") as nav:
+        page.goto("http://evil.test/")
+    assert nav.value.status == 403 and "cross-origin" in page.inner_text("body")
+
+
+def test_a_rebound_host_name_is_refused(rebinding_browser, server):
+    """DNS rebinding: a foreign name that resolves to this machine gets no page, the loopback name does."""
+    port = server.rsplit(":", 1)[1]
+    page = rebinding_browser.new_page()
+    assert page.goto(f"http://rebind.test:{port}/").status == 421
+    assert "does not answer for host" in page.inner_text("body")
+    assert page.goto(f"http://localhost:{port}/").status == 200
