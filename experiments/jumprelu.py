@@ -114,6 +114,39 @@ ROUNDS[7] = {"defaults (D)": D,
                                                                    "freq_target=0.05,unit_decoder=false"),
              "D, batch 512": D | dict(batch_size=512)}
 
+# Low targets: at L0 16 of 4096 saescope's JumpReLU left 18% of latents dead on res.6 (SAELens'
+# 1%) and trailed SAELens on mlp.6 at L0 16 and 32.
+D16 = D | dict(l0_coefficients=[16])
+K16 = f"{MQ},freq_coefficient=0.3,freq_target=0.05"
+ROUNDS[8] = {"defaults, target 16 (D16)": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
+             "D16, bandwidth 0.05": D16 | dict(knobs=f"{K16},bandwidth=0.05"),
+             "D16, bandwidth 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.1"),
+             "D16, lr 2e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03", lr=2e-3),
+             "D16, starts at L0 64": D16 | dict(knobs=f"{K16},bandwidth=0.03,init_l0=64"),
+             "D16, mean-quadratic 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,l0_coefficient=0.1"),
+             "D16, batch 512": D16 | dict(knobs=f"{K16},bandwidth=0.03", batch_size=512)}
+
+# SAELens' decoder starts at row norm 0.1 and is free to grow (round 7: free rows at norm 1 lose).
+FREE = "unit_decoder=false,init_norm=0.1"
+ROUNDS[9] = {"defaults (D)": D,
+             "D, free rows from norm 0.1": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
+             "D, free rows from norm 0.1, bandwidth 0.003": D | dict(
+                 knobs=f"{MQ},bandwidth=0.003,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
+             "D16": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
+             "D16, free rows from norm 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,{FREE}"),
+             "D16, free rows from norm 0.1, bandwidth 0.003": D16 | dict(knobs=f"{K16},bandwidth=0.003,{FREE}")}
+
+# Dead latents at low targets: the revival term (pre-activation loss on latents silent for dead_tokens).
+DK = f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"
+ROUNDS[10] = {"D16": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
+              "D16, revive 1e-3 after 50k tokens": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive_coefficient=0.001"),
+              "D16, revive 1e-2 after 50k tokens": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive_coefficient=0.01"),
+              "D16, revive 1e-3 after 20k tokens": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive_coefficient=0.001,"
+                                                                   "dead_tokens=20000"),
+              "D": D,
+              "D, revive 1e-3 after 50k tokens": D | dict(knobs=f"{DK},revive_coefficient=0.001"),
+              "D, revive 1e-2 after 50k tokens": D | dict(knobs=f"{DK},revive_coefficient=0.01")}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -66,6 +66,11 @@ DEFAULT_FREQ_TARGET = 0.05
 # fought the L0 target (a real-model test ended at L0 45 for a target of 100).
 FREQ_ABOVE_MEAN = 1.5
 
+# A latent that has not fired for this many tokens counts as dead, and the revival term pulls its
+# threshold down and its pre-activations up until it fires again (TopK's AuxK plays that role there).
+DEFAULT_DEAD_TOKENS = 50_000
+DEFAULT_REVIVE_COEFFICIENT = 0.0
+
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -352,6 +357,9 @@ class JumpReLUSAE(SAE):
         init_l0: float | None = None,
         matmul_dtype: str = "auto",
         unit_decoder: bool = True,
+        init_norm: float = 1.0,
+        revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
+        dead_tokens: int = DEFAULT_DEAD_TOKENS,
         pre_encoder_bias: bool | None = None,
         transcoder: str = "none",
     ) -> None:
@@ -383,6 +391,19 @@ class JumpReLUSAE(SAE):
         self.init_l0 = float(init_l0)
         self.matmul_dtype = matmul_dtype
         self.unit_decoder = bool(unit_decoder)
+        if not init_norm > 0 or (unit_decoder and init_norm != 1):
+            raise SaescopeError(f"init_norm (starting decoder row norm, encoder its transpose) must be > 0 and "
+                                f"needs unit_decoder=false to last, got {init_norm!r}")
+        self.init_norm = float(init_norm)
+        with torch.no_grad():  # SAELens starts its rows at 0.1: pre-activations 10x smaller at first
+            self.W_dec.mul_(self.init_norm)
+            self.W_enc.mul_(self.init_norm)
+        if not revive_coefficient >= 0 or not dead_tokens > 0:
+            raise SaescopeError("revive_coefficient must be >= 0 and dead_tokens > 0, "
+                                f"got {revive_coefficient!r} and {dead_tokens!r}")
+        self.revive_coefficient = float(revive_coefficient)
+        self.dead_tokens = int(dead_tokens)
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 
     def knobs(self) -> dict[str, Any]:
@@ -397,6 +418,9 @@ class JumpReLUSAE(SAE):
             "init_l0": self.init_l0,
             "matmul_dtype": self.matmul_dtype,
             "unit_decoder": self.unit_decoder,
+            "init_norm": self.init_norm,
+            "revive_coefficient": self.revive_coefficient,
+            "dead_tokens": self.dead_tokens,
         }
 
     @torch.no_grad()
@@ -471,7 +495,23 @@ class JumpReLUSAE(SAE):
         if self.freq_coefficient > 0:
             penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_line()).relu().sum()
         penalty = sparsity_scale * penalty
-        return loss_output(mse + penalty, mse, y, token_l0, latent_counts > 0, penalty)
+        if self.training:
+            with torch.no_grad():
+                self.tokens_since_fired.add_(n).masked_fill_(latent_counts > 0, 0)
+        loss = mse + penalty + self.revival(x)
+        return loss_output(loss, mse, y, token_l0, latent_counts > 0, penalty)
+
+    def revival(self, x: Tensor) -> Tensor:
+        """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre):
+        a latent silent for dead_tokens tokens gets its threshold lowered and its pre-activations
+        raised until it fires (Anthropic's pre-activation loss, on dead latents only). Without it a
+        latent whose pre-activations all fall below its threshold minus half the window gets no
+        gradient at all, and at low targets 10-20% of latents ended dead."""
+        dead = (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
+        if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
+            return torch.zeros((), device=x.device)
+        pre = torch.addmm(self.b_enc[dead], self.encoder_input(x), self.W_enc[:, dead])
+        return self.revive_coefficient * (self.threshold[dead] - pre).relu().sum(1).mean()
 
     def extra_arrays(self) -> dict[str, Tensor]:
         return {"threshold": self.threshold.detach().clamp(min=0.0)}

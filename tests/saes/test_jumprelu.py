@@ -302,6 +302,25 @@ def test_frequency_line_never_below_the_targets_mean_share():
     assert JumpReLUSAE(16, 1024, l0_penalty="l0", freq_target=0.02).freq_line() == pytest.approx(0.02)
 
 
+def test_revival_lowers_thresholds_of_dead_latents_only():
+    """A latent silent for more than dead_tokens tokens gets a threshold gradient that lowers it
+    and a b_enc gradient that raises its pre-activations; live latents get nothing extra."""
+    sae = _sae(revive_coefficient=0.01, dead_tokens=100, matmul_dtype="float32")
+    x = torch.randn(64, sae.d_in)
+    with torch.no_grad():
+        sae.threshold[:3] = 1e3  # cannot fire, and no pre-activation is inside its window
+    sae.tokens_since_fired[:3] = 101
+    sae.train()
+    revival = sae.revival(x)
+    assert revival > 0
+    revival.backward()
+    assert (sae.threshold.grad[:3] > 0).all() and (sae.b_enc.grad[:3] < 0).all()
+    assert not sae.threshold.grad[3:].any() and not sae.b_enc.grad[3:].any()
+    sae.loss(x)  # a step updates the counters: silent latents age, latents that fired restart at 0
+    assert (sae.tokens_since_fired[:3] == 101 + 64).all() and (sae.tokens_since_fired[3:] <= 64).all()
+    assert make_sae("jumprelu", 8, 16).revival(torch.randn(4, 8)) == 0
+
+
 def test_init_follows_recipe():
     sae = JumpReLUSAE(64, 256, threshold_init=0.002)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
