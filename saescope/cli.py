@@ -21,7 +21,7 @@ from saescope.config import add_arguments, changed_fields, from_namespace, optio
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.memory import keep_freed_memory
-from saescope.outputs import check_writable
+from saescope.outputs import check_outside_stores, check_writable
 from saescope.release.formats import release
 from saescope.run import RunConfig, run, summary_table, write_readme_table
 from saescope.train.trainer import TrainConfig, Trainer
@@ -212,10 +212,18 @@ JOBS: dict[str, tuple[type, object, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line (`--widths abc`), like every other error,
+    instead of a usage block; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"saescope: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentParser:
     """`defaults` replaces some jobs' option defaults (a --preset's values), so flags given on the
     command line still win over the preset."""
-    parser = argparse.ArgumentParser(prog="saescope", description="Sparse autoencoders for every layer of a language model.")
+    parser = OneLineParser(prog="saescope", description="Sparse autoencoders for every layer of a language model.")
     sub = parser.add_subparsers(dest="job")
     for name, (cls, _, helptext) in JOBS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
@@ -282,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             distributed.setup()
         cfg = from_namespace(cls, args)
         if getattr(cfg, OUTPUTS.get(args.job, ""), ""):
-            check_writable(getattr(cfg, OUTPUTS[args.job]), f"--{OUTPUTS[args.job]}")
+            output, option = getattr(cfg, OUTPUTS[args.job]), f"--{OUTPUTS[args.job]}"
+            check_writable(output, option)
+            check_outside_stores(output, option, may_be_store=args.job == "harvest")
         if args.job == "train":
             refuse_changed_training(cfg, args.force)
         fn(cfg)

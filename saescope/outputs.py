@@ -71,6 +71,16 @@ def check_writable(path: str | Path, option: str) -> None:
         raise SaescopeError(f"{option} {path}: {existing} is read-only: choose a folder you can write to")
 
 
+def check_outside_stores(path: str | Path, option: str, may_be_store: bool = False) -> None:
+    """An output inside an activation store (or, unless it is a harvest's own store, onto one) would
+    mix files into the shard folders that readers list; refuse it in one line."""
+    full = Path(path).absolute()
+    for folder in ([] if may_be_store else [full]) + list(full.parents):
+        if (folder / "store.json").is_file():
+            where = "lies inside" if folder != full else "is"
+            raise SaescopeError(f"{option} {path} {where} the activation store {folder}: choose a folder outside it")
+
+
 @contextmanager
 def replacing(dest: str | Path, option: str, index: str, allowed: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a fresh temporary sibling of `dest` to write the whole output into; on success it

@@ -190,6 +190,8 @@ CASES = [
     Case("release onto an old release holding a user file",
          lambda r, s, m: ["release", "--out", str(r), "--dest", str(release_with_user_file(r, s))],
          "saescope did not write"),
+    simple("release into the activation store", "release", "--out", "RUN", "--dest", "RUN/activations/rel",
+           expect="lies inside the activation store"),
     simple("release of a folder without SAEs", "release", "--out", "SANDBOX", expect="no evaluated SAEs"),
     Case("release --out that is a file", lambda r, s, m: ["release", "--out", str(a_file(s))], "existing file"),
     Case("release with NaN in metrics.json",
@@ -198,6 +200,8 @@ CASES = [
                          (one_sae(c) / "metrics.json").read_text().replace('"fvu": ', '"fvu": NaN, "x": '))),
          "fvu is NaN"),
     # harvest: sizes, paths, damaged stores, changed datasets
+    simple("harvest --store inside another store", "harvest", "--store", "RUN/activations/res.0", base=harvest_base,
+           expect="lies inside the activation store"),
     simple("harvest --shard-rows 0", "harvest", "--shard-rows", "0", base=harvest_base, expect="--shard-rows 0"),
     simple("harvest --shard-rows -5", "harvest", "--shard-rows", "-5", base=harvest_base, expect="--shard-rows -5"),
     simple("harvest --tokens 0", "harvest", "--tokens", "0", base=harvest_base, expect="--tokens 0"),
@@ -229,6 +233,8 @@ CASES = [
          damaged_store_harvest(lambda st: (st / "store.json").write_text(json.dumps(
              json.loads((st / "store.json").read_text()) | {"dataset_fingerprint": "0" * 64}))), "changed since"),
     # train: ranges, paths, damaged stores, reruns with another config
+    simple("train --out onto the activation store", "train", "--out", "RUN/activations", base=train_base,
+           expect="is the activation store"),
     simple("train --lr -1", "train", "--lr", "-1", base=train_base, expect="--lr -1"),
     simple("train --lr 0", "train", "--lr", "0", base=train_base, expect="--lr 0"),
     simple("train --lr nan", "train", "--lr", "nan", base=train_base, expect="--lr nan"),
@@ -397,3 +403,17 @@ def test_a_missing_filesystem_package_is_named(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(fsspec.core, "url_to_fs", no_s3fs)
     assert main(["train", "--store", "s3://bucket/store", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().endswith("pip install s3fs")
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["train", "--widths", "abc"], "--widths: 'abc' is not a comma-separated list of int"),
+    (["harvest", "--tokens", "many"], "--tokens: invalid int value: 'many'"),
+    (["browse", "--port", "http"], "--port: invalid int value"),
+    (["evaluate", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["bogus-job"], "invalid choice: 'bogus-job'"),
+])
+def test_a_malformed_command_line_is_one_line(argv, expect, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith("saescope: error: ") and expect in err
