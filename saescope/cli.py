@@ -7,6 +7,7 @@ as a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,6 @@ from typing import ClassVar
 
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
-from saescope.activations.store import read_json
 from saescope.compare import CompareConfig, compare
 from saescope.config import add_arguments, changed_fields, from_namespace, option, preset_values
 from saescope.errors import SaescopeError
@@ -56,8 +56,9 @@ def cmd_train(cfg: TrainConfig) -> None:
         print(f"saescope: {trainer.n_suite} trained SAEs in {cfg.out}/saes")
 
 
-# Settings that say where or how fast a training runs, not what it trains: a resume may change them.
-RUNTIME_FIELDS = ("device", "parallel", "sae_groups")
+# Settings that say how fast a training runs or where its folder now lies, not what it trains: a
+# resume may change them.
+RUNTIME_FIELDS = ("out", "device", "parallel", "sae_groups")
 
 
 def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
@@ -68,7 +69,11 @@ def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
     checkpoints = sorted(train.glob("checkpoint*.pt"))
     if not checkpoints or not (train / "config.json").exists():
         return
-    changed = changed_fields(read_json(train / "config.json"), cfg, RUNTIME_FIELDS)
+    try:
+        saved = json.loads((train / "config.json").read_text())
+        changed = changed_fields(saved, cfg, RUNTIME_FIELDS) if isinstance(saved, dict) else ["config.json is no object"]
+    except (OSError, ValueError):
+        changed = ["config.json is unreadable"]
     if changed and not force:
         raise SaescopeError(f"--out {cfg.out} already holds a training with other settings ({'; '.join(changed)}): "
                             f"choose another --out, or pass --force to train again from scratch there")

@@ -65,6 +65,10 @@ def copy_run(run: Path, sandbox: Path) -> Path:
     return sandbox / "run"
 
 
+def rewrite_json(path: Path, **values: object) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | values))
+
+
 def rewrite_manifest(folder: Path, change: Callable[[dict], object]) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
@@ -192,6 +196,12 @@ CASES = [
          "saescope did not write"),
     simple("release into the activation store", "release", "--out", "RUN", "--dest", "RUN/activations/rel",
            expect="lies inside the activation store"),
+    Case("release with an SAE config.json that is not JSON",
+         damaged_run(lambda c: ["release", "--out", str(c)], lambda c: (one_sae(c) / "config.json").write_text("{")),
+         "not a readable JSON"),
+    Case("release with an SAE config.json missing its keys",
+         damaged_run(lambda c: ["release", "--out", str(c)], lambda c: (one_sae(c) / "config.json").write_text("{}")),
+         "lacks site, layer"),
     simple("release of a folder without SAEs", "release", "--out", "SANDBOX", expect="no evaluated SAEs"),
     Case("release --out that is a file", lambda r, s, m: ["release", "--out", str(a_file(s))], "existing file"),
     Case("release with NaN in metrics.json",
@@ -230,8 +240,10 @@ CASES = [
     Case("harvest rerun with a manifest that is not JSON",
          damaged_store_harvest(lambda st: (st / "res.0" / "manifest.json").write_text("{")), "not valid JSON"),
     Case("harvest rerun after the dataset changed",
-         damaged_store_harvest(lambda st: (st / "store.json").write_text(json.dumps(
-             json.loads((st / "store.json").read_text()) | {"dataset_fingerprint": "0" * 64}))), "changed since"),
+         damaged_store_harvest(lambda st: rewrite_json(st / "store.json", dataset_fingerprint="0" * 64)),
+         "changed since"),
+    Case("harvest rerun on a store.json that is no object",
+         damaged_store_harvest(lambda st: (st / "store.json").write_text("[]")), "not a JSON object"),
     # train: ranges, paths, damaged stores, reruns with another config
     simple("train --out onto the activation store", "train", "--out", "RUN/activations", base=train_base,
            expect="is the activation store"),
@@ -258,6 +270,9 @@ CASES = [
          damaged_run(lambda c: train_args(c, out=c.parent / "out"), lambda c: flip_byte(c / "activations" / "res.0" / "shard_00000.bin")), "sha256 mismatch"),
     Case("train on a store with a missing shard",
          damaged_run(lambda c: train_args(c, out=c.parent / "out"), lambda c: (c / "activations" / "res.0" / "shard_00001.bin").unlink()), "is missing"),
+    Case("train rerun over an unreadable train/config.json",
+         damaged_run(lambda c: train_args(c), lambda c: (c / "train" / "config.json").write_text("{")),
+         "config.json is unreadable"),
     simple("train rerun with another seed", "train", "--seed", "7", base=lambda r, s, m: train_args(r),
            expect="seed 0 -> 7"),
     simple("train rerun with another lr", "train", "--lr", "0.01", base=lambda r, s, m: train_args(r),
@@ -267,6 +282,14 @@ CASES = [
     simple("evaluate --eval-sequences 0", "evaluate", "--eval-sequences", "0", base=eval_base, expect="--eval-sequences 0"),
     simple("evaluate --eval-dtype bogus", "evaluate", "--eval-dtype", "bogus", base=eval_base, expect="bogus"),
     simple("evaluate --device cuda without CUDA", "evaluate", "--device", "cuda", base=eval_base, expect="cuda"),
+    Case("evaluate an SAE whose config.json lacks its site",
+         damaged_run(eval_args, lambda c: (one_sae(c) / "config.json").write_text('{"layer": 0}')), "lacks site"),
+    Case("evaluate on an unfinished store",
+         damaged_run(eval_args, lambda c: rewrite_json(c / "activations" / "store.json", complete=False)),
+         "not a finished harvest"),
+    Case("table with a metrics.json that is not JSON",
+         damaged_run(lambda c: ["table", "--out", str(c)], lambda c: (one_sae(c) / "metrics.json").write_text("{")),
+         "not a readable JSON"),
     simple("evaluate a folder without SAEs", "evaluate", "--out", "SANDBOX", base=eval_base, expect="no trained SAEs"),
     Case("evaluate with NaN in the held-out shard",
          damaged_run(eval_args, lambda c: nan_shard(c / "activations", 2)), "site res, layer 0"),
@@ -293,6 +316,10 @@ CASES = [
          "existing file"),
     Case("browse --export onto a folder of the user's files",
          lambda r, s, m: ["browse", str(r), "--export", str(user_folder(s))], "saescope did not write"),
+    Case("browse with a statistics file that is not a database",
+         damaged_run(lambda c: ["browse", str(c), "--export", str(c.parent / "site")],
+                     lambda c: (c / "browse").mkdir() or (c / "browse" / "features.sqlite").write_bytes(b"x" * 100)),
+         "features.sqlite is damaged"),
     simple("browse --export inside the run", "browse", "RUN", "--export", "RUN/saes", expect="mix with the run"),
     simple("sites of a missing model folder", "sites", "--model", "SANDBOX/nomodel", expect="nomodel"),
     Case("sites of a model whose pytorch_model.bin holds pickled code",

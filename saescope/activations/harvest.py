@@ -157,9 +157,7 @@ def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widt
             "model_name": model_name, "sites": [s.name for s in sites], "tokens": cfg.tokens, "complete": False,
             "ranks": world, "dataset_fingerprint": dataset_fingerprint(cfg.dataset)}
     if info_path.exists():  # every rank checks, so a refusal is the same error on all of them
-        old = read_json(info_path)
-        if not isinstance(old, dict):
-            raise SaescopeError(f"{info_path} is damaged (not a JSON object): choose another --out or delete the folder")
+        old = read_store_info(info_path)
         if old.get("dataset_fingerprint", info["dataset_fingerprint"]) != info["dataset_fingerprint"]:
             raise SaescopeError(f"--dataset {cfg.dataset} changed since store {root} was harvested from it (its "
                                 f"sha256 differs), so the token index would point at other text: restore the "
@@ -279,12 +277,20 @@ def _intact_shards(columns: dict[str, ShardColumn]) -> int | None:
     return index
 
 
+def read_store_info(path: Path) -> dict:
+    """An existing store.json, which must be a JSON object to be resumed."""
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise SaescopeError(f"{path} is damaged (not a JSON object): choose another --out or delete the folder")
+    return info
+
+
 def _was_complete(cfg: HarvestConfig) -> bool:
     """Whether a finished harvest of at least this many tokens is already in the store."""
     path = Path(cfg.store) / "store.json"
     if not path.exists():
         return False
-    old = read_json(path)
+    old = read_store_info(path)
     return bool(old.get("complete")) and old.get("tokens", 0) >= cfg.tokens
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -54,13 +56,24 @@ def connect(path: str | Path, write: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if write:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(path)
-        con.executescript(SCHEMA)
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        with damaged_db(path):
+            con = sqlite3.connect(path)
+            con.executescript(SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         return con
     if not path.exists():
         raise SaescopeError(f"no feature statistics at {path}: run `saescope browse RUN` once to compute them")
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+
+@contextmanager
+def damaged_db(path: Path) -> Iterator[None]:
+    """A statistics file that is not a database (or not this schema) is one line, not a traceback;
+    it is only a cache of `saescope browse`, so deleting it loses nothing."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise SaescopeError(f"{path} is damaged ({e}): delete it and run `saescope browse RUN` again") from e
 
 
 # ---- examples blob ---------------------------------------------------------------------------
@@ -138,9 +151,10 @@ class FeatureDB:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.con = connect(self.path)
-        self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta")}
-        self.saes = {r[0]: SaeRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in self.con.execute(
-            "SELECT name, kind, layer, d_sae, d_in, rows, metrics FROM saes ORDER BY kind, layer, name")}
+        with damaged_db(self.path):
+            self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta")}
+            self.saes = {r[0]: SaeRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in self.con.execute(
+                "SELECT name, kind, layer, d_sae, d_in, rows, metrics FROM saes ORDER BY kind, layer, name")}
         if not self.saes:
             raise SaescopeError(f"{path} holds no SAE statistics: run `saescope browse RUN` to compute them")
         self.token_text = dict(self.con.execute("SELECT id, text FROM tokens"))

@@ -16,7 +16,6 @@ activation by transcoder(the `mlp_in.L` activation of the same forward pass).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from saescope.activations.corpus import iter_documents, pack_documents
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.store import ActivationStore, read_json, write_json_atomic
+from saescope.activations.store import ActivationStore, write_json_atomic
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.models.loading import load_model
@@ -240,9 +239,10 @@ def transcoder_metrics(text: HeldOutText, tc: SAE, in_site: Site, out_site: Site
 
 
 def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
-    from saescope.release.formats import load
+    from saescope.release.formats import SAE_CONFIG_KEYS, load
+    from saescope.release.interop import read_json_with
 
-    return load(folder).to(device), read_json(folder / "config.json")
+    return load(folder).to(device), read_json_with(folder / "config.json", *SAE_CONFIG_KEYS)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, dict]:
@@ -256,6 +256,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     device = resolve_device(cfg.device)
     store = ActivationStore(cfg.store or (out / "activations"))
     info = store.info
+    if not info.get("complete") or not isinstance(info.get("rows"), int):
+        raise SaescopeError(f"store {store.path} is not a finished harvest: run the same `saescope harvest` again "
+                            f"to finish it, then evaluate")
     model, tokenizer = load_model(info["model"], cfg.eval_dtype, cfg.device)
     if cfg.text:  # the whole given text; otherwise what follows the harvested tokens
         text = HeldOutText(model, tokenizer, cfg.text, "text", 0, cfg)
@@ -291,11 +294,14 @@ def metrics_file(text: str = "") -> str:
 def summary_rows(out: str | Path, text: str = "") -> list[dict]:
     """One row per evaluated SAE, sorted by site kind and layer, for tables (`text`: the metrics of
     `evaluate --text` on that text)."""
+    from saescope.release.formats import SAE_CONFIG_KEYS
+    from saescope.release.interop import read_json_with
+
     rows = []
     for folder in sorted(Path(out, "saes").glob("*")):
         if (folder / metrics_file(text)).exists():
-            meta = json.loads((folder / "config.json").read_text())
-            m = json.loads((folder / metrics_file(text)).read_text())
+            meta = read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, "sparsity_coefficient")
+            m = read_json_with(folder / metrics_file(text))
             rows.append({"name": folder.name, "site": meta["site"], "layer": meta["layer"], "width": meta["d_sae"],
                          "coefficient": meta["sparsity_coefficient"], **{k: v for k, v in m.items()
                                                                          if not isinstance(v, (list, dict))}})

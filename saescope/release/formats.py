@@ -18,7 +18,6 @@ The arrays are folded, so the reference forward `pre = x @ W_enc + b_enc; acts =
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from saescope.release.interop import LoadedSAE
 from saescope.release.skip_transcoder import SkipTranscoder
 from saescope.saes.base import SAE
 
+SAE_CONFIG_KEYS = ("site", "layer", "d_sae")  # what every job reads from a trained SAE's config.json
 KIND_FOLDERS = {"res": "res", "mlp": "mlp", "att": "att", "mlp_in": "transcoders"}
 
 
@@ -70,8 +70,8 @@ def _write_release(trained: list[Path], tmp: Path) -> None:
     """Every SAE folder of `trained` in the layout, and suite.json, written into `tmp`."""
     entries = []
     for folder in trained:
-        config = json.loads((folder / "config.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
+        config = interop.read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, "sparsity_coefficient", "architecture")
+        metrics = interop.read_json_with(folder / "metrics.json", "l0", "fvu")
         sae = load(folder)
         params = sae.params_npz()
         affine = "_affine" if "affine_skip_connection" in params else ""
@@ -89,6 +89,6 @@ def _write_release(trained: list[Path], tmp: Path) -> None:
                         "architecture": config["architecture"], "average_l0": metrics["l0"], "fvu": metrics["fvu"],
                         "delta_loss": metrics.get("delta_loss"), "ce_loss_recovered": metrics.get("ce_loss_recovered"),
                         "trained": folder.name})
-    first = json.loads((trained[0] / "config.json").read_text())
+    first = interop.read_json(trained[0] / "config.json")
     write_json_atomic(tmp / "suite.json", {"format": "gemma-scope-1", "model": first.get("model"),
                                            "model_name": first.get("model_name"), "saes": entries})

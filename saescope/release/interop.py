@@ -175,6 +175,17 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_json_with(path: Path, *keys: str) -> dict[str, Any]:
+    """A JSON object that must hold `keys` (a trained SAE's config.json or metrics.json): a damaged
+    or foreign one is a one-line error instead of a KeyError deep inside a job."""
+    data = read_json(path)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise SaescopeError(f"{path} lacks {', '.join(missing)}: it was not written by saescope train/evaluate "
+                            f"or is damaged; train or evaluate that SAE again, or move its folder out")
+    return data
+
+
 def _optional_json(path: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
