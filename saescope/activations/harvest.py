@@ -208,10 +208,11 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     was_complete = _was_complete(cfg)
     columns = _open_or_create(cfg, getattr(model, "name_or_path", cfg.model), sites, widths)
 
-    intact = _intact_shards(columns) if world == 1 else None
-    if intact is None and len({len(c.shards) for c in columns.values()}) == 1 and columns["tokens"].rows >= cfg.tokens:
+    intact = _intact_shards(columns)  # each rank checks its own shards
+    if world == 1 and intact is None and len({len(c.shards) for c in columns.values()}) == 1 \
+            and columns["tokens"].rows >= cfg.tokens:
         return _finish(cfg, columns)
-    if world > 1 and was_complete:  # a rank cannot tell alone that its share is complete
+    if world > 1 and was_complete and intact is None:  # a rank cannot tell alone that its share is complete
         return _finish(cfg, columns)
     # Resume from the last shard complete in every column; only full shards count, so a finished
     # short tail is rewritten if more tokens are asked for now. Shards from a damaged one on are
