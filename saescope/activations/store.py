@@ -255,10 +255,11 @@ class ShardColumn:
         if not path.exists() and self.remote is not None:
             self.remote.fetch(info["file"], path, expected)
         if not path.exists():
-            raise SaescopeError(f"shard {path} is missing: harvest again or restore the file")
+            raise SaescopeError(f"shard {path} is missing: run the same `saescope harvest` again (it rewrites missing "
+                                f"shards) or restore the file")
         if path.stat().st_size != expected:
             raise SaescopeError(f"shard {path} is corrupt ({path.stat().st_size} bytes, expected {expected}): "
-                                f"delete it and run the same harvest again to rewrite it")
+                                f"run the same `saescope harvest` again: it rewrites damaged shards")
         if verify:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -266,7 +267,7 @@ class ShardColumn:
                     digest.update(block)
             if digest.hexdigest() != info["sha256"]:
                 raise SaescopeError(f"shard {path} is corrupt (sha256 mismatch): "
-                                    f"delete it and run the same harvest again to rewrite it")
+                                    f"run the same `saescope harvest` again: it rewrites damaged shards")
         # copy-on-write: torch wants writable arrays; the file itself is never changed
         return np.memmap(path, dtype=self.numpy_dtype, mode="c", shape=(info["rows"], self.width))
 
