@@ -170,10 +170,14 @@ class BrowseConfig:
 def cmd_browse(cfg: BrowseConfig) -> None:
     from saescope.browse.stats import StatsOptions, compute_stats
 
-    if cfg.export:  # a destination that would be refused is refused before minutes of statistics
+    if cfg.export:  # a destination or address that would be refused is refused before minutes of statistics
         from saescope.browse.export import check_destination
 
         check_destination(cfg.run, cfg.export)
+    else:
+        from saescope.browse.app import check_address
+
+        check_address(cfg.host, cfg.port)
     compute_stats(cfg.run, StatsOptions(top_k=cfg.top_k, max_rows=cfg.max_rows), force=cfg.recompute)
     if cfg.export:
         from saescope.browse.export import export_site

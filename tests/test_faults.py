@@ -311,6 +311,8 @@ CASES = [
     Case("table --out that is a file", lambda r, s, m: ["table", "--out", str(a_file(s))], "existing file"),
     simple("browse --port 99999", "browse", "RUN", "--port", "99999", expect="--port 99999"),
     simple("browse --port -1", "browse", "RUN", "--port", "-1", expect="--port -1"),
+    simple("browse --host that names no machine", "browse", "RUN", "--host", "no-such-host.invalid",
+           expect="cannot serve on --host no-such-host.invalid"),
     simple("browse --top-k 0", "browse", "RUN", "--top-k", "0", expect="--top-k 0"),
     Case("browse --export onto an existing file", lambda r, s, m: ["browse", str(r), "--export", str(a_file(s))],
          "existing file"),
@@ -444,3 +446,16 @@ def test_a_malformed_command_line_is_one_line(argv, expect, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith("saescope: error: ") and expect in err
+
+
+def test_browse_on_a_port_in_use_is_one_line_before_the_statistics(run, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["browse", str(run), "--port", str(port), "--recompute"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"saescope: error: cannot serve on --host 127.0.0.1 --port {port} (Address already in use): " \
+                  f"choose another --port, or a --host that names this machine\n"

@@ -190,9 +190,23 @@ def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """Bind the address once and let go, so a port in use or an unknown --host is one line before
+    minutes of statistics, instead of uvicorn's log line and exit code 3 afterwards."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        raise SaescopeError(f"cannot serve on --host {host} --port {port} ({e.strerror or e}): choose another --port, "
+                            f"or a --host that names this machine") from e
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
+    check_address(host, port)
     app = create_app(run, host)
     print(f"saescope: browsing {run} at http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
