@@ -19,7 +19,7 @@ from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.compare import CompareConfig, compare
 from saescope.config import add_arguments, changed_fields, from_namespace, option, preset_values
 from saescope.errors import SaescopeError
-from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.evaluate.metrics import EvalConfig, evaluate, metrics_file, summary_rows
 from saescope.memory import keep_freed_memory
 from saescope.outputs import check_outside_stores, check_writable
 from saescope.release.formats import release
@@ -199,6 +199,9 @@ class TableConfig:
 def cmd_table(cfg: TableConfig) -> None:
     if not (Path(cfg.out) / "saes").is_dir():
         raise SaescopeError(f"--out {cfg.out} is not a run folder (no saes/ in it): pass the --out of a trained run")
+    if not summary_rows(cfg.out, cfg.text):
+        raise SaescopeError(f"no SAE in {cfg.out}/saes has {metrics_file(cfg.text)}: run `saescope evaluate --out "
+                            f"{cfg.out}{' --text ' + cfg.text if cfg.text else ''}` first")
     print(summary_table(cfg.out, cfg.text))
     if cfg.readme:
         write_readme_table(cfg.out, cfg.readme)

@@ -103,6 +103,9 @@ def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", dev
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     path = str(embedded_model_dir()) if name in EMBEDDED_NAMES else name
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise SaescopeError(f"could not load model '{name}' (no such folder): pass a local model folder, a Hugging "
+                            f"Face name, or 'embedded' for the bundled Gemma 3 270M")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)

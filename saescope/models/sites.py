@@ -132,6 +132,8 @@ def parse_layers(layers: str | int | list[int], total: int) -> list[int]:
     bad = [layer for layer in chosen if not 0 <= layer < total]
     if bad:
         raise SaescopeError(f"unknown layer {bad[0]}: this model has layers 0-{total - 1}")
+    if not chosen:  # an empty range such as 3-1 would harvest no site at all
+        raise SaescopeError(f"--layers {layers!r} names no layer: write ranges low-high, e.g. 1-3")
     return sorted(set(chosen))
 
 
