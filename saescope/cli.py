@@ -243,7 +243,7 @@ def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentPa
         p.set_defaults(**(defaults or {}).get(name, {}))
         for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
-        if name == "train":
+        if name in ("train", "run"):
             p.add_argument("--force", action="store_true",
                            help="train again from scratch in an --out whose saved training has other settings")
         if name in DISTRIBUTED_JOBS:
@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             output, option = getattr(cfg, OUTPUTS[args.job]), f"--{OUTPUTS[args.job]}"
             check_writable(output, option)
             check_outside_stores(output, option, may_be_store=args.job == "harvest")
-        if args.job == "train":
-            refuse_changed_training(cfg, args.force)
+        if args.job in ("train", "run"):  # before a run's harvest stage, which can take minutes
+            refuse_changed_training(cfg if args.job == "train" else cfg.part(TrainConfig), args.force)
         fn(cfg)
     except SaescopeError as e:
         where = f"[rank {os.environ.get('RANK')}] " if many else ""

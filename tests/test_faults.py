@@ -275,6 +275,8 @@ CASES = [
          "config.json is unreadable"),
     simple("train rerun with another seed", "train", "--seed", "7", base=lambda r, s, m: train_args(r),
            expect="seed 0 -> 7"),
+    simple("run rerun over a training with other settings", "run", "--out", "RUN", "--seed", "7",
+           expect="seed 0 -> 7"),
     simple("train rerun with another lr", "train", "--lr", "0.01", base=lambda r, s, m: train_args(r),
            expect="lr "),
     # evaluate: ranges, NaN in activations and weights
