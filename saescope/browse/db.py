@@ -193,7 +193,8 @@ class FeatureDB:
 
     def search(self, word: str, sae: str | None = None, limit: int = 200) -> list[tuple[str, int, str, str]]:
         """Latents whose top example text or logit tokens contain `word`: (sae, latent, snippet, logits)."""
-        terms = [t for t in word.replace('"', " ").split() if t]
+        printable = "".join(ch if ch.isprintable() and ch != '"' else " " for ch in word)  # NUL breaks FTS5
+        terms = printable.split()
         if not terms:
             return []
         query = " ".join(f'"{t}"' for t in terms)  # quoted: user text is never FTS syntax

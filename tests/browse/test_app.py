@@ -49,6 +49,11 @@ def test_unknown_ids_are_clear_404s(client, url):
     assert "def " not in r.text and "import" not in r.text  # no source file leaked
 
 
+@pytest.mark.parametrize("url", [f"/sae/{RES}?q=%00", "/search?q=%00city", "/search?q=%22%22", f"/sae/{RES}?sort=bogus"])
+def test_odd_queries_are_pages_not_errors(client, url):
+    assert client.get(url).status_code in (200, 400)
+
+
 def test_unknown_sae_message_names_it(client):
     assert "no SAE named &#x27;nope&#x27;" in client.get("/sae/nope").text
     assert "latents are numbered 0-255" in client.get(f"/latent/{RES}/999999").text
