@@ -294,7 +294,9 @@ CASES = [
          "not a readable JSON"),
     simple("evaluate a folder without SAEs", "evaluate", "--out", "SANDBOX", base=eval_base, expect="no trained SAEs"),
     Case("evaluate with NaN in the held-out shard",
-         damaged_run(eval_args, lambda c: nan_shard(c / "activations", 2)), "site res, layer 0"),
+         damaged_run(eval_args, lambda c: nan_shard(c / "activations", 2)), "site res, layer 0 (store"),
+    Case("evaluate with NaN in the held-out shard: the shard and row are named",
+         damaged_run(eval_args, lambda c: nan_shard(c / "activations", 2)), "shard 2, row 0)"),
     Case("evaluate an SAE with NaN weights", damaged_run(eval_args, lambda c: nan_weights(one_sae(c))), "NaN or inf"),
     # load and export
     Case("load an SAE with NaN weights", damaged_run(lambda c: ["load", str(one_sae(c))], lambda c: nan_weights(one_sae(c))),

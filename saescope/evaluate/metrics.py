@@ -61,12 +61,18 @@ def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def _refuse_nonfinite(x: torch.Tensor, site: str, loader: ShuffledLoader) -> None:
-    """One NaN in the held-out rows would turn FVU into NaN; stop and say where it is."""
-    if not torch.isfinite(x).all():
-        s = Site.parse(site)
-        shards = ", ".join(str(i) for i in loader.shards)
-        raise SaescopeError(f"NaN or inf in the held-out activations of site {s.kind}, layer {s.layer} (store "
-                            f"{loader.store.path}, shard(s) {shards}): harvest that store again")
+    """One NaN in the held-out rows would turn FVU into NaN; stop and say where it is (batches mix
+    shards, so the held-out shards are searched for it, which only a failing evaluation pays for)."""
+    if torch.isfinite(x).all():
+        return
+    s, where = Site.parse(site), f"shard(s) {', '.join(str(i) for i in loader.shards)}"
+    for shard in loader.shards:
+        rows = ~torch.isfinite(loader.store.read(site, shard).float()).all(1)
+        if rows.any():
+            where = f"shard {shard}, row {int(rows.nonzero()[0])}"
+            break
+    raise SaescopeError(f"NaN or inf in the held-out activations of site {s.kind}, layer {s.layer} (store "
+                        f"{loader.store.path}, {where}): harvest that store again")
 
 
 @torch.no_grad()
