@@ -71,7 +71,7 @@ def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
         return
     try:
         saved = json.loads((train / "config.json").read_text())
-        changed = changed_fields(saved, cfg, RUNTIME_FIELDS) if isinstance(saved, dict) else ["config.json is no object"]
+        changed = changed_fields(saved, cfg, RUNTIME_FIELDS) if isinstance(saved, dict) else ["config.json: no object"]
     except (OSError, ValueError):
         changed = ["config.json is unreadable"]
     if changed and not force:

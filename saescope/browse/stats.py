@@ -245,36 +245,38 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     total = sum(data.rows for _ in by_site)
     bar = tqdm(total=total, desc="browse stats", unit="row", unit_scale=True, dynamic_ncols=True, disable=not progress)
     weights_cache: dict[str, torch.Tensor] = {}
-    for site, saes in by_site.items():
-        t0 = time.perf_counter()
-        models = [load(s.folder) for s in saes]
-        sparse = [SparseActs() for _ in saes]
-        row0 = 0
-        column = store.column(site)
-        with torch.inference_mode():
-            for shard, lo, hi in data.chunks:
-                x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
-                x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
-                if not torch.isfinite(x).all():
-                    raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
-                                        f"{shard}, rows {lo}-{hi}): harvest that store again")
-                for sae, acc in zip(models, sparse):
-                    acc.add(sae.encode(x), row0)
-                row0 += hi - lo
-                bar.update(hi - lo)
-            per_sae = [activation_stats(acc, s.d_sae, data, topic_of_row, len(topics), opts)
-                       for acc, s in zip(sparse, saes)]
-        timings["store_pass"] += time.perf_counter() - t0
-        for s, sae, st in zip(saes, models, per_sae):
-            t1 = time.perf_counter()
-            weights_cache[s.name] = sae.W_dec.detach().float()
-            logits = _lens_or_none(model, s, sae.W_dec, W_U, W_U_low)
-            neighbours = _neighbours(s, suite, weights_cache, opts)
-            timings["weights"] += time.perf_counter() - t1
-            t2 = time.perf_counter()
-            _write_sae(con, s, sigs[s.name], data.rows, st, logits, neighbours, text)
-            timings["write"] += time.perf_counter() - t2
-    bar.close()
+    try:  # the bar ends its line before an error is printed
+        for site, saes in by_site.items():
+            t0 = time.perf_counter()
+            models = [load(s.folder) for s in saes]
+            sparse = [SparseActs() for _ in saes]
+            row0 = 0
+            column = store.column(site)
+            with torch.inference_mode():
+                for shard, lo, hi in data.chunks:
+                    x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
+                    x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
+                    if not torch.isfinite(x).all():
+                        raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
+                                            f"{shard}, rows {lo}-{hi}): harvest that store again")
+                    for sae, acc in zip(models, sparse):
+                        acc.add(sae.encode(x), row0)
+                    row0 += hi - lo
+                    bar.update(hi - lo)
+                per_sae = [activation_stats(acc, s.d_sae, data, topic_of_row, len(topics), opts)
+                           for acc, s in zip(sparse, saes)]
+            timings["store_pass"] += time.perf_counter() - t0
+            for s, sae, st in zip(saes, models, per_sae):
+                t1 = time.perf_counter()
+                weights_cache[s.name] = sae.W_dec.detach().float()
+                logits = _lens_or_none(model, s, sae.W_dec, W_U, W_U_low)
+                neighbours = _neighbours(s, suite, weights_cache, opts)
+                timings["weights"] += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                _write_sae(con, s, sigs[s.name], data.rows, st, logits, neighbours, text)
+                timings["write"] += time.perf_counter() - t2
+    finally:
+        bar.close()
     con.close()
     return timings
 
