@@ -16,7 +16,8 @@ their share of the batch's tokens and sum gradients, which equals the one-proces
 any loss that is a mean over tokens (the recipe's MSE and L0 terms). The frequency penalty of
 Gemma Scope 2 (`freq_coefficient`) and the mean-quadratic L0 penalty (saescope's default, a
 function of the batch's mean L0) are computed on each rank's slice instead of the whole batch,
-as is BatchTopK's batch-wide top-k selection (SAE parallel is exact for every family), and
+as is BatchTopK's batch-wide top-k selection (SAE parallel is exact for every family); the
+dead-latent counters (TopK's AuxK, JumpReLU's revival) count each rank's slice; and
 logged FVU is the token-weighted mean of the slices' FVU. Each group's first rank writes the
 group's checkpoint, log and SAEs; groups never wait for each other until the end.
 """

@@ -72,6 +72,8 @@ def test_data_parallel_weights_equal_one_process(store, data_parallel_run, tmp_p
     assert single["saes"].keys() == parallel["saes"].keys() and len(single["saes"]) == 8
     for key, params in single["saes"].items():
         for name, value in params.items():
+            if not value.is_floating_point():  # JumpReLU's tokens_since_fired counts each rank's slice
+                continue
             moved = (value - init[key][name]).norm()
             assert moved > 0, (key, name)
             assert (parallel["saes"][key][name] - value).norm() < 1e-2 * moved, (key, name)
