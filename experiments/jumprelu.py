@@ -147,6 +147,14 @@ ROUNDS[10] = {"D16, revive 1e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive
                   D16 | dict(knobs=f"{FK},l0_coefficient=1,revive_coefficient=0.001"),
               "D, free rows from 0.1, mean-quadratic 0.3": D | dict(knobs=f"{FK},l0_coefficient=0.3"),
               "D, free rows from 0.1, mean-quadratic 1": D | dict(knobs=f"{FK},l0_coefficient=1")}
+# Free rows with a threshold fast enough to follow the growing encoder (Adam moves it ~lr per step).
+DK = f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"
+ROUNDS[11] = {"D16, free rows from 0.1, threshold lr x10": D16 | dict(knobs=f"{FK},threshold_lr=10"),
+              "D16, free rows from 0.1, threshold lr x30": D16 | dict(knobs=f"{FK},threshold_lr=30"),
+              "D, free rows from 0.1, threshold lr x10": D | dict(knobs=f"{FK},threshold_lr=10"),
+              "D16, threshold lr x10": D16 | dict(knobs=f"{K16},bandwidth=0.03,threshold_lr=10"),
+              "D, threshold lr x10": D | dict(knobs=f"{DK},threshold_lr=10")}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

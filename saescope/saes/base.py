@@ -168,6 +168,11 @@ class SAE(nn.Module, ABC):
         if self.unit_decoder:
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
+    def lr_scales(self) -> dict[str, float]:
+        """Parameter name -> factor on the learning rate, for parameters a family trains faster
+        or slower than the rest (none by default)."""
+        return {}
+
     # ---- knobs, folding and release --------------------------------------------------
     def knobs(self) -> dict[str, Any]:
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""

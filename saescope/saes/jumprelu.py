@@ -358,6 +358,7 @@ class JumpReLUSAE(SAE):
         matmul_dtype: str = "auto",
         unit_decoder: bool = True,
         init_norm: float = 1.0,
+        threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         pre_encoder_bias: bool | None = None,
@@ -401,6 +402,9 @@ class JumpReLUSAE(SAE):
         if not revive_coefficient >= 0 or not dead_tokens > 0:
             raise SaescopeError("revive_coefficient must be >= 0 and dead_tokens > 0, "
                                 f"got {revive_coefficient!r} and {dead_tokens!r}")
+        if not threshold_lr > 0:
+            raise SaescopeError(f"threshold_lr is a factor on the learning rate, > 0; got {threshold_lr!r}")
+        self.threshold_lr = float(threshold_lr)
         self.revive_coefficient = float(revive_coefficient)
         self.dead_tokens = int(dead_tokens)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
@@ -419,6 +423,7 @@ class JumpReLUSAE(SAE):
             "matmul_dtype": self.matmul_dtype,
             "unit_decoder": self.unit_decoder,
             "init_norm": self.init_norm,
+            "threshold_lr": self.threshold_lr,
             "revive_coefficient": self.revive_coefficient,
             "dead_tokens": self.dead_tokens,
         }
@@ -449,6 +454,11 @@ class JumpReLUSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
+
+    def lr_scales(self) -> dict[str, float]:
+        """threshold_lr: Adam moves a threshold by about lr per step, too slowly to follow
+        pre-activations that grow (free decoder rows from a small init)."""
+        return {} if self.threshold_lr == 1 else {"threshold": self.threshold_lr}
 
     def freq_line(self) -> float:
         """The firing share above which the frequency penalty charges: freq_target, raised to

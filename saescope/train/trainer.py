@@ -228,8 +228,7 @@ class Trainer:
                                       **(knobs | sweep_knobs(arch, coef, knobs))).to(self.device)
             self.site_of[key] = site
             self.arch_of[key] = arch
-        params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = self._adam(params)
+        self.opt = self._adam()
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
         self.shifts: dict[str, torch.Tensor] = {}  # per site, with --normalize standardize: the mean
@@ -238,8 +237,16 @@ class Trainer:
         if cfg.normalize == "standardize" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: drop --normalize standardize")
 
-    def _adam(self, params: list) -> torch.optim.Adam:
+    def _adam(self) -> torch.optim.Adam:
+        """One Adam over every SAE's parameters, one parameter group per learning-rate scale the
+        families ask for (`SAE.lr_scales`; with none, a single group as always)."""
         cfg = self.cfg
+        by_scale: dict[float, list] = {}
+        for sae in self.saes.values():
+            scales = sae.lr_scales()
+            for name, p in sae.named_parameters():
+                by_scale.setdefault(scales.get(name, 1.0), []).append(p)
+        params = [{"params": ps, "lr_scale": scale} for scale, ps in sorted(by_scale.items())]
         # The fused kernel updates every parameter in one pass per tensor (6x faster than the
         # per-tensor loop for a default run's 54 SAEs on CPU; the same update up to float rounding).
         fused = self.device.type in ("cpu", "cuda") or None
@@ -287,8 +294,7 @@ class Trainer:
                                 f"use another --out or delete {self.checkpoint_path.parent}")
         for key, sae in self.saes.items():
             self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
-        params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.opt = self._adam(params)
+        self.opt = self._adam()
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
         return True
@@ -370,7 +376,7 @@ class Trainer:
     def train_step(self, acts: dict[str, torch.Tensor]) -> dict:
         cfg = self.cfg
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, cfg, self.total_steps)
+            group["lr"] = lr_at(self.step, cfg, self.total_steps) * group.get("lr_scale", 1.0)
         scale = sparsity_scale_at(self.step, cfg)
         per_sae, l0s, fvus = {}, [], []
         normalised: dict[str, torch.Tensor] = {}

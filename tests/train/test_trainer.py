@@ -42,6 +42,18 @@ def test_schedules():
     assert sparsity_scale_at(0, cfg) == 0 and sparsity_scale_at(500, cfg) == 0.5 and sparsity_scale_at(2000, cfg) == 1
 
 
+def test_threshold_lr_trains_thresholds_at_a_multiple_of_the_schedule(store, tmp_path):
+    """JumpReLU's threshold_lr puts the thresholds in their own Adam group whose learning rate is
+    the schedule's times that factor, and a run with it resumes like any other."""
+    trainer = Trainer(cfg_for(store, tmp_path / "t", knobs="l0_penalty=l0,threshold_lr=10", train_tokens=256 * 2))
+    trainer.train()
+    groups = {g["lr_scale"]: g for g in trainer.opt.param_groups}
+    assert sorted(groups) == [1.0, 10.0]
+    assert groups[10.0]["lr"] == pytest.approx(10 * groups[1.0]["lr"]) and groups[1.0]["lr"] > 0
+    assert {id(p) for p in groups[10.0]["params"]} == {id(sae.threshold) for sae in trainer.saes.values()}
+    assert len(Trainer(cfg_for(store, tmp_path / "plain")).opt.param_groups) == 1
+
+
 def test_data_init_starts_jumprelu_at_the_requested_l0(store, tmp_path):
     """saescope's default JumpReLU starts at its target L0: the very first training step already
     runs at about that L0 (no dense phase), on the store's rows after standardisation, and every
