@@ -1,4 +1,4 @@
-"""`saescope run`: harvest, train, evaluate, release and summarise in one command.
+"""`saescope run`: harvest, train, evaluate, release, build the browser's database and summarise.
 
 The defaults are sized for the embedded Gemma 3 270M on a 2-core CPU: every layer's res, mlp
 and att sites, one JumpReLU SAE each (target L0 64), the whole job in about 20 minutes. The recipe's own
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.browse.stats import compute_stats
 from saescope.config import option, save_config
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, summary_rows
@@ -84,7 +85,8 @@ def run(cfg: RunConfig) -> Path:
                       ("train", lambda: Trainer(cfg.part(TrainConfig)).train()),
                       ("evaluate", lambda: evaluate(dataclasses.replace(cfg.part(EvalConfig), text=""))),
                       *([("evaluate --text", lambda: evaluate(cfg.part(EvalConfig)))] if cfg.text else []),
-                      ("release", lambda: release(out))):
+                      ("release", lambda: release(out)),
+                      ("browse", lambda: compute_stats(out))):
         print(f"saescope: == {name} ==")
         start = time.perf_counter()
         job()
@@ -95,4 +97,6 @@ def run(cfg: RunConfig) -> Path:
     print(table)
     print(f"saescope: {times}")
     print(f"saescope: release in {out / 'release'}; summary in {out / 'summary.md'}")
+    print(f"saescope: browse the features: saescope browse {out}")
+    print(f"saescope: or write them as a static site: saescope browse {out} --export {out / 'site'}")
     return out

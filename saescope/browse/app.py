@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from saescope.browse import render
 from saescope.browse.db import FeatureDB, db_path
 from saescope.browse.live import Live, SteerRequest
+from saescope.browse.ondemand import OnDemand
 from saescope.errors import SaescopeError
 
 STATIC = Path(__file__).parent / "static"
@@ -83,14 +84,17 @@ def _refusal(request: Request, host_ok: Callable[[str], bool]) -> tuple[int, str
     return None
 
 
-def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
-    """The app for one run; `host` is the --host it is served on (for the Host allow-list)."""
+def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False) -> FastAPI:
+    """The app for one run; `host` is the --host it is served on (for the Host allow-list). With
+    `fill_lens` the logit lens of every latent is computed in the background once the server is up."""
     run = Path(run).resolve()
     db = FeatureDB(db_path(run))
     live = Live(run, db)
+    ondemand = OnDemand(run, db, live.model)
     links = render.Links()
     host_ok = allowed_hosts(host)
-    app = FastAPI(title="saescope browser", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="saescope browser", docs_url=None, redoc_url=None, openapi_url=None,
+                  on_startup=[ondemand.start] if fill_lens else [])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def html(body: str, status: int = 200) -> HTMLResponse:
@@ -108,13 +112,13 @@ def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
             raise HTTPException(404, f"no SAE named '{name}' in this run: pick one from the suite page")
         return name
 
-    def known_latent(name: str, latent: str):
+    def known_latent(name: str, latent: str) -> int:
         known_sae(name)
         ok = latent.isascii() and latent.isdigit() and int(latent) < db.saes[name].d_sae  # not "²", not 10**40
-        if not ok or (row := db.latent(name, int(latent))) is None:
+        if not ok:
             raise HTTPException(404, f"{name} has no latent '{latent}': latents are numbered "
                                      f"0-{db.saes[name].d_sae - 1}")
-        return row
+        return int(latent)
 
     async def form_of(request: Request) -> dict[str, str]:
         """The posted form as plain strings (urlencoded bodies only; no multipart dependency)."""
@@ -158,7 +162,9 @@ def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
 
     @app.get("/latent/{name}/{latent}", response_class=HTMLResponse)
     def latent(name: str, latent: str):
-        return html(render.latent_page(db, known_latent(name, latent), links))
+        index = known_latent(name, latent)
+        with ondemand.serving():
+            return html(render.latent_page(db, ondemand.views(name, [index])[0], links))
 
     @app.get("/search", response_class=HTMLResponse)
     def search(q: str = ""):
@@ -186,7 +192,7 @@ def create_app(run: str | Path, host: str = "127.0.0.1") -> FastAPI:
             return html(render.steer_page(db, links, form, error=str(err)), 400)
         return html(render.steer_page(db, links, form, result))
 
-    app.state.db, app.state.live = db, live
+    app.state.db, app.state.live, app.state.ondemand = db, live, ondemand
     return app
 
 
@@ -207,6 +213,6 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
     check_address(host, port)
-    app = create_app(run, host)
+    app = create_app(run, host, fill_lens=True)
     print(f"saescope: browsing {run} at http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,7 +1,7 @@
 """The pages that run the model: which latents fire on a prompt, and generation with steering.
 
-The model and the SAEs load lazily on first use (the statistics pages never need them) and are
-shared by all requests; one lock serialises forwards, since hooks are installed on the shared
+The model and the SAEs load lazily on first use and are shared by all requests (and with
+`ondemand`'s logit lens); one lock serialises forwards, since hooks are installed on the shared
 model and two requests must not see each other's steering.
 """
 
@@ -94,17 +94,19 @@ class Live:
         self.run, self.db = Path(run), db
         self.suite = {s.name: s for s in list_saes(self.run) if s.name in db.saes}
         self.lock = threading.Lock()
+        self.load_lock = threading.Lock()  # the logit lens asks for the model from another thread too
         self._model = self._tokenizer = None
         self._saes: dict[str, torch.nn.Module] = {}
         self._max: dict[str, torch.Tensor] = {}
 
     def model(self):
-        if self._model is None:
-            from saescope.models.loading import load_model
+        with self.load_lock:
+            if self._model is None:
+                from saescope.models.loading import load_model
 
-            info = read_json(self.run / "activations" / "store.json")
-            self._model, self._tokenizer = load_model(info["model"], "float32", "cpu")
-        return self._model, self._tokenizer
+                info = read_json(self.run / "activations" / "store.json")
+                self._model, self._tokenizer = load_model(info["model"], "float32", "cpu")
+            return self._model, self._tokenizer
 
     def sae(self, name: str):
         if name not in self._saes:

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 
 from saescope.browse import plots
 from saescope.browse.db import Examples, FeatureDB, LatentRow
+from saescope.browse.lens import LENS_KINDS
 
 METRICS = {"l0": "L0", "fvu": "FVU", "delta_loss": "delta loss", "ce_loss_recovered": "CE recovered",
            "kl_div": "KL", "dead_latents": "dead", "dense_latents": "dense"}
@@ -134,6 +135,10 @@ def sae_page(db: FeatureDB, name: str, links: Links, sort: str = "freq_desc", qu
         if f > 0:
             counts[min(max(int((math.log10(f) + 6) / 0.25), 0), 23)] += 1
     dead = sum(1 for f in freqs if f == 0)
+    lensed = db.lens_count(name)
+    pending = ("" if lensed == s.d_sae or s.kind not in LENS_KINDS else
+               f'<p class="note" id="lens-pending">Top logits of {lensed} of {s.d_sae} latents so far: the rest are '
+               f'computed in the background, and on a latent\'s first view.</p>')
     metrics = "".join(f"<tr><th>{e(METRICS.get(k, k))}</th><td class=num>{e(fmt(v))}</td></tr>"
                       for k, v in s.metrics.items() if k in METRICS or k == "browse_rows")
     table = []
@@ -152,7 +157,7 @@ def sae_page(db: FeatureDB, name: str, links: Links, sort: str = "freq_desc", qu
             f"d_in {s.d_in}; {dead} latents never fired on the held-out tokens.</p>"
             f'<div class="cols"><div><table>{metrics}</table></div><div>'
             f'{plots.bars(counts, edges[0], edges[-1], "latents per log10 firing frequency", width=420)}</div></div>'
-            f"<h2>Latents ({len(rows)})</h2>{search}"
+            f"<h2>Latents ({len(rows)})</h2>{pending}{search}"
             f'<p><input class="filter" data-table="latents" type="search" placeholder="filter this table"></p>'
             f'<table id="latents"><thead><tr><th class=sortable>latent</th><th class=sortable>frequency</th>'
             f'<th class=sortable>max act</th><th class=sortable>top example</th><th class=sortable>top logits</th>'
@@ -201,7 +206,7 @@ def latent_page(db: FeatureDB, row: LatentRow, links: Links) -> str:
         quant.append(f"<h3>quantile bin {b} (activations {min(acts):.3g} to {max(acts):.3g})</h3>"
                      f"{examples_html(db, ex, js, scale)}")
     lg = row.logits
-    if lg.get("hist"):
+    if lg is not None:
         lens = ("<div class=cols><div><table><tr><th>top logits</th><th></th></tr>" + "".join(
             f"<tr><td>{e(repr(db.token(t)))}</td><td class='num pos'>{v:+.3f}</td></tr>" for t, v in lg["top"])
             + "</table></div><div><table><tr><th>bottom logits</th><th></th></tr>" + "".join(

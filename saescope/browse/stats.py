@@ -12,8 +12,9 @@ dashboards show then comes from that sparse matrix with vectorised numpy:
   rows of one document are consecutive in the store, so no token is encoded twice);
 - per-topic firing rates (documents of the embedded corpus carry a topic).
 
-Weight-only statistics (logit lens, decoder-cosine neighbours) come from `lens`. Each SAE's
-results are committed with a signature of its inputs, so a second run skips unchanged SAEs.
+Weight-only statistics (logit lens, decoder-cosine neighbours) are not computed here: `ondemand`
+computes them per latent when a page needs them, so the browser is ready after this one pass. Each
+SAE's results are committed with a signature of its inputs, so a second run skips unchanged SAEs.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from tqdm import tqdm
 
 from saescope.activations.corpus import load_documents
 from saescope.activations.store import ActivationStore
-from saescope.browse import lens
 from saescope.browse.db import Examples, connect, db_path, pack_examples
-from saescope.browse.suite import SuiteSAE, adjacent, list_saes
+from saescope.browse.suite import SuiteSAE, list_saes
 from saescope.errors import SaescopeError
 from saescope.release.formats import load
 
@@ -48,7 +48,6 @@ class StatsOptions:
     left: int = 10  # window tokens before the activating token
     right: int = 3  # window tokens after it
     hist_bins: int = 24
-    neighbours: int = 6
     max_rows: int = 65536  # held-out rows used (the first ones of the split)
     eval_shards: int = 1  # last shards of the store held out, as in `saescope evaluate`
     batch_rows: int = 4096
@@ -86,10 +85,9 @@ def held_out(store: ActivationStore, opts: StatsOptions) -> HeldOut:
     return HeldOut(chunks, t[:, 0], t[:, 1], t[:, 2])
 
 
-def signature(sae: SuiteSAE, suite: list[SuiteSAE], opts: StatsOptions, rows: int) -> str:
-    """Everything an SAE's statistics depend on; neighbours make it depend on adjacent SAEs too."""
-    return json.dumps({"weights": sae.weights_signature(), "rows": rows, "options": asdict(opts),
-                       "adjacent": {a.name: a.weights_signature() for a in adjacent(sae, suite)}}, sort_keys=True)
+def signature(sae: SuiteSAE, opts: StatsOptions, rows: int) -> str:
+    """Everything an SAE's stored statistics depend on (its stored logit lens too)."""
+    return json.dumps({"weights": sae.weights_signature(), "rows": rows, "options": asdict(opts)}, sort_keys=True)
 
 
 class SparseActs:
@@ -207,8 +205,11 @@ class TokenText:
 
 def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool = False,
                   progress: bool = True) -> dict:
-    """Fill RUN/browse/features.sqlite for every SAE whose inputs changed; return timings in seconds."""
-    from saescope.models.loading import load_model
+    """Fill RUN/browse/features.sqlite for every SAE whose inputs changed; return timings in seconds.
+
+    The progress bar counts SAEs: each one is a share of the store pass plus its statistics and
+    writes, about the same for every SAE of a suite, so the bar's rate gives an honest ETA."""
+    from saescope.models.loading import load_tokenizer
 
     opts = opts or StatsOptions()
     run = Path(run)
@@ -217,13 +218,13 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     data = held_out(store, opts)
     con = connect(db_path(run), write=True)
     done = dict(con.execute("SELECT name, signature FROM saes"))
-    sigs = {s.name: signature(s, suite, opts, data.rows) for s in suite}
+    sigs = {s.name: signature(s, opts, data.rows) for s in suite}
     todo = [s for s in suite if force or done.get(s.name) != sigs[s.name]]
     stale = set(done) - {s.name for s in suite}
     for name in stale:  # SAEs deleted from the run since the last pass
         _delete(con, name)
     con.commit()
-    timings = {"store_pass": 0.0, "weights": 0.0, "write": 0.0, "saes": len(todo), "rows": data.rows}
+    timings = {"store_pass": 0.0, "write": 0.0, "saes": len(todo), "rows": data.rows}
     if not todo:
         return timings
     missing = [s.site.name for s in todo if s.site.name not in store.sites]
@@ -232,57 +233,52 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
 
     info = store.info
     topic_of_row, topics, doc_rows = _topics(info, data)
-    model, tokenizer = load_model(info["model"], "float32", "cpu")
-    W_U = lens.unembedding(model)
-    W_U_low = W_U.bfloat16()
-    text = TokenText(tokenizer)
+    text = TokenText(load_tokenizer(info["model"]))
     _write_meta(con, info, data, topics, topic_of_row)
     con.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", doc_rows)
 
     by_site: dict[str, list[SuiteSAE]] = defaultdict(list)
     for s in todo:
         by_site[s.site.name].append(s)
-    total = sum(data.rows for _ in by_site)
-    bar = tqdm(total=total, desc="browse stats", unit="row", unit_scale=True, dynamic_ncols=True, disable=not progress)
-    weights_cache: dict[str, torch.Tensor] = {}
+    bar = tqdm(total=len(todo), desc="browse stats", unit="SAE", dynamic_ncols=True, disable=not progress)
     try:  # the bar ends its line before an error is printed
         for site, saes in by_site.items():
             t0 = time.perf_counter()
-            models = [load(s.folder) for s in saes]
-            sparse = [SparseActs() for _ in saes]
-            row0 = 0
-            column = store.column(site)
-            with torch.inference_mode():
-                for shard, lo, hi in data.chunks:
-                    x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
-                    x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
-                    if not torch.isfinite(x).all():
-                        raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
-                                            f"{shard}, rows {lo}-{hi}): harvest that store again")
-                    for sae, acc in zip(models, sparse):
-                        acc.add(sae.encode(x), row0)
-                    row0 += hi - lo
-                    bar.update(hi - lo)
-                per_sae = [activation_stats(acc, s.d_sae, data, topic_of_row, len(topics), opts)
-                           for acc, s in zip(sparse, saes)]
+            per_sae = _site_pass(store, site, saes, data, topic_of_row, len(topics), opts)
             timings["store_pass"] += time.perf_counter() - t0
-            for s, sae, st in zip(saes, models, per_sae):
-                t1 = time.perf_counter()
-                weights_cache[s.name] = sae.W_dec.detach().float()
-                logits = _lens_or_none(model, s, sae.W_dec, W_U, W_U_low)
-                neighbours = _neighbours(s, suite, weights_cache, opts)
-                timings["weights"] += time.perf_counter() - t1
-                t2 = time.perf_counter()
-                _write_sae(con, s, sigs[s.name], data.rows, st, logits, neighbours, text)
-                timings["write"] += time.perf_counter() - t2
+            t1 = time.perf_counter()
+            for s, st in zip(saes, per_sae):
+                _write_sae(con, s, sigs[s.name], data.rows, st, text)
+            timings["write"] += time.perf_counter() - t1
+            bar.update(len(saes))
     finally:
         bar.close()
     con.close()
     return timings
 
 
+def _site_pass(store: ActivationStore, site: str, saes: list[SuiteSAE], data: HeldOut, topic_of_row: np.ndarray,
+               n_topics: int, opts: StatsOptions) -> list[ActivationStats]:
+    """One read of a site's held-out rows, encoded by every SAE of that site."""
+    models = [load(s.folder) for s in saes]
+    sparse = [SparseActs() for _ in saes]
+    row0 = 0
+    column = store.column(site)
+    with torch.inference_mode():
+        for shard, lo, hi in data.chunks:
+            x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
+            x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
+            if not torch.isfinite(x).all():
+                raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
+                                    f"{shard}, rows {lo}-{hi}): harvest that store again")
+            for sae, acc in zip(models, sparse):
+                acc.add(sae.encode(x), row0)
+            row0 += hi - lo
+        return [activation_stats(acc, s.d_sae, data, topic_of_row, n_topics, opts) for acc, s in zip(sparse, saes)]
+
+
 def _delete(con, name: str) -> None:
-    for table, column in (("saes", "name"), ("latents", "sae"), ("search", "sae")):
+    for table, column in (("saes", "name"), ("latents", "sae"), ("lens", "sae"), ("search", "sae")):
         con.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
 
 
@@ -311,62 +307,31 @@ def _write_meta(con, info: dict, data: HeldOut, topics: list[str], topic_of_row:
     con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
 
 
-def _lens_or_none(model, s: SuiteSAE, W_dec: torch.Tensor, W_U, W_U_low) -> list[dict] | None:
-    directions = lens.residual_directions(model, s.site, W_dec)
-    return None if directions is None else lens.logit_lens(directions, W_U, W_U_low)
-
-
-def _neighbours(s: SuiteSAE, suite: list[SuiteSAE], cache: dict[str, torch.Tensor], opts: StatsOptions) -> list[dict]:
-    """Per latent: nearest latents by decoder cosine in the same SAE and in adjacent layers' SAEs."""
-    own = cache[s.name]
-    values, index = lens.nearest(own, None, opts.neighbours)
-    out = [{"same": [[int(i), round(float(v), 4)] for i, v in zip(index[j], values[j])], "adjacent": []}
-           for j in range(s.d_sae)]
-    for other in adjacent(s, suite):
-        if other.d_in != s.d_in:
-            continue
-        if other.name not in cache:
-            cache[other.name] = load(other.folder).W_dec.detach().float()
-        v, i = lens.nearest(own, cache[other.name], max(1, opts.neighbours // 2))
-        for j in range(s.d_sae):
-            out[j]["adjacent"].append({"sae": other.name, "layer": other.site.layer,
-                                       "items": [[int(a), round(float(b), 4)] for a, b in zip(i[j], v[j])]})
-    return out
-
-
-def _write_sae(con, s: SuiteSAE, sig: str, rows: int, st: ActivationStats, logits: list[dict] | None,
-               neighbours: list[dict], text: TokenText) -> None:
+def _write_sae(con, s: SuiteSAE, sig: str, rows: int, st: ActivationStats, text: TokenText) -> None:
     """Replace one SAE's rows in a single transaction, so an interrupted pass leaves no half SAE.
 
     Every token the rows mention is decoded up front in one call, not latent by latent."""
-    ids = [ex.ids.ravel() for ex in st.examples]
-    if logits is not None:
-        ids.append(np.array([t for entry in logits for t, _ in entry["top"] + entry["bottom"]], dtype=np.int64))
-    text.need(np.concatenate(ids) if ids else [])
+    text.need(np.concatenate([ex.ids.ravel() for ex in st.examples]) if st.examples else [])
     latent_rows, search_rows = [], []
     for i in range(s.d_sae):
         ex = st.examples[i]
-        lg = logits[i] if logits is not None else {"top": [], "bottom": [], "hist": None}
         snippet = ""
         if len(ex):
             c = ex.left
             snippet = text.text(ex.ids[0, max(0, c - SNIPPET_LEFT):c + SNIPPET_RIGHT + 1])
-        logit_summary = " ".join(repr(text.known.get(t, "")) for t, _ in lg["top"][:5])
         windows = [ex.ids[j] for j in range(min(SEARCH_EXAMPLES, len(ex))) if ex.group[j] == 0]
         # both the decoded text (whole words) and the separate tokens (tokenizers without spaces)
         body = " ".join([text.text(w) for w in windows] + [text.known.get(int(t), "") for w in windows for t in w
-                         if t >= 0] + [text.known.get(t, "") for t, _ in lg["top"]])
+                                                           if t >= 0])
         latent_rows.append((s.name, i, float(st.count[i]) / rows, float(st.max_act[i]), float(st.mean_act[i]),
-                            snippet, logit_summary,
-                            json.dumps({"max": float(st.max_act[i]), "counts": st.hist[i].tolist()}),
-                            json.dumps(st.topic_counts[i].tolist()), json.dumps(lg), json.dumps(neighbours[i]),
-                            pack_examples(ex)))
+                            snippet, json.dumps({"max": float(st.max_act[i]), "counts": st.hist[i].tolist()}),
+                            json.dumps(st.topic_counts[i].tolist()), pack_examples(ex)))
         search_rows.append((s.name, i, body))
     metrics = s.metrics() | {"browse_rows": rows, "browse_dead": int((st.count == 0).sum())}
     with con:
         _delete(con, s.name)
         con.execute("INSERT INTO saes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (s.name, s.site.kind, s.site.layer, s.d_sae, s.d_in, rows, sig, json.dumps(metrics)))
-        con.executemany("INSERT INTO latents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", latent_rows)
+        con.executemany("INSERT INTO latents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", latent_rows)
         con.executemany("INSERT INTO search VALUES (?, ?, ?)", search_rows)
         con.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?)", text.take_unsaved())

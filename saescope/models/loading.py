@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import save_model
@@ -94,21 +96,44 @@ def embedded_model_dir() -> Path:
 def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str = "auto"):
     """Return `(model, tokenizer)` in eval mode, gradients off, on the chosen device and dtype."""
     keep_freed_memory()  # every later forward reuses the pages of the one before
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    tokenizer = load_tokenizer(name)
+    with _loading(name):
+        model = AutoModelForCausalLM.from_pretrained(_model_path(name), dtype=torch_dtype)
+    model.to(torch_device).eval().requires_grad_(False)
+    use_banded_attention(model)
+    return model, tokenizer
+
+
+def load_tokenizer(name: str = "embedded"):
+    """The model's tokenizer alone, for work that only turns token ids into text."""
+    from transformers import AutoTokenizer
+
+    with _loading(name):
+        return AutoTokenizer.from_pretrained(_model_path(name))
+
+
+def _model_path(name: str) -> str:
+    """Where transformers loads `name` from (the embedded model's safetensors copy, a folder or a
+    hub name); its warnings and progress bars are turned off, saescope prints its own."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    torch_dtype = resolve_dtype(dtype)
-    torch_device = resolve_device(device)
-    path = str(embedded_model_dir()) if name in EMBEDDED_NAMES else name
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
         raise SaescopeError(f"could not load model '{name}' (no such folder): pass a local model folder, a Hugging "
                             f"Face name, or 'embedded' for the bundled Gemma 3 270M")
+    return str(embedded_model_dir()) if name in EMBEDDED_NAMES else name
+
+
+@contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """transformers' loading errors as one line naming the model."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        yield
     except pickle.UnpicklingError as e:  # torch's weights-only loader refused objects in a .bin file
         raise SaescopeError(f"could not load model '{name}': its pytorch_model.bin holds Python objects that the "
                             f"safe loader refuses (nothing was executed): use a copy saved as safetensors") from e
@@ -118,6 +143,3 @@ def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", dev
             f"could not load model '{name}' ({first[:160]}): pass a local model folder, "
             f"a reachable Hugging Face name, or 'embedded' for the bundled Gemma 3 270M"
         ) from e
-    model.to(torch_device).eval().requires_grad_(False)
-    use_banded_attention(model)
-    return model, tokenizer

@@ -27,7 +27,6 @@ TOKENS, SHARD_ROWS = 8192, 2048
 
 @pytest.fixture(scope="session")
 def browse_run(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
-    from saescope.browse.stats import compute_stats
     from saescope.run import RunConfig, run
 
     root = tmp_path_factory.mktemp("browse")
@@ -45,8 +44,7 @@ def browse_run(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     out = root / "run"
     run(RunConfig(model=str(tiny_model_dir), dataset=str(corpus), out=str(out), tokens=TOKENS,
                   shard_rows=SHARD_ROWS, context_len=128, widths=[256], train_tokens=20480, batch_size=1024,
-                  device="cpu", dtype="float32", eval_sequences=4, eval_context_len=64))
-    compute_stats(out, progress=False)
+                  device="cpu", dtype="float32", eval_sequences=4, eval_context_len=64))  # its last stage: browse
     return out
 
 
@@ -138,3 +136,21 @@ def page(browser, tmp_path_factory):
     p.shots = tmp_path_factory.mktemp("screenshots")  # type: ignore[attr-defined]
     yield p
     ctx.close()
+
+
+@pytest.fixture
+def fresh_run(browse_run, tmp_path) -> Path:
+    """The same run (its SAEs and store linked, not copied) with a copy of its feature database in
+    which no logit lens is stored yet, as right after `saescope run` or a cold `saescope browse`."""
+    import sqlite3
+
+    run = tmp_path / "run"
+    (run / "browse").mkdir(parents=True)
+    for part in ("saes", "activations"):
+        (run / part).symlink_to(browse_run / part)
+    shutil.copy(browse_run / "browse" / "features.sqlite", run / "browse" / "features.sqlite")
+    con = sqlite3.connect(run / "browse" / "features.sqlite")
+    with con:
+        con.execute("DELETE FROM lens")
+    con.close()
+    return run

@@ -1,4 +1,5 @@
-"""The statistics pass: its numbers agree with direct recomputation, and it is incremental per SAE."""
+"""The statistics pass and the on-demand weight statistics: their numbers agree with direct
+recomputation, and the pass is incremental per SAE."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ import torch
 from saescope.activations.store import ActivationStore
 from saescope.browse import lens
 from saescope.browse.db import FeatureDB, db_path
+from saescope.browse.live import Live
+from saescope.browse.ondemand import OnDemand
 from saescope.browse.stats import StatsOptions, compute_stats, held_out
 from saescope.models.loading import load_model
 from saescope.release.formats import load
 
 RES = "res.1__w256__c64"
+
+
+def on_demand(run) -> OnDemand:
+    db = FeatureDB(db_path(run))
+    return OnDemand(run, db, Live(run, db).model)
 
 
 def test_frequencies_match_the_evaluation(browse_run):
@@ -49,33 +57,32 @@ def test_examples_are_the_real_top_activations_with_their_windows(browse_run):
 
 
 def test_logit_lens_matches_a_direct_computation(browse_run, tiny_model_dir):
-    db = FeatureDB(db_path(browse_run))
     model, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     W_dec = load(browse_run / "saes" / RES).W_dec.detach()
     logits = (W_dec * (1 + model.model.norm.weight)) @ model.lm_head.weight.T
-    for latent in (0, 5):
-        row = db.latent(RES, latent)
+    views = on_demand(browse_run).views(RES, [0, 5])
+    for latent, row in zip((0, 5), views):
         assert [t for t, _ in row.logits["top"]] == logits[latent].topk(lens.TOP_TOKENS).indices.tolist()
         assert [t for t, _ in row.logits["bottom"]] == (-logits[latent]).topk(lens.TOP_TOKENS).indices.tolist()
         assert abs(row.logits["top"][0][1] - float(logits[latent].max())) < 1e-3
 
 
 def test_att_lens_goes_through_the_output_projection(browse_run, tiny_model_dir):
-    db = FeatureDB(db_path(browse_run))
     model, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     block = model.model.layers[2]
     W_dec = load(browse_run / "saes" / "att.2__w256__c64").W_dec.detach()
     resid = (W_dec @ block.self_attn.o_proj.weight.T) * (1 + block.post_attention_layernorm.weight)
     logits = (resid * (1 + model.model.norm.weight)) @ model.lm_head.weight.T
-    row = db.latent("att.2__w256__c64", 3)
+    row = on_demand(browse_run).views("att.2__w256__c64", [3])[0]
     assert [t for t, _ in row.logits["top"]] == logits[3].topk(lens.TOP_TOKENS).indices.tolist()
 
 
 def test_neighbours_are_decoder_cosines(browse_run):
-    db = FeatureDB(db_path(browse_run))
     W = torch.nn.functional.normalize(load(browse_run / "saes" / RES).W_dec.detach(), dim=1)
     W0 = torch.nn.functional.normalize(load(browse_run / "saes" / "res.0__w256__c64").W_dec.detach(), dim=1)
-    row = db.latent(RES, 11)
+    ondemand = on_demand(browse_run)
+    row = ondemand.views(RES, [11])[0]
+    assert ondemand.neighbours(RES, [3, 11])[1] == row.neighbours  # a block gives each latent its own list
     cos = W[11] @ W.T
     cos[11] = -2
     assert row.neighbours["same"][0][0] == int(cos.argmax())
@@ -102,6 +109,6 @@ def test_second_pass_is_incremental(browse_run):
     weights = browse_run / "saes" / "mlp.0__w256__c64" / "sae.safetensors"
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    # the SAE itself, and mlp.1 whose adjacent-layer neighbours it provides
-    assert compute_stats(browse_run, progress=False)["saes"] == 2
+    # the SAE itself only: neighbours, which read adjacent SAEs, are computed per view, never stored
+    assert compute_stats(browse_run, progress=False)["saes"] == 1
     assert compute_stats(browse_run, progress=False)["saes"] == 0
