@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def signature(sae: SuiteSAE, opts: StatsOptions, rows: int) -> str:
 
 
 class SparseActs:
-    """Non-zero activations of one SAE over the held-out rows, appended chunk by chunk."""
+    """Non-zero activations of one SAE over the held-out rows, appended chunk by chunk: (row, latent)
+    pairs in ascending row-major order, which `activation_stats` relies on for its lookups."""
 
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -120,9 +122,9 @@ class ActivationStats:
 
 def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: np.ndarray, n_topics: int,
                      opts: StatsOptions) -> ActivationStats:
-    rows, lats, vals = acts.arrays()
-    order = np.lexsort((-vals, lats))  # by latent, then activation descending
-    rows, lats, vals = rows[order], lats[order], vals[order]
+    rows0, lats0, vals0 = acts.arrays()
+    order = _by_latent_then_activation(lats0, vals0)
+    rows, lats, vals = rows0[order], lats0[order], vals0[order]
     count = np.bincount(lats, minlength=d_sae)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
     max_act = np.where(count > 0, vals[np.minimum(start, max(len(vals) - 1, 0))] if len(vals) else 0.0, 0.0)
@@ -159,9 +161,7 @@ def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: 
     rrc = np.clip(rr, 0, data.rows - 1)
     same_doc = inside & (data.doc[rrc] == data.doc[center][:, None])
     ids = np.where(same_doc, data.token[rrc], -1)
-    key = rows * d_sae + lats
-    key_order = np.argsort(key, kind="stable")
-    keys, key_vals = key[key_order], vals[key_order]
+    keys, key_vals = rows0 * d_sae + lats0, vals0  # ascending already: SparseActs keeps row-major order
     query = rrc * d_sae + lat_e[:, None]
     pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
     hit = same_doc & (keys[pos] == query) if len(keys) else np.zeros_like(same_doc)
@@ -175,6 +175,14 @@ def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: 
                                  data.position[center[s]].astype(np.int32), act[s].astype(np.float32),
                                  ids[s].astype(np.int32), window_acts[s].astype(np.float16), opts.left))
     return ActivationStats(count, max_act, mean_act, hist, topic_counts, examples)
+
+
+def _by_latent_then_activation(lats: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """The order of `np.lexsort((-vals, lats))` (ties kept in row order) at half its cost: one stable
+    sort of an int64 key, latent in the high bits, then the float32 bits of the (positive)
+    activation, which order as integers do, inverted for descending."""
+    descending = np.int64(0x7FFFFFFF) - vals.astype(np.float32).view(np.int32)
+    return np.argsort((lats.astype(np.int64) << 31) | descending, kind="stable")
 
 
 class TokenText:
@@ -224,7 +232,7 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     for name in stale:  # SAEs deleted from the run since the last pass
         _delete(con, name)
     con.commit()
-    timings = {"store_pass": 0.0, "write": 0.0, "saes": len(todo), "rows": data.rows}
+    timings = {"encode": 0.0, "stats_write": 0.0, "saes": len(todo), "rows": data.rows}
     if not todo:
         return timings
     missing = [s.site.name for s in todo if s.site.name not in store.sites]
@@ -241,24 +249,37 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     for s in todo:
         by_site[s.site.name].append(s)
     bar = tqdm(total=len(todo), desc="browse stats", unit="SAE", dynamic_ncols=True, disable=not progress)
+
+    def finish(saes: list[SuiteSAE], sparse: list[SparseActs]) -> None:
+        t0 = time.perf_counter()
+        for s, acc in zip(saes, sparse):
+            st = activation_stats(acc, s.d_sae, data, topic_of_row, len(topics), opts)
+            _write_sae(con, s, sigs[s.name], data.rows, st, text)
+        timings["stats_write"] += time.perf_counter() - t0
+        bar.update(len(saes))
+
+    # A site's statistics and writes (numpy and Python on one core) run while the next site is encoded
+    # (torch matmuls): one thread, so at most two sites' sparse activations are held at a time.
+    finisher = ThreadPoolExecutor(max_workers=1)
     try:  # the bar ends its line before an error is printed
+        pending = None
         for site, saes in by_site.items():
             t0 = time.perf_counter()
-            per_sae = _site_pass(store, site, saes, data, topic_of_row, len(topics), opts)
-            timings["store_pass"] += time.perf_counter() - t0
-            t1 = time.perf_counter()
-            for s, st in zip(saes, per_sae):
-                _write_sae(con, s, sigs[s.name], data.rows, st, text)
-            timings["write"] += time.perf_counter() - t1
-            bar.update(len(saes))
+            sparse = _encode_site(store, site, saes, data)
+            timings["encode"] += time.perf_counter() - t0
+            if pending is not None:
+                pending.result()
+            pending = finisher.submit(finish, saes, sparse)
+        if pending is not None:
+            pending.result()
     finally:
+        finisher.shutdown(cancel_futures=True)
         bar.close()
     con.close()
     return timings
 
 
-def _site_pass(store: ActivationStore, site: str, saes: list[SuiteSAE], data: HeldOut, topic_of_row: np.ndarray,
-               n_topics: int, opts: StatsOptions) -> list[ActivationStats]:
+def _encode_site(store: ActivationStore, site: str, saes: list[SuiteSAE], data: HeldOut) -> list[SparseActs]:
     """One read of a site's held-out rows, encoded by every SAE of that site."""
     models = [load(s.folder) for s in saes]
     sparse = [SparseActs() for _ in saes]
@@ -274,7 +295,7 @@ def _site_pass(store: ActivationStore, site: str, saes: list[SuiteSAE], data: He
             for sae, acc in zip(models, sparse):
                 acc.add(sae.encode(x), row0)
             row0 += hi - lo
-        return [activation_stats(acc, s.d_sae, data, topic_of_row, n_topics, opts) for acc, s in zip(sparse, saes)]
+    return sparse
 
 
 def _delete(con, name: str) -> None:

@@ -14,7 +14,7 @@ from saescope.browse import lens
 from saescope.browse.db import FeatureDB, db_path
 from saescope.browse.live import Live
 from saescope.browse.ondemand import OnDemand
-from saescope.browse.stats import StatsOptions, compute_stats, held_out
+from saescope.browse.stats import StatsOptions, _by_latent_then_activation, compute_stats, held_out
 from saescope.models.loading import load_model
 from saescope.release.formats import load
 
@@ -112,3 +112,11 @@ def test_second_pass_is_incremental(browse_run):
     # the SAE itself only: neighbours, which read adjacent SAEs, are computed per view, never stored
     assert compute_stats(browse_run, progress=False)["saes"] == 1
     assert compute_stats(browse_run, progress=False)["saes"] == 0
+
+
+def test_latent_then_activation_order_is_lexsorts():
+    rng = np.random.default_rng(0)
+    lats = rng.integers(0, 40, 20000)
+    vals = np.concatenate([rng.choice(np.float32([1e-30, 0.5, 3.0, 1e30]), 10000),  # ties and extremes
+                           rng.random(10000, dtype=np.float32) * 50 + 1e-6])
+    assert (_by_latent_then_activation(lats, vals) == np.lexsort((-vals, lats))).all()
