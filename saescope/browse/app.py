@@ -103,7 +103,8 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
     @app.middleware("http")
     async def guard(request: Request, call_next):
         refused = _refusal(request, host_ok)
-        response = html(render.error_page(*refused, links), refused[0]) if refused else await call_next(request)
+        with ondemand.serving():  # the background logit lens waits while any page is served
+            response = html(render.error_page(*refused, links), refused[0]) if refused else await call_next(request)
         response.headers.update(HEADERS)
         return response
 
@@ -162,9 +163,7 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
 
     @app.get("/latent/{name}/{latent}", response_class=HTMLResponse)
     def latent(name: str, latent: str):
-        index = known_latent(name, latent)
-        with ondemand.serving():
-            return html(render.latent_page(db, ondemand.views(name, [index])[0], links))
+        return html(render.latent_page(db, ondemand.views(name, [known_latent(name, latent)])[0], links))
 
     @app.get("/search", response_class=HTMLResponse)
     def search(q: str = ""):

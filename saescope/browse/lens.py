@@ -20,6 +20,7 @@ matrix (tens of milliseconds); a block of latents shares that pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,8 +83,9 @@ def unembedding(model: nn.Module) -> Unembedding:
 
 
 @torch.no_grad()
-def logit_lens(directions: torch.Tensor, W_U: Unembedding) -> list[dict]:
-    """Per latent: top/bottom tokens with exact logits and a histogram of all its logits."""
+def logit_lens(directions: torch.Tensor, W_U: Unembedding, pause: Callable[[], object] | None = None) -> list[dict]:
+    """Per latent: top/bottom tokens with exact logits and a histogram of all its logits. `pause` is
+    called before each vocabulary chunk (the background fill waits there while a page is served)."""
     W_U_low = W_U.low
     vocab = W_U_low.shape[0]
     k = min(CANDIDATES, vocab)
@@ -96,6 +98,8 @@ def logit_lens(directions: torch.Tensor, W_U: Unembedding) -> list[dict]:
         bot_v, bot_i = top_v.clone(), top_i.clone()
         chunks = []
         for v0 in range(0, vocab, VOCAB_CHUNK):
+            if pause is not None:
+                pause()
             logits = (d_low @ W_U_low[v0:v0 + VOCAB_CHUNK].T).float()
             chunks.append(logits.to(torch.float16))  # kept only for the histogram
             tv, ti = logits.topk(min(k, logits.shape[1]), dim=1)
@@ -131,12 +135,13 @@ def _merge(values: torch.Tensor, index: torch.Tensor, new_v: torch.Tensor, new_i
 def nearest(rows: torch.Tensor, W: torch.Tensor, k: int = 6, exclude: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k decoder cosines of some decoder rows against all rows of W; `exclude[j]` is the index in
-    W of row j itself (same SAE), left out of its own list."""
+    W of row j itself (same SAE), left out of its own list. W's norms divide the products rather
+    than a normalised copy of W being made: a page asks for one row against three decoders."""
     a = nn.functional.normalize(rows.detach().float(), dim=1)
-    b = nn.functional.normalize(W.detach().float(), dim=1)
-    if a.shape[1] != b.shape[1]:
+    W = W.detach().float()
+    if a.shape[1] != W.shape[1]:
         raise ValueError("decoders of different widths cannot be compared")
-    cos = a @ b.T
+    cos = (a @ W.T) / W.norm(dim=1).clamp_min(1e-12)
     if exclude is not None:
         cos[torch.arange(len(a)), exclude] = -2.0
     values, index = cos.topk(min(k, cos.shape[1]), dim=1)

@@ -7,7 +7,8 @@ layers' SAEs) do not depend on the held-out tokens, so `saescope browse` does no
 - a latent page computes its latent's lens on first view and stores it in the database, so later
   views, the SAE tables' top-logit column and the search by logit token find it there;
 - a background thread fills in the lens of every other latent, SAE by SAE, in blocks that share one
-  pass over the unembedding; it waits while a page is being served, so pages come first;
+  pass over the unembedding; it waits while a page is being served (checked before each eighth of
+  the vocabulary), so pages come first;
 - neighbours are one row against three decoders (under a millisecond): computed on every view from
   decoders kept in memory, never stored.
 
@@ -42,6 +43,9 @@ class OnDemand:
         self.db, self.model = db, model
         self.suite = {s.name: s for s in list_saes(run) if s.name in db.saes}
         self.writer = connect(db.path, write=True)
+        # No fsync per stored lens (16 ms each here, more than the lens): these rows are a cache of a
+        # cache; an application crash loses nothing, an OS crash at worst a database `browse` rebuilds.
+        self.writer.execute("PRAGMA synchronous = OFF")
         self.write_lock = threading.Lock()  # one writer connection, shared by pages and the fill
         self.load_lock = threading.Lock()
         self._unembed: lens.Unembedding | None = None
@@ -60,13 +64,13 @@ class OnDemand:
         near = self.neighbours(name, latents)
         return [dataclasses.replace(r, logits=logits.get(i), neighbours=n) for r, i, n in zip(rows, latents, near)]
 
-    def logits(self, name: str, latents: list[int]) -> dict[int, dict]:
+    def logits(self, name: str, latents: list[int], pause: Callable[[], object] | None = None) -> dict[int, dict]:
         """The logit lens of `latents` (empty where it does not apply), from the database or computed."""
         if self.suite[name].site.kind not in lens.LENS_KINDS:
             return {}
         have = self.db.lens(name, latents)
         missing = [i for i in latents if i not in have]
-        return have | (self._compute(name, missing) if missing else {})
+        return have | (self._compute(name, missing, pause) if missing else {})
 
     def neighbours(self, name: str, latents: list[int]) -> list[dict]:
         """Per latent: nearest latents by decoder cosine in its SAE and in the adjacent layers' SAEs."""
@@ -97,11 +101,11 @@ class OnDemand:
                 self._unembed, self._text = lens.unembedding(model), TokenText(tokenizer)
             return self._unembed, self._text
 
-    def _compute(self, name: str, latents: list[int]) -> dict[int, dict]:
+    def _compute(self, name: str, latents: list[int], pause: Callable[[], object] | None) -> dict[int, dict]:
         W_U, text = self.unembedding()
         model, _ = self.model()
         directions = lens.residual_directions(model, self.suite[name].site, self.decoder(name)[torch.tensor(latents)])
-        out = dict(zip(latents, lens.logit_lens(directions, W_U)))
+        out = dict(zip(latents, lens.logit_lens(directions, W_U, pause)))
         self._store(name, out, text)
         return out
 
@@ -132,18 +136,22 @@ class OnDemand:
                 self._busy -= 1
                 self._idle.notify_all()
 
+    def wait_for_pages(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
+
     def fill(self, progress: bool = False) -> float:
         """Compute the lens of every latent that has none yet; return the seconds it took."""
         start = time.perf_counter()
+        for name in self.suite:  # every page needs its SAE's and the adjacent layers' decoders
+            self.decoder(name)
         names = [n for n in self.suite if self.suite[n].site.kind in lens.LENS_KINDS]
         bar = tqdm(total=len(names), desc="logit lens", unit="SAE", dynamic_ncols=True, disable=not progress)
         for name in names:
             every = list(range(self.suite[name].d_sae))
             todo = sorted(set(every) - set(self.db.lens(name, every)))
-            for lo in range(0, len(todo), FILL_BLOCK):
-                with self._idle:
-                    self._idle.wait_for(lambda: self._busy == 0)
-                self.logits(name, todo[lo:lo + FILL_BLOCK])  # skips latents a page computed meanwhile
+            for lo in range(0, len(todo), FILL_BLOCK):  # skips latents a page computed meanwhile
+                self.logits(name, todo[lo:lo + FILL_BLOCK], pause=self.wait_for_pages)
             bar.update()
         bar.close()
         return time.perf_counter() - start
