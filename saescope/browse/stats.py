@@ -241,7 +241,6 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
 
     info = store.info
     topic_of_row, topics, doc_rows = _topics(info, data)
-    text = TokenText(load_tokenizer(info["model"]))
     _write_meta(con, info, data, topics, topic_of_row)
     con.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", doc_rows)
 
@@ -250,17 +249,20 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
         by_site[s.site.name].append(s)
     bar = tqdm(total=len(todo), desc="browse stats", unit="SAE", dynamic_ncols=True, disable=not progress)
 
+    # A site's statistics and writes (numpy and Python on one core) run while the next site is encoded
+    # (torch matmuls): one thread, so at most two sites' sparse activations are held at a time. Its
+    # first job is the tokenizer (5 s for Gemma's), loaded while the first site is encoded.
+    finisher = ThreadPoolExecutor(max_workers=1)
+    texts = finisher.submit(lambda: TokenText(load_tokenizer(info["model"])))
+
     def finish(saes: list[SuiteSAE], sparse: list[SparseActs]) -> None:
         t0 = time.perf_counter()
         for s, acc in zip(saes, sparse):
             st = activation_stats(acc, s.d_sae, data, topic_of_row, len(topics), opts)
-            _write_sae(con, s, sigs[s.name], data.rows, st, text)
+            _write_sae(con, s, sigs[s.name], data.rows, st, texts.result())
         timings["stats_write"] += time.perf_counter() - t0
         bar.update(len(saes))
 
-    # A site's statistics and writes (numpy and Python on one core) run while the next site is encoded
-    # (torch matmuls): one thread, so at most two sites' sparse activations are held at a time.
-    finisher = ThreadPoolExecutor(max_workers=1)
     try:  # the bar ends its line before an error is printed
         pending = None
         for site, saes in by_site.items():
