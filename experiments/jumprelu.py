@@ -155,6 +155,21 @@ ROUNDS[11] = {"D16, free rows from 0.1, threshold lr x10": D16 | dict(knobs=f"{F
               "D16, threshold lr x10": D16 | dict(knobs=f"{K16},bandwidth=0.03,threshold_lr=10"),
               "D, threshold lr x10": D | dict(knobs=f"{DK},threshold_lr=10")}
 
+# Free rows + threshold lr x10 (round 11's best at L0 64: "C") still trailed SAELens' JumpReLU by
+# 0.01-0.03 nats in compare; each remaining difference from SAELens, one at a time, and SAELens'
+# knobs on saescope's code.
+CK = f"{FK},threshold_lr=10"
+C = D | dict(knobs=CK)
+ROUNDS[12] = {"C: D, free rows from 0.1, threshold lr x10": C,
+              "C, Adam beta1 0.9": C | dict(adam_beta1=0.9),
+              "C, no frequency penalty": C | dict(knobs=f"{CK},freq_coefficient=0"),
+              "C, bandwidth 0.05": C | dict(knobs=f"{CK},bandwidth=0.05"),
+              "C, revive 1e-3": C | dict(knobs=f"{CK},revive_coefficient=0.001"),
+              "C, linear L0 penalty 0.001": C | dict(knobs=f"{CK},l0_penalty=l0,l0_coefficient=0.001,init_l0=64"),
+              "SAELens' knobs on free rows from 0.1": D | dict(adam_beta1=0.9, knobs=(
+                  f"{FREE},l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,bandwidth=0.05,"
+                  "freq_coefficient=0"))}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

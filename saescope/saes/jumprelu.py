@@ -69,7 +69,13 @@ FREQ_ABOVE_MEAN = 1.5
 # A latent that has not fired for this many tokens counts as dead, and the revival term pulls its
 # threshold down and its pre-activations up until it fires again (TopK's AuxK plays that role there).
 DEFAULT_DEAD_TOKENS = 50_000
-DEFAULT_REVIVE_COEFFICIENT = 0.0
+DEFAULT_REVIVE_COEFFICIENT = 1e-3
+
+# Decoder rows start at this norm (encoder their transpose) and are free to grow, and the
+# thresholds learn at this multiple of the schedule's lr so that they keep up with pre-activations
+# that grow with the rows (experiments/jumprelu.py rounds 9-12; the recipe: unit rows, factor 1).
+DEFAULT_INIT_NORM = 0.1
+DEFAULT_THRESHOLD_LR = 10.0
 
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -356,9 +362,9 @@ class JumpReLUSAE(SAE):
         freq_target: float = DEFAULT_FREQ_TARGET,
         init_l0: float | None = None,
         matmul_dtype: str = "auto",
-        unit_decoder: bool = True,
-        init_norm: float = 1.0,
-        threshold_lr: float = 1.0,
+        unit_decoder: bool = False,
+        init_norm: float | None = None,
+        threshold_lr: float = DEFAULT_THRESHOLD_LR,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         pre_encoder_bias: bool | None = None,
@@ -392,6 +398,8 @@ class JumpReLUSAE(SAE):
         self.init_l0 = float(init_l0)
         self.matmul_dtype = matmul_dtype
         self.unit_decoder = bool(unit_decoder)
+        if init_norm is None:
+            init_norm = 1.0 if unit_decoder else DEFAULT_INIT_NORM
         if not init_norm > 0 or (unit_decoder and init_norm != 1):
             raise SaescopeError(f"init_norm (starting decoder row norm, encoder its transpose) must be > 0 and "
                                 f"needs unit_decoder=false to last, got {init_norm!r}")
@@ -516,11 +524,20 @@ class JumpReLUSAE(SAE):
         a latent silent for dead_tokens tokens gets its threshold lowered and its pre-activations
         raised until it fires (Anthropic's pre-activation loss, on dead latents only). Without it a
         latent whose pre-activations all fall below its threshold minus half the window gets no
-        gradient at all, and at low targets 10-20% of latents ended dead."""
+        gradient at all, and at low targets 10-20% of latents ended dead.
+
+        Only the threshold and b_enc get this gradient, not W_enc: Adam moves every entry of a
+        parameter by about lr whatever the size of its gradient, so a dead latent's encoder column,
+        pulled toward the data by this term alone, can grow by about lr * sqrt(d_in) in norm per
+        step, and once it fires again its activations wreck the reconstruction: on mlp.6 at target
+        14 (free rows) training FVU reached 3.0 at step 150 and 72% of latents ended dead, against
+        FVU 0.28 and 28% dead without the term."""
         dead = (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
         if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
             return torch.zeros((), device=x.device)
-        pre = torch.addmm(self.b_enc[dead], self.encoder_input(x), self.W_enc[:, dead])
+        with torch.no_grad():
+            proj = self.encoder_input(x) @ self.W_enc[:, dead]
+        pre = proj + self.b_enc[dead]
         return self.revive_coefficient * (self.threshold[dead] - pre).relu().sum(1).mean()
 
     def extra_arrays(self) -> dict[str, Tensor]:

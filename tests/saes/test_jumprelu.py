@@ -8,7 +8,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
-from saescope.saes.jumprelu import _SparseJumpReLU
+from saescope.saes.jumprelu import DEFAULT_INIT_NORM, _SparseJumpReLU
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +78,7 @@ def _sae(seed: int = 0, d_in: int = 48, d_sae: int = 384, **knobs) -> JumpReLUSA
     """An SAE in a trained-looking state: biases set, thresholds spread so that a few percent
     of latents fire and a good number of entries sit inside the estimator's window."""
     torch.manual_seed(seed)
-    knobs = {"bandwidth": 0.04, "l0_coefficient": 3e-3, **knobs}
+    knobs = {"bandwidth": 0.04, "l0_coefficient": 3e-3, "unit_decoder": True, **knobs}
     sae = JumpReLUSAE(d_in, d_sae, **knobs)
     with torch.no_grad():
         sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc) / d_in**0.5)
@@ -283,7 +283,7 @@ def test_decoder_constraint():
     sae.normalize_decoder()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
 
-    free = _sae(unit_decoder=False)
+    free = _sae(unit_decoder=False, init_norm=1.0)
     with torch.no_grad():
         free.W_dec.mul_(2.0)
     grad = torch.randn_like(free.W_dec)
@@ -304,7 +304,8 @@ def test_frequency_line_never_below_the_targets_mean_share():
 
 def test_revival_lowers_thresholds_of_dead_latents_only():
     """A latent silent for more than dead_tokens tokens gets a threshold gradient that lowers it
-    and a b_enc gradient that raises its pre-activations; live latents get nothing extra."""
+    and a b_enc gradient that raises its pre-activations; live latents and the encoder's weights
+    get nothing from it."""
     sae = _sae(revive_coefficient=0.01, dead_tokens=100, matmul_dtype="float32")
     x = torch.randn(64, sae.d_in)
     with torch.no_grad():
@@ -316,15 +317,21 @@ def test_revival_lowers_thresholds_of_dead_latents_only():
     revival.backward()
     assert (sae.threshold.grad[:3] > 0).all() and (sae.b_enc.grad[:3] < 0).all()
     assert not sae.threshold.grad[3:].any() and not sae.b_enc.grad[3:].any()
+    assert sae.W_enc.grad is None and sae.W_dec.grad is None  # the encoder columns are left to the MSE
     sae.loss(x)  # a step updates the counters: silent latents age, latents that fired restart at 0
     assert (sae.tokens_since_fired[:3] == 101 + 64).all() and (sae.tokens_since_fired[3:] <= 64).all()
     assert make_sae("jumprelu", 8, 16).revival(torch.randn(4, 8)) == 0
 
 
 def test_init_follows_recipe():
-    sae = JumpReLUSAE(64, 256, threshold_init=0.002)
+    """With unit rows (the recipe) the decoder starts at unit norm; saescope's default starts its
+    free rows at DEFAULT_INIT_NORM, encoder their transpose either way."""
+    sae = JumpReLUSAE(64, 256, threshold_init=0.002, unit_decoder=True)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
+    free = JumpReLUSAE(64, 256)
+    assert not free.unit_decoder and torch.equal(free.W_enc, free.W_dec.t())
+    torch.testing.assert_close(free.W_dec.norm(dim=1), torch.full((256,), DEFAULT_INIT_NORM))
     assert torch.equal(sae.threshold, torch.full((256,), 0.002))
     assert not sae.b_enc.any() and not sae.b_dec.any()
     assert sae.pre_encoder_bias and JumpReLUSAE(64, 256).threshold[0] == 1e-3

@@ -39,7 +39,7 @@ def _task(seed: int = 0):
 
 def test_skip_transcoder_init_follows_the_recipe():
     torch.manual_seed(0)
-    tc = make_sae("jumprelu", D, 64, transcoder="skip")
+    tc = make_sae("jumprelu", D, 64, transcoder="skip", unit_decoder=True)
     assert not tc.pre_encoder_bias  # recipe: no pre-encoder bias for transcoders
     assert not torch.equal(tc.W_enc, tc.W_dec.t())  # and no transposed init
     torch.testing.assert_close(tc.W_enc.norm(dim=0), torch.ones(64))
@@ -86,7 +86,7 @@ def test_skip_path_learns_the_linear_part_and_beats_plain(arch):
 @pytest.mark.parametrize("fmt", ["gemma-scope", "gemma-scope-2"])
 def test_skip_transcoder_folds_and_exports_with_its_skip(tmp_path, fmt):
     torch.manual_seed(0)
-    tc = make_sae("jumprelu", D, 64, transcoder="skip")
+    tc = make_sae("jumprelu", D, 64, transcoder="skip", unit_decoder=True)
     with torch.no_grad():
         tc.affine_skip_connection.copy_(torch.randn(D, D) / D)
         tc.b_enc.uniform_(-0.05, 0.05)

@@ -23,8 +23,12 @@ def store(tmp_path_factory, tiny_tokenizer):
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 
+# The recipe's JumpReLU (linear L0 penalty, unit decoder rows, one Adam group, no revival term).
+RECIPE_KNOBS = "l0_penalty=l0,unit_decoder=true,threshold_lr=1,revive_coefficient=0"
+
+
 def cfg_for(store, out, **kw) -> TrainConfig:
-    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], knobs="l0_penalty=l0",
+    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], knobs=RECIPE_KNOBS,
                 normalize="scalar", train_tokens=256 * 12,
                 batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
                 log_every=2, device="cpu", norm_rows=4096)
@@ -90,6 +94,8 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
         assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == \
             ("l0", 1e-3, 1e-3, 0.0, 0.0)
         assert torch.all(sae.threshold == 1e-3)
+        assert (sae.unit_decoder, sae.init_norm, sae.threshold_lr, sae.revive_coefficient) == (True, 1.0, 1.0, 0.0)
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
     argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
     args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
     parsed = from_namespace(TrainConfig, args)
