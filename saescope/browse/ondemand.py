@@ -39,6 +39,8 @@ FILL_BLOCK = 32  # latents per background step: one pass over the unembedding, ~
 
 
 class OnDemand:
+    """One run's weight-only latent statistics for the pages, the background fill and the export."""
+
     def __init__(self, run: str | Path, db: FeatureDB, model: Callable[[], tuple]):
         self.db, self.model = db, model
         self.suite = {s.name: s for s in list_saes(run) if s.name in db.saes}
@@ -90,11 +92,13 @@ class OnDemand:
     # ---- computing and storing the lens -------------------------------------------------------------
 
     def decoder(self, name: str) -> torch.Tensor:
+        """An SAE's decoder rows as released (float32), loaded once and kept: every view reads three."""
         if name not in self._decoders:
             self._decoders[name] = load(self.suite[name].folder).W_dec.detach().float()
         return self._decoders[name]
 
     def unembedding(self) -> tuple[lens.Unembedding, TokenText]:
+        """The lens' unembedding and the token texts, made from the shared model on first use."""
         with self.load_lock:
             if self._unembed is None:
                 model, tokenizer = self.model()
