@@ -208,7 +208,7 @@ def cmd_table(cfg: TableConfig) -> None:
 
 
 JOBS: dict[str, tuple[type, object, str]] = {
-    "run": (RunConfig, run, "the whole pipeline: harvest, train, evaluate, release, summary"),
+    "run": (RunConfig, run, "the whole pipeline: harvest, train, evaluate, release, the browser's database, summary"),
     "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
     "harvest": (HarvestConfig, cmd_harvest, "store activations of many sites from one forward pass per batch"),
     "train": (TrainConfig, cmd_train, "train SAEs for many sites, widths and sparsities from one read of a store"),
