@@ -33,6 +33,9 @@ BEFORE = dict(arch="jumprelu", widths=[2048], l0_coefficients=[64], normalize="s
               batch_size=1024, lr=2e-3, lr_warmup_steps=10, l0_warmup_steps=40, lr_decay=0.0, adam_beta1=0.0,
               knobs="l0_penalty=quadratic,l0_coefficient=0.003,init_l0=0,bandwidth=0.001,freq_coefficient=0")
 RECIPE_KNOBS = "init_l0=0,bandwidth=0.001,freq_coefficient=0"
+# The decoder-row and threshold knobs as every round was measured, put before each JumpReLU
+# variant's own knobs (the last value of a key wins), so that a table does not move if a default does.
+PINNED = "unit_decoder=true,init_norm=1,threshold_lr=1,revive_coefficient=0"
 Q = "l0_penalty=quadratic,l0_coefficient=0.003"
 MQ = "l0_penalty=mean-quadratic,l0_coefficient=0.03"
 TOPK = dict(arch="topk", l0_coefficients=[64], knobs="dead_tokens=50000", l0_warmup_steps=0, lr_decay=0.2)
@@ -170,6 +173,11 @@ ROUNDS[12] = {"C: D, free rows from 0.1, threshold lr x10": C,
                   f"{FREE},l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,bandwidth=0.05,"
                   "freq_coefficient=0"))}
 
+# Free rows from 0.1 with thresholds at 10x lr and the revival term (threshold and b_enc only): E.
+EK = f"{DK},unit_decoder=false,init_norm=0.1,threshold_lr=10,revive_coefficient=0.001"
+E = D | dict(knobs=EK)
+ROUNDS[13] = {"E: C with the revival term": E, "E16": E | dict(l0_coefficients=[16])}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -192,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     for i in chosen:
         name = names[i]
         folder = out / "variants" / f"v{i + 1:02d}"
-        cfg = TrainConfig(**(BEFORE | variants[name] | dict(store=args.store, out=str(folder), train_sites=args.site,
-                                                            log_every=1, checkpoint_every=10_000)))
+        params = BEFORE | variants[name]
+        if params["arch"] == "jumprelu":
+            params["knobs"] = f"{PINNED},{params['knobs']}"
+        cfg = TrainConfig(**(params | dict(store=args.store, out=str(folder), train_sites=args.site,
+                                           log_every=1, checkpoint_every=10_000)))
         start = time.perf_counter()
         if not (folder / "saes").exists():
             Trainer(cfg).train()

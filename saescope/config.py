@@ -69,8 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma-scope": {
         "lr": 7e-5, "batch_size": 4096, "lr_warmup_steps": 1000, "l0_warmup_steps": 10_000, "lr_decay": 0.0,
         "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8, "normalize": "scalar", "l0_coefficients": [1e-3],
-        "knobs": "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0,unit_decoder=true,"
-                 "threshold_lr=1,revive_coefficient=0",
+        "knobs": "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0",
     },
 }
 

@@ -69,13 +69,14 @@ FREQ_ABOVE_MEAN = 1.5
 # A latent that has not fired for this many tokens counts as dead, and the revival term pulls its
 # threshold down and its pre-activations up until it fires again (TopK's AuxK plays that role there).
 DEFAULT_DEAD_TOKENS = 50_000
-DEFAULT_REVIVE_COEFFICIENT = 1e-3
+DEFAULT_REVIVE_COEFFICIENT = 0.0
 
-# Decoder rows start at this norm (encoder their transpose) and are free to grow, and the
-# thresholds learn at this multiple of the schedule's lr so that they keep up with pre-activations
-# that grow with the rows (experiments/jumprelu.py rounds 9-12; the recipe: unit rows, factor 1).
-DEFAULT_INIT_NORM = 0.1
-DEFAULT_THRESHOLD_LR = 10.0
+# Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: they
+# reconstruct better for their L0 than unit rows or free rows from norm 1 (experiments/jumprelu.py
+# rounds 7 and 9), but hold a target L0 only with faster thresholds (threshold_lr, round 11), and
+# those left attention SAEs at low targets with half their latents dead (README), so the defaults
+# keep unit rows.
+FREE_INIT_NORM = 0.1
 
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -362,9 +363,9 @@ class JumpReLUSAE(SAE):
         freq_target: float = DEFAULT_FREQ_TARGET,
         init_l0: float | None = None,
         matmul_dtype: str = "auto",
-        unit_decoder: bool = False,
+        unit_decoder: bool = True,
         init_norm: float | None = None,
-        threshold_lr: float = DEFAULT_THRESHOLD_LR,
+        threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         pre_encoder_bias: bool | None = None,
@@ -399,7 +400,7 @@ class JumpReLUSAE(SAE):
         self.matmul_dtype = matmul_dtype
         self.unit_decoder = bool(unit_decoder)
         if init_norm is None:
-            init_norm = 1.0 if unit_decoder else DEFAULT_INIT_NORM
+            init_norm = 1.0 if unit_decoder else FREE_INIT_NORM
         if not init_norm > 0 or (unit_decoder and init_norm != 1):
             raise SaescopeError(f"init_norm (starting decoder row norm, encoder its transpose) must be > 0 and "
                                 f"needs unit_decoder=false to last, got {init_norm!r}")

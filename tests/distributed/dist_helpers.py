@@ -21,10 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def train_cfg(store, out, **kw) -> TrainConfig:
     """8 SAEs (4 sites x 2 coefficients), 12 steps of 256 tokens: seconds on a CPU. The recipe's
-    lambda * L0 penalty without the frequency penalty or the revival term: a mean over tokens, whose data-parallel gradient
-    is exactly the one-process gradient (saescope's default penalties use each slice's statistics)."""
+    JumpReLU (lambda * L0, unit rows, one learning rate) without the frequency penalty or the revival
+    term: a mean over tokens, whose data-parallel gradient is exactly the one-process gradient
+    (saescope's default penalties use each slice's statistics). Thresholds at 10x the learning rate
+    would turn float-rounding differences in near-zero gradients into 10x larger Adam steps."""
     base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], train_tokens=256 * 12,
-                knobs="l0_penalty=l0,freq_coefficient=0,matmul_dtype=float32,revive_coefficient=0", normalize="scalar",
+                knobs="l0_penalty=l0,freq_coefficient=0,matmul_dtype=float32,revive_coefficient=0,"
+                      "unit_decoder=true,threshold_lr=1", normalize="scalar",
                 batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
                 log_every=2, device="cpu", norm_rows=4096)
     return TrainConfig(**{**base, **kw})

@@ -8,7 +8,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
-from saescope.saes.jumprelu import DEFAULT_INIT_NORM, _SparseJumpReLU
+from saescope.saes.jumprelu import FREE_INIT_NORM, _SparseJumpReLU
 
 
 @pytest.fixture(autouse=True)
@@ -324,14 +324,14 @@ def test_revival_lowers_thresholds_of_dead_latents_only():
 
 
 def test_init_follows_recipe():
-    """With unit rows (the recipe) the decoder starts at unit norm; saescope's default starts its
-    free rows at DEFAULT_INIT_NORM, encoder their transpose either way."""
-    sae = JumpReLUSAE(64, 256, threshold_init=0.002, unit_decoder=True)
+    """With unit rows (the recipe, and the default) the decoder starts at unit norm; free rows
+    start at FREE_INIT_NORM unless init_norm says otherwise, encoder their transpose either way."""
+    sae = JumpReLUSAE(64, 256, threshold_init=0.002)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
-    free = JumpReLUSAE(64, 256)
+    free = JumpReLUSAE(64, 256, unit_decoder=False)
     assert not free.unit_decoder and torch.equal(free.W_enc, free.W_dec.t())
-    torch.testing.assert_close(free.W_dec.norm(dim=1), torch.full((256,), DEFAULT_INIT_NORM))
+    torch.testing.assert_close(free.W_dec.norm(dim=1), torch.full((256,), FREE_INIT_NORM))
     assert torch.equal(sae.threshold, torch.full((256,), 0.002))
     assert not sae.b_enc.any() and not sae.b_dec.any()
     assert sae.pre_encoder_bias and JumpReLUSAE(64, 256).threshold[0] == 1e-3

@@ -94,8 +94,6 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
         assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == \
             ("l0", 1e-3, 1e-3, 0.0, 0.0)
         assert torch.all(sae.threshold == 1e-3)
-        assert (sae.unit_decoder, sae.init_norm, sae.threshold_lr, sae.revive_coefficient) == (True, 1.0, 1.0, 0.0)
-        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae))
     argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
     args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
     parsed = from_namespace(TrainConfig, args)
