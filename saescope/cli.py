@@ -274,10 +274,18 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+# What a newcomer runs first (the README's first lines, from a clone).
+START = ("start with:\n"
+         "  saescope run   # the whole pipeline on the embedded Gemma 3 270M and corpus (make run from a clone)\n"
+         "  make test      # the test suite, from a clone")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        argv = ["run"] if "run" in JOBS else ["--help"]
+    if not argv:  # a bare `saescope` is a question, not a half-hour job
+        build_parser().print_help()
+        print(f"\n{START}")
+        return 0
     if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in JOBS:  # two-word jobs: `release push`
         argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)

@@ -475,3 +475,12 @@ def test_browse_on_a_port_in_use_is_one_line_before_the_statistics(run, capsys):
     err = capsys.readouterr().err
     assert err == f"saescope: error: cannot serve on --host 127.0.0.1 --port {port} (Address already in use): " \
                   f"choose another --port, or a --host that names this machine\n"
+
+
+def test_bare_saescope_prints_help_and_the_first_commands(capsys, tmp_path, monkeypatch):
+    """`saescope` with no job starts nothing: it lists the jobs and the two commands to start with."""
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "harvest" in out and "browse" in out and "saescope run" in out and "make test" in out
+    assert not any(tmp_path.iterdir())  # no run folder was started
