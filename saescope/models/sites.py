@@ -37,11 +37,10 @@ class Family:
     mlp: tuple[str, str]
     att: tuple[str, str]
     mlp_in: tuple[str, str]
-    embed_scale: bool = False  # Gemma multiplies token embeddings by sqrt(d_model)
 
 
 _GEMMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("post_feedforward_layernorm", "output"),
-                ("self_attn.o_proj", "input"), ("mlp", "input"), embed_scale=True)
+                ("self_attn.o_proj", "input"), ("mlp", "input"))
 _LLAMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("mlp", "output"),
                 ("self_attn.o_proj", "input"), ("mlp", "input"))
 _GPT2 = Family("transformer.h", "transformer.ln_f", "lm_head", ("", "output"), ("mlp", "output"),

@@ -36,7 +36,6 @@ from saescope.outputs import strict_json
 from saescope.release.hooks import (GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, site_of_hf_hook, site_of_tl_hook,
                                     tl_hook)
 from saescope.release.skip_transcoder import SkipTranscoder
-from saescope.release.topk_inference import TopKInferenceSAE
 from saescope.saes.base import SAE
 
 FORMATS = ("saescope", "gemma-scope", "gemma-scope-2", "saelens", "sparsify")
@@ -74,14 +73,12 @@ class LoadedSAE:
 
 # ---- families -------------------------------------------------------------------------------
 def family_class(arch: str) -> type[SAE]:
-    """The SAE class for an architecture name: the registry's, else our TopK inference class."""
+    """The registry's SAE class for an architecture name."""
     from saescope.saes.registry import ARCHITECTURES
 
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch]
-    if arch == TopKInferenceSAE.arch:
-        return TopKInferenceSAE
-    raise SaescopeError(f"unknown SAE architecture {arch!r}; saescope loads {sorted({*ARCHITECTURES, 'topk'})}")
+    raise SaescopeError(f"unknown SAE architecture {arch!r}; saescope loads {sorted(ARCHITECTURES)}")
 
 
 def build_sae(arch: str, params: dict[str, np.ndarray], *, pre_encoder_bias: bool = False,
