@@ -4,8 +4,9 @@ Gemma Scope 2 releases skip transcoders as the usual five arrays plus `affine_sk
 [d_in, d_out]; sparsify as `W_skip` [d_out, d_in] (applied as `x @ W_skip.T`). saescope holds
 one as this wrapper: `forward(x) = sae.decode(sae.encode(x)) + x @ affine_skip_connection`, the
 latents are the wrapped SAE's, and the skip matrix is kept exactly as Gemma Scope 2 stores it so
-that exporting writes back the same bytes. The wrapper is separate from the SAE families
-because no saescope family trains a skip path; it only has to load, run and re-export.
+that exporting writes back the same bytes. Training uses the family's own skip path
+(`transcoder="skip"` in `saes/base.py`); `SAE.folded` hands the trained SAE over as this wrapper,
+the released form that loading, running and re-exporting work on.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class SAE(nn.Module, ABC):
             knobs["transcoder"] = "plain"
         out = cls.from_params(params, **knobs).to(self.W_enc.device)
         if self.transcoder == "skip":
-            from saescope.release.skip_transcoder import SkipTranscoder  # release builds on saes, not the reverse
+            from saescope.release.skip_transcoder import SkipTranscoder  # deferred: that module imports this one
 
             return SkipTranscoder(out, self.affine_skip_connection.detach()).to(self.W_enc.device)
         return out
