@@ -368,6 +368,7 @@ class JumpReLUSAE(SAE):
         threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
+        relative_threshold: bool = False,
         pre_encoder_bias: bool | None = None,
         transcoder: str = "none",
     ) -> None:
@@ -414,6 +415,7 @@ class JumpReLUSAE(SAE):
         if not threshold_lr > 0:
             raise SaescopeError(f"threshold_lr is a factor on the learning rate, > 0; got {threshold_lr!r}")
         self.threshold_lr = float(threshold_lr)
+        self.relative_threshold = bool(relative_threshold)
         self.revive_coefficient = float(revive_coefficient)
         self.dead_tokens = int(dead_tokens)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
@@ -433,6 +435,7 @@ class JumpReLUSAE(SAE):
             "unit_decoder": self.unit_decoder,
             "init_norm": self.init_norm,
             "threshold_lr": self.threshold_lr,
+            "relative_threshold": self.relative_threshold,
             "revive_coefficient": self.revive_coefficient,
             "dead_tokens": self.dead_tokens,
         }
@@ -456,13 +459,23 @@ class JumpReLUSAE(SAE):
             cols = slice(start, start + step)
             pre = torch.addmm(self.b_enc[cols], xc, self.W_enc[:, cols])
             self.threshold[cols] = pre.kthvalue(n - firing, dim=0).values
+        if self.relative_threshold:
+            self.threshold.div_(self.W_enc.norm(dim=0))
         # A latent whose quantile is below zero fires on more than half the tokens; the JumpReLU
         # threshold is >= 0, so it starts at a small positive value instead.
         self.threshold.clamp_(min=1e-6)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
-        return pre * (pre > self.threshold)
+        return pre * (pre > self.effective_threshold())
+
+    def effective_threshold(self) -> Tensor:
+        """The threshold pre-activations are compared with. With relative_threshold the learned
+        parameter is in units of the latent's encoder column norm, so a threshold follows an encoder
+        that grows from a small start (free rows) without a faster learning rate."""
+        if not self.relative_threshold:
+            return self.threshold
+        return self.threshold * self.W_enc.norm(dim=0)
 
     def lr_scales(self) -> dict[str, float]:
         """threshold_lr: Adam moves a threshold by about lr per step, too slowly to follow
@@ -496,8 +509,9 @@ class JumpReLUSAE(SAE):
         DENSE_ABOVE of the entries active or in the window; then it is dense (`_DenseJumpReLU`)."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)
-        args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold, self.bandwidth, self.pre_encoder_bias)
-        if dense_share(x, self.W_enc, self.b_enc, self.b_dec, self.threshold, self.bandwidth,
+        theta = self.effective_threshold()
+        args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
+        if dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth,
                        self.pre_encoder_bias) > DENSE_ABOVE:
             x_hat, token_l0, latent_counts = _DenseJumpReLU.apply(*args, self.uses_bf16(x.device))
         else:
@@ -539,10 +553,18 @@ class JumpReLUSAE(SAE):
         with torch.no_grad():
             proj = self.encoder_input(x) @ self.W_enc[:, dead]
         pre = proj + self.b_enc[dead]
-        return self.revive_coefficient * (self.threshold[dead] - pre).relu().sum(1).mean()
+        theta = self.threshold[dead]
+        if self.relative_threshold:  # in the encoder's units, without a gradient to W_enc
+            theta = theta * self.W_enc[:, dead].norm(dim=0).detach()
+        return self.revive_coefficient * (theta - pre).relu().sum(1).mean()
 
     def extra_arrays(self) -> dict[str, Tensor]:
-        return {"threshold": self.threshold.detach().clamp(min=0.0)}
+        return {"threshold": self.effective_threshold().detach().clamp(min=0.0)}
+
+    def release_form(self) -> tuple[type[SAE], dict[str, Tensor], dict[str, Any]]:
+        """Released arrays hold the absolute threshold, so the released SAE compares with it as is."""
+        cls, arrays, knobs = super().release_form()
+        return cls, arrays, knobs | {"relative_threshold": False}
 
     def load_extra_arrays(self, arrays: dict[str, Tensor]) -> None:
         if (arrays["threshold"] < 0).any():

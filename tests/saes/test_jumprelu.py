@@ -401,3 +401,27 @@ def test_short_training_lowers_fvu_and_approaches_target_l0(matmul_dtype):
         final = sae.loss(batch(2048))
     assert final.fvu < 0.5 * first[0], (first, final)
     assert abs(final.l0 - target) < 0.25 * abs(first[1] - target), (first, final)
+
+
+def test_relative_threshold_is_in_encoder_units_and_releases_absolute():
+    """relative_threshold: the parameter times each encoder column's norm is the threshold; the
+    data init lands on the same effective thresholds as the absolute one, a training step reaches
+    the parameter, and the released SAE (absolute threshold, knob off) computes the same latents."""
+    x = torch.randn(512, 24)
+    torch.manual_seed(0)
+    absolute = JumpReLUSAE(24, 96, unit_decoder=False, init_l0=8, matmul_dtype="float32")
+    torch.manual_seed(0)
+    relative = JumpReLUSAE(24, 96, unit_decoder=False, init_l0=8, matmul_dtype="float32", relative_threshold=True)
+    absolute.init_from_data(x)
+    relative.init_from_data(x)
+    norms = relative.W_enc.norm(dim=0)
+    torch.testing.assert_close(relative.effective_threshold(), absolute.threshold)
+    torch.testing.assert_close(relative.threshold * norms, absolute.threshold)
+    assert not torch.allclose(relative.threshold, absolute.threshold)  # the parameter itself is rescaled
+    relative.train()
+    relative.loss(x[:128]).loss.backward()
+    assert relative.threshold.grad is not None and relative.threshold.grad.abs().sum() > 0
+    released = relative.folded(1.0)
+    assert not released.relative_threshold
+    with torch.no_grad():
+        torch.testing.assert_close(released.encode(x), relative.encode(x), rtol=1e-5, atol=1e-5)
