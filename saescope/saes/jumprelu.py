@@ -475,7 +475,8 @@ class JumpReLUSAE(SAE):
         that grows from a small start (free rows) without a faster learning rate."""
         if not self.relative_threshold:
             return self.threshold
-        return self.threshold * self.W_enc.norm(dim=0)
+        # The norm is a scale, not a path for the L0 penalty to reshape the encoder by.
+        return self.threshold * self.W_enc.norm(dim=0).detach()
 
     def lr_scales(self) -> dict[str, float]:
         """threshold_lr: Adam moves a threshold by about lr per step, too slowly to follow
