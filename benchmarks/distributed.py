@@ -32,7 +32,8 @@ import numpy as np
 
 from saescope import distributed
 from saescope.activations.store import ShardColumn, write_json_atomic
-from saescope.train.trainer import TrainConfig, Trainer, estimate_scale
+from saescope.train.normalize import estimate_scale
+from saescope.train.trainer import TrainConfig, Trainer
 
 
 def make_store(path: Path, d_in: int, sites: int, rows: int, shard_rows: int) -> None:

@@ -21,7 +21,8 @@ from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
 from saescope.release.skip_transcoder import SkipTranscoder
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
-from saescope.train.trainer import Trainer, TrainConfig, estimate_standardization, lr_at
+from saescope.train.normalize import estimate_standardization
+from saescope.train.trainer import Trainer, TrainConfig, lr_at
 
 
 @pytest.fixture(scope="module")

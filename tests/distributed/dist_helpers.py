@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from saescope import distributed
-from saescope.train.trainer import TrainConfig, Trainer, estimate_scale
+from saescope.train.normalize import estimate_scale
+from saescope.train.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,8 @@ import torch
 from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
-from saescope.train.trainer import Trainer, TrainConfig, first_rows, lr_at, parse_knobs, sparsity_scale_at
+from saescope.train.normalize import first_rows
+from saescope.train.trainer import Trainer, TrainConfig, lr_at, parse_knobs, sparsity_scale_at
 
 
 @pytest.fixture(scope="module")
