@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from saescope import distributed
-from saescope.activations.store import ShardColumn, write_json_atomic
+from saescope.activations.store import ShardColumn
+from saescope.io import write_json_atomic
 from saescope.train.normalize import estimate_scale
 from saescope.train.trainer import TrainConfig, Trainer
 

@@ -29,10 +29,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from saescope.activations.store import read_json, write_json_atomic
 from saescope.config import option, same_as
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.io import read_json, write_json_atomic
 from saescope.run import RunConfig
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saescope.activations.store import read_json, write_json_atomic
 from saescope.errors import SaescopeError
+from saescope.io import read_json, write_json_atomic
 from saescope.release.interop import build_sae
 from saescope.saes.base import SAE
 from saescope.train.trainer import Trainer, sae_key

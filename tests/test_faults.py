@@ -417,7 +417,7 @@ def test_train_rerun_with_force_trains_again(run, tmp_path):
 
 
 def test_json_is_strict(tmp_path):
-    from saescope.activations.store import write_json_atomic
+    from saescope.io import write_json_atomic
     from saescope.errors import SaescopeError
 
     with pytest.raises(SaescopeError, match="metrics.fvu is NaN"):

@@ -27,10 +27,10 @@ from tqdm import tqdm
 from saescope import distributed
 from saescope.activations.corpus import dataset_fingerprint, iter_documents, pack_documents
 from saescope.activations.remote import file_url_path, is_url
-from saescope.activations.store import (STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors,
-                                        new_staging, read_json, write_json_atomic)
+from saescope.activations.store import STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors, new_staging
 from saescope.config import option, validate
 from saescope.errors import SaescopeError
+from saescope.io import read_json, write_json_atomic
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, parse_sites, run_to_sites, site_width
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from saescope.errors import SaescopeError
+from saescope.io import saescope_home
 
 
 def is_url(path: str | Path) -> bool:
@@ -34,8 +35,6 @@ def file_url_path(url: str) -> Path | None:
 def cache_root() -> Path:
     if "SAESCOPE_STORE_CACHE" in os.environ:
         return Path(os.environ["SAESCOPE_STORE_CACHE"])
-    from saescope.models.loading import saescope_home
-
     return saescope_home() / "store-cache"
 
 

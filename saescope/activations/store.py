@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import mmap
 import os
 from contextlib import contextmanager
@@ -34,26 +33,11 @@ import torch
 
 from saescope.activations.remote import file_url_path, is_url, mirror
 from saescope.errors import SaescopeError
-from saescope.outputs import strict_json
+from saescope.io import read_json, write_json_atomic
 
 TOKEN_FIELDS = 3  # token_id, doc_id, position
 STORE_DTYPES = {"bfloat16": (torch.bfloat16, np.uint16), "float32": (torch.float32, np.float32),
                 "float16": (torch.float16, np.float16)}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(strict_json(data, str(path), indent=2))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise SaescopeError(f"{path} is missing: is this a saescope activation store? run `saescope harvest` first") from e
-    except json.JSONDecodeError as e:
-        raise SaescopeError(f"{path} is not valid JSON ({e.msg}): the store is damaged, harvest it again") from e
 
 
 def shard_name(index: int, prefix: str = "") -> str:

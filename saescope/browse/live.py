@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from saescope.activations.corpus import encode_documents
-from saescope.activations.store import read_json
 from saescope.browse.db import FeatureDB
 from saescope.browse.suite import SuiteSAE, list_saes
 from saescope.errors import SaescopeError
+from saescope.io import read_json
 from saescope.models.sites import Site, replace, run_to_sites
 from saescope.release.formats import load
 

@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 from saescope.activations.corpus import iter_documents, pack_documents
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.store import ActivationStore, write_json_atomic
+from saescope.activations.store import ActivationStore
 from saescope.config import option
 from saescope.errors import SaescopeError
+from saescope.io import write_json_atomic
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, blocks, capture, replace
 from saescope.saes.base import SAE

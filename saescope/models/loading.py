@@ -7,7 +7,6 @@ under `$SAESCOPE_HOME/models/` and every later load reads that copy in seconds.
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from contextlib import contextmanager
@@ -18,17 +17,13 @@ import torch
 from safetensors.torch import save_model
 
 from saescope.errors import SaescopeError
+from saescope.io import saescope_home
 from saescope.memory import keep_freed_memory
 from saescope.models.attention import use_banded_attention
 
 EMBEDDED_NAMES = ("embedded", "gemma-3-270m", "gemma3-270m")
 EMBEDDED_CACHE_NAME = "gemma-3-270m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def saescope_home() -> Path:
-    """Where models and other derived files are cached; `$SAESCOPE_HOME` overrides."""
-    return Path(os.environ.get("SAESCOPE_HOME", Path.home() / ".cache" / "saescope"))
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

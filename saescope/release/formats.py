@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from saescope.activations.store import write_json_atomic
 from saescope.errors import SaescopeError
+from saescope.io import write_json_atomic
 from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
 from saescope.release.interop import LoadedSAE

@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from saescope import distributed
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.store import ActivationStore, write_json_atomic
+from saescope.activations.store import ActivationStore
 from saescope.config import option, save_config
 from saescope.errors import SaescopeError
+from saescope.io import write_json_atomic
 from saescope.models.loading import resolve_device
 from saescope.models.sites import Site
 from saescope.saes.base import SAE
