@@ -417,8 +417,8 @@ def test_train_rerun_with_force_trains_again(run, tmp_path):
 
 
 def test_json_is_strict(tmp_path):
-    from saescope.io import write_json_atomic
     from saescope.errors import SaescopeError
+    from saescope.io import write_json_atomic
 
     with pytest.raises(SaescopeError, match="metrics.fvu is NaN"):
         write_json_atomic(tmp_path / "m.json", {"metrics": {"fvu": float("nan")}})
