@@ -19,7 +19,7 @@ from saescope.compare import (CompareConfig, compare, interpolate_log_l0, matche
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
-from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
 from saescope.train.normalize import estimate_standardization
 from saescope.train.trainer import Trainer, TrainConfig, lr_at

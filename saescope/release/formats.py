@@ -27,7 +27,7 @@ from saescope.io import write_json_atomic
 from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
 from saescope.release.interop import LoadedSAE
-from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saes.base import SAE
 
 SAE_CONFIG_KEYS = ("site", "layer", "d_sae")  # what every job reads from a trained SAE's config.json

@@ -35,7 +35,7 @@ from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
 from saescope.release.hooks import (GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, site_of_hf_hook, site_of_tl_hook,
                                     tl_hook)
-from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saes.base import SAE
 
 FORMATS = ("saescope", "gemma-scope", "gemma-scope-2", "saelens", "sparsify")

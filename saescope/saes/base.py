@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
+from saescope.saes.skip_transcoder import SkipTranscoder
 
 
 @dataclass
@@ -187,7 +188,7 @@ class SAE(nn.Module, ABC):
         return type(self), arrays | self.extra_arrays(), self.knobs()
 
     @torch.no_grad()
-    def folded(self, scale: float | Tensor, shift: Tensor | None = None) -> SAE:
+    def folded(self, scale: float | Tensor, shift: Tensor | None = None) -> SAE | SkipTranscoder:
         """The released SAE: it takes raw activations and gives back raw reconstructions, with no
         pre-encoder bias. A skip transcoder comes back as a `SkipTranscoder` around the plain one
         (the skip is unchanged by folding).
@@ -226,8 +227,6 @@ class SAE(nn.Module, ABC):
             knobs["transcoder"] = "plain"
         out = cls.from_params(params, **knobs).to(self.W_enc.device)
         if self.transcoder == "skip":
-            from saescope.release.skip_transcoder import SkipTranscoder  # deferred: that module imports this one
-
             return SkipTranscoder(out, self.affine_skip_connection.detach()).to(self.W_enc.device)
         return out
 

@@ -11,14 +11,16 @@ the released form that loading, running and re-exporting work on.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE
+
+if TYPE_CHECKING:  # only a type: `SAE.folded` builds this wrapper, so base.py imports this module
+    from saescope.saes.base import SAE
 
 
 class SkipTranscoder(nn.Module):

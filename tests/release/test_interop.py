@@ -16,7 +16,7 @@ from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu
 from saescope.errors import SaescopeError
 from saescope.release import interop
 from saescope.release.export import export
-from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.saes.skip_transcoder import SkipTranscoder
 
 META = {"site": "res", "layer": 3, "model": "embedded", "model_name": "gemma-3-270m", "dataset": "wiki",
         "context_len": 64}

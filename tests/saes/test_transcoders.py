@@ -9,7 +9,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.release import interop
-from saescope.release.skip_transcoder import SkipTranscoder
+from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saes import make_sae, sweep_knobs
 
 D = 16
