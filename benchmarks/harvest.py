@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from saescope.activations.corpus import iter_documents, pack_documents
+from saescope.activations.documents import iter_documents
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.packing import pack_documents
 from saescope.models.loading import load_model
 from saescope.models.sites import family_of
 

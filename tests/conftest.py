@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from saescope.activations.corpus import load_documents
+from saescope.activations.documents import load_documents
 from tinymodels import VOCAB, tiny_model
 
 

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from saescope import distributed
-from saescope.activations.corpus import dataset_fingerprint, iter_documents, pack_documents
+from saescope.activations.documents import dataset_fingerprint, iter_documents
+from saescope.activations.packing import pack_documents
 from saescope.activations.remote import file_url_path, is_url
 from saescope.activations.store import STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors, new_staging
 from saescope.config import option, validate

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from saescope.activations.corpus import encode_documents
+from saescope.activations.packing import encode_documents
 from saescope.browse.db import FeatureDB
 from saescope.browse.suite import SuiteSAE, list_saes
 from saescope.errors import SaescopeError

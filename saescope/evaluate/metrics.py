@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from saescope.activations.corpus import iter_documents, pack_documents
+from saescope.activations.documents import iter_documents
 from saescope.activations.loader import ShuffledLoader
+from saescope.activations.packing import pack_documents
 from saescope.activations.store import ActivationStore
 from saescope.config import option
 from saescope.errors import SaescopeError

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tinymodels import tiny_model
-from saescope.activations.corpus import load_documents
+from saescope.activations.documents import load_documents
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError

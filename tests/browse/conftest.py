@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from saescope.activations.corpus import encode_documents, load_documents
+from saescope.activations.documents import load_documents
+from saescope.activations.packing import encode_documents
 
 HOSTILE_TITLE = "<script>window.pwned = 1</script> Evil"
 HOSTILE_TEXT = " ".join(["<script>window.pwned = 1</script> the history of the city"] * 40)
