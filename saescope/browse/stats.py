@@ -13,9 +13,7 @@ dashboards show then comes from that sparse matrix with vectorised numpy:
 - per-topic firing rates (documents of the embedded corpus carry a topic).
 
 Weight-only statistics (logit lens, decoder-cosine neighbours) are not computed here: `ondemand`
-computes them per latent when a page needs them, so the browser is ready after this one pass. The
-Neuronpedia export takes its top activations and histograms from this module too (`held_out`,
-`encode_site`, `activation_stats`), so both show the same examples. Each
+computes them per latent when a page needs them, so the browser is ready after this one pass. Each
 SAE's results are committed with a signature of its inputs, so a second run skips unchanged SAEs.
 """
 
@@ -269,7 +267,7 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
         pending = None
         for site, saes in by_site.items():
             t0 = time.perf_counter()
-            sparse = encode_site(store, site, [load(s.folder) for s in saes], data)
+            sparse = _encode_site(store, site, saes, data)
             timings["encode"] += time.perf_counter() - t0
             if pending is not None:
                 pending.result()
@@ -283,10 +281,10 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     return timings
 
 
-def encode_site(store: ActivationStore, site: str, models: list[torch.nn.Module], data: HeldOut) -> list[SparseActs]:
-    """One read of a site's held-out rows, encoded by every SAE of that site (SAE modules, not
-    folders: the Neuronpedia export passes an SAE it read in any format)."""
-    sparse = [SparseActs() for _ in models]
+def _encode_site(store: ActivationStore, site: str, saes: list[SuiteSAE], data: HeldOut) -> list[SparseActs]:
+    """One read of a site's held-out rows, encoded by every SAE of that site."""
+    models = [load(s.folder) for s in saes]
+    sparse = [SparseActs() for _ in saes]
     row0 = 0
     column = store.column(site)
     with torch.inference_mode():
