@@ -65,7 +65,7 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.io import read_json, write_json_atomic
-from saescope.release.interop import build_sae
+from saescope.release.loaded import build_sae
 from saescope.saes.base import SAE
 from saescope.train.trainer import Trainer, sae_key
 

@@ -248,7 +248,7 @@ def transcoder_metrics(text: HeldOutText, tc: SAE, in_site: Site, out_site: Site
 
 def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
     from saescope.release.formats import SAE_CONFIG_KEYS, load
-    from saescope.release.interop import read_json_with
+    from saescope.release.files import read_json_with
 
     return load(folder).to(device), read_json_with(folder / "config.json", *SAE_CONFIG_KEYS)
 
@@ -303,7 +303,7 @@ def summary_rows(out: str | Path, text: str = "") -> list[dict]:
     """One row per evaluated SAE, sorted by site kind and layer, for tables (`text`: the metrics of
     `evaluate --text` on that text)."""
     from saescope.release.formats import SAE_CONFIG_KEYS
-    from saescope.release.interop import read_json_with
+    from saescope.release.files import read_json_with
 
     rows = []
     for folder in sorted(Path(out, "saes").glob("*")):

@@ -18,11 +18,12 @@ from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
 from saescope.release.formats import KIND_FOLDERS, width_name
 from saescope.release.hooks import GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, tl_hook
+from saescope.release.loaded import LoadedSAE
 
 EXPORT_FORMATS = ("gemma-scope", "gemma-scope-2", "saelens", "sparsify", "neuronpedia")
 
 
-def target_folder(fmt: str, loaded: interop.LoadedSAE, fallback: str) -> Path:
+def target_folder(fmt: str, loaded: LoadedSAE, fallback: str) -> Path:
     """Where one SAE of a suite goes inside the export, by the target tool's conventions."""
     meta, sae = loaded.meta, loaded.sae
     kind, layer = meta.get("site"), meta.get("layer")

@@ -26,7 +26,8 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json_atomic
 from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
-from saescope.release.interop import LoadedSAE
+from saescope.release.files import read_json, read_json_with
+from saescope.release.loaded import LoadedSAE
 from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saes.base import SAE
 
@@ -70,8 +71,8 @@ def _write_release(trained: list[Path], tmp: Path) -> None:
     """Every SAE folder of `trained` in the layout, and suite.json, written into `tmp`."""
     entries = []
     for folder in trained:
-        config = interop.read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, "sparsity_coefficient", "architecture")
-        metrics = interop.read_json_with(folder / "metrics.json", "l0", "fvu")
+        config = read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, "sparsity_coefficient", "architecture")
+        metrics = read_json_with(folder / "metrics.json", "l0", "fvu")
         sae = load(folder)
         params = sae.params_npz()
         affine = "_affine" if "affine_skip_connection" in params else ""
@@ -89,6 +90,6 @@ def _write_release(trained: list[Path], tmp: Path) -> None:
                         "architecture": config["architecture"], "average_l0": metrics["l0"], "fvu": metrics["fvu"],
                         "delta_loss": metrics.get("delta_loss"), "ce_loss_recovered": metrics.get("ce_loss_recovered"),
                         "trained": folder.name})
-    first = interop.read_json(trained[0] / "config.json")
+    first = read_json(trained[0] / "config.json")
     write_json_atomic(tmp / "suite.json", {"format": "gemma-scope-1", "model": first.get("model"),
                                            "model_name": first.get("model_name"), "saes": entries})

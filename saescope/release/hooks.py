@@ -94,3 +94,29 @@ def model_type_of(meta: dict) -> str | None:
         if key in name:
             return model_type
     return None
+
+
+def site_from_names(meta: dict, *names: str | None) -> dict:
+    """`meta` with `site`/`layer` filled from the first of `names` (a TransformerLens hook, a
+    Hugging Face module path, or a Gemma Scope 1 or 2 folder path) that identifies them: files
+    from other tools often say where an SAE reads only through such a name."""
+    if meta.get("site") is not None and meta.get("layer") is not None:
+        return meta
+    for name in filter(None, names):
+        found = site_of_tl_hook(name) or site_of_hf_hook(name) or _site_of_folder(name)
+        if found:
+            return meta | {"site": found[0], "layer": found[1]}
+    return meta
+
+
+def _site_of_folder(path: str) -> tuple[str, int] | None:
+    """(kind, layer) of a Gemma Scope 2 (`resid_post/layer_5_...`) or Gemma Scope 1
+    (`res/layer_5/...`, `transcoders/layer_5/...`) folder path."""
+    match = re.search(r"(resid_post|mlp_out|attn_out|transcoder)\w*?/layer_(\d+)", path)
+    if match:
+        kinds = {v: k for k, v in GEMMA_SCOPE_2_FOLDERS.items()}
+        return kinds[match.group(1)], int(match.group(2))
+    match = re.search(r"[/_-](res|mlp|att|transcoders)\b.*?/layer_(\d+)", "/" + path)
+    if match:
+        return {"transcoders": "mlp_in"}.get(match.group(1), match.group(1)), int(match.group(2))
+    return None

@@ -22,10 +22,11 @@ from typing import Any
 
 from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
+from saescope.release.interop import read
+from saescope.release.saelens import write_saelens
 
 HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(.+?))?/?$")
 EMBEDDED_BASE_MODEL = "google/gemma-3-270m"  # what the embedded GGUF was converted from
-KIND_FOLDERS = ("res", "mlp", "att", "transcoders")
 
 
 def parse_hub_id(text: str) -> tuple[str, str | None] | None:
@@ -124,8 +125,6 @@ def _stage(release: Path, kind: str | None, entries: list[dict], suite: dict, re
            license: str, base_model: str | None, saelens: bool) -> Path:
     """A folder laid out exactly as the repository will be: the release files (hard links when
     possible), SAELens copies, suite.json restricted to this repository, and the model card."""
-    from saescope.release.interop import read, write_saelens
-
     root = staging / (kind or "all")
     for entry in entries:
         src = release / entry["path"]

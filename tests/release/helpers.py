@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from saescope.release.interop import build_sae
+from saescope.release.loaded import build_sae, gemma_scope_arrays
 
 D_IN, D_SAE = 16, 64
 
@@ -37,9 +37,7 @@ def activations(n: int = 200, d_in: int = D_IN, seed: int = 1) -> torch.Tensor:
 
 
 def arrays(sae) -> dict[str, np.ndarray]:
-    from saescope.release.interop import _arrays
-
-    return _arrays(sae)
+    return gemma_scope_arrays(sae)
 
 
 def assert_bit_exact(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:

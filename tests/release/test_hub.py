@@ -15,8 +15,9 @@ from huggingface_hub.utils import filter_repo_objects
 import saescope
 from helpers import D_SAE, activations, arrays, assert_bit_exact, jumprelu
 from saescope.errors import SaescopeError
-from saescope.release import hub, interop
+from saescope.release import hub
 from saescope.release.formats import release
+from saescope.release.gemma_scope import write_gemma_scope, write_gemma_scope_2
 
 META = {"model": "embedded", "model_name": "gemma-3-270m", "dataset": "wiki", "context_len": 64}
 
@@ -59,8 +60,8 @@ def fake_hub(tmp_path, monkeypatch):
 def test_load_by_hub_id_downloads_only_that_folder(fake_hub):
     root, calls = fake_hub
     sae = jumprelu(2)
-    interop.write_gemma_scope_2(sae, META | {"site": "res", "layer": 1}, {}, root / "me/scope-2/resid_post/layer_1_w")
-    interop.write_gemma_scope(jumprelu(3), META | {"site": "res", "layer": 2}, {}, root / "me/scope-2/other/layer_2")
+    write_gemma_scope_2(sae, META | {"site": "res", "layer": 1}, {}, root / "me/scope-2/resid_post/layer_1_w")
+    write_gemma_scope(jumprelu(3), META | {"site": "res", "layer": 2}, {}, root / "me/scope-2/other/layer_2")
     loaded = saescope.load("me/scope-2/resid_post/layer_1_w")
     assert_bit_exact(arrays(loaded), arrays(sae))
     assert calls[-1] == ("me/scope-2", ["resid_post/layer_1_w/*"])

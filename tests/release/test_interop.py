@@ -16,6 +16,9 @@ from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu
 from saescope.errors import SaescopeError
 from saescope.release import interop
 from saescope.release.export import export
+from saescope.release.gemma_scope import write_gemma_scope, write_gemma_scope_2
+from saescope.release.saelens import write_saelens
+from saescope.release.sparsify import write_sparsify
 from saescope.saes.skip_transcoder import SkipTranscoder
 
 META = {"site": "res", "layer": 3, "model": "embedded", "model_name": "gemma-3-270m", "dataset": "wiki",
@@ -47,7 +50,7 @@ def test_round_trip_is_bit_exact_with_same_outputs(tmp_path, fmt, make):
 
 
 def test_gemma_scope_2_files_use_lower_case_keys_and_its_config(tmp_path):
-    interop.write_gemma_scope_2(jumprelu(), META | {"model_type": "gemma3_text"}, {}, tmp_path)
+    write_gemma_scope_2(jumprelu(), META | {"model_type": "gemma3_text"}, {}, tmp_path)
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "params.safetensors"), "np") as f:
@@ -100,7 +103,7 @@ def test_sparsify_layout_and_folding_of_an_sae_without_pre_encoder_bias(tmp_path
     from safetensors import safe_open
 
     sae, x = topk(pre_encoder_bias=False), activations()
-    interop.write_sparsify(sae, META, {}, tmp_path)
+    write_sparsify(sae, META, {}, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["num_latents"], cfg["k"], cfg["transcode"]) == (D_IN, D_SAE, 5, False)
     with safe_open(str(tmp_path / "sae.safetensors"), "np") as f:
@@ -110,7 +113,7 @@ def test_sparsify_layout_and_folding_of_an_sae_without_pre_encoder_bias(tmp_path
     assert torch.equal(back.encode(x) > 0, sae.encode(x) > 0)
     assert torch.allclose(back(x), sae(x), atol=1e-5)
     with pytest.raises(SaescopeError, match="sparsify only loads TopK"):
-        interop.write_sparsify(jumprelu(), META, {}, tmp_path / "j")
+        write_sparsify(jumprelu(), META, {}, tmp_path / "j")
 
 
 def test_a_file_that_is_not_an_sae_says_so(tmp_path):
@@ -167,7 +170,7 @@ def test_half_precision_files_load_exactly_widened(tmp_path):
 
 def test_folder_with_many_saes_names_them(tmp_path):
     for layer in (1, 2):
-        interop.write_gemma_scope(jumprelu(layer), META | {"layer": layer}, {"l0": 3}, tmp_path / f"res/layer_{layer}/w")
+        write_gemma_scope(jumprelu(layer), META | {"layer": layer}, {"l0": 3}, tmp_path / f"res/layer_{layer}/w")
     with pytest.raises(SaescopeError, match="holds 2 SAEs, not one: pass one of its folders"):
         saescope.load(tmp_path)
 
@@ -205,7 +208,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_load_and_export(tmp_path):
-    interop.write_saelens(topk(), META, {"l0": 5.0}, tmp_path / "sl")
+    write_saelens(topk(), META, {"l0": 5.0}, tmp_path / "sl")
     out = cli("load", str(tmp_path / "sl"))
     assert out.returncode == 0, out.stderr
     assert "format            saelens" in out.stdout and "architecture      topk" in out.stdout

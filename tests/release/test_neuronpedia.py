@@ -14,7 +14,7 @@ from helpers import random_params
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
 from saescope.release.export import export
-from saescope.release.interop import build_sae
+from saescope.release.loaded import build_sae
 from saescope.release.neuronpedia import (LatentRecord, add_logit_lens, add_top_activations, neuronpedia_feature,
                                           records_from_metrics, write_neuronpedia)
 

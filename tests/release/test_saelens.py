@@ -10,6 +10,8 @@ import torch
 import saescope
 from helpers import D_IN, D_SAE, activations, jumprelu, random_params, topk
 from saescope.release import interop
+from saescope.release.loaded import build_sae
+from saescope.release.saelens import write_saelens
 
 try:
     import sae_lens
@@ -28,7 +30,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
                                   lambda: topk(pre_encoder_bias=False)])
 def test_our_export_loads_in_saelens_with_the_same_outputs(tmp_path, make):
     sae, x = make(), activations()
-    interop.write_saelens(sae, META, {"firing_frequency": [0.01] * D_SAE}, tmp_path)
+    write_saelens(sae, META, {"firing_frequency": [0.01] * D_SAE}, tmp_path)
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
     assert theirs.cfg.architecture() == sae.arch and theirs.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
     assert theirs.cfg.metadata.model_name == "google/gemma-3-270m"
@@ -39,8 +41,8 @@ def test_our_export_loads_in_saelens_with_the_same_outputs(tmp_path, make):
 
 def test_our_skip_transcoder_loads_in_saelens(tmp_path):
     params = random_params(5) | {"affine_skip_connection": (np.eye(D_IN) / 3).astype(np.float32)}
-    sae = interop.build_sae("jumprelu", params)
-    interop.write_saelens(sae, META | {"site": "mlp_in", "transcoder": True}, {}, tmp_path)
+    sae = build_sae("jumprelu", params)
+    write_saelens(sae, META | {"site": "mlp_in", "transcoder": True}, {}, tmp_path)
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
     assert theirs.cfg.architecture() == "jumprelu_skip_transcoder"
     x = activations()
@@ -74,7 +76,7 @@ def test_saes_saved_by_saelens_load_with_the_same_outputs(tmp_path, arch):
         assert torch.equal(ours.encode(x) > 0, theirs.encode(x) > 0)
         assert same(ours.encode(x), theirs.encode(x)) and same(ours(x), theirs(x))
     # Exported back, SAELens reads the same arrays it wrote.
-    interop.write_saelens(ours, loaded.meta, {}, tmp_path / "back")
+    write_saelens(ours, loaded.meta, {}, tmp_path / "back")
     again = sae_lens.SAE.load_from_disk(tmp_path / "back")
     assert again.cfg.architecture() == arch
     for name, p in theirs.state_dict().items():

@@ -327,7 +327,7 @@ def test_released_sae_saves_and_loads_with_the_same_outputs(tmp_path, arch):
         sae.loss(_x())
     sae.eval()
     released = sae.folded(2.5)
-    interop.write_gemma_scope(released, {"site": "res", "layer": 1}, {}, tmp_path / arch)
+    interop.WRITERS["gemma-scope"](released, {"site": "res", "layer": 1}, {}, tmp_path / arch)
     loaded = interop.read(tmp_path / arch).sae
     assert loaded.arch == ("topk" if arch == "topk" else "jumprelu")
     x = _x()
