@@ -28,7 +28,13 @@ SITE_KINDS = ("res", "mlp", "att", "mlp_in")
 
 @dataclass(frozen=True)
 class Family:
-    """Module paths of one model family; each site is (submodule of the block, 'input' | 'output')."""
+    """Module paths of one model family; each site is (submodule of the block, 'input' | 'output').
+
+    The last two fields are what carries a direction to the logits (the logit lens): a norm's
+    per-dimension scale is `norm_offset + weight` (Gemma's RMSNorm stores the gain minus one), and
+    `post_att_norm` names the block's norm on the attention branch before the residual add, which
+    only Gemma 2/3 have (Llama's `post_attention_layernorm` is its pre-MLP norm, hence a field).
+    """
 
     layers: str
     final_norm: str
@@ -37,10 +43,18 @@ class Family:
     mlp: tuple[str, str]
     att: tuple[str, str]
     mlp_in: tuple[str, str]
+    norm_offset: float = 0.0
+    post_att_norm: str = ""
+
+    def norm_scale(self, norm: nn.Module) -> torch.Tensor:
+        """A norm's per-dimension scale in float32, without its data-dependent division (which only
+        rescales the whole vector, so the lens drops it)."""
+        return self.norm_offset + norm.weight.detach().float()
 
 
 _GEMMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("post_feedforward_layernorm", "output"),
-                ("self_attn.o_proj", "input"), ("mlp", "input"))
+                ("self_attn.o_proj", "input"), ("mlp", "input"), norm_offset=1.0,
+                post_att_norm="post_attention_layernorm")
 _LLAMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("mlp", "output"),
                 ("self_attn.o_proj", "input"), ("mlp", "input"))
 _GPT2 = Family("transformer.h", "transformer.ln_f", "lm_head", ("", "output"), ("mlp", "output"),

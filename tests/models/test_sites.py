@@ -7,17 +7,19 @@ import torch
 
 from tinymodels import FAMILIES, tiny_model
 from saescope.errors import SaescopeError
-from saescope.models.sites import (Site, capture, parse_sites, replace, run_to_sites, site_width)
+from saescope.models.sites import (Site, blocks, capture, family_of, parse_sites, replace, run_to_sites,
+                                   site_width)
 
 
 def attention_branch(model, layer: int, att: torch.Tensor) -> torch.Tensor:
-    """What the attention branch adds to the residual, computed from the `att` site."""
+    """What the attention branch adds to the residual, computed from the `att` site through the
+    family table's post-attention norm (so the residual identity checks that entry too)."""
     block = model.get_submodule({"gpt2": "transformer.h"}.get(model.config.model_type, "model.layers"))[layer]
     if model.config.model_type == "gpt2":
         return block.attn.c_proj(att)
     out = block.self_attn.o_proj(att)
-    return block.post_attention_layernorm(out) if hasattr(block, "post_attention_layernorm") and \
-        model.config.model_type.startswith("gemma") else out
+    post = family_of(model).post_att_norm
+    return block.get_submodule(post)(out) if post else out
 
 
 def mlp_branch(model, layer: int, mlp_in: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,23 @@ def test_identity_replacement_is_bit_identical_and_zero_is_not(family):
         with replace(model, Site(0, "res"), torch.zeros_like, keep=keep):
             patched = model(input_ids=ids).logits
         assert torch.equal(patched[:, 0], clean[:, 0]) and not torch.allclose(patched[:, 1:], clean[:, 1:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_norm_scale_is_what_each_norm_multiplies_by(family):
+    """The table's `norm_offset` (Gemma's `1 + w`): a norm with random weights gives its unit-gain
+    output times `norm_scale`, for the final norm and the post-attention norm where there is one."""
+    model = tiny_model(family)
+    fam = family_of(model)
+    norms = [model.get_submodule(fam.final_norm)]
+    norms += [blocks(model)[1].get_submodule(fam.post_att_norm)] if fam.post_att_norm else []
+    x = torch.randn(5, site_width(model, "res"))
+    for norm in norms:
+        bias = norm.bias.clone() if getattr(norm, "bias", None) is not None else torch.zeros(x.shape[1])
+        norm.weight.fill_(1.0 - fam.norm_offset)
+        unit = norm(x) - bias
+        norm.weight.normal_()
+        torch.testing.assert_close(norm(x) - bias, unit * fam.norm_scale(norm))
 
 
 def test_forward_stops_after_last_needed_layer():
