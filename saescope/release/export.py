@@ -1,11 +1,8 @@
 """`saescope export`: one SAE or a whole suite (a run folder, a release, any folder of SAEs, or a
 hub id) written in another tool's format.
 
-Folder names in a suite export follow each tool's conventions, so the result can be uploaded as
-is: Gemma Scope 1 `<kind>/layer_L/width_W/average_l0_N`, Gemma Scope 2
-`<resid_post|mlp_out|attn_out|transcoder>/layer_L_width_W_l0_N`, SAELens
-`<TransformerLens hook>/width_W_l0_N`, sparsify `<module path>_width_W_l0_N` and Neuronpedia
-`<kind>-<layer>/width_W_l0_N/batch-*.json`.
+A suite's folders are named and written by `suite.py`, the code `saescope release` uses too, so
+`export --format gemma-scope` and `release` put the same SAE in the same folder.
 """
 
 from __future__ import annotations
@@ -16,33 +13,10 @@ from pathlib import Path
 from saescope.errors import SaescopeError
 from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
-from saescope.release.formats import KIND_FOLDERS, width_name
-from saescope.release.hooks import GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, tl_hook
 from saescope.release.loaded import LoadedSAE
+from saescope.release.suite import Writer, format_writer, write_suite
 
 EXPORT_FORMATS = ("gemma-scope", "gemma-scope-2", "saelens", "sparsify", "neuronpedia")
-
-
-def target_folder(fmt: str, loaded: LoadedSAE, fallback: str) -> Path:
-    """Where one SAE of a suite goes inside the export, by the target tool's conventions."""
-    meta, sae = loaded.meta, loaded.sae
-    kind, layer = meta.get("site"), meta.get("layer")
-    if kind is None or layer is None:
-        return Path(fallback)
-    l0 = loaded.metrics.get("l0")
-    l0_name = str(round(l0)) if l0 is not None else "unknown"
-    width = width_name(sae.d_sae)
-    if fmt == "gemma-scope":
-        return Path(KIND_FOLDERS[kind], f"layer_{layer}", f"width_{width}", f"average_l0_{l0_name}")
-    if fmt == "gemma-scope-2":
-        return Path(GEMMA_SCOPE_2_FOLDERS[kind], f"layer_{layer}_width_{width}_l0_{l0_name}")
-    if fmt == "saelens":
-        return Path(meta.get("hook_name") or tl_hook(kind, layer), f"width_{width}_l0_{l0_name}")
-    if fmt == "sparsify":
-        model_type = model_type_of(meta)
-        hook = hf_hook(kind, layer, model_type).rsplit(".", 1)[0] if model_type else f"{kind}.{layer}"
-        return Path(f"{hook}_width_{width}_l0_{l0_name}")
-    return Path(f"{kind}-{layer}", f"width_{width}_l0_{l0_name}")
 
 
 def export(src: str | Path, dest: str | Path, fmt: str, *, source_format: str | None = None,
@@ -55,34 +29,44 @@ def export(src: str | Path, dest: str | Path, fmt: str, *, source_format: str | 
     if fmt not in EXPORT_FORMATS:
         raise SaescopeError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     src_path, dest = hub.resolve(src), Path(dest)
-    try:
-        interop.detect_format(src_path) if source_format is None else None
-        folders, single = [src_path], True
-    except SaescopeError:
-        folders, single = interop.find_saes(src_path), False
-        if not folders:
-            raise
+    folders = _suite_folders(src_path, source_format)
     if store is None and (src_path / "activations" / "store.json").exists():
         store = src_path / "activations"
-    written: list[Path] = []
+    write = _neuronpedia_writer(store, model) if fmt == "neuronpedia" else format_writer(fmt)
     with replacing(dest, "DEST", "export.json", _export_names(dest)) as tmp:
-        used: set[Path] = set()
-        for folder in folders:
-            loaded = interop.read(folder, source_format)
-            rel = Path() if single else target_folder(fmt, loaded, folder.name)
-            while rel in used and not single:  # two SAEs with the same site, width and rounded L0
-                rel = rel.with_name(rel.name + "_b")
-            used.add(rel)
-            if fmt == "neuronpedia":
-                from saescope.release.neuronpedia import export_neuronpedia
-
-                export_neuronpedia(folder, tmp / rel, store=store, model_dir=model)
-            else:
-                interop.WRITERS[fmt](loaded.sae, loaded.meta, loaded.metrics, tmp / rel)
-            written.append(dest / rel)
+        if folders is None:
+            write(interop.read(src_path, source_format), src_path, tmp)
+            written = [Path()]
+        else:
+            written = [rel for rel, _ in write_suite(folders, fmt, tmp, source_format=source_format, write=write)]
         (tmp / "export.json").write_text(strict_json({"format": fmt, "source": str(src),
-                                                      "saes": [str(p.relative_to(dest)) for p in written]}, indent=2))
-    return written
+                                                      "saes": [str(rel) for rel in written]}, indent=2))
+    return [dest / rel for rel in written]
+
+
+def _suite_folders(src: Path, source_format: str | None) -> list[Path] | None:
+    """The SAE folders under `src`, or None when `src` is one SAE (or `--source-format` says so)."""
+    if source_format is not None:
+        return None
+    try:
+        interop.detect_format(src)
+        return None
+    except SaescopeError:
+        folders = interop.find_saes(src)
+        if not folders:
+            raise
+        return folders
+
+
+def _neuronpedia_writer(store: str | Path | None, model: str | None) -> Writer:
+    """Neuronpedia batches need the SAE's own folder (its metrics, its run's store and model)."""
+    def write(loaded: LoadedSAE, source: Path, target: Path) -> None:
+        # Imported here: it pulls in the browser's statistics, which a format conversion never needs.
+        from saescope.release.neuronpedia import export_neuronpedia
+
+        export_neuronpedia(source, target, store=store, model_dir=model)
+
+    return write
 
 
 def _export_names(dest: Path) -> set[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from saescope.release.loaded import build_sae, gemma_scope_arrays
 
@@ -45,3 +49,15 @@ def assert_bit_exact(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert np.array_equal(a[k], b[k]), f"{k} differs"
+
+
+def write_trained(run: Path, key: str, sae, meta: dict, metrics: dict) -> Path:
+    """`run/saes/<key>/` as `saescope train` and `evaluate` leave it: folded arrays in
+    sae.safetensors, config.json with what rebuilding the SAE needs, metrics.json."""
+    folder = run / "saes" / key
+    folder.mkdir(parents=True)
+    save_file({k: torch.from_numpy(v) for k, v in arrays(sae).items()}, str(folder / "sae.safetensors"))
+    config = meta | {"architecture": sae.arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "knobs": sae.knobs()}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import save_file
 
 import saescope
-from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu, random_params, topk
+from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu, random_params, topk, write_trained
 from saescope.errors import SaescopeError
 from saescope.release import interop
 from saescope.release.export import export
@@ -181,14 +181,8 @@ def test_suite_export_to_every_format_and_back(tmp_path):
     saes = {}
     for kind, layer in (("res", 0), ("mlp", 1), ("att", 1)):
         sae = jumprelu(layer + len(kind))
-        folder = run / "saes" / f"{kind}.{layer}__w64__c0.001"
-        folder.mkdir(parents=True)
-        from safetensors.torch import save_file as save_torch
-
-        save_torch({k: torch.from_numpy(v) for k, v in sae.params_npz().items()}, str(folder / "sae.safetensors"))
-        (folder / "config.json").write_text(json.dumps(META | {"site": kind, "layer": layer, "architecture": "jumprelu",
-                                                               "d_in": D_IN, "d_sae": D_SAE, "knobs": sae.knobs()}))
-        (folder / "metrics.json").write_text(json.dumps({"l0": 7.4, "fvu": 0.2, "firing_frequency": [0.1] * D_SAE}))
+        write_trained(run, f"{kind}.{layer}__w64__c0.001", sae, META | {"site": kind, "layer": layer},
+                      {"l0": 7.4, "fvu": 0.2, "firing_frequency": [0.1] * D_SAE})
         saes[(kind, layer)] = sae
     expected = {"gemma-scope": "res/layer_0/width_64/average_l0_7", "gemma-scope-2": "mlp_out/layer_1_width_64_l0_7",
                 "saelens": "blocks.1.attn.hook_z/width_64_l0_7"}

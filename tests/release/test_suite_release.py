@@ -10,7 +10,6 @@ import torch
 
 import saescope
 from saescope.activations.store import ActivationStore
-from saescope.release.formats import width_name
 from saescope.run import RunConfig, run
 
 
@@ -28,10 +27,6 @@ def reference_forward(p: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarr
     pre = x @ p["W_enc"] + p["b_enc"]
     acts = (pre > p["threshold"]) * np.maximum(pre, 0)
     return acts, acts @ p["W_dec"] + p["b_dec"]
-
-
-def test_width_names():
-    assert [width_name(w) for w in (16384, 65536, 131072, 1 << 20, 4096, 512)] == ["16k", "65k", "131k", "1m", "4k", "512"]
 
 
 def test_release_layout_and_reference_forward(tiny_run):
