@@ -26,9 +26,11 @@ ratio is against the plain dense JumpReLU loop measured in the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Callable
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -40,37 +42,7 @@ BETAS = (0.0, 0.999)
 L0_COEFFICIENT = 1e-3
 
 
-# ---- the baseline: a straightforward dense JumpReLU with the recipe's estimators -----------
-class _Rect(torch.autograd.Function):
-    """JumpReLU with a rectangle-kernel straight-through gradient for the threshold."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return pre * (pre > theta)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        pre, theta = ctx.saved_tensors
-        window = ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
-        return (pre > theta) * g, (-(theta / ctx.eps) * window * g).sum(0), None
-
-
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return (pre > theta).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        pre, theta = ctx.saved_tensors
-        window = ((pre - theta).abs() < ctx.eps / 2).to(pre.dtype)
-        return None, (-(1 / ctx.eps) * window * g).sum(0), None
-
-
+# ---- the baseline: the plain dense loop a user writes first, on saescope's reference estimators -------
 class PlainJumpReLU(nn.Module):
     def __init__(self, src: JumpReLUSAE) -> None:
         super().__init__()
@@ -79,12 +51,10 @@ class PlainJumpReLU(nn.Module):
         self.eps = src.bandwidth
 
     def loss(self, x: Tensor) -> Tensor:
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-        f = _Rect.apply(pre, self.threshold, self.eps)
-        x_hat = f @ self.W_dec + self.b_dec
+        x_hat, token_l0, _ = jumprelu.reference_forward(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
+                                                        self.threshold, self.eps, True)
         mse = (x_hat - x).pow(2).sum(-1).mean()
-        l0 = _Step.apply(pre, self.threshold, self.eps).sum(-1).mean()
-        return mse + L0_COEFFICIENT * l0
+        return mse + L0_COEFFICIENT * token_l0.mean()
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -113,14 +83,11 @@ DEFAULT_KNOBS = dict(l0_penalty=jumprelu.DEFAULT_L0_PENALTY,
                      freq_target=jumprelu.DEFAULT_FREQ_TARGET)
 
 
-def forced(step: Callable[[], float], dense_above: float) -> Callable[[], float]:
-    """`step` with JumpReLU's dense/sparse switch set to `dense_above` (-1: always dense, 2: never)."""
+def forced(step: Callable[[], float], path: str) -> Callable[[], float]:
+    """`step` on the JumpReLU path `path` (`sparse`, `dense`, or `auto`: the one the probe chooses)."""
     def run() -> float:
-        saved, jumprelu.DENSE_ABOVE = jumprelu.DENSE_ABOVE, dense_above
-        try:
+        with mock.patch.dict(os.environ, {jumprelu.PATH_VARIABLE: path}):
             return step()
-        finally:
-            jumprelu.DENSE_ABOVE = saved
     return run
 
 
@@ -216,15 +183,15 @@ def benchmark(args: argparse.Namespace) -> None:
         sae.load_state_dict(base.state_dict())
         return sae
 
+    defaults = DEFAULT_KNOBS | {"target_l0": max(1.0, args.l0_frac * args.width)}
     variants: dict[str, Callable[[], float]] = {
         "saescope float32": ours_step(clone(matmul_dtype="float32"), x),
         "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
         # saescope's default knobs: 30x the bandwidth puts more entries in the estimator's window,
         # which can send the step down either path; each path forced, and the chosen one
-        **{f"saescope defaults, {path}": forced(ours_step(clone(**DEFAULT_KNOBS, matmul_dtype=dtype,
-                                                                target_l0=max(1.0, args.l0_frac * args.width)), x), limit)
-           for path, dtype, limit in (("dense path float32", "float32", -1.0), ("dense path bf16", "auto", -1.0),
-                                      ("sparse path", "auto", 2.0), ("path chosen", "auto", jumprelu.DENSE_ABOVE))},
+        **{f"saescope defaults, {label}": forced(ours_step(clone(**defaults, matmul_dtype=dtype), x), path)
+           for label, dtype, path in (("dense path float32", "float32", "dense"), ("dense path bf16", "auto", "dense"),
+                                      ("sparse path", "auto", "sparse"), ("path chosen", "auto", "auto"))},
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
     if not args.no_families:

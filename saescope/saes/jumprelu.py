@@ -1,31 +1,17 @@
-"""The JumpReLU SAE of Gemma Scope, with a training step that is sparse after one dense matmul.
+"""The JumpReLU SAE of Gemma Scope, its training step on one screen, and the switch to the fast step.
 
-Why the step is written by hand: a dense JumpReLU step spends most of its time in elementwise
-passes over the [tokens, d_sae] pre-activations (masks, the estimator's window test, casts) and
-in two backward matmuls against a matrix that is ~98% zeros. Here the encoder matmul is the
-only dense [n, d_sae] computation; one comparison per element picks the entries that are
-active or inside the estimator's window, and every other product runs on those entries alone
-(gather-sum and gather-dot kernels that torch ships for embedding bags). The gradients are the
-recipe's straight-through estimators, equal to a dense autograd implementation up to float
-rounding (tests/saes/test_jumprelu.py holds that reference).
-
-With the recipe's init (theta = 0.001 on unit-scale inputs) about half of all latents fire, and
-then index lists of that size cost far more than dense products: a probe of the batch's first rows
-sends such steps to `_DenseJumpReLU` (the same estimators on dense tensors, float32 pre-activations),
-so those steps cost what a plain dense loop costs and the sparse kernels take over once few
-entries are active or in the window.
-
-Optionally the encoder matmul runs in bfloat16. Its rounding (~1e-3 on unit-scale inputs) is
-larger than half the estimator's bandwidth, so every entry within 8 standard deviations of
-that rounding noise from the threshold or the window's edges is recomputed in float32: which
-latents are active and which fall in the window is decided as in float32. Only the values of
-clearly active latents keep the bfloat16 product's rounding.
+`reference_forward` is the recipe written as plain autograd: the JumpReLU and the step function
+with their straight-through estimators. It defines what training computes. Training normally
+runs a hand-written step (saescope/saes/sparse.py: sparse after one dense matmul, or dense while
+many entries are active, optionally with bfloat16 products) that gives the same values and
+gradients up to float rounding, several times faster; tests/saes/test_jumprelu.py holds it to the
+reference. For debugging, `SAESCOPE_JUMPRELU_PATH=plain` trains with the reference instead
+(`sparse` or `dense` forces one fast path; `auto`, the default, lets a probe of the batch choose).
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -33,14 +19,7 @@ from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.sparse import gather_dot, gather_sum, group_starts, sort_order
-
-# Dense pre-activations are produced a block of rows at a time so memory stays bounded at
-# Gemma Scope widths (2^20 latents x 4096 tokens would be 16 GiB in one piece).
-_BLOCK_ELEMENTS = 1 << 24
-
-_BF16_UNIT_ROUNDOFF = 2.0**-8
-_FP32_UNIT_ROUNDOFF = 2.0**-24
+from saescope.saes.sparse import BLOCK_ELEMENTS, MATMUL_DTYPES, DenseJumpReLU, SparseJumpReLU, _native_bf16_matmul
 
 # Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
 # (folders such as sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on
@@ -78,11 +57,70 @@ DEFAULT_REVIVE_COEFFICIENT = 0.0
 # keep unit rows.
 FREE_INIT_NORM = 0.1
 
-MATMUL_DTYPES = ("auto", "float32", "bfloat16")
+
+# ---- the recipe's estimators: plain autograd, the reference every fast path is tested against -----
+def _window(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """K((pre - theta) / eps) with the rectangle kernel K(u) = 1[|u| < 1/2]."""
+    return ((pre - theta).abs() < eps / 2).to(pre.dtype)
 
 
-# ---- sparse kernels (shared with the TopK families) ------------------------------------------
-_group_starts, _gather_sum, _gather_dot = group_starts, gather_sum, gather_dot
+class _Estimated(torch.autograd.Function):
+    """A function of (pre, theta) whose gradient to theta is a straight-through estimate."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, float], output: Tensor) -> None:
+        pre, theta, ctx.eps = inputs
+        ctx.save_for_backward(pre, theta)
+
+
+class _JumpReLU(_Estimated):
+    """pre * H(pre - theta); gradient H(pre - theta) to pre, -(theta / eps) K((pre - theta) / eps) to theta."""
+
+    @staticmethod
+    def forward(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, theta = ctx.saved_tensors
+        d_theta = (-(theta / ctx.eps) * _window(pre, theta, ctx.eps) * g).sum(0)
+        return (pre > theta) * g, d_theta, None
+
+
+class _Step(_Estimated):
+    """H(pre - theta), what L0 counts; gradient -(1 / eps) K((pre - theta) / eps) to theta, none to pre."""
+
+    @staticmethod
+    def forward(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:
+        pre, theta = ctx.saved_tensors
+        return None, (-(1 / ctx.eps) * _window(pre, theta, ctx.eps) * g).sum(0), None
+
+
+def ste_jumprelu(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """JumpReLU of [tokens, d_sae] pre-activations, threshold learned through the estimator."""
+    return _JumpReLU.apply(pre, theta, eps)
+
+
+def ste_step(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """1 where a latent fires, else 0: summed, the L0 that the sparsity penalty differentiates."""
+    return _Step.apply(pre, theta, eps)
+
+
+def reference_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, theta: Tensor,
+                      eps: float, pre_encoder_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """x_hat, each token's L0 and each latent's firing count, as the fast steps return them."""
+    pre = (x - b_dec if pre_encoder_bias else x) @ W_enc + b_enc
+    fired = ste_step(pre, theta, eps)
+    return ste_jumprelu(pre, theta, eps) @ W_dec + b_dec, fired.sum(1), fired.sum(0)
+
+
+# ---- which step trains: the reference, or one of the fast paths ----------------------------------
+PATH_VARIABLE = "SAESCOPE_JUMPRELU_PATH"
+PATHS = ("auto", "sparse", "dense", "plain")
 
 # Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs
 # more than the dense one (index lists of that size and scattered reads lose to three matmuls;
@@ -91,233 +129,6 @@ _group_starts, _gather_sum, _gather_dot = group_starts, gather_sum, gather_dot
 # and 0.03 bandwidth, 5-7% of entries are active or in the window at L0 64 of 2048.
 DENSE_ABOVE = 0.05
 _PROBE_ROWS = 128
-
-
-def _bf16_below(v: Tensor) -> Tensor:
-    """A bfloat16 value <= v (round-to-nearest moves by at most 2^-8 relative)."""
-    return (v - v.abs() * 2.0**-7).to(torch.bfloat16)
-
-
-def _bf16_above(v: Tensor) -> Tensor:
-    """A bfloat16 value >= v."""
-    return (v + v.abs() * 2.0**-7).to(torch.bfloat16)
-
-
-@functools.cache
-def _native_bf16_matmul(device_type: str) -> bool:
-    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
-    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
-def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in: int) -> Tensor:
-    """Per latent, how far a bfloat16 product x @ W_c can plausibly sit from the float32 one,
-    for rows whose largest 2-norm is x_l2 and largest entry x_inf.
-
-    Rounding both inputs to bfloat16 perturbs each term x_i W_i by a relative error up to 2u,
-    u = 2^-8. The worst case (all errors aligned, 2u * sum |x_i W_i|) is ~sqrt(d_in) times the
-    real error and would send ~1.7M entries of a 4096 x 16384 step to the float32 recompute,
-    costing more than bfloat16 saves. The errors are rounding noise with standard deviation
-    u * sqrt(2/3) * sqrt(sum x_i^2 W_i^2) <= u * sqrt(2/3) * min(||x||_2 max|W|, max|x| ||W||_2).
-    We allow 8 of those (measured errors stay below 4) plus the float32 accumulation bound."""
-    u = _BF16_UNIT_ROUNDOFF
-    spread = torch.minimum(x_l2 * w_inf, x_inf * w_l2)
-    return 8 * u * (2 / 3) ** 0.5 * spread + d_in * _FP32_UNIT_ROUNDOFF * x_l2 * w_l2
-
-
-@torch.no_grad()
-def _bias_grads(g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool,
-                pre_encoder_bias: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
-    gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
-    grad_b_enc = colsum if need_b_enc else None
-    grad_b_dec = None
-    if need_b_dec:
-        grad_b_dec = g.sum(0)
-        if pre_encoder_bias:
-            grad_b_dec = grad_b_dec - W_enc @ colsum
-    return grad_b_enc, grad_b_dec
-
-
-def _select_entries(
-    xc: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, eps: float, bf16: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The (token, latent) entries that are active or inside the estimator's window
-    |pre - theta| < eps/2, in token-major order, with their float32 pre-activations.
-
-    pre = xc @ W_enc + b_enc > theta - eps/2 is tested as xc @ W_enc >= lo with b_enc folded
-    into the per-latent bound, so the dense block sees one matmul and one comparison.
-    """
-    n, d_in = xc.shape
-    d_sae = W_enc.shape[1]
-    lo = theta - b_enc - eps / 2
-    if bf16:
-        # Bounds are taken per block of rows; blocks are small so that one long row does not
-        # widen the bound for the whole batch.
-        x_l2, x_inf = xc.norm(dim=1), xc.abs().amax(dim=1)
-        w_l2, w_inf = W_enc.norm(dim=0), W_enc.abs().amax(dim=0)
-        a, w = xc.to(torch.bfloat16), W_enc.to(torch.bfloat16)
-        block = max(1, min(256, _BLOCK_ELEMENTS // d_sae))
-    else:
-        # Only float32 rounding of the folded bias separates the two tests.
-        lo_b = lo - 1e-6 * (theta.abs() + b_enc.abs() + eps)
-        a, w = xc, W_enc
-        block = max(1, _BLOCK_ELEMENTS // d_sae)
-    rows, cols, vals, settled = [], [], [], []
-    for start in range(0, n, block):
-        if bf16:
-            rows_ = slice(start, start + block)
-            err = _bf16_margin(x_l2[rows_].max(), x_inf[rows_].max(), w_l2, w_inf, d_in)
-            # Rounding the product to bfloat16 is monotone, so bounds rounded outward stay safe.
-            lo_b, hi_b = _bf16_below(lo - err), _bf16_above(lo + eps + err)
-        out = a[start : start + block] @ w
-        r, c = (out >= lo_b).nonzero(as_tuple=True)
-        v = out[r, c]
-        if bf16:
-            settled.append(v > hi_b[c])  # certainly above theta + eps/2: active, not in window
-        rows.append(r + start)
-        cols.append(c)
-        vals.append(v)
-    rows, cols = torch.cat(rows), torch.cat(cols)
-    pre = torch.cat(vals).to(torch.float32) + b_enc[cols]
-    if bf16:
-        settled = torch.cat(settled)
-        unsure = (~settled).nonzero().squeeze(1)
-        if unsure.numel():
-            unsure = unsure[sort_order(cols[unsure])]
-            r, c = rows[unsure], cols[unsure]
-            exact = _gather_dot(W_enc.t().contiguous(), c, xc, r, _group_starts(c, d_sae))
-            pre[unsure] = exact + b_enc[c]
-    t = theta[cols]
-    active = pre > t
-    window = (pre - t).abs() < eps / 2
-    if bf16:
-        active |= settled
-        window &= ~settled
-    keep = (active | window).nonzero().squeeze(1)
-    return rows[keep], cols[keep], pre[keep], active[keep], window[keep]
-
-
-class _SparseJumpReLU(torch.autograd.Function):
-    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active
-    latents (the differentiable L0), with the recipe's straight-through gradients:
-
-      d x_hat-path / d pre   = H(pre - theta)                        (through JumpReLU)
-      d JumpReLU / d theta   = -(theta / eps) K((pre - theta) / eps)  times the upstream grad
-      d H(pre - theta)/d theta = -(1 / eps) K((pre - theta) / eps)     (the L0 counts; none to pre)
-    with K(u) = 1[|u| < 1/2].
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool) -> tuple[Tensor, Tensor, Tensor]:
-        n, d_sae = x.shape[0], W_enc.shape[1]
-        xc = x - b_dec if pre_encoder_bias else x
-        rows, cols, pre, active, window = _select_entries(xc, W_enc, b_enc, theta, eps, bf16)
-        f = pre * active
-        x_hat = _gather_sum(cols, W_dec, _group_starts(rows, n), f) + b_dec
-        fired = active.to(x.dtype)
-        token_l0 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, fired)
-        latent_counts = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols, fired)
-        ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
-        ctx.eps, ctx.pre_encoder_bias = eps, pre_encoder_bias
-        return x_hat, token_l0, latent_counts
-
-    @staticmethod
-    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
-        xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
-        eps = ctx.eps
-        n, d_sae = xc.shape[0], W_enc.shape[1]
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
-        g = grad_x_hat.contiguous()
-
-        # Latent-major order: the products below then reuse one decoder/encoder row per group
-        # and stream the small [n, d_in] matrices, which stay in cache.
-        order = sort_order(cols)
-        rows_t, cols_t = rows[order], cols[order]
-        starts_t = _group_starts(cols_t, d_sae)
-        grad_f = _gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
-        grad_pre = grad_f * active[order]
-
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
-        if need_theta:
-            win = window[order]
-            wc, wr = cols_t[win], rows_t[win]
-            jump = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, wc, grad_f[win])
-            step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
-            step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
-            grad_theta = -(theta / eps) * jump - step / eps
-        if need_W_dec:
-            grad_W_dec = _gather_sum(rows_t, g, starts_t, f[order])
-        if need_W_enc:
-            grad_W_enc = _gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
-        colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
-        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
-        if need_x:
-            grad_pre_rows = torch.empty_like(grad_pre)
-            grad_pre_rows[order] = grad_pre
-            grad_x = _gather_sum(cols, W_enc.t().contiguous(), _group_starts(rows, n), grad_pre_rows)
-        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
-
-
-def _mm(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
-    """a @ b, in bfloat16 (result float32) where the hardware multiplies it natively."""
-    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(torch.float32) if bf16 else a @ b
-
-
-class _DenseJumpReLU(torch.autograd.Function):
-    """The same function and gradients as `_SparseJumpReLU`, with dense [n, d_sae] tensors: the
-    cheaper way while a large share of entries is active or in the window (the recipe's init, or a
-    wide bandwidth). The pre-activations are float32, so which entries are active or in the window
-    is decided exactly as the sparse path decides; with `bf16` the four products that only carry
-    values (decoding and the backward products) run in bfloat16, ~4x faster on AMX, with the
-    rounding of a bfloat16 matmul (~0.4%) in those values and gradients."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        xc = x - b_dec if pre_encoder_bias else x
-        pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
-        active = pre > theta
-        f = pre * active
-        x_hat = _mm(f, W_dec, bf16) + b_dec
-        fired = active.to(x.dtype)
-        ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
-        ctx.eps, ctx.pre_encoder_bias, ctx.bf16 = eps, pre_encoder_bias, bf16
-        return x_hat, fired.sum(1), fired.sum(0)
-
-    @staticmethod
-    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
-        xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
-        eps = ctx.eps
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
-        g = grad_x_hat.contiguous()
-        bf16 = ctx.bf16
-        grad_f = _mm(g, W_dec.t(), bf16)
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
-        if need_theta:
-            window = ((pre - theta).abs() < eps / 2).to(g.dtype)
-            jump = (window * grad_f).sum(0)
-            step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
-            grad_theta = -(theta / eps) * jump - step / eps
-        grad_pre = grad_f.mul_(pre > theta)
-        if need_W_dec:
-            grad_W_dec = _mm(f.t(), g, bf16)
-        if need_W_enc:
-            grad_W_enc = _mm(xc.t(), grad_pre, bf16)
-        colsum = grad_pre.sum(0)
-        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
-        if need_x:
-            grad_x = _mm(grad_pre, W_enc.t(), bf16)
-        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
 
 
 @torch.no_grad()
@@ -329,6 +140,15 @@ def dense_share(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: T
     rows = x[:_PROBE_ROWS]
     xc = rows - b_dec if pre_encoder_bias else rows
     return (torch.addmm(b_enc, xc, W_enc) > theta - eps / 2).float().mean().item()
+
+
+def step_path() -> str:
+    """The path `SAESCOPE_JUMPRELU_PATH` asks for. An environment variable, not a knob: it changes
+    how a step is computed, never what the SAE is, so it stays out of configs and released SAEs."""
+    path = os.environ.get(PATH_VARIABLE) or "auto"
+    if path not in PATHS:
+        raise SaescopeError(f"{PATH_VARIABLE}={path} is not one of {', '.join(PATHS)}; unset it for the default")
+    return path
 
 
 class JumpReLUSAE(SAE):
@@ -454,7 +274,7 @@ class JumpReLUSAE(SAE):
         xc = self.encoder_input(x.to(self.W_enc))
         n = len(xc)
         firing = min(n - 1, max(1, round(n * self.init_l0 / self.d_sae)))  # tokens above the threshold
-        step = max(1, _BLOCK_ELEMENTS // max(1, n))
+        step = max(1, BLOCK_ELEMENTS // max(1, n))
         for start in range(0, self.d_sae, step):
             cols = slice(start, start + step)
             pre = torch.addmm(self.b_enc[cols], xc, self.W_enc[:, cols])
@@ -506,17 +326,10 @@ class JumpReLUSAE(SAE):
         of max(0, p - freq_line()) on each latent's batch firing share p (our choice for Gemma
         Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only).
 
-        The step is sparse (`_SparseJumpReLU`) unless a probe of the batch finds more than
-        DENSE_ABOVE of the entries active or in the window; then it is dense (`_DenseJumpReLU`)."""
+        x_hat and the counts come from `_train_forward`."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)
-        theta = self.effective_threshold()
-        args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
-        if dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth,
-                       self.pre_encoder_bias) > DENSE_ABOVE:
-            x_hat, token_l0, latent_counts = _DenseJumpReLU.apply(*args, self.uses_bf16(x.device))
-        else:
-            x_hat, token_l0, latent_counts = _SparseJumpReLU.apply(*args, self.uses_bf16(x.device))
+        x_hat, token_l0, latent_counts = self._train_forward(x, self.effective_threshold())
         n = x.shape[0]
         mse = (x_hat - y).pow(2).sum(dim=1).mean()
         T = self.target_l0
@@ -534,6 +347,21 @@ class JumpReLUSAE(SAE):
                 self.tokens_since_fired.add_(n).masked_fill_(latent_counts > 0, 0)
         loss = mse + penalty + self.revival(x)
         return loss_output(loss, mse, y, token_l0, latent_counts > 0, penalty)
+
+    def _train_forward(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_hat and the L0 counts by the path `step_path` names. With `auto` the step is sparse
+        (`SparseJumpReLU`) unless a probe of the batch finds more than DENSE_ABOVE of the entries
+        active or in the window; then it is dense (`DenseJumpReLU`)."""
+        args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
+        path = step_path()
+        if path == "plain":
+            return reference_forward(*args)
+        if path == "auto":
+            share = dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth,
+                                self.pre_encoder_bias)
+            path = "dense" if share > DENSE_ABOVE else "sparse"
+        step = DenseJumpReLU if path == "dense" else SparseJumpReLU
+        return step.apply(*args, self.uses_bf16(x.device))
 
     def revival(self, x: Tensor) -> Tensor:
         """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre):

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.jumprelu import MATMUL_DTYPES, JumpReLUSAE, _native_bf16_matmul
+from saescope.saes.jumprelu import JumpReLUSAE
+from saescope.saes.sparse import MATMUL_DTYPES, _native_bf16_matmul
 
 # On inputs scaled to E||x||^2 = 1, a coefficient of a few units gives L0 in the tens to
 # hundreds after a short run (the compare reproduction sweeps 1 to 10).

@@ -1,4 +1,4 @@
-"""Sparse kernels shared by the families whose codes have few non-zeros per token.
+"""Sparse kernels shared by the families whose codes have few non-zeros per token, and JumpReLU's step.
 
 A code is a list of entries (row = token, col = latent, value). Encoding still needs one dense
 matmul to find the entries (TopK, BatchTopK and JumpReLU all look at every pre-activation), but
@@ -10,15 +10,39 @@ slow (benchmarks/train_step.py).
 The products are torch's embedding-bag kernels (fused on CPU and CUDA): `gather_sum` is a
 sparse-dense product that reads only the rows it needs, `gather_dot` a sampled dense-dense
 product (one dot product per entry).
+
+JumpReLU's hand-written step (`SparseJumpReLU`) picks, with one comparison per element of the
+encoder matmul, the entries that are active or inside the estimator's window, and runs every
+other product on those alone; its gradients are the recipe's straight-through estimators, equal
+to the plain autograd reference in saescope/saes/jumprelu.py up to float rounding. Right after
+the recipe's init about half of all latents fire and index lists that long lose to dense
+products, so jumprelu.py sends such steps to `DenseJumpReLU` (the same estimators, dense).
+
+Optionally the encoder matmul runs in bfloat16. Its rounding (~1e-3 on unit-scale inputs) is
+larger than half the estimator's bandwidth, so every entry within 8 standard deviations of
+that rounding noise from the threshold or the window's edges is recomputed in float32: which
+latents are active and which fall in the window is decided as in float32. Only the values of
+clearly active latents keep the bfloat16 product's rounding.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# Dense pre-activations are produced a block of rows at a time so memory stays bounded at
+# Gemma Scope widths (2^20 latents x 4096 tokens would be 16 GiB in one piece).
+BLOCK_ELEMENTS = 1 << 24
+
+_BF16_UNIT_ROUNDOFF = 2.0**-8
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+
+MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def group_starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
@@ -154,6 +178,233 @@ def dense_pre(xc: Tensor, W_enc: Tensor, b_enc: Tensor, bf16: bool) -> Tensor:
     """The one dense product: pre-activations of every latent (no grad), optionally with the
     matmul in bfloat16 (4-5x faster where the CPU has AMX); returned in float32."""
     with torch.no_grad():
+        return bf16_mm(xc, W_enc, True) + b_enc if bf16 else torch.addmm(b_enc, xc, W_enc)
+
+
+# ---- bfloat16 products and the bounds on their rounding -------------------------------------
+def bf16_mm(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
+    """a @ b, in bfloat16 (result float32) where the hardware multiplies it natively."""
+    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(torch.float32) if bf16 else a @ b
+
+
+def _bf16_below(v: Tensor) -> Tensor:
+    """A bfloat16 value <= v (round-to-nearest moves by at most 2^-8 relative)."""
+    return (v - v.abs() * 2.0**-7).to(torch.bfloat16)
+
+
+def _bf16_above(v: Tensor) -> Tensor:
+    """A bfloat16 value >= v."""
+    return (v + v.abs() * 2.0**-7).to(torch.bfloat16)
+
+
+@functools.cache
+def _native_bf16_matmul(device_type: str) -> bool:
+    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
+    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in: int) -> Tensor:
+    """Per latent, how far a bfloat16 product x @ W_c can plausibly sit from the float32 one,
+    for rows whose largest 2-norm is x_l2 and largest entry x_inf.
+
+    Rounding both inputs to bfloat16 perturbs each term x_i W_i by a relative error up to 2u,
+    u = 2^-8. The worst case (all errors aligned, 2u * sum |x_i W_i|) is ~sqrt(d_in) times the
+    real error and would send ~1.7M entries of a 4096 x 16384 step to the float32 recompute,
+    costing more than bfloat16 saves. The errors are rounding noise with standard deviation
+    u * sqrt(2/3) * sqrt(sum x_i^2 W_i^2) <= u * sqrt(2/3) * min(||x||_2 max|W|, max|x| ||W||_2).
+    We allow 8 of those (measured errors stay below 4) plus the float32 accumulation bound."""
+    u = _BF16_UNIT_ROUNDOFF
+    spread = torch.minimum(x_l2 * w_inf, x_inf * w_l2)
+    return 8 * u * (2 / 3) ** 0.5 * spread + d_in * _FP32_UNIT_ROUNDOFF * x_l2 * w_l2
+
+
+# ---- JumpReLU's training step ------------------------------------------------------------------
+@torch.no_grad()
+def _bias_grads(g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool,
+                pre_encoder_bias: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
+    gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
+    grad_b_enc = colsum if need_b_enc else None
+    grad_b_dec = None
+    if need_b_dec:
+        grad_b_dec = g.sum(0)
+        if pre_encoder_bias:
+            grad_b_dec = grad_b_dec - W_enc @ colsum
+    return grad_b_enc, grad_b_dec
+
+
+def select_entries(
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, eps: float, bf16: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The (token, latent) entries that are active or inside the estimator's window
+    |pre - theta| < eps/2, in token-major order, with their float32 pre-activations.
+
+    pre = xc @ W_enc + b_enc > theta - eps/2 is tested as xc @ W_enc >= lo with b_enc folded
+    into the per-latent bound, so the dense block sees one matmul and one comparison.
+    """
+    n, d_in = xc.shape
+    d_sae = W_enc.shape[1]
+    lo = theta - b_enc - eps / 2
+    if bf16:
+        # Bounds are taken per block of rows; blocks are small so that one long row does not
+        # widen the bound for the whole batch.
+        x_l2, x_inf = xc.norm(dim=1), xc.abs().amax(dim=1)
+        w_l2, w_inf = W_enc.norm(dim=0), W_enc.abs().amax(dim=0)
+        a, w = xc.to(torch.bfloat16), W_enc.to(torch.bfloat16)
+        block = max(1, min(256, BLOCK_ELEMENTS // d_sae))
+    else:
+        # Only float32 rounding of the folded bias separates the two tests.
+        lo_b = lo - 1e-6 * (theta.abs() + b_enc.abs() + eps)
+        a, w = xc, W_enc
+        block = max(1, BLOCK_ELEMENTS // d_sae)
+    rows, cols, vals, settled = [], [], [], []
+    for start in range(0, n, block):
         if bf16:
-            return (xc.to(torch.bfloat16) @ W_enc.to(torch.bfloat16)).to(torch.float32) + b_enc
-        return torch.addmm(b_enc, xc, W_enc)
+            rows_ = slice(start, start + block)
+            err = _bf16_margin(x_l2[rows_].max(), x_inf[rows_].max(), w_l2, w_inf, d_in)
+            # Rounding the product to bfloat16 is monotone, so bounds rounded outward stay safe.
+            lo_b, hi_b = _bf16_below(lo - err), _bf16_above(lo + eps + err)
+        out = a[start : start + block] @ w
+        r, c = (out >= lo_b).nonzero(as_tuple=True)
+        v = out[r, c]
+        if bf16:
+            settled.append(v > hi_b[c])  # certainly above theta + eps/2: active, not in window
+        rows.append(r + start)
+        cols.append(c)
+        vals.append(v)
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    pre = torch.cat(vals).to(torch.float32) + b_enc[cols]
+    if bf16:
+        settled = torch.cat(settled)
+        unsure = (~settled).nonzero().squeeze(1)
+        if unsure.numel():
+            unsure = unsure[sort_order(cols[unsure])]
+            r, c = rows[unsure], cols[unsure]
+            exact = gather_dot(W_enc.t().contiguous(), c, xc, r, group_starts(c, d_sae))
+            pre[unsure] = exact + b_enc[c]
+    t = theta[cols]
+    active = pre > t
+    window = (pre - t).abs() < eps / 2
+    if bf16:
+        active |= settled
+        window &= ~settled
+    keep = (active | window).nonzero().squeeze(1)
+    return rows[keep], cols[keep], pre[keep], active[keep], window[keep]
+
+
+class SparseJumpReLU(torch.autograd.Function):
+    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active
+    latents (the differentiable L0), with the recipe's straight-through gradients:
+
+      d x_hat-path / d pre   = H(pre - theta)                        (through JumpReLU)
+      d JumpReLU / d theta   = -(theta / eps) K((pre - theta) / eps)  times the upstream grad
+      d H(pre - theta)/d theta = -(1 / eps) K((pre - theta) / eps)     (the L0 counts; none to pre)
+    with K(u) = 1[|u| < 1/2].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool) -> tuple[Tensor, Tensor, Tensor]:
+        n, d_sae = x.shape[0], W_enc.shape[1]
+        xc = x - b_dec if pre_encoder_bias else x
+        rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, eps, bf16)
+        f = pre * active
+        x_hat = gather_sum(cols, W_dec, group_starts(rows, n), f) + b_dec
+        fired = active.to(x.dtype)
+        token_l0 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, fired)
+        latent_counts = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols, fired)
+        ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
+        ctx.eps, ctx.pre_encoder_bias = eps, pre_encoder_bias
+        return x_hat, token_l0, latent_counts
+
+    @staticmethod
+    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
+        xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
+        eps = ctx.eps
+        n, d_sae = xc.shape[0], W_enc.shape[1]
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
+        g = grad_x_hat.contiguous()
+
+        # Latent-major order: the products below then reuse one decoder/encoder row per group
+        # and stream the small [n, d_in] matrices, which stay in cache.
+        order = sort_order(cols)
+        rows_t, cols_t = rows[order], cols[order]
+        starts_t = group_starts(cols_t, d_sae)
+        grad_f = gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
+        grad_pre = grad_f * active[order]
+
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
+        if need_theta:
+            win = window[order]
+            wc, wr = cols_t[win], rows_t[win]
+            jump = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, wc, grad_f[win])
+            step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
+            step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
+            grad_theta = -(theta / eps) * jump - step / eps
+        if need_W_dec:
+            grad_W_dec = gather_sum(rows_t, g, starts_t, f[order])
+        if need_W_enc:
+            grad_W_enc = gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
+        colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
+        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
+        if need_x:
+            grad_pre_rows = torch.empty_like(grad_pre)
+            grad_pre_rows[order] = grad_pre
+            grad_x = gather_sum(cols, W_enc.t().contiguous(), group_starts(rows, n), grad_pre_rows)
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
+
+
+class DenseJumpReLU(torch.autograd.Function):
+    """The same function and gradients as `SparseJumpReLU`, with dense [n, d_sae] tensors: the
+    cheaper way while a large share of entries is active or in the window (the recipe's init, or a
+    wide bandwidth). The pre-activations are float32, so which entries are active or in the window
+    is decided exactly as the sparse path decides; with `bf16` the four products that only carry
+    values (decoding and the backward products) run in bfloat16, ~4x faster on AMX, with the
+    rounding of a bfloat16 matmul (~0.4%) in those values and gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        xc = x - b_dec if pre_encoder_bias else x
+        pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
+        active = pre > theta
+        f = pre * active
+        x_hat = bf16_mm(f, W_dec, bf16) + b_dec
+        fired = active.to(x.dtype)
+        ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
+        ctx.eps, ctx.pre_encoder_bias, ctx.bf16 = eps, pre_encoder_bias, bf16
+        return x_hat, fired.sum(1), fired.sum(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
+        xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
+        eps = ctx.eps
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
+        g = grad_x_hat.contiguous()
+        bf16 = ctx.bf16
+        grad_f = bf16_mm(g, W_dec.t(), bf16)
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
+        if need_theta:
+            window = ((pre - theta).abs() < eps / 2).to(g.dtype)
+            jump = (window * grad_f).sum(0)
+            step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
+            grad_theta = -(theta / eps) * jump - step / eps
+        grad_pre = grad_f.mul_(pre > theta)
+        if need_W_dec:
+            grad_W_dec = bf16_mm(f.t(), g, bf16)
+        if need_W_enc:
+            grad_W_enc = bf16_mm(xc.t(), grad_pre, bf16)
+        colsum = grad_pre.sum(0)
+        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
+        if need_x:
+            grad_x = bf16_mm(grad_pre, W_enc.t(), bf16)
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None

@@ -23,8 +23,7 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.jumprelu import MATMUL_DTYPES, _native_bf16_matmul
-from saescope.saes.sparse import dense_pre, exact_pre, gather_pre, sparse_decode
+from saescope.saes.sparse import MATMUL_DTYPES, _native_bf16_matmul, dense_pre, exact_pre, gather_pre, sparse_decode
 
 DEFAULT_K = 32
 DEFAULT_AUX_K = 512

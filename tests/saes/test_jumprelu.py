@@ -1,4 +1,4 @@
-"""JumpReLUSAE against a dense autograd reference written straight from the recipe."""
+"""JumpReLUSAE's fast steps against the plain autograd reference written straight from the recipe."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
-from saescope.saes.jumprelu import FREE_INIT_NORM, _SparseJumpReLU
+from saescope.saes.jumprelu import FREE_INIT_NORM, PATH_VARIABLE, reference_forward
+from saescope.saes.sparse import DenseJumpReLU, SparseJumpReLU
 
 
 @pytest.fixture(autouse=True)
@@ -21,45 +22,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-# ---- the dense reference: recipe.md's estimators, one dense tensor per quantity ------------
-def _rect(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
-    return ((pre - theta).abs() < eps / 2).to(pre.dtype)
-
-
-class _RefJumpReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre, theta, eps):
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return pre * (pre > theta)
-
-    @staticmethod
-    def backward(ctx, g):
-        pre, theta = ctx.saved_tensors
-        d_theta = (-(theta / ctx.eps) * _rect(pre, theta, ctx.eps) * g).sum(0)
-        return (pre > theta) * g, d_theta, None
-
-
-class _RefStep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre, theta, eps):
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return (pre > theta).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        pre, theta = ctx.saved_tensors
-        return None, (-(1 / ctx.eps) * _rect(pre, theta, ctx.eps) * g).sum(0), None
-
-
+# ---- the reference: recipe.md's estimators as plain autograd (saescope/saes/jumprelu.py) ---------
 def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    pre = sae.encoder_input(x) @ sae.W_enc + sae.b_enc
-    f = _RefJumpReLU.apply(pre, sae.threshold, sae.bandwidth)
-    x_hat = f @ sae.W_dec + sae.b_dec
+    """The loss with every penalty written out again, on the reference forward."""
+    x_hat, token_l0, counts = reference_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
+                                                sae.bandwidth, sae.pre_encoder_bias)
     mse = (x_hat - x).pow(2).sum(1).mean()
-    h = _RefStep.apply(pre, sae.threshold, sae.bandwidth)
-    token_l0 = h.sum(1)
     T = sae.target_l0
     if sae.l0_penalty == "l0":
         penalty = sae.l0_coefficient * token_l0.mean()
@@ -67,7 +35,7 @@ def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.
         penalty = sae.l0_coefficient * (2 / T * (token_l0 - T) ** 2).mean()
     else:
         penalty = sae.l0_coefficient * 2 / T * (token_l0.mean() - T) ** 2
-    penalty = penalty + sae.freq_coefficient * (h.mean(0) - sae.freq_line()).relu().sum()
+    penalty = penalty + sae.freq_coefficient * (counts / len(x) - sae.freq_line()).relu().sum()
     return mse + sparsity_scale * penalty, token_l0.mean()
 
 
@@ -136,6 +104,28 @@ def test_float32_gradients_equal_dense_reference(knobs):
     assert ref["threshold"].abs().max() > 0
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense", "plain"])
+def test_each_forced_path_equals_the_reference(monkeypatch, path):
+    """SAESCOPE_JUMPRELU_PATH picks the step; `plain` is the reference itself, never a fast step."""
+    monkeypatch.setenv(PATH_VARIABLE, path)
+    if path == "plain":
+        for fast in (SparseJumpReLU, DenseJumpReLU):
+            monkeypatch.setattr(fast, "apply", lambda *a: pytest.fail("a fast step ran on the plain path"))
+    sae = _sae(matmul_dtype="float32", freq_coefficient=0.5, freq_target=0.02)
+    x = _x().requires_grad_()
+    out = sae.loss(x, sparsity_scale=0.7)
+    ref_loss, ref_l0 = reference_loss(sae, x, sparsity_scale=0.7)
+    torch.testing.assert_close(out.loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert out.l0 == ref_l0
+    _assert_close(_grads(sae, out.loss, x), _grads(sae, ref_loss, x), rtol=1e-5)
+
+
+def test_an_unknown_path_is_one_line(monkeypatch):
+    monkeypatch.setenv(PATH_VARIABLE, "fast")
+    with pytest.raises(SaescopeError, match="auto, sparse, dense, plain"):
+        _sae().loss(_x())
+
+
 def test_threshold_gradient_formulas():
     """Each estimator on its own: the L0 counts give -(1/eps) * (window count) per latent and the
     reconstruction gives -(theta/eps) * sum of dL/df over the window, nothing to pre from L0."""
@@ -148,7 +138,7 @@ def test_threshold_gradient_formulas():
         window = (pre - sae.threshold).abs() < eps / 2
     assert window.sum() > 50
 
-    x_hat, token_l0, counts = _SparseJumpReLU.apply(*args)
+    x_hat, token_l0, counts = SparseJumpReLU.apply(*args)
     w = torch.randn(x.shape[0])
     (token_l0 * w).sum().backward()
     expected = -(window * w[:, None]).sum(0) / eps
@@ -156,7 +146,7 @@ def test_threshold_gradient_formulas():
     assert sae.W_enc.grad.abs().max() == 0 and sae.b_enc.grad.abs().max() == 0
 
     sae.zero_grad()
-    x_hat, token_l0, counts = _SparseJumpReLU.apply(*args)
+    x_hat, token_l0, counts = SparseJumpReLU.apply(*args)
     g = torch.randn_like(x_hat)
     (x_hat * g).sum().backward()
     dL_df = g @ sae.W_dec.detach().t()
@@ -181,7 +171,7 @@ def test_bfloat16_matmul_decides_exactly_like_float32():
     assert flips > 0, "test data too easy: bf16 rounding flips no decision"
 
     args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True)
-    _, token_l0, counts = _SparseJumpReLU.apply(*args)
+    _, token_l0, counts = SparseJumpReLU.apply(*args)
     assert torch.equal(token_l0, (pre32 > t).sum(1).float())
     assert torch.equal(counts, (pre32 > t).sum(0).float())
     token_l0.sum().backward()
