@@ -1,13 +1,18 @@
 """Weight-only latent statistics: the logit lens and the nearest latents by decoder cosine.
 
+These are the only implementation: the browser's pages and background fill and the Neuronpedia
+export (`release/neuronpedia.py`) call `residual_directions`, `logit_lens` and `neighbours`, so a
+latent lists the same tokens and the same neighbours wherever it is shown.
+
 Logit lens. A latent writes its decoder row into the residual stream; the final norm then scales
 each dimension and the unembedding turns the result into logits. We drop the norm's data-dependent
-division (it only rescales the whole vector) and keep its per-dimension scale: `1 + weight` for
-Gemma's RMSNorm, `weight` for Llama's RMSNorm and GPT-2's LayerNorm.
+division (it only rescales the whole vector) and keep its per-dimension scale, as the model
+family's row in `models/sites.py` defines it (`1 + weight` for Gemma's RMSNorm).
 - `res` and `mlp` decoder rows already live in the residual stream (Gemma's mlp site is after the
   post-MLP norm).
 - `att` rows live in the concatenated head outputs: they go through the attention output
-  projection first (bias removed), and for Gemma through the post-attention norm's scale.
+  projection first (bias removed), then through the scale of the family's post-attention norm
+  where it has one (Gemma 2/3).
 - `mlp_in` rows are the MLP's normalised input, not a residual direction: the lens is not
   applicable there and the page says so.
 
@@ -33,30 +38,25 @@ VOCAB_CHUNK = 32768
 LATENT_BLOCK = 128
 CANDIDATES = 3 * TOP_TOKENS
 LENS_KINDS = ("res", "mlp", "att")  # site kinds whose decoder rows map into the residual stream
-
-
-def _norm_scale(module: nn.Module, model: nn.Module) -> torch.Tensor:
-    weight = module.weight.detach().float()
-    return 1.0 + weight if model.config.model_type.startswith("gemma") else weight
+NEIGHBOURS = 6  # nearest latents listed in the same SAE (a page adds half as many per adjacent layer)
 
 
 def residual_directions(model: nn.Module, site: Site, W_dec: torch.Tensor) -> torch.Tensor | None:
     """Decoder rows mapped into the residual stream (None where the lens does not apply)."""
-    W = W_dec.detach().float()
     if site.kind not in LENS_KINDS:
         return None
-    if site.kind in ("res", "mlp"):
+    W = W_dec.detach().float()
+    if site.kind != "att":
         return W
-    if site.kind == "att":
-        block = blocks(model)[site.layer]
-        proj = block.get_submodule(family_of(model).att[0])
-        with torch.no_grad():
-            p = next(proj.parameters())
-            out = proj(W.to(p.dtype)).float() - proj(torch.zeros(1, W.shape[1], dtype=p.dtype)).float()
-        post = getattr(block, "post_attention_layernorm", None)
-        if post is not None and model.config.model_type.startswith("gemma"):
-            out = out * _norm_scale(post, model)
-        return out
+    family = family_of(model)
+    block = blocks(model)[site.layer]
+    proj = block.get_submodule(family.att[0])
+    with torch.no_grad():
+        p = next(proj.parameters())
+        out = proj(W.to(p.dtype)).float() - proj(torch.zeros(1, W.shape[1], dtype=p.dtype)).float()
+    if family.post_att_norm:
+        out = out * family.norm_scale(block.get_submodule(family.post_att_norm))
+    return out
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Unembedding:
 def unembedding(model: nn.Module) -> Unembedding:
     fam = family_of(model)
     weight = model.get_submodule(fam.unembed).weight.detach()
-    scale = _norm_scale(model.get_submodule(fam.final_norm), model)
+    scale = fam.norm_scale(model.get_submodule(fam.final_norm))
     low = torch.empty(weight.shape, dtype=torch.bfloat16)
     for v0 in range(0, len(weight), VOCAB_CHUNK):  # chunked: no float32 copy of the whole matrix
         low[v0:v0 + VOCAB_CHUNK] = weight[v0:v0 + VOCAB_CHUNK].float() * scale
@@ -146,3 +146,15 @@ def nearest(rows: torch.Tensor, W: torch.Tensor, k: int = 6, exclude: torch.Tens
         cos[torch.arange(len(a)), exclude] = -2.0
     values, index = cos.topk(min(k, cos.shape[1]), dim=1)
     return values, index
+
+
+def neighbours(W: torch.Tensor, latents: torch.Tensor, k: int = NEIGHBOURS) -> list[list[list]]:
+    """Per latent, its nearest latents in its own SAE as [[latent, cosine], ...] (cosines to four
+    places): what a page lists and what the Neuronpedia export writes, from this one function."""
+    values, index = nearest(W[latents], W, k, exclude=latents)
+    return [pairs(index[j], values[j]) for j in range(len(latents))]
+
+
+def pairs(index: torch.Tensor, values: torch.Tensor) -> list[list]:
+    """[[latent, cosine], ...] as pages and the database's JSON hold them."""
+    return [[int(i), round(float(v), 4)] for i, v in zip(index, values)]

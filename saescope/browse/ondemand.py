@@ -34,7 +34,6 @@ from saescope.browse.stats import TokenText
 from saescope.browse.suite import adjacent, list_saes
 from saescope.release.formats import load
 
-NEIGHBOURS = 6  # nearest latents in the same SAE; half as many in each adjacent layer
 FILL_BLOCK = 32  # latents per background step: one pass over the unembedding, ~0.15 s on 2 cores
 
 
@@ -79,14 +78,14 @@ class OnDemand:
         s = self.suite[name]
         own = self.decoder(name)
         index = torch.tensor(latents)
-        values, near = lens.nearest(own[index], own, NEIGHBOURS, exclude=index)
-        out = [{"same": _pairs(near[j], values[j]), "adjacent": []} for j in range(len(latents))]
+        out = [{"same": same, "adjacent": []} for same in lens.neighbours(own, index)]
         for other in adjacent(s, list(self.suite.values())):
             if other.d_in != s.d_in:
                 continue
-            v, i = lens.nearest(own[index], self.decoder(other.name), max(1, NEIGHBOURS // 2))
+            v, i = lens.nearest(own[index], self.decoder(other.name), max(1, lens.NEIGHBOURS // 2))
             for j in range(len(latents)):
-                out[j]["adjacent"].append({"sae": other.name, "layer": other.site.layer, "items": _pairs(i[j], v[j])})
+                items = lens.pairs(i[j], v[j])
+                out[j]["adjacent"].append({"sae": other.name, "layer": other.site.layer, "items": items})
         return out
 
     # ---- computing and storing the lens -------------------------------------------------------------
@@ -171,7 +170,3 @@ class OnDemand:
         self.thread = threading.Thread(target=work, name="saescope-lens-fill", daemon=True)
         self.thread.start()
         return self.thread
-
-
-def _pairs(index: torch.Tensor, values: torch.Tensor) -> list[list]:
-    return [[int(i), round(float(v), 4)] for i, v in zip(index, values)]

@@ -15,6 +15,8 @@ dashboards show then comes from that sparse matrix with vectorised numpy:
 Weight-only statistics (logit lens, decoder-cosine neighbours) are not computed here: `ondemand`
 computes them per latent when a page needs them, so the browser is ready after this one pass. Each
 SAE's results are committed with a signature of its inputs, so a second run skips unchanged SAEs.
+The Neuronpedia export takes its top activations and histograms from here too (`held_out`,
+`encode_site`, `activation_stats`): one implementation, the same examples.
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
         pending = None
         for site, saes in by_site.items():
             t0 = time.perf_counter()
-            sparse = _encode_site(store, site, saes, data)
+            sparse = encode_site(store, site, [load(s.folder) for s in saes], data)
             timings["encode"] += time.perf_counter() - t0
             if pending is not None:
                 pending.result()
@@ -281,10 +283,10 @@ def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool
     return timings
 
 
-def _encode_site(store: ActivationStore, site: str, saes: list[SuiteSAE], data: HeldOut) -> list[SparseActs]:
-    """One read of a site's held-out rows, encoded by every SAE of that site."""
-    models = [load(s.folder) for s in saes]
-    sparse = [SparseActs() for _ in saes]
+def encode_site(store: ActivationStore, site: str, models: list[torch.nn.Module], data: HeldOut) -> list[SparseActs]:
+    """One read of a site's held-out rows, encoded by every SAE of that site (SAE modules, not
+    folders: the Neuronpedia export passes an SAE it read in any format)."""
+    sparse = [SparseActs() for _ in models]
     row0 = 0
     column = store.column(site)
     with torch.inference_mode():

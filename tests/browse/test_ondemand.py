@@ -1,7 +1,11 @@
 """The weight-only statistics computed per latent when needed: the same logit lens as computing a
-whole SAE at once, pages that are right before the background fill reaches them, a complete export."""
+whole SAE at once, pages that are right before the background fill reaches them, a complete export,
+and the same tokens and neighbours in the Neuronpedia export as on the pages."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from saescope.cli import main
 from saescope.models.loading import load_model
 from saescope.models.sites import Site
 from saescope.release.formats import load
+from saescope.release.neuronpedia import export_neuronpedia
 
 RES = "res.1__w256__c64"
 
@@ -63,6 +68,40 @@ def test_on_demand_lens_equals_the_whole_sae_lens_on_gemma(gemma):
             single = lens.logit_lens(directions[j:j + 1], W_U)[0]
             assert same_lens(single, block[j]), (kind, j)
             assert [t for t, _ in single["top"]] == plain[j].topk(lens.TOP_TOKENS).indices.tolist()
+
+
+def gemma_with_norm_gains(model_dir: Path, dest: Path) -> Path:
+    """The run's tiny Gemma with random norm weights: at init they are zero, so Gemma's `1 + w`
+    is 1 and a lens that skipped a norm (the post-attention one, say) would go unnoticed."""
+    model, tokenizer = load_model(str(model_dir), "float32", "cpu")
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.normal_(0.0, 0.5)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def test_neuronpedia_export_lists_the_pages_tokens_and_neighbours(fresh_run, tiny_model_dir, tmp_path):
+    """For res, mlp and att SAEs of a tiny Gemma: a latent's logit-lens tokens (with their logits)
+    and its decoder-cosine neighbours are the same in the export as on its browser page."""
+    model_dir = gemma_with_norm_gains(tiny_model_dir, tmp_path / "model")
+    db = FeatureDB(db_path(fresh_run))
+    loaded = load_model(str(model_dir), "float32", "cpu")
+    ondemand = OnDemand(fresh_run, db, lambda: loaded)
+    kinds = {"res", "mlp", "att"}
+    for name in [n for n, s in db.saes.items() if s.layer == 1 and s.kind in kinds]:
+        kinds.remove(db.saes[name].kind)
+        batches = export_neuronpedia(fresh_run / "saes" / name, tmp_path / name, model_dir=str(model_dir))
+        features = [f for path in batches for f in json.loads(path.read_text())["features"]]
+        assert [f["feature_index"] for f in features] == list(range(db.saes[name].d_sae))
+        for row, f in zip(ondemand.views(name, [f["feature_index"] for f in features]), features):
+            top, bottom = row.logits["top"], row.logits["bottom"]
+            assert f["pos_str"] == [db.token(t) for t, _ in top] and f["pos_values"] == [v for _, v in top]
+            assert f["neg_str"] == [db.token(t) for t, _ in bottom] and f["neg_values"] == [v for _, v in bottom]
+            assert [[i, c] for i, c in zip(f["topkCosSimIndices"], f["topkCosSimValues"])] == row.neighbours["same"]
+    assert not kinds  # each kind was compared
 
 
 def test_a_latent_viewed_before_the_background_fill_renders_correctly(fresh_run, tiny_model_dir):

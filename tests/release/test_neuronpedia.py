@@ -13,6 +13,8 @@ from tinymodels import tiny_model
 from helpers import random_params
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
+from saescope.browse import lens
+from saescope.models.sites import Site
 from saescope.release.export import export
 from saescope.release.loaded import build_sae
 from saescope.release.neuronpedia import (LatentRecord, add_logit_lens, add_top_activations, neuronpedia_feature,
@@ -62,14 +64,34 @@ def test_logit_lens_uses_gemma_norm_gain_and_unembedding(tiny_tokenizer):
     model = tiny_model("gemma3_text")
     sae = tiny_sae()
     records = [LatentRecord(i) for i in range(D_SAE)]
-    add_logit_lens(records, sae, model, tiny_tokenizer, "res", 1, n=5)
+    assert add_logit_lens(records, sae, model, tiny_tokenizer, Site(1, "res"))
     gain = 1 + model.model.norm.weight.float()
     logits = (sae.W_dec[7].detach() * gain.detach()) @ model.lm_head.weight.float().T
-    top = logits.topk(5)
-    assert [v for _, v in records[7].top_logits] == pytest.approx(top.values.tolist(), rel=1e-5)
+    top = logits.topk(lens.TOP_TOKENS)
+    assert [v for _, v in records[7].top_logits] == pytest.approx(top.values.tolist(), abs=1e-4)
     assert records[7].top_logits[0][0] == tiny_tokenizer.decode([int(top.indices[0])])
-    assert records[7].bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-5)
+    assert records[7].bottom_logits[0][1] == pytest.approx(float(logits.min()), abs=1e-4)
     assert sum(records[7].logit_histogram[1]) == logits.numel()
+
+
+def test_att_lens_goes_through_the_output_projection_and_gemmas_post_attention_norm(tiny_tokenizer):
+    model = tiny_model("gemma3_text")
+    block = model.model.layers[1]
+    block.post_attention_layernorm.weight.normal_()  # zero at init: 1 + w would not show
+    sae = build_sae("jumprelu", random_params(12, d_in=96, d_sae=D_SAE))
+    records = [LatentRecord(i) for i in range(D_SAE)]
+    assert add_logit_lens(records, sae, model, tiny_tokenizer, Site(1, "att"))
+    resid = (sae.W_dec.detach() @ block.self_attn.o_proj.weight.T) * (1 + block.post_attention_layernorm.weight)
+    logits = (resid * (1 + model.model.norm.weight)) @ model.lm_head.weight.T
+    for j in (0, 5, 31):
+        assert [t for t, _ in records[j].top_logits] == tiny_tokenizer.batch_decode(
+            [[i] for i in logits[j].topk(lens.TOP_TOKENS).indices.tolist()])
+
+
+def test_no_logit_lens_where_the_browser_has_none(tiny_tokenizer):
+    records = [LatentRecord(i) for i in range(D_SAE)]
+    assert not add_logit_lens(records, tiny_sae(), tiny_model("gemma3_text"), tiny_tokenizer, Site(1, "mlp_in"))
+    assert all(not r.top_logits and not r.bottom_logits for r in records)
 
 
 def test_feature_json_and_batches(tmp_path):
@@ -101,5 +123,5 @@ def test_export_neuronpedia_from_a_run(tmp_path, store, tiny_model_dir):
     assert written == [tmp_path / "np" / "res-1" / "width_32_l0_4"]
     features = json.loads((written[0] / "batch-0.json").read_text())["features"]
     assert len(features) == D_SAE and features[0]["frac_nonzero"] == 0.125
-    assert any(f["activations"] for f in features) and all(len(f["pos_str"]) == 10 for f in features)
-    assert all(len(f["topkCosSimIndices"]) == 10 for f in features)
+    assert any(f["activations"] for f in features) and all(len(f["pos_str"]) == lens.TOP_TOKENS for f in features)
+    assert all(len(f["topkCosSimIndices"]) == lens.NEIGHBOURS for f in features)
