@@ -287,10 +287,7 @@ def select_entries(
         settled = torch.cat(settled)
         unsure = (~settled).nonzero().squeeze(1)
         if unsure.numel():
-            unsure = unsure[sort_order(cols[unsure])]
-            r, c = rows[unsure], cols[unsure]
-            exact = gather_dot(W_enc.t().contiguous(), c, xc, r, group_starts(c, d_sae))
-            pre[unsure] = exact + b_enc[c]
+            pre[unsure] = exact_pre(xc, W_enc, b_enc, rows[unsure], cols[unsure])
     t = theta[cols]
     active = pre > t
     window = (pre - t).abs() < eps / 2
@@ -302,14 +299,9 @@ def select_entries(
 
 
 class SparseJumpReLU(torch.autograd.Function):
-    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active
-    latents (the differentiable L0), with the recipe's straight-through gradients:
-
-      d x_hat-path / d pre   = H(pre - theta)                        (through JumpReLU)
-      d JumpReLU / d theta   = -(theta / eps) K((pre - theta) / eps)  times the upstream grad
-      d H(pre - theta)/d theta = -(1 / eps) K((pre - theta) / eps)     (the L0 counts; none to pre)
-    with K(u) = 1[|u| < 1/2].
-    """
+    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active latents
+    (the differentiable L0): `reference_forward` of saescope/saes/jumprelu.py, with its
+    straight-through gradients, computed on the entries that are active or in the window only."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
