@@ -12,17 +12,19 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.compare import CompareConfig, compare
-from saescope.config import add_arguments, changed_fields, from_namespace, option, preset_values
+from saescope.config import RUN_FOLDER, add_arguments, changed_fields, from_namespace, option, preset_values
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, metrics_file, summary_rows
 from saescope.memory import keep_freed_memory
 from saescope.outputs import check_outside_stores, check_writable
+from saescope.release.export import EXPORT_FORMATS
 from saescope.release.formats import release
+from saescope.release.interop import FORMATS
 from saescope.run import RunConfig, run, summary_table, write_readme_table
 from saescope.train.trainer import TrainConfig, Trainer
 
@@ -89,7 +91,7 @@ def cmd_evaluate(cfg: EvalConfig) -> None:
 
 @dataclass
 class ReleaseConfig:
-    out: str = option("runs/default", "run folder whose evaluated SAEs are released")
+    out: str = option(RUN_FOLDER, "run folder whose evaluated SAEs are released")
     dest: str = option("", "release folder (default: OUT/release)")
 
 
@@ -100,7 +102,7 @@ def cmd_release(cfg: ReleaseConfig) -> None:
 @dataclass
 class LoadConfig:
     path: str = option("", "SAE folder or file, or Hugging Face id OWNER/REPO[/FOLDER] (also positional)")
-    format: str = option("", "gemma-scope, gemma-scope-2, saelens, sparsify or saescope (default: detected)")
+    format: Literal[("", *FORMATS)] = option("", "the SAE's format (default: detected)")
     positional: ClassVar[tuple[str, ...]] = ("path",)
 
 
@@ -114,10 +116,10 @@ def cmd_load(cfg: LoadConfig) -> None:
 
 @dataclass
 class ExportConfig:
-    format: str = option("gemma-scope", "gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia")
+    format: Literal[EXPORT_FORMATS] = option("gemma-scope", "the format to write")
     src: str = option("", "a run folder, a release, a folder of SAEs, one SAE, or a hub id (also positional)")
     dest: str = option("", "output folder (also positional)")
-    source_format: str = option("", "format of SRC's SAEs (default: detected)")
+    source_format: Literal[("", *FORMATS)] = option("", "format of SRC's SAEs (default: detected)")
     store: str = option("", "neuronpedia: activation store for top activations (default: SRC/activations)")
     model: str = option("", "neuronpedia: model for logit-lens tokens (default: the SAE's recorded model)")
     positional: ClassVar[tuple[str, ...]] = ("src", "dest")
@@ -135,9 +137,10 @@ def cmd_export(cfg: ExportConfig) -> None:
 
 @dataclass
 class PushConfig:
-    release: str = option("runs/default/release", "release folder (with suite.json) or run folder")
+    release: str = option(f"{RUN_FOLDER}/release", "release folder (with suite.json) or run folder")
     repo: str = option("", "OWNER/NAME; per-kind layout pushes OWNER/NAME-res, OWNER/NAME-mlp, ...")
-    layout: str = option("per-kind", "per-kind (one repository per site kind, as Gemma Scope) or single")
+    layout: Literal["per-kind", "single"] = option("per-kind", "per-kind (one repository per site kind, as Gemma "
+                                                              "Scope) or single")
     private: bool = option(False, "create private repositories")
     license: str = option("apache-2.0", "license in the model card")
     base_model: str = option("", "base model id in the model card (default: the suite's model)")
@@ -157,7 +160,7 @@ def cmd_push(cfg: PushConfig) -> None:
 @dataclass
 class BrowseConfig:
     positional = ("run",)  # `saescope browse RUN`
-    run: str = option("runs/default", "run folder whose SAEs are browsed")
+    run: str = option(RUN_FOLDER, "run folder whose SAEs are browsed")
     export: str = option("", "write a static HTML site to this folder instead of serving")
     export_latents: int = option(0, "with --export: latents per SAE, most frequent first (0 = all)")
     host: str = option("127.0.0.1", "address to serve on (127.0.0.1 = this machine only)")
@@ -191,7 +194,7 @@ def cmd_browse(cfg: BrowseConfig) -> None:
 
 @dataclass
 class TableConfig:
-    out: str = option("runs/default", "run folder")
+    out: str = option(RUN_FOLDER, "run folder")
     readme: str = option("", "also write the table into this README between its saescope-table markers")
     text: str = option("", "the metrics `saescope evaluate --text FILE` measured on that text, instead of the held-out corpus")
 

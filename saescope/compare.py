@@ -28,16 +28,18 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from saescope.config import option, same_as
+from saescope.config import STORE_FOLDER, device_option, option, part, rescaled, same_as
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.io import read_json, write_json_atomic
-from saescope.run import RunConfig
+from saescope.run import RUN_SCHEDULE
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
 from saescope.saelens_baseline import require_saelens, train_saelens
 from saescope.saes.registry import ARCHITECTURES, sweep_knobs
+from saescope.train.schedule import Schedule
 from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
 DEFAULT_SWEEPS = ("jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,"
@@ -46,8 +48,8 @@ DEFAULT_MATCHED_L0 = "16,32,64"
 
 
 @dataclass
-class CompareConfig:
-    store: str = option("runs/default/activations", "activation store to train and evaluate on")
+class CompareConfig(Schedule):
+    store: str = option(STORE_FOLDER, "activation store to train and evaluate on")
     out: str = option("runs/compare", "run folder: SAEs in OUT/saes, the table and plot in OUT/compare.*")
     site: str = option("res.6", "the one site every family is trained on")
     width: int = option(4096, "dictionary size of every SAE")
@@ -55,24 +57,19 @@ class CompareConfig:
                                          "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
                                          "coefficient; or k)")
     family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
-    # the default run's schedule
-    train_tokens: int = same_as(RunConfig, "train_tokens")
-    batch_size: int = same_as(RunConfig, "batch_size")
-    lr: float = same_as(RunConfig, "lr")
-    lr_warmup_steps: int = same_as(RunConfig, "lr_warmup_steps")
-    l0_warmup_steps: int = same_as(RunConfig, "l0_warmup_steps")
-    lr_decay: float = same_as(RunConfig, "lr_decay")
-    normalize: str = same_as(RunConfig, "normalize")
-    baseline: str = option("", "reference SAEs trained by their own library on the same rows as saescope's: saelens "
-                               "trains SAELens' JumpReLU and TopK on the same rows (needs sae-lens)")
+    baseline: Literal["", "saelens"] = option("", "reference SAEs trained by their own library on the same rows as "
+                                                  "saescope's: saelens trains SAELens' JumpReLU and TopK on the same "
+                                                  "rows (needs sae-lens)")
     baseline_sweeps: str = option(DEFAULT_BASELINE_SWEEPS, "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "
                                                            "(SAELens' l0_coefficient on the normalised rows, and k)")
     matched_l0: str = option(DEFAULT_MATCHED_L0, "L0 targets of the matched-L0 table (delta LM loss and FVU "
                                                  "interpolated linearly in log L0), comma-separated")
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
-    eval_context_len: int = option(256, "tokens per held-out sequence")
-    seed: int = option(0, "seed for initialisation and shuffling")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    eval_context_len: int = same_as(EvalConfig, "eval_context_len")
+    device: str = device_option()
+
+
+CompareConfig = rescaled(CompareConfig, RUN_SCHEDULE)  # the default run's schedule
 
 
 def parse_sweeps(text: str, family_knobs: str = "", flag: str = "--sweeps",
@@ -247,17 +244,12 @@ def compare(cfg: CompareConfig) -> list[dict]:
     families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
     targets = parse_targets(cfg.matched_l0)
     baseline = parse_baseline(cfg.baseline, cfg.baseline_sweeps)
-    train_cfg = TrainConfig(store=cfg.store, out=cfg.out, train_sites=cfg.site, arch=families[0][0],
-                            widths=[cfg.width], l0_coefficients=families[0][1], train_tokens=cfg.train_tokens,
-                            batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
-                            l0_warmup_steps=cfg.l0_warmup_steps, lr_decay=cfg.lr_decay, seed=cfg.seed,
-                            device=cfg.device, normalize=cfg.normalize)
-    trainer = Trainer(train_cfg, families)
+    trainer = Trainer(part(cfg, TrainConfig, train_sites=cfg.site, arch=families[0][0], widths=[cfg.width],
+                           l0_coefficients=families[0][1]), families)
     trainer.train()
     if baseline:
         train_saelens(trainer, baseline)
-    evaluate(EvalConfig(out=cfg.out, store=cfg.store, eval_sequences=cfg.eval_sequences,
-                        eval_context_len=cfg.eval_context_len, device=cfg.device))
+    evaluate(part(cfg, EvalConfig))
     return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE", targets)
 
 

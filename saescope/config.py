@@ -1,54 +1,105 @@
 """Job configs are plain dataclasses: the same object is the CLI, the Python API and `config.json`.
 
 Each field's `help` metadata becomes its `--flag` help, so `saescope JOB --help` always documents
-every option with its default, and a saved `config.json` re-runs the job exactly.
+every option with its default; a field typed `Literal[...]` lists its choices there and refuses
+any other value where the command line is parsed, and a saved `config.json` re-runs the job exactly.
+
+A job that runs on another scale (`saescope run`'s 20-minute CPU schedule) states only the values
+that differ, as nanoGPT's config files override train.py's defaults: see `rescaled`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
 
 T = TypeVar("T")
 
+RUN_FOLDER = "runs/default"  # where every job looks unless told otherwise
+STORE_FOLDER = f"{RUN_FOLDER}/activations"
+
+
+def _default(default: Any) -> dict[str, Any]:
+    """A mutable default becomes a factory, so two configs never share one list."""
+    if isinstance(default, (list, dict)):
+        return {"default_factory": (lambda d=default: type(d)(d))}
+    return {"default": default}
+
 
 def option(default: Any, help: str, *aliases: str) -> Any:
     """A config field with CLI help (and optional extra flag names)."""
-    factory = isinstance(default, (list, dict))
-    kw = {"default_factory": (lambda d=default: type(d)(d))} if factory else {"default": default}
-    return dataclasses.field(metadata={"help": help, "aliases": aliases}, **kw)
+    return dataclasses.field(metadata={"help": help, "aliases": aliases}, **_default(default))
+
+
+def device_option() -> Any:
+    """Every job that runs a model or trains picks its device the same way."""
+    return option("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
+def held_out_option() -> Any:
+    """Training and evaluation must agree on which shards are held out, so both say it here."""
+    return option(1, "last shards of the store held out for evaluation")
 
 
 def same_as(cls: type, name: str) -> Any:
-    """A field declared like `cls`'s field `name`, with its default and help: a job that runs another
-    job's schedule (compare runs the default run's) then states each value once."""
+    """A field declared like `cls`'s field `name`, with its default and help: a job that shares one
+    option of another job then states it once."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    if f.default is not dataclasses.MISSING:
-        return dataclasses.field(default=f.default, metadata=f.metadata)
-    return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(metadata=f.metadata, **_default(_default_of(f)))
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def rescaled(cls: type[T], values: dict[str, Any]) -> type[T]:
+    """`cls` with other defaults for some fields, each keeping its help: a job's scale stated as the
+    values that differ (like nanoGPT's config files), so every other default stays stated once."""
+    hints = _hints(cls)
+    metadata = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    fields = [(k, hints[k], dataclasses.field(metadata=metadata[k], **_default(v))) for k, v in values.items()]
+    scaled = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+    scaled.__module__, scaled.__qualname__, scaled.__doc__ = cls.__module__, cls.__qualname__, cls.__doc__
+    return scaled
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Field types resolved (the modules use `from __future__ import annotations`, so they are strings)."""
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, name: str) -> tuple | None:
+    """The values a `Literal[...]` field allows; None for any other field."""
+    hint = _hints(cls)[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default_of(f)
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
-        helptext = f"{f.metadata.get('help', '')} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(*flags, dest=f.name, default=default, action=argparse.BooleanOptionalAction,
-                                help=helptext)
+        kw: dict[str, Any] = {"dest": f.name, "default": default,
+                              "help": f"{f.metadata.get('help', '')} (default: {default})"}
+        allowed = choices(cls, f.name)
+        if allowed:  # "" (the option unset) is allowed but not listed: the help says what it means
+            kw |= {"type": type(allowed[-1]), "choices": allowed, "metavar": "{" + ",".join(filter(None, allowed)) + "}"}
+        elif isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
-            kind = type(default[0]) if default else str
-            parser.add_argument(*flags, dest=f.name, default=default, type=_list_of(kind), help=helptext)
+            kw["type"] = _list_of(type(default[0]) if default else str)
         else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(*flags, dest=f.name, default=default, type=kind, help=helptext)
+            kw["type"] = type(default) if default is not None else str
+        parser.add_argument(*flags, **kw)
 
 
 def _list_of(kind: type):
@@ -88,6 +139,13 @@ def with_preset(cls: type[T], name: str, **values: Any) -> T:
     return cls(**(preset_values(cls, name) | values | {"preset": name}))
 
 
+def part(config: Any, cls: type[T], **values: Any) -> T:
+    """The config of a job that another job runs (run's train stage, compare's evaluation): every
+    field of `cls` that `config` has, then `values`."""
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)}
+    return cls(**(shared | values))
+
+
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     return validate(cls(**{k: v for k, v in vars(ns).items() if k in names}))
@@ -120,14 +178,28 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 FOLDERS = ("out", "store", "dest", "export", "run")  # options that name a folder, never a file
 
 
+def _problem(cls: type, name: str, value: Any) -> str | None:
+    """What is wrong with one option's value (its type, its choices, its range), or None. A
+    config.json edited by hand or a Python caller reaches here without argparse's checks."""
+    hint, allowed, rule = _hints(cls)[name], choices(cls, name), RANGES.get(name)
+    if allowed is not None:
+        return None if value in allowed else f"is not one of {', '.join(map(repr, allowed))}"
+    kinds = {float: (int, float), int: int, str: str, bool: bool, list: list}.get(hint)
+    if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and hint is not bool)):
+        return f"is not a{'n' if hint is int else ''} {hint.__name__}"
+    if rule and not rule[0](value):
+        return f"is out of range: it must be {rule[1]}"
+    return None
+
+
 def validate(config: T) -> T:
-    """Check every option with a known range, and the device; a bad value is a one-line error
-    naming the option, the value and what it must be."""
+    """Check every option's type, choices and range, and the device; a bad value is a one-line
+    error naming the option, the value and what it must be."""
     for f in dataclasses.fields(config):
-        rule = RANGES.get(f.name)
         value = getattr(config, f.name)
-        if rule and not rule[0](value):
-            raise SaescopeError(f"--{f.name.replace('_', '-')} {value!r} is out of range: it must be {rule[1]}")
+        problem = _problem(type(config), f.name, value)
+        if problem:
+            raise SaescopeError(f"--{f.name.replace('_', '-')} {value!r} {problem}")
         if f.name in FOLDERS and isinstance(value, str) and "://" not in value and Path(value).is_file():
             raise SaescopeError(f"--{f.name} {value} is an existing file, not a folder: pass a folder")
     if getattr(config, "device", "auto") != "auto":

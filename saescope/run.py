@@ -1,10 +1,11 @@
 """`saescope run`: harvest, train, evaluate, release, build the browser's database and summarise.
 
 The defaults are sized for the embedded Gemma 3 270M on a 2-core CPU: every layer's res, mlp
-and att sites, one JumpReLU SAE each (target L0 64), the whole job in about 20 minutes. The recipe's own
-scale (4B tokens, widths 16k+, lr 7e-5, 1k/10k warm-ups, 2048 x 1024 evaluation tokens) is
-the default of `saescope train` / `evaluate` and reachable here through the same flags; the
-shorter schedule needs the larger learning rate and shorter warm-ups set below.
+and att sites, one JumpReLU SAE each (target L0 64), the whole job in about 20 minutes. Every
+option is the harvest, train or evaluate job's own, with its default, except the few that
+`RUN_SCALE` sets for that size (as nanoGPT's config files override train.py): the recipe's own
+scale (4B tokens, widths 16k+, lr 7e-5, 1k/10k warm-ups, 2048 x 1024 evaluation tokens) is the
+default of `saescope train` / `evaluate` and reachable here through the same flags.
 """
 
 from __future__ import annotations
@@ -16,35 +17,42 @@ from pathlib import Path
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.browse.stats import compute_stats
-from saescope.config import option, save_config
+from saescope.config import RUN_FOLDER, option, part, rescaled, save_config
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, summary_rows
 from saescope.release.formats import release
 from saescope.train.trainer import TrainConfig, Trainer
 
+# The short schedule (200 steps instead of a million) needs the larger learning rate and shorter
+# warm-up; `saescope compare` trains on it too.
+RUN_SCHEDULE = {
+    "train_tokens": 204_800,  # 200 steps, 2.1 epochs over the training shards
+    "batch_size": 1024,  # the recipe's 4096 leaves too few steps for a short run
+    "lr": 3e-3,  # the recipe's 7e-5 is for billions of tokens
+    "lr_warmup_steps": 10,
+}
+RUN_SCALE = RUN_SCHEDULE | {
+    "tokens": 114_688,  # 6 training shards + 1 held-out shard of 16384
+    "shard_rows": 16384,
+    "widths": [2048],
+    "buffer_rows": 16384,  # memory: rows x total site width x dtype size
+    "checkpoint_every": 100,  # each writes every SAE and its Adam state: ~2 GB
+    "log_every": 10,
+    "eval_sequences": 4,
+}
+
 
 @dataclass
 class RunConfig(EvalConfig, TrainConfig, HarvestConfig):
-    out: str = option("runs/default", "run folder: activations, checkpoints, SAEs, release and summary")
+    out: str = option(RUN_FOLDER, "run folder: activations, checkpoints, SAEs, release and summary")
     store: str = option("", "activation store (default: OUT/activations)")
-    tokens: int = option(114_688, "tokens to harvest: 6 training shards + 1 held-out shard of 16384")
-    shard_rows: int = option(16384, "rows per shard file")
-    context_len: int = option(1024, "tokens per sequence")
-    widths: list = option([2048], "dictionary sizes, comma-separated")
-    train_tokens: int = option(204_800, "training tokens per SAE (200 steps, 2.1 epochs over the training shards)")
-    batch_size: int = option(1024, "tokens per step (the recipe's 4096 leaves too few steps for a short run)")
-    lr: float = option(3e-3, "Adam learning rate (the recipe's 7e-5 is for billions of tokens)")
-    lr_warmup_steps: int = option(10, "cosine warm-up steps of the learning rate")
-    buffer_rows: int = option(16384, "shuffle buffer rows (memory: rows x total site width x dtype size)")
-    checkpoint_every: int = option(100, "steps between checkpoints (each writes every SAE and its Adam state: ~2 GB)")
-    log_every: int = option(10, "steps between log lines in OUT/train/log.jsonl")
-    eval_sequences: int = option(4, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
 
     def part(self, cls: type):
         """The sub-job's own config, with the store inside the run folder unless given."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(cls)}
-        values["store"] = self.store or str(Path(self.out) / "activations")
-        return cls(**values)
+        return part(self, cls, store=self.store or str(Path(self.out) / "activations"))
+
+
+RunConfig = rescaled(RunConfig, RUN_SCALE)
 
 
 def summary_table(out: str | Path, text: str = "") -> str:

@@ -350,6 +350,14 @@ CASES = [
 ]
 
 
+def exit_code(argv: list[str]) -> int:
+    """main's exit code; a value outside an option's choices is refused by argparse, which exits."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_fault_is_one_line_and_changes_nothing(case: Case, run: Path, tmp_path: Path, tiny_model_dir: Path,
                                                capsys, monkeypatch):
@@ -360,7 +368,7 @@ def test_fault_is_one_line_and_changes_nothing(case: Case, run: Path, tmp_path: 
     (sandbox / "bystander.txt").write_text("the current folder's own file")
     before_run, before_sandbox = snapshot(run), snapshot(sandbox)
     capsys.readouterr()
-    assert main(argv) == 2
+    assert exit_code(argv) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.split("\n") if line and "\r" not in line]  # progress bars redraw with \r
     assert len(lines) == 1 and lines[0].startswith("saescope: error: "), err
@@ -456,6 +464,8 @@ def test_a_missing_filesystem_package_is_named(monkeypatch, capsys, tmp_path):
     (["browse", "--port", "http"], "--port: invalid int value"),
     (["evaluate", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["bogus-job"], "invalid choice: 'bogus-job'"),
+    (["train", "--arch", "bogus"], "argument --arch: invalid choice: 'bogus' (choose from 'jumprelu', 'relu'"),
+    (["harvest", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8' (choose from 'bfloat16'"),
 ])
 def test_a_malformed_command_line_is_one_line(argv, expect, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -18,7 +18,7 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from saescope.activations.documents import dataset_fingerprint, iter_documents
 from saescope.activations.packing import pack_documents
 from saescope.activations.remote import file_url_path, is_url
 from saescope.activations.store import STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors, new_staging
-from saescope.config import option, validate
+from saescope.config import STORE_FOLDER, device_option, option, validate
 from saescope.errors import SaescopeError
 from saescope.io import read_json, write_json_atomic
 from saescope.models.loading import load_model
@@ -46,10 +46,10 @@ class HarvestConfig:
     tokens: int = option(200_000, "training tokens to store (BOS/EOS/pad excluded)")
     context_len: int = option(1024, "tokens per sequence")
     forward_batch: int = option(8, "sequences per forward pass")
-    dtype: str = option("bfloat16", "model and store dtype: bfloat16 or float32")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: Literal[tuple(STORE_DTYPES)] = option("bfloat16", "model and store dtype")
+    device: str = device_option()
     shard_rows: int = option(65536, "rows per shard file")
-    store: str = option("runs/default/activations", "activation store folder", "--out")
+    store: str = option(STORE_FOLDER, "activation store folder", "--out")
 
 
 KEYS_THAT_MUST_MATCH = ("model", "dataset", "text_field", "context_len", "forward_batch", "dtype", "shard_rows")

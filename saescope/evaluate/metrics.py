@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,10 +29,10 @@ from saescope.activations.documents import iter_documents
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.packing import pack_documents
 from saescope.activations.store import ActivationStore
-from saescope.config import option
+from saescope.config import RUN_FOLDER, device_option, held_out_option, option
 from saescope.errors import SaescopeError
 from saescope.io import write_json_atomic
-from saescope.models.loading import load_model
+from saescope.models.loading import DTYPES, load_model
 from saescope.models.sites import Site, blocks, capture, replace
 from saescope.saes.base import SAE
 
@@ -42,17 +43,17 @@ HISTOGRAM_EDGES = np.arange(-7.0, 0.5, 0.5)  # log10 firing frequency bins
 
 @dataclass
 class EvalConfig:
-    out: str = option("runs/default", "run folder whose SAEs (OUT/saes) are evaluated")
+    out: str = option(RUN_FOLDER, "run folder whose SAEs (OUT/saes) are evaluated")
     store: str = option("", "activation store for the held-out split (default: the one the SAEs were trained on)")
-    eval_shards: int = option(1, "last shards of the store held out for evaluation")
+    eval_shards: int = held_out_option()
     eval_sequences: int = option(8, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
     eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
     eval_batch_size: int = option(4, "sequences per forward pass")
-    eval_dtype: str = option("bfloat16", "model dtype for the model-based metrics")
+    eval_dtype: Literal[tuple(DTYPES)] = option("bfloat16", "model dtype for the model-based metrics")
     text: str = option("", "evaluate delta LM loss, KL and CE recovered on this text (a .txt/.jsonl/.parquet file or "
                            "dataset, e.g. one unlike the training corpus) instead of the held-out corpus text; "
                            "results go to each SAE's metrics.<name>.json beside metrics.json")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    device: str = device_option()
 
 
 def _reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,10 @@ group's checkpoint, log and SAEs; groups never wait for each other until the end
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -39,58 +38,51 @@ from tqdm import tqdm
 from saescope import distributed
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
-from saescope.config import option, save_config
+from saescope.config import (PRESETS, RUN_FOLDER, STORE_FOLDER, device_option, held_out_option, option, save_config,
+                             validate)
 from saescope.errors import SaescopeError
 from saescope.io import write_json_atomic
 from saescope.models.loading import resolve_device
 from saescope.models.sites import Site
 from saescope.saes.base import SAE
-from saescope.saes.registry import make_sae, sae_from_state, sweep_knobs
+from saescope.saes.registry import ARCHITECTURES, make_sae, sae_from_state, sweep_knobs
+from saescope.train import checkpoint
 from saescope.train.normalize import INIT_ROWS, estimate_scale, estimate_standardization, first_rows
+from saescope.train.schedule import Schedule, lr_at, sparsity_scale_at
+
+# The choices of the options that name one of a fixed set (argparse lists and checks them).
+Arch = Literal[tuple(ARCHITECTURES)]
+Parallel = Literal[distributed.PARALLEL_MODES]
+Preset = Literal[("", *PRESETS)]
 
 
 @dataclass
-class TrainConfig:
-    store: str = option("runs/default/activations", "activation store to train on")
-    out: str = option("runs/default", "run folder: checkpoints go to OUT/train, trained SAEs to OUT/saes")
+class TrainConfig(Schedule):
+    store: str = option(STORE_FOLDER, "activation store to train on")
+    out: str = option(RUN_FOLDER, "run folder: checkpoints go to OUT/train, trained SAEs to OUT/saes")
     train_sites: str = option("all", "sites of the store to train on: all, or names like res.3,mlp.3")
-    arch: str = option("jumprelu", "SAE family: jumprelu, relu, gated, topk, batchtopk, matryoshka, atm")
+    arch: Arch = option("jumprelu", "SAE family")
     widths: list = option([4096], "dictionary sizes, comma-separated")
     l0_coefficients: list = option([64.0], "the family's sparsity knob, comma-separated, one SAE per value: the target "
                                          "L0 (jumprelu; lambda with --knobs l0_penalty=l0), L1 coefficient (relu, gated, "
                                          "atm) or k (topk, batchtopk, matryoshka)", "--sweep")
-    transcoder: str = option("", "train transcoders: plain, or skip (with an affine skip connection); "
-                                 "--train-sites then names mlp_in.L sites, each predicting mlp.L")
+    transcoder: Literal["", "plain", "skip"] = option("", "train transcoders: plain, or skip (with an affine skip "
+                                                          "connection); --train-sites then names mlp_in.L sites, each "
+                                                          "predicting mlp.L")
     knobs: str = option("", "family options as key=value,key=value (e.g. target_l0=40,l0_penalty=quadratic)")
-    train_tokens: int = option(4_000_000_000, "training tokens per SAE (the loader repeats epochs if the store is smaller)")
-    batch_size: int = option(4096, "tokens per step")
-    lr: float = option(7e-5, "Adam learning rate")
-    lr_warmup_steps: int = option(1000, "cosine warm-up from 0.1*lr to lr over these steps")
-    l0_warmup_steps: int = option(0, "linear warm-up of the sparsity coefficient from 0 (the recipe: 10000; JumpReLU "
-                                     "starts at its target L0, so it needs none)")
-    lr_decay: float = option(0.2, "share of the run at its end over which the learning rate falls linearly to 0 "
-                                  "(the recipe: none)")
-    adam_beta1: float = option(0.0, "Adam beta1")
-    adam_beta2: float = option(0.999, "Adam beta2")
-    adam_eps: float = option(1e-8, "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
-                                   "by about lr * gradient / eps instead of lr * sign(gradient)")
-    normalize: str = option("standardize", "standardize: subtract each dimension's mean and divide by its spread "
-                                           "(models whose residual stream has a few huge dimensions, as Gemma 3's, "
-                                           "train far better); scalar: divide each site by one constant so "
-                                           "E||x||^2 = 1 (the recipe)")
     norm_rows: int = option(65536, "rows used to estimate each site's normalising constant")
     buffer_rows: int = option(65536, "shuffle buffer rows (memory: rows x total site width x dtype size)")
-    eval_shards: int = option(1, "last shards of the store held out for evaluation")
+    eval_shards: int = held_out_option()
     checkpoint_every: int = option(500, "steps between checkpoints")
     log_every: int = option(50, "steps between log lines in OUT/train/log.jsonl")
-    seed: int = option(0, "seed for initialisation and shuffling")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    parallel: str = option("auto", "with several processes: data (split every batch), sae (split the SAEs), both, "
-                                   "or auto (sae when there are at least as many SAEs as processes, else data)")
+    device: str = device_option()
+    parallel: Parallel = option("auto", "with several processes: data (split every batch), sae (split the SAEs), "
+                                        "both, or auto (sae when there are at least as many SAEs as processes, "
+                                        "else data)")
     sae_groups: int = option(0, "with --parallel both: SAE groups, each splitting its batches (0 = one per machine)")
-    preset: str = option("", "gemma-scope: the recipe's exact optimisation settings (lr 7e-5, batch 4096, 1k/10k "
-                             "warm-ups, no decay, scalar normalisation, JumpReLU with lambda*L0, bandwidth and threshold "
-                             "0.001); flags given beside it still win")
+    preset: Preset = option("", "gemma-scope: the recipe's exact optimisation settings (lr 7e-5, batch 4096, 1k/10k "
+                                "warm-ups, no decay, scalar normalisation, JumpReLU with lambda*L0, bandwidth and "
+                                "threshold 0.001); flags given beside it still win")
 
 
 def parse_knobs(text: str) -> dict:
@@ -119,22 +111,6 @@ def transcoder_target(site: str) -> str:
     return Site(s.layer, "mlp").name
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Cosine warm-up from 0.1*lr to lr, then constant (the recipe states no decay) until the
-    last `lr_decay` share of the run, over which it falls linearly towards 0."""
-    decay_steps = round(cfg.lr_decay * total_steps)
-    if decay_steps and step >= total_steps - decay_steps:
-        return cfg.lr * (total_steps - step) / decay_steps
-    if step >= cfg.lr_warmup_steps:
-        return cfg.lr
-    progress = step / cfg.lr_warmup_steps
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 - math.cos(math.pi * progress)))
-
-
-def sparsity_scale_at(step: int, cfg: TrainConfig) -> float:
-    return 1.0 if step >= cfg.l0_warmup_steps else step / cfg.l0_warmup_steps
-
-
 def select_sites(store: ActivationStore, sites: str) -> list[str]:
     if sites == "all":
         return store.sites
@@ -150,13 +126,11 @@ class Trainer:
         """`families` (saescope compare) trains several families in one read of the store, each
         with its own sweep values and knobs (added to --knobs); by default it is
         [(cfg.arch, cfg.l0_coefficients, {})]."""
-        self.cfg = cfg
+        self.cfg = validate(cfg)  # a Python caller's config gets the command line's checks
         self.out = Path(cfg.out)
         self.device = resolve_device(distributed.device_for(cfg.device))
         self.store = ActivationStore(cfg.store)
         all_sites = select_sites(self.store, cfg.train_sites)
-        if cfg.transcoder not in ("", "plain", "skip"):
-            raise SaescopeError(f"unknown --transcoder {cfg.transcoder!r}: use plain or skip")
         self.targets = {s: transcoder_target(s) for s in all_sites} if cfg.transcoder else {}
         multi = families is not None
         families = families or [(cfg.arch, cfg.l0_coefficients, {})]
@@ -191,8 +165,6 @@ class Trainer:
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
         self.shifts: dict[str, torch.Tensor] = {}  # per site, with --normalize standardize: the mean
-        if cfg.normalize not in ("scalar", "standardize"):
-            raise SaescopeError(f"unknown --normalize {cfg.normalize!r}: use scalar or standardize")
         if cfg.normalize == "standardize" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: drop --normalize standardize")
 
@@ -212,47 +184,22 @@ class Trainer:
         return torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)),
                                 eps=float(cfg.adam_eps), fused=fused)
 
-    def _group_file(self, stem: str, suffix: str) -> Path:
-        """OUT/train/STEM.SUFFIX, or STEM.g<i>of<n>.SUFFIX for one of several SAE groups."""
-        g, n = self.layout.group_index, self.layout.sae_groups
-        return self.out / "train" / (f"{stem}.{suffix}" if n == 1 else f"{stem}.g{g}of{n}.{suffix}")
-
     @property
     def checkpoint_path(self) -> Path:
-        return self._group_file("checkpoint", "pt")
-
-    def _refuse_other_layouts(self) -> None:
-        """Checkpoints of another SAE grouping hold other SAEs per file: resuming would silently
-        start some SAEs over, so say so instead."""
-        n = self.layout.sae_groups
-        ours = {"checkpoint.pt"} if n == 1 else {f"checkpoint.g{g}of{n}.pt" for g in range(n)}
-        others = sorted(p.name for p in (self.out / "train").glob("checkpoint*.pt") if p.name not in ours)
-        if others:
-            raise SaescopeError(f"{self.out / 'train'} holds checkpoints of a run split into other SAE groups "
-                                f"({others[0]}): restart with the same --nproc/--parallel/--sae-groups, "
-                                f"or delete them to start over")
+        return checkpoint.group_file(self.out, self.layout, "checkpoint", "pt")
 
     def save_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"step": self.step, "scales": self.scales, "shifts": self.shifts, "optimizer": self.opt.state_dict(),
-                    "saes": {k: s.state_dict() for k, s in self.saes.items()}, "config": asdict(self.cfg)}, tmp)
-        os.replace(tmp, path)
+        checkpoint.save(self.checkpoint_path, {
+            "step": self.step, "scales": self.scales, "shifts": self.shifts, "optimizer": self.opt.state_dict(),
+            "saes": {k: s.state_dict() for k, s in self.saes.items()}, "config": asdict(self.cfg)})
 
     def load_checkpoint(self) -> bool:
-        if not self.checkpoint_path.exists():
+        ckpt = checkpoint.load(self.checkpoint_path, self.device, set(self.saes))
+        if ckpt is None:
             return False
-        try:
-            ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise SaescopeError(f"checkpoint {self.checkpoint_path} is unreadable ({type(e).__name__}): "
-                                f"delete it to start over") from e
-        if set(ckpt["saes"]) != set(self.saes):
-            raise SaescopeError(f"checkpoint {self.checkpoint_path} holds other SAEs than this config asks for: "
-                                f"use another --out or delete {self.checkpoint_path.parent}")
         for key, sae in self.saes.items():
-            self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(self.device)
+            self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(),
+                                            ckpt["saes"][key]).to(self.device)
         self.opt = self._adam()
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
@@ -284,7 +231,7 @@ class Trainer:
         (self.out / "train").mkdir(parents=True, exist_ok=True)
         if distributed.is_main():
             save_config(self.cfg, self.out / "train" / "config.json")
-        self._refuse_other_layouts()
+        checkpoint.refuse_other_layouts(self.out, self.layout)
         resumed = self.load_checkpoint()
         if not self.scales:
             self.estimate_normalization()
@@ -295,7 +242,7 @@ class Trainer:
         if distributed.is_main() and self.layout.world > 1:
             print(f"saescope: {self.layout.world} processes: {self.layout.sae_groups} SAE group(s) of "
                   f"{self.layout.data_ways} data rank(s), {self.n_suite} SAEs")
-        log = open(self._group_file("log", "jsonl"), "a") if leader else None
+        log = open(checkpoint.group_file(self.out, self.layout, "log", "jsonl"), "a") if leader else None
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {len(self.saes)} SAEs",
                    dynamic_ncols=True, disable=not distributed.is_main())
         started, start_step = time.perf_counter(), self.step

@@ -1,4 +1,4 @@
-"""The training loop: schedules, many SAEs from one read, resume equality, NaN handling."""
+"""The training loop: many SAEs from one read, resume equality, NaN handling (schedules: test_schedule.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
 from saescope.train.normalize import first_rows
-from saescope.train.trainer import Trainer, TrainConfig, lr_at, parse_knobs, sparsity_scale_at
+from saescope.train.trainer import Trainer, TrainConfig, parse_knobs
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,6 @@ def cfg_for(store, out, **kw) -> TrainConfig:
                 batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
                 log_every=2, device="cpu", norm_rows=4096)
     return TrainConfig(**{**base, **kw})
-
-
-def test_schedules():
-    cfg = TrainConfig(lr=1.0, lr_warmup_steps=100, l0_warmup_steps=1000)
-    assert lr_at(0, cfg, 9000) == pytest.approx(0.1) and lr_at(100, cfg, 9000) == 1.0 and lr_at(5000, cfg, 9000) == 1.0
-    assert lr_at(50, cfg, 9000) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert all(lr_at(s, cfg, 9000) <= lr_at(s + 1, cfg, 9000) for s in range(120))
-    decay = TrainConfig(lr=1.0, lr_warmup_steps=10, lr_decay=0.25)  # the last 25 of 100 steps
-    assert lr_at(74, decay, 100) == 1.0 and lr_at(75, decay, 100) == 1.0
-    assert lr_at(90, decay, 100) == pytest.approx(0.4) and lr_at(99, decay, 100) == pytest.approx(0.04)
-    assert sparsity_scale_at(0, cfg) == 0 and sparsity_scale_at(500, cfg) == 0.5 and sparsity_scale_at(2000, cfg) == 1
 
 
 def test_threshold_lr_trains_thresholds_at_a_multiple_of_the_schedule(store, tmp_path):
