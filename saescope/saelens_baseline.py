@@ -144,10 +144,11 @@ def to_saescope(sae: Any) -> SAE:
                      knobs={"k": int(sae.cfg.k)} if arch == "topk" else {}, where=f"SAELens {arch} SAE")
 
 
-def suite(trainer: Trainer, families: list[tuple[str, list[float], dict]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(key -> fresh SAELens training SAE, key -> site) for every site, width and sweep value,
-    keyed like the Trainer's SAEs with the baseline family leading."""
-    saes, sites = {}, {}
+def suite(trainer: Trainer, families: list[tuple[str, list[float], dict]]
+          ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+    """(key -> fresh SAELens training SAE, key -> site, key -> sweep value) for every site, width and
+    sweep value, keyed like the Trainer's SAEs with the baseline family leading."""
+    saes, sites, values = {}, {}, {}
     sae_sites = [s for s in trainer.sites if s not in trainer.targets.values()]
     combos = [(a, v, s, int(w)) for a, values, _ in families for s in sae_sites for w in trainer.cfg.widths for v in values]
     for i, (arch, value, site, width) in enumerate(combos):
@@ -155,16 +156,17 @@ def suite(trainer: Trainer, families: list[tuple[str, list[float], dict]]) -> tu
         key = sae_key(site, width, value, FAMILIES[arch])
         saes[key] = training_sae(arch, value, trainer.store.d_in(site), width, trainer.cfg.l0_warmup_steps,
                                  str(trainer.device))
-        sites[key] = site
-    return saes, sites
+        sites[key], values[key] = site, float(value)
+    return saes, sites, values
 
 
-def write(trainer: Trainer, saes: dict[str, Any], sites: dict[str, str], trainer_cfg: Any, version: str) -> list[Path]:
+def write(trainer: Trainer, saes: dict[str, Any], sites: dict[str, str], values: dict[str, float], trainer_cfg: Any,
+          version: str) -> list[Path]:
     """Each trained SAELens SAE converted and written by the Trainer's own `write_trained` (folded
     with its scale and mean, the same config.json keys), plus what SAELens was told under "saelens"."""
     writer = copy.copy(trainer)  # the same store, config, normalisation and step count; only the SAEs differ
     writer.saes = {key: to_saescope(sae) for key, sae in saes.items()}
-    writer.site_of = sites
+    writer.site_of, writer.coef_of = sites, values
     writer.arch_of = {key: FAMILIES[sae.cfg.architecture()] for key, sae in saes.items()}
     writer.write_trained()
     folders = []
@@ -187,7 +189,7 @@ def train_saelens(trainer: Trainer, families: list[tuple[str, list[float], dict]
 
     if trainer.step != trainer.total_steps or not trainer.scales:
         raise SaescopeError("the SAELens baseline runs after saescope's SAEs have trained: call Trainer.train() first")
-    saes, sites = suite(trainer, families)
+    saes, sites, values = suite(trainer, families)
     cfg = trainer_config(trainer)
     MultiSAETrainer(cfg, saes, sites, normalized_batches(trainer)).fit()
-    return write(trainer, saes, sites, cfg, version)
+    return write(trainer, saes, sites, values, cfg, version)

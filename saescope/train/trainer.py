@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -99,8 +100,17 @@ def parse_knobs(text: str) -> dict:
 
 
 def sae_key(site: str, width: int, coefficient: float, arch: str | None = None) -> str:
-    """`res.6__w4096__c0.001`; with several families in one run the family leads: `topk__res.6__w4096__c32`."""
+    """`res.6__w4096__c0.001`; with several families in one run the family leads: `topk__res.6__w4096__c32`.
+    The coefficient is rounded to six digits here: its exact value is in the SAE's config.json."""
     return f"{arch + '__' if arch else ''}{site}__w{width}__c{coefficient:g}"
+
+
+def refuse_shared_names(keys: list[str]) -> None:
+    """Two SAEs whose sweep values differ only after six digits would write one folder."""
+    shared = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if shared:
+        raise SaescopeError(f"two SAEs of this job would share the folder {shared[0]}: pass sparsity values that "
+                            f"differ within six significant digits, each once")
 
 
 def transcoder_target(site: str) -> str:
@@ -135,6 +145,8 @@ class Trainer:
         multi = families is not None
         families = families or [(cfg.arch, cfg.l0_coefficients, {})]
         suite = [(s, int(w), c, a) for a, values, _ in families for s in all_sites for w in cfg.widths for c in values]
+        keys = [sae_key(s, w, c, a if multi else None) for s, w, c, a in suite]
+        refuse_shared_names(keys)
         extra = {a: knobs for a, _, knobs in families}
         self.n_suite = len(suite)
         self.layout = distributed.Layout.create(cfg.parallel, cfg.sae_groups, len(suite))
@@ -150,17 +162,18 @@ class Trainer:
         self.saes: dict[str, SAE] = {}
         self.site_of: dict[str, str] = {}
         self.arch_of: dict[str, str] = {}
+        self.coef_of: dict[str, float] = {}  # exact, where the folder name rounds it
         if cfg.transcoder:
             self.knobs["transcoder"] = cfg.transcoder
         for i in owned:
-            site, width, coef, arch = suite[i]
+            (site, width, coef, arch), key = suite[i], keys[i]
             torch.manual_seed(cfg.seed * 100_003 + i)
-            key = sae_key(site, int(width), coef, arch if multi else None)
             knobs = self.knobs | extra[arch]
             self.saes[key] = make_sae(arch, self.store.d_in(site), int(width),
                                       **(knobs | sweep_knobs(arch, coef, knobs))).to(self.device)
             self.site_of[key] = site
             self.arch_of[key] = arch
+            self.coef_of[key] = float(coef)
         self.opt = self._adam()
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
@@ -356,7 +369,7 @@ class Trainer:
             write_json_atomic(folder / "config.json", {
                 "architecture": folded.arch, "family": self.arch_of[key], "d_in": sae.d_in, "d_sae": sae.d_sae, "site": site.kind,
                 "layer": site.layer, "hook": site.name, "knobs": folded.knobs(),
-                "sparsity_coefficient": self._coef(key), "normalization": self.cfg.normalize,
+                "sparsity_coefficient": self.coef_of[key], "normalization": self.cfg.normalize,
                 "normalization_scale": scale if isinstance(scale, float) else scale.cpu().tolist(),
                 "tokens_trained": self.step * self.cfg.batch_size, "steps": self.step,
                 "model": self.store.info.get("model"), "model_name": self.store.info.get("model_name"),
@@ -364,9 +377,6 @@ class Trainer:
                 "store_dtype": self.store.dtype, "seed": self.cfg.seed,
                 **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
             })
-
-    def _coef(self, key: str) -> float:
-        return float(key.rsplit("__c", 1)[1])
 
 
 def train(cfg: TrainConfig) -> dict[str, SAE]:

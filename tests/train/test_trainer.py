@@ -206,3 +206,14 @@ def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(st
             torch.testing.assert_close(released(x_raw), expected, atol=1e-3, rtol=1e-4)
     with pytest.raises(SaescopeError, match="normalize"):
         Trainer(cfg_for(store, tmp_path / "bad", normalize="whiten"))
+
+
+def test_the_sae_config_keeps_the_exact_sweep_value(store, tmp_path):
+    """Folder names round a sweep value to six digits (c0.3); the SAE's config.json keeps it exact,
+    and two values that would share a folder are refused."""
+    Trainer(cfg_for(store, tmp_path, arch="relu", knobs="", l0_coefficients=[0.30000001, 3.0], train_tokens=256)).train()
+    for folder in (tmp_path / "saes").iterdir():
+        meta = json.loads((folder / "config.json").read_text())
+        assert meta["sparsity_coefficient"] == {"c0.3": 0.30000001, "c3": 3.0}[folder.name.rsplit("__", 1)[1]]
+    with pytest.raises(SaescopeError, match=r"share the folder \S+__w128__c0\.3"):
+        Trainer(cfg_for(store, tmp_path / "same", arch="relu", knobs="", l0_coefficients=[0.3, 0.30000001]))
