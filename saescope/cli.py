@@ -17,7 +17,8 @@ from typing import ClassVar, Literal
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.compare import CompareConfig, compare
-from saescope.config import RUN_FOLDER, add_arguments, changed_fields, from_namespace, option, preset_values
+from saescope.config import (RUN_FOLDER, add_arguments, changed_fields, from_namespace, option, preset_values,
+                             read_config)
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, metrics_file, summary_rows
 from saescope.memory import keep_freed_memory
@@ -244,6 +245,9 @@ def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentPa
         p = sub.add_parser(name, help=helptext, description=helptext)
         add_arguments(p, cls)
         p.set_defaults(**(defaults or {}).get(name, {}))
+        p.add_argument("--config", default="", metavar="CONFIG_JSON",
+                       help="the config.json a job saved (RUN/config.json, RUN/train/config.json): run with its "
+                            "options; flags given beside it win")
         for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
         if name in ("train", "run"):
@@ -283,6 +287,16 @@ START = ("start with:\n"
          "  make test      # the test suite, from a clone")
 
 
+def layered(argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """The job's options: its defaults, under a --config file's values, under a --preset's, under
+    the flags given (argparse's defaults are replaced, so the flags still win)."""
+    cls = JOBS[args.job][0]
+    defaults = read_config(cls, args.config) if args.config else {}
+    if getattr(args, "preset", ""):
+        defaults |= preset_values(cls, args.preset)
+    return build_parser({args.job: defaults}).parse_args(argv) if defaults else args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # a bare `saescope` is a question, not a half-hour job
@@ -294,14 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cls, fn, _ = JOBS[args.job]
     keep_freed_memory()
-    if getattr(args, "preset", ""):
-        try:
-            args = build_parser({args.job: preset_values(cls, args.preset)}).parse_args(argv)
-        except SaescopeError as e:
-            print(f"saescope: error: {e}", file=sys.stderr)
-            return 2
     many = distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
     try:
+        args = layered(argv, args)
         if getattr(args, "nproc", 1) < 1:
             raise SaescopeError(f"--nproc must be at least 1, got {args.nproc}")
         if getattr(args, "nproc", 1) > 1 and not distributed.launched_by_torchrun():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from saescope.config import STORE_FOLDER, device_option, option, part, rescaled, same_as
+from saescope.config import STORE_FOLDER, device_option, option, part, rescaled, same_as, save_config
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.io import read_json, write_json_atomic
@@ -244,6 +244,7 @@ def compare(cfg: CompareConfig) -> list[dict]:
     families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
     targets = parse_targets(cfg.matched_l0)
     baseline = parse_baseline(cfg.baseline, cfg.baseline_sweeps)
+    save_config(cfg, Path(cfg.out) / "config.json")  # `saescope compare --config` re-runs it
     trainer = Trainer(part(cfg, TrainConfig, train_sites=cfg.site, arch=families[0][0], widths=[cfg.width],
                            l0_coefficients=families[0][1]), families)
     trainer.train()

@@ -2,7 +2,8 @@
 
 Each field's `help` metadata becomes its `--flag` help, so `saescope JOB --help` always documents
 every option with its default; a field typed `Literal[...]` lists its choices there and refuses
-any other value where the command line is parsed, and a saved `config.json` re-runs the job exactly.
+any other value where the command line is parsed. A job's saved `config.json` re-runs it with
+`saescope JOB --config PATH/config.json` (flags given beside it win).
 
 A job that runs on another scale (`saescope run`'s 20-minute CPU schedule) states only the values
 that differ, as nanoGPT's config files override train.py's defaults: see `rescaled`.
@@ -216,14 +217,27 @@ def changed_fields(saved: dict, config: Any, ignore: tuple[str, ...] = ()) -> li
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Every option as the job ran with it, named by its job: `--config` reads it back."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(strict_json({"job": type(config).__name__, **dataclasses.asdict(config)}, indent=2))
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
+def read_config(cls: type, path: str | Path) -> dict[str, Any]:
+    """The options saved in a job's config.json, for `saescope JOB --config PATH` (flags given
+    beside it win). Another job's file, or options this job does not have, are refused: running
+    with some of them dropped would not be the run that file describes."""
     try:
         data = json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise SaescopeError(f"{path} is missing: run the job that writes it first") from e
-    names = {f.name for f in dataclasses.fields(cls)}
-    return validate(cls(**{k: v for k, v in data.items() if k in names}))
+    except FileNotFoundError:
+        raise SaescopeError(f"--config {path} does not exist: pass the config.json a job saved") from None
+    except (OSError, ValueError) as e:
+        raise SaescopeError(f"--config {path} is not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise SaescopeError(f"--config {path} holds no JSON object: pass the config.json a job saved")
+    job = data.pop("job", cls.__name__)
+    if job != cls.__name__:
+        raise SaescopeError(f"--config {path} is the config of another job ({job}), not of this one ({cls.__name__})")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise SaescopeError(f"--config {path} holds options this job does not have: {', '.join(unknown)}")
+    return data

@@ -1,19 +1,94 @@
-"""Job configs: every option in `--help` with its choices, each default stated once."""
+"""Job configs: every option in `--help` with its choices, each default stated once, and a saved
+config.json that re-runs its job (`saescope JOB --config PATH`, flags given beside it win)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from saescope.activations.harvest import HarvestConfig
-from saescope.cli import JOBS, main
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.cli import JOBS, build_parser, layered, main
 from saescope.compare import CompareConfig
-from saescope.config import choices
+from saescope.config import choices, from_namespace, save_config
 from saescope.evaluate.metrics import EvalConfig
 from saescope.run import RUN_SCALE, RunConfig
 from saescope.train.schedule import Schedule
 from saescope.train.trainer import TrainConfig
+from tinymodels import tiny_model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_tokenizer) -> Path:
+    cfg = HarvestConfig(sites="res", layers="0", tokens=2048, context_len=64, forward_batch=4, dtype="float32",
+                        shard_rows=512, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
+
+
+def train_argv(store: Path, out: Path) -> list[str]:
+    """Two ReLU SAEs, one of whose L1 coefficients a six-digit folder name cannot hold."""
+    return ["train", "--store", str(store), "--out", str(out), "--arch", "relu", "--widths", "32",
+            "--sweep", "0.30000001,3", "--train-tokens", "1024", "--batch-size", "256", "--lr-warmup-steps", "1",
+            "--buffer-rows", "512", "--norm-rows", "512", "--checkpoint-every", "2", "--log-every", "2",
+            "--device", "cpu", "--seed", "3"]
+
+
+def test_a_saved_config_json_reruns_the_job(store, tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(train_argv(store, first)) == 0
+    assert main(["train", "--config", str(first / "train" / "config.json"), "--out", str(again)]) == 0
+    saved = json.loads((first / "train" / "config.json").read_text())
+    assert json.loads((again / "train" / "config.json").read_text()) == saved | {"out": str(again)}
+    names = sorted(p.name for p in (first / "saes").iterdir())
+    assert len(names) == 2 and names == sorted(p.name for p in (again / "saes").iterdir())
+    for name in names:
+        assert (first / "saes" / name / "sae.safetensors").read_bytes() == \
+            (again / "saes" / name / "sae.safetensors").read_bytes()
+
+
+def parsed(cls: type, *argv: str):
+    return from_namespace(cls, layered(list(argv), build_parser().parse_args(list(argv))))
+
+
+def test_flags_beside_the_file_win_and_a_preset_over_it(tmp_path):
+    path = tmp_path / "config.json"
+    save_config(TrainConfig(lr=1e-3, batch_size=512, seed=5), path)
+    cfg = parsed(TrainConfig, "train", "--config", str(path), "--seed", "6")
+    assert (cfg.lr, cfg.batch_size, cfg.seed, cfg.preset) == (1e-3, 512, 6, "")
+    cfg = parsed(TrainConfig, "train", "--config", str(path), "--preset", "gemma-scope", "--batch-size", "8")
+    assert (cfg.lr, cfg.batch_size, cfg.seed, cfg.preset) == (7e-5, 8, 5, "gemma-scope")
+
+
+@pytest.mark.parametrize("job, config", [
+    ("run", RunConfig(widths=[64, 128], l0_coefficients=[0.1234567891], preset="gemma-scope", text="other.txt")),
+    ("compare", CompareConfig(lr=1e-3, baseline="saelens", normalize="scalar")),
+    ("train", TrainConfig(transcoder="skip", normalize="scalar", train_sites="mlp_in.3")),
+])
+def test_every_saved_config_reads_back_as_it_was(job, config, tmp_path):
+    save_config(config, tmp_path / "config.json")
+    assert parsed(type(config), job, "--config", str(tmp_path / "config.json")) == config
+
+
+@pytest.mark.parametrize("content, expect", [
+    (None, "--config CONFIG does not exist"),
+    ("{", "--config CONFIG is not a readable JSON file"),
+    ("[]", "--config CONFIG holds no JSON object"),
+    ('{"job": "RunConfig"}', "--config CONFIG is the config of another job (RunConfig), not of this one (TrainConfig)"),
+    ('{"job": "TrainConfig", "lr": 0.001, "colour": 1}', "--config CONFIG holds options this job does not have: colour"),
+    ('{"job": "TrainConfig", "lr": [1]}', "--lr [1] is not a float"),
+    ('{"job": "TrainConfig", "arch": "bogus"}', "--arch 'bogus' is not one of 'jumprelu', 'relu'"),
+])
+def test_a_bad_config_file_is_one_line(content, expect, tmp_path, capsys):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("saescope: error: ")
+    assert expect.replace("CONFIG", str(path)) in err
+    assert not (tmp_path / "out").exists()
 
 
 def help_of(job: str, capsys) -> str:
