@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                               "help": f"{f.metadata.get('help', '')} (default: {default})"}
         allowed = choices(cls, f.name)
         if allowed:  # "" (the option unset) is allowed but not listed: the help says what it means
-            kw |= {"type": type(allowed[-1]), "choices": allowed, "metavar": "{" + ",".join(filter(None, allowed)) + "}"}
+            listed = ",".join(filter(None, allowed))
+            kw |= {"type": type(allowed[-1]), "choices": allowed, "metavar": f"{{{listed}}}"}
         elif isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
