@@ -29,6 +29,7 @@ browser:
 	else echo '$(NO_BROWSER)'; fi
 
 test: install browser
+	$(VENV)/bin/ruff format --check --quiet . && $(VENV)/bin/ruff check --quiet .  # style: pyproject's [tool.ruff]; ruff is pinned, its formatting changes between versions
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install

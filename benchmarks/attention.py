@@ -56,8 +56,10 @@ def main() -> None:
     print(f"{b} x {t} tokens, window {w}, bfloat16; best of 3")
     for name, s in times.items():
         print(f"{name:20s}{s:8.3f} s")
-    print(f"sliding: banded {times['sliding, full mask'] / times['sliding, banded']:.2f}x faster than the full mask "
-          f"(max |difference| {diff:.4f}, bf16 rounding)")
+    print(
+        f"sliding: banded {times['sliding, full mask'] / times['sliding, banded']:.2f}x faster than the full mask "
+        f"(max |difference| {diff:.4f}, bf16 rounding)"
+    )
     print(f"global:  banded {times['global, is_causal'] / times['global, banded']:.2f}x faster than is_causal")
 
 

@@ -32,8 +32,11 @@ import torch
 
 
 def cpu() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
     return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
 
 
@@ -74,8 +77,10 @@ def wait_for_first_page(url: str, server: subprocess.Popen, start: float, limit:
 
 def page_stats(seconds: list[float]) -> str:
     ms = sorted(x * 1000 for x in seconds)
-    return (f"median {statistics.median(ms):.0f} ms, p95 {ms[max(0, round(0.95 * len(ms)) - 1)]:.0f} ms, "
-            f"max {ms[-1]:.0f} ms over {len(ms)} latents")
+    return (
+        f"median {statistics.median(ms):.0f} ms, p95 {ms[max(0, round(0.95 * len(ms)) - 1)]:.0f} ms, "
+        f"max {ms[-1]:.0f} ms over {len(ms)} latents"
+    )
 
 
 def serve_and_view(run: Path, pages: int, wait_fill: bool, log: Path) -> dict:
@@ -85,8 +90,11 @@ def serve_and_view(run: Path, pages: int, wait_fill: bool, log: Path) -> dict:
     base = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "saescope", "browse", str(copy), "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "saescope", "browse", str(copy), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         result = {"cold_start": wait_for_first_page(base + "/", server, start)}
         db = FeatureDB(db_path(copy))
@@ -159,11 +167,15 @@ def main() -> int:
         print(f"  background logit lens of every latent done {served['fill']:.0f} s after the command")
     stage = run_stage(run)
     ev = eval_pass(run, stage["rows"])
-    print(f"saescope run's browse stage, {stage['saes']} SAEs x {stage['rows']} held-out tokens: {stage['total']:.1f} s "
-          f"(encoding {stage['encode']:.1f} s; statistics and SQLite writes {stage['stats_write']:.1f} s, beside it)")
+    print(
+        f"saescope run's browse stage, {stage['saes']} SAEs x {stage['rows']} held-out tokens: {stage['total']:.1f} s "
+        f"(encoding {stage['encode']:.1f} s; statistics and SQLite writes {stage['stats_write']:.1f} s, beside it)"
+    )
     print(f"evaluation pass over the same rows (store_metrics, every SAE): {ev:.1f} s")
-    print(f"RATIO browse stage / evaluation pass: {stage['total'] / ev:.2f}x; cold start to first page / evaluation "
-          f"pass: {served['cold_start'] / ev:.2f}x")
+    print(
+        f"RATIO browse stage / evaluation pass: {stage['total'] / ev:.2f}x; cold start to first page / evaluation "
+        f"pass: {served['cold_start'] / ev:.2f}x"
+    )
     print(f"benchmark: done; load average now {os.getloadavg()[0]:.2f}; server log {log}")
     return 0
 

@@ -42,11 +42,22 @@ def make_store(path: Path, d_in: int, sites: int, rows: int, shard_rows: int) ->
     rng = np.random.default_rng(0)
     names = [f"res.{i}" for i in range(sites)]
     path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / "store.json", {"format": "saescope-store-1", "sites": names, "dtype": "float32",
-                                            "complete": True, "rows": rows, "model": "synthetic"})
+    write_json_atomic(
+        path / "store.json",
+        {
+            "format": "saescope-store-1",
+            "sites": names,
+            "dtype": "float32",
+            "complete": True,
+            "rows": rows,
+            "model": "synthetic",
+        },
+    )
     columns = {"tokens": ShardColumn(path / "tokens", 3, "int32", {})}
-    columns |= {n: ShardColumn(path / n, d_in, "float32", {"site": "res", "layer": i, "d_in": d_in})
-                for i, n in enumerate(names)}
+    columns |= {
+        n: ShardColumn(path / n, d_in, "float32", {"site": "res", "layer": i, "d_in": d_in})
+        for i, n in enumerate(names)
+    }
     for c in columns.values():
         c.folder.mkdir(exist_ok=True)
     for shard in range(rows // shard_rows):
@@ -63,11 +74,23 @@ def make_store(path: Path, d_in: int, sites: int, rows: int, shard_rows: int) ->
 def worker(args: argparse.Namespace) -> None:
     """One process of a variant: time `steps` training steps of its share of the suite."""
     distributed.setup()
-    cfg = TrainConfig(store=args.store, out=args.out, widths=[args.width],
-                      l0_coefficients=[1e-3 * 2**i for i in range(args.coefficients)], batch_size=args.batch,
-                      train_tokens=args.batch * (args.warmup + args.steps), lr=7e-5, lr_warmup_steps=1,
-                      l0_warmup_steps=1, buffer_rows=args.batch * 4, eval_shards=1, device="cpu",
-                      norm_rows=args.batch, knobs="threshold_init=0.08", parallel=args.parallel)
+    cfg = TrainConfig(
+        store=args.store,
+        out=args.out,
+        widths=[args.width],
+        l0_coefficients=[1e-3 * 2**i for i in range(args.coefficients)],
+        batch_size=args.batch,
+        train_tokens=args.batch * (args.warmup + args.steps),
+        lr=7e-5,
+        lr_warmup_steps=1,
+        l0_warmup_steps=1,
+        buffer_rows=args.batch * 4,
+        eval_shards=1,
+        device="cpu",
+        norm_rows=args.batch,
+        knobs="threshold_init=0.08",
+        parallel=args.parallel,
+    )
     trainer = Trainer(cfg)
     trainer.scales = {s: estimate_scale(trainer.store, s, cfg.norm_rows) for s in trainer.sites}
     batches = trainer.loader.iterate(0, args.warmup + args.steps, epochs=None)
@@ -82,18 +105,34 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     elapsed = time.perf_counter() - started
     if distributed.is_main():
-        Path(args.result).write_text(json.dumps({"seconds": elapsed, "tokens_per_s": args.steps * args.batch / elapsed,
-                                                 "saes": trainer.n_suite}))
+        Path(args.result).write_text(
+            json.dumps({"seconds": elapsed, "tokens_per_s": args.steps * args.batch / elapsed, "saes": trainer.n_suite})
+        )
     distributed.teardown()
 
 
 def run_variant(args: argparse.Namespace, nproc: int, threads: int, parallel: str, tmp: Path) -> dict:
     result = tmp / f"{nproc}-{threads}-{parallel}.json"
-    flags = ["--worker", "--store", str(tmp / "store"), "--out", str(tmp / "out"), "--result", str(result),
-             "--parallel", parallel, *[f"--{k.replace('_', '-')}={getattr(args, k)}"
-                                       for k in ("d_in", "width", "batch", "coefficients", "steps", "warmup")]]
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    f"--nproc-per-node={nproc}"]
+    flags = [
+        "--worker",
+        "--store",
+        str(tmp / "store"),
+        "--out",
+        str(tmp / "out"),
+        "--result",
+        str(result),
+        "--parallel",
+        parallel,
+        *[
+            f"--{k.replace('_', '-')}={getattr(args, k)}"
+            for k in ("d_in", "width", "batch", "coefficients", "steps", "warmup")
+        ],
+    ]
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run([*launcher, __file__, *flags], env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads(result.read_text())
@@ -120,16 +159,24 @@ def main() -> None:
         tmp = Path(tmp_name)
         rows = args.batch * (args.warmup + args.steps + 2)
         make_store(tmp / "store", args.d_in, args.sites, rows, args.batch)
-        variants = [("1 process x 2 threads", 1, 2, "auto"), ("1 process x 1 thread", 1, 1, "auto"),
-                    ("2 processes, --parallel data", 2, 1, "data"), ("2 processes, --parallel sae", 2, 1, "sae")]
+        variants = [
+            ("1 process x 2 threads", 1, 2, "auto"),
+            ("1 process x 1 thread", 1, 1, "auto"),
+            ("2 processes, --parallel data", 2, 1, "data"),
+            ("2 processes, --parallel sae", 2, 1, "sae"),
+        ]
         results = {name: run_variant(args, n, t, p, tmp) for name, n, t, p in variants}
     default = results["1 process x 2 threads"]["tokens_per_s"]
     unit = results["1 process x 1 thread"]["tokens_per_s"]
     n_saes = results["1 process x 2 threads"]["saes"]
-    print(f"{n_saes} JumpReLU SAEs (d_in {args.d_in}, width {args.width}), batch {args.batch}, {args.steps} timed steps")
+    print(
+        f"{n_saes} JumpReLU SAEs (d_in {args.d_in}, width {args.width}), batch {args.batch}, {args.steps} timed steps"
+    )
     print(f"{'variant':32s}{'tokens/s':>10s}{'vs 1 proc x 2 threads':>24s}{'vs 1 proc x 1 thread':>24s}")
     for name, r in results.items():
-        print(f"{name:32s}{r['tokens_per_s']:10.0f}{r['tokens_per_s'] / default:23.2f}x{r['tokens_per_s'] / unit:23.2f}x")
+        print(
+            f"{name:32s}{r['tokens_per_s']:10.0f}{r['tokens_per_s'] / default:23.2f}x{r['tokens_per_s'] / unit:23.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@
     sdpa attention, to show what the set-up itself gains.
 ours: saescope's harvest of res, mlp, att and mlp_in at every layer, written to a store.
 ours and bare run `--repeats` times in adjacent pairs; (b) is the median of the pairs' ratios,
-which cancels the slow drifts of this noisy machine, and the table shows each one's fastest run. The floor line times only the blocks' matrix multiplies (every linear layer on as many
-rows as the batches have tokens), the part of a forward no harvest can avoid: it bounds (a).
+which cancels the slow drifts of this noisy machine, and the table shows each one's fastest run.
+The floor line times only the blocks' matrix multiplies (every linear layer on as many rows as
+the batches have tokens), the part of a forward no harvest can avoid: it bounds (a).
 All three see the same packed batches of the embedded Wikipedia corpus. Ratios are what count.
 """
 
@@ -58,8 +59,15 @@ def main() -> None:
 
     def ours() -> None:
         with tempfile.TemporaryDirectory() as d:
-            cfg = HarvestConfig(sites="res,mlp,att,mlp_in", layers="all", tokens=n_tokens, store=d,
-                                context_len=args.context_len, forward_batch=args.batch_size, shard_rows=8192)
+            cfg = HarvestConfig(
+                sites="res,mlp,att,mlp_in",
+                layers="all",
+                tokens=n_tokens,
+                store=d,
+                context_len=args.context_len,
+                forward_batch=args.batch_size,
+                shard_rows=8192,
+            )
             harvest(cfg, model_bf16, tok)
 
     model_fp32, _ = load_model("embedded", "float32", "cpu")
@@ -80,29 +88,42 @@ def main() -> None:
     linears = [m for m in inner.modules() if isinstance(m, torch.nn.Linear)]
 
     def floor() -> None:
-        rows = torch.randn(args.batch_size * args.context_len, max(m.in_features for m in linears), dtype=torch.bfloat16)
+        rows = torch.randn(
+            args.batch_size * args.context_len, max(m.in_features for m in linears), dtype=torch.bfloat16
+        )
         for _ in batches:
             for m in linears:
-                torch.nn.functional.linear(rows[:, :m.in_features], m.weight)
+                torch.nn.functional.linear(rows[:, : m.in_features], m.weight)
 
     attention = model_bf16.config._attn_implementation
     bare()  # warm-up: first calls pay for kernel selection and page faults
     runs = [(timed(bare), timed(ours)) for _ in range(args.repeats)]
     t_bare, t_ours = min(r[0] for r in runs), min(r[1] for r in runs)
     t_stock, t_floor, t_naive = timed(stock), timed(floor), timed(naive)
-    print(f"\n{args.batches} batches x {args.batch_size} x {args.context_len} "
-          f"({positions} positions, {n_tokens} stored tokens), 4 sites x all layers")
+    print(
+        f"\n{args.batches} batches x {args.batch_size} x {args.context_len} "
+        f"({positions} positions, {n_tokens} stored tokens), 4 sites x all layers"
+    )
     print(f"{'':10s}{'seconds':>10s}{'tokens/s':>12s}")
-    for name, t in (("ours", t_ours), ("bare bf16", t_bare), ("stock bf16", t_stock), ("naive", t_naive),
-                    ("floor", t_floor)):
+    for name, t in (
+        ("ours", t_ours),
+        ("bare bf16", t_bare),
+        ("stock bf16", t_stock),
+        ("naive", t_naive),
+        ("floor", t_floor),
+    ):
         print(f"{name:10s}{t:10.2f}{positions / t:12.0f}")
     print("runs (bare, ours): " + ", ".join(f"({b:.2f}, {o:.2f})" for b, o in runs))
     print(f"ours vs naive (a): {t_naive / t_ours:.2f}x faster (target >= 8x)")
-    print(f"ours vs bare  (b): {statistics.median(o / b for b, o in runs):.2f}x the time, median of the pairs "
-          f"(target <= 1.15x)")
+    print(
+        f"ours vs bare  (b): {statistics.median(o / b for b, o in runs):.2f}x the time, median of the pairs "
+        f"(target <= 1.15x)"
+    )
     print(f"bare vs stock    : {t_stock / t_bare:.2f}x faster (banded attention, {attention})")
-    print(f"floor vs naive   : {t_naive / t_floor:.2f}x faster: the bound on (a) if attention, norms, "
-          f"activations and the store cost nothing")
+    print(
+        f"floor vs naive   : {t_naive / t_floor:.2f}x faster: the bound on (a) if attention, norms, "
+        f"activations and the store cost nothing"
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from harvest import timed  # benchmarks/ is on sys.path when a script in it runs
+
 from saescope.activations.store import ShardFile, new_staging
 
 CHILD = """
@@ -49,8 +49,14 @@ def main() -> None:
     fresh_copy = timed(lambda: np.empty(n, np.uint8).__setitem__(slice(None), src))
     reused_copy = timed(lambda: reused.__setitem__(slice(None), src))
 
-    child = {mode: float(subprocess.run([sys.executable, "-c", CHILD, mode, str(args.mb)], check=True,
-                                        capture_output=True, text=True).stdout) for mode in ("default", "keep")}
+    child = {
+        mode: float(
+            subprocess.run(
+                [sys.executable, "-c", CHILD, mode, str(args.mb)], check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for mode in ("default", "keep")
+    }
 
     folder = Path(tempfile.mkdtemp(dir=args.dir))
     rows = src.reshape(-1, 1024)
@@ -64,10 +70,14 @@ def main() -> None:
     buffered, direct = timed(lambda: write(None)), timed(lambda: write(new_staging()))
     folder.rmdir()
     print(f"{args.mb} MB")
-    print(f"copy into fresh memory  {fresh_copy:7.2f} s   into reused memory {reused_copy:7.2f} s   "
-          f"-> {fresh_copy / reused_copy:.1f}x")
-    print(f"3 x allocate+fill, glibc defaults {child['default']:7.2f} s   keep_freed_memory {child['keep']:7.2f} s   "
-          f"-> {child['default'] / child['keep']:.1f}x")
+    print(
+        f"copy into fresh memory  {fresh_copy:7.2f} s   into reused memory {reused_copy:7.2f} s   "
+        f"-> {fresh_copy / reused_copy:.1f}x"
+    )
+    print(
+        f"3 x allocate+fill, glibc defaults {child['default']:7.2f} s   keep_freed_memory {child['keep']:7.2f} s   "
+        f"-> {child['default'] / child['keep']:.1f}x"
+    )
     print(f"shard write buffered    {buffered:7.2f} s   O_DIRECT {direct:7.2f} s   -> {buffered / direct:.1f}x")
 
 

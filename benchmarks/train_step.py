@@ -29,7 +29,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 from unittest import mock
 
 import torch
@@ -51,8 +51,9 @@ class PlainJumpReLU(nn.Module):
         self.eps = src.bandwidth
 
     def loss(self, x: Tensor) -> Tensor:
-        x_hat, token_l0, _ = jumprelu.reference_forward(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
-                                                        self.threshold, self.eps, True)
+        x_hat, token_l0, _ = jumprelu.reference_forward(
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold, self.eps, True
+        )
         mse = (x_hat - x).pow(2).sum(-1).mean()
         return mse + L0_COEFFICIENT * token_l0.mean()
 
@@ -77,17 +78,22 @@ def calibrate_thresholds(sae: JumpReLUSAE, x: Tensor, l0_frac: float) -> None:
 
 # ---- the variants ----------------------------------------------------------------------------
 # saescope's JumpReLU defaults other than the target L0 (set from --l0-frac)
-DEFAULT_KNOBS = dict(l0_penalty=jumprelu.DEFAULT_L0_PENALTY,
-                     l0_coefficient=jumprelu.DEFAULT_L0_COEFFICIENTS[jumprelu.DEFAULT_L0_PENALTY],
-                     bandwidth=jumprelu.DEFAULT_BANDWIDTH, freq_coefficient=jumprelu.DEFAULT_FREQ_COEFFICIENT,
-                     freq_target=jumprelu.DEFAULT_FREQ_TARGET)
+DEFAULT_KNOBS = dict(
+    l0_penalty=jumprelu.DEFAULT_L0_PENALTY,
+    l0_coefficient=jumprelu.DEFAULT_L0_COEFFICIENTS[jumprelu.DEFAULT_L0_PENALTY],
+    bandwidth=jumprelu.DEFAULT_BANDWIDTH,
+    freq_coefficient=jumprelu.DEFAULT_FREQ_COEFFICIENT,
+    freq_target=jumprelu.DEFAULT_FREQ_TARGET,
+)
 
 
 def forced(step: Callable[[], float], path: str) -> Callable[[], float]:
     """`step` on the JumpReLU path `path` (`sparse`, `dense`, or `auto`: the one the probe chooses)."""
+
     def run() -> float:
         with mock.patch.dict(os.environ, {jumprelu.PATH_VARIABLE: path}):
             return step()
+
     return run
 
 
@@ -132,8 +138,12 @@ def saelens_step(src: JumpReLUSAE, x: Tensor) -> Callable[[], float] | str:
     except ImportError as e:
         return f"sae_lens not importable ({e}); pip install sae-lens"
     cfg = JumpReLUTrainingSAEConfig(
-        d_in=src.d_in, d_sae=src.d_sae, dtype="float32", device=str(x.device),
-        jumprelu_bandwidth=src.bandwidth, jumprelu_init_threshold=src.threshold_init,
+        d_in=src.d_in,
+        d_sae=src.d_sae,
+        dtype="float32",
+        device=str(x.device),
+        jumprelu_bandwidth=src.bandwidth,
+        jumprelu_init_threshold=src.threshold_init,
         l0_coefficient=L0_COEFFICIENT,
     )
     sae = JumpReLUTrainingSAE(cfg).to(x.device)
@@ -146,10 +156,15 @@ def saelens_step(src: JumpReLUSAE, x: Tensor) -> Callable[[], float] | str:
 
     def step() -> float:
         nonlocal fired_since
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={"l0": L0_COEFFICIENT}, dead_neuron_mask=None,
-            n_training_steps=0, is_logging_step=False,
-        ))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={"l0": L0_COEFFICIENT},
+                dead_neuron_mask=None,
+                n_training_steps=0,
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():  # the bookkeeping SAETrainer._train_step does every step
             firing = out.feature_acts.bool().float()
             fired_since += 1
@@ -174,8 +189,9 @@ def benchmark(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     x = sparse_activations(args.batch, args.d_in, seed=args.seed).to(device)
     # The recipe's knobs (lambda * L0, bandwidth 0.001), which SAELens' step is also given.
-    base = JumpReLUSAE(args.d_in, args.width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3,
-                       freq_coefficient=0.0).to(device)
+    base = JumpReLUSAE(
+        args.d_in, args.width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0
+    ).to(device)
     calibrate_thresholds(base, x, args.l0_frac)
 
     def clone(**knobs) -> JumpReLUSAE:
@@ -189,9 +205,15 @@ def benchmark(args: argparse.Namespace) -> None:
         "saescope bfloat16": ours_step(clone(matmul_dtype="bfloat16"), x),
         # saescope's default knobs: 30x the bandwidth puts more entries in the estimator's window,
         # which can send the step down either path; each path forced, and the chosen one
-        **{f"saescope defaults, {label}": forced(ours_step(clone(**defaults, matmul_dtype=dtype), x), path)
-           for label, dtype, path in (("dense path float32", "float32", "dense"), ("dense path bf16", "auto", "dense"),
-                                      ("sparse path", "auto", "sparse"), ("path chosen", "auto", "auto"))},
+        **{
+            f"saescope defaults, {label}": forced(ours_step(clone(**defaults, matmul_dtype=dtype), x), path)
+            for label, dtype, path in (
+                ("dense path float32", "float32", "dense"),
+                ("dense path bf16", "auto", "dense"),
+                ("sparse path", "auto", "sparse"),
+                ("path chosen", "auto", "auto"),
+            )
+        },
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
     if not args.no_families:
@@ -206,15 +228,18 @@ def benchmark(args: argparse.Namespace) -> None:
         # the recipe's init (threshold 0.001: about half the latents fire, the dense path); saescope's
         # default starts at the target L0 instead (Trainer.init_from_data), i.e. the rows above
         variants["jumprelu, recipe init"] = ours_step(
-            JumpReLUSAE(args.d_in, args.width, l0_penalty="l0", bandwidth=1e-3, freq_coefficient=0.0).to(device), x)
+            JumpReLUSAE(args.d_in, args.width, l0_penalty="l0", bandwidth=1e-3, freq_coefficient=0.0).to(device), x
+        )
     sl = "skipped (--no-saelens)" if args.no_saelens else saelens_step(base, x)
     if isinstance(sl, str):
         print(f"SAELens row skipped: {sl}")
     else:
         variants["SAELens"] = sl
-    print(f"d_in {args.d_in}, width {args.width}, batch {args.batch}, device {device}, "
-          f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"auto matmul dtype here: {'bfloat16' if base.uses_bf16(device) else 'float32'}")
+    print(
+        f"d_in {args.d_in}, width {args.width}, batch {args.batch}, device {device}, "
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
+        f"auto matmul dtype here: {'bfloat16' if base.uses_bf16(device) else 'float32'}"
+    )
 
     times: dict[str, list[float]] = {k: [] for k in variants}
     l0s: dict[str, float] = {}
@@ -229,17 +254,23 @@ def benchmark(args: argparse.Namespace) -> None:
             sync(device)
             times[name].append(time.perf_counter() - t0)
 
-    print(f"mean L0 at start: {args.l0_frac * args.width:.0f} of {args.width} latents ({args.l0_frac:.1%});"
-          f" ours measured {l0s['saescope float32']:.0f} after the run")
+    print(
+        f"mean L0 at start: {args.l0_frac * args.width:.0f} of {args.width} latents ({args.l0_frac:.1%});"
+        f" ours measured {l0s['saescope float32']:.0f} after the run"
+    )
     # Noise on a shared machine only ever adds time, so the best step is the steadiest
     # estimate; the median is shown too.
     for label, stat in (("median", statistics.median), ("best", min)):
         t = {k: stat(v) for k, v in times.items()}
         print(f"\n{label} of {args.steps} interleaved steps")
-        print(f"{'variant':56s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s} {'L0':>7s}"
-              + (f" {'vs SAELens':>10s}" if "SAELens" in t else ""))
+        print(
+            f"{'variant':56s} {'s/step':>7s} {'tokens/s':>9s} {'vs plain':>9s} {'L0':>7s}"
+            + (f" {'vs SAELens':>10s}" if "SAELens" in t else "")
+        )
         for name, secs in t.items():
-            row = f"{name:56s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x {l0s[name]:7.0f}"
+            row = (
+                f"{name:56s} {secs:7.3f} {args.batch / secs:9.0f} {t['plain dense loop'] / secs:8.2f}x {l0s[name]:7.0f}"
+            )
             if "SAELens" in t:
                 row += f" {t['SAELens'] / secs:9.2f}x"
             print(row)
@@ -254,7 +285,9 @@ def compare_fvu(args: argparse.Namespace) -> None:
     stream = [int(s) for s in torch.randint(0, 2**31, (args.compare_fvu,), generator=g_data)]
     held_out = sparse_activations(n, d_in, seed=12345).to(device)
     torch.manual_seed(args.seed)
-    base = JumpReLUSAE(d_in, width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0)
+    base = JumpReLUSAE(
+        d_in, width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0
+    )
     results = {}
     for dtype in ("float32", "bfloat16"):
         sae = JumpReLUSAE(d_in, width, **(base.knobs() | {"matmul_dtype": dtype})).to(device)
@@ -262,7 +295,9 @@ def compare_fvu(args: argparse.Namespace) -> None:
         opt = torch.optim.Adam(sae.parameters(), lr=args.fvu_lr, betas=BETAS)
         t0 = time.perf_counter()
         for i, s in enumerate(stream):
-            out = sae.loss(sparse_activations(n, d_in, seed=s).to(device), sparsity_scale=min(1.0, i / (len(stream) / 2)))
+            out = sae.loss(
+                sparse_activations(n, d_in, seed=s).to(device), sparsity_scale=min(1.0, i / (len(stream) / 2))
+            )
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             sae.remove_parallel_decoder_grad()
@@ -271,7 +306,10 @@ def compare_fvu(args: argparse.Namespace) -> None:
         with torch.no_grad():
             ev = sae.loss(held_out)
         results[dtype] = (ev.fvu.item(), ev.l0.item(), time.perf_counter() - t0)
-        print(f"{dtype:9s} matmul: held-out FVU {results[dtype][0]:.5f}  L0 {results[dtype][1]:.1f}  ({results[dtype][2]:.0f} s)")
+        print(
+            f"{dtype:9s} matmul: held-out FVU {results[dtype][0]:.5f}  L0 {results[dtype][1]:.1f}  "
+            f"({results[dtype][2]:.0f} s)"
+        )
     diff = results["bfloat16"][0] - results["float32"][0]
     print(f"FVU(bfloat16) - FVU(float32) = {diff:+.5f} ({diff / results['float32'][0]:+.2%} relative)")
 
@@ -289,8 +327,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-saelens", action="store_true")
     p.add_argument("--no-families", action="store_true", help="only the JumpReLU rows")
-    p.add_argument("--compare-fvu", type=int, default=0, metavar="STEPS",
-                   help="instead of timing, train float32 and bfloat16 for STEPS steps and compare FVU")
+    p.add_argument(
+        "--compare-fvu",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="instead of timing, train float32 and bfloat16 for STEPS steps and compare FVU",
+    )
     p.add_argument("--fvu-lr", type=float, default=1e-3, help="learning rate for --compare-fvu (short runs)")
     args = p.parse_args()
     if args.threads:

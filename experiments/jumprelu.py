@@ -29,9 +29,20 @@ from saescope.train.trainer import TrainConfig, Trainer
 # toward L0 64 (lambda 3e-3), the recipe's threshold init and bandwidth (0.001), no frequency
 # penalty, a 40-step sparsity warm-up, no lr decay. Every knob is spelled out, so the table
 # does not change when saescope's defaults do.
-BEFORE = dict(arch="jumprelu", widths=[2048], l0_coefficients=[64], normalize="standardize", train_tokens=245_760,
-              batch_size=1024, lr=2e-3, lr_warmup_steps=10, l0_warmup_steps=40, lr_decay=0.0, adam_beta1=0.0,
-              knobs="l0_penalty=quadratic,l0_coefficient=0.003,init_l0=0,bandwidth=0.001,freq_coefficient=0")
+BEFORE = dict(
+    arch="jumprelu",
+    widths=[2048],
+    l0_coefficients=[64],
+    normalize="standardize",
+    train_tokens=245_760,
+    batch_size=1024,
+    lr=2e-3,
+    lr_warmup_steps=10,
+    l0_warmup_steps=40,
+    lr_decay=0.0,
+    adam_beta1=0.0,
+    knobs="l0_penalty=quadratic,l0_coefficient=0.003,init_l0=0,bandwidth=0.001,freq_coefficient=0",
+)
 RECIPE_KNOBS = "init_l0=0,bandwidth=0.001,freq_coefficient=0"
 # The decoder-row and threshold knobs as every round was measured, put before each JumpReLU
 # variant's own knobs (the last value of a key wins), so that a table does not move if a default does.
@@ -48,29 +59,41 @@ ROUNDS: dict[int, dict[str, dict]] = {
         "init_l0=64, no sparsity warm-up": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0),
         "init_l0=64, bandwidth 0.01": dict(knobs=f"{Q},bandwidth=0.01,freq_coefficient=0", l0_warmup_steps=0),
         "init_l0=64, bandwidth 0.03": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0),
-        "init_l0=64, lr decay 20%": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
+        "init_l0=64, lr decay 20%": dict(
+            knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2
+        ),
         "init_l0=64, lr 1e-3": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr=1e-3),
         "init_l0=64, lr 4e-3": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, lr=4e-3),
-        "init_l0=64, batch 4096": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0,
-                                       batch_size=4096, lr_warmup_steps=3),
+        "init_l0=64, batch 4096": dict(
+            knobs=f"{Q},bandwidth=0.001,freq_coefficient=0", l0_warmup_steps=0, batch_size=4096, lr_warmup_steps=3
+        ),
         "init_l0=64, freq penalty 0.1": dict(knobs=f"{Q},bandwidth=0.001,freq_coefficient=0.1", l0_warmup_steps=0),
         "topk k=64": dict(TOPK, lr_decay=0.0),
     },
     2: {
-        "A: init_l0=64, no warm-up, bandwidth 0.03, lr decay 20%":
-            dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
+        "A: init_l0=64, no warm-up, bandwidth 0.03, lr decay 20%": dict(
+            knobs=f"{Q},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2
+        ),
         "A + freq 0.1": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2),
         "A + freq 0.3": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2),
         "A + freq 1": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=1", l0_warmup_steps=0, lr_decay=0.2),
-        "A, mean-quadratic 0.03": dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2),
-        "A, mean-quadratic 0.03 + freq 0.1":
-            dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2),
-        "A, mean-quadratic 0.1 + freq 0.3": dict(knobs="l0_penalty=mean-quadratic,l0_coefficient=0.1,bandwidth=0.03,"
-                                                       "freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2),
-        "A + freq 0.3, lr 3e-3": dict(knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.3", l0_warmup_steps=0,
-                                      lr_decay=0.2, lr=3e-3),
-        "A + freq 0.3, bandwidth 0.1": dict(knobs=f"{Q},bandwidth=0.1,freq_coefficient=0.3", l0_warmup_steps=0,
-                                            lr_decay=0.2),
+        "A, mean-quadratic 0.03": dict(
+            knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0", l0_warmup_steps=0, lr_decay=0.2
+        ),
+        "A, mean-quadratic 0.03 + freq 0.1": dict(
+            knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1", l0_warmup_steps=0, lr_decay=0.2
+        ),
+        "A, mean-quadratic 0.1 + freq 0.3": dict(
+            knobs="l0_penalty=mean-quadratic,l0_coefficient=0.1,bandwidth=0.03,freq_coefficient=0.3",
+            l0_warmup_steps=0,
+            lr_decay=0.2,
+        ),
+        "A + freq 0.3, lr 3e-3": dict(
+            knobs=f"{Q},bandwidth=0.03,freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2, lr=3e-3
+        ),
+        "A + freq 0.3, bandwidth 0.1": dict(
+            knobs=f"{Q},bandwidth=0.1,freq_coefficient=0.3", l0_warmup_steps=0, lr_decay=0.2
+        ),
         "topk k=64, lr decay 20%": TOPK,
     },
 }
@@ -88,90 +111,114 @@ ROUNDS[3] = {
 # The same check on the other site kinds: before, B and TopK.
 ROUNDS[4] = {"before": {}, "B": B, "topk k=64, lr decay 20%": TOPK}
 # Fewer steps for the default run's time budget, and a larger learning rate to make up for them.
-ROUNDS[5] = {"B, 240 steps": B, "B, 200 steps": B | dict(train_tokens=204_800),
-             "B, 200 steps, lr 3e-3": B | dict(train_tokens=204_800, lr=3e-3),
-             "B, 240 steps, lr 3e-3": B | dict(lr=3e-3),
-             "B, batch 512 (480 steps)": B | dict(batch_size=512),
-             "B, batch 512, lr 3e-3": B | dict(batch_size=512, lr=3e-3),
-             "B, width 4096": B | dict(widths=[4096])}
+ROUNDS[5] = {
+    "B, 240 steps": B,
+    "B, 200 steps": B | dict(train_tokens=204_800),
+    "B, 200 steps, lr 3e-3": B | dict(train_tokens=204_800, lr=3e-3),
+    "B, 240 steps, lr 3e-3": B | dict(lr=3e-3),
+    "B, batch 512 (480 steps)": B | dict(batch_size=512),
+    "B, batch 512, lr 3e-3": B | dict(batch_size=512, lr=3e-3),
+    "B, width 4096": B | dict(widths=[4096]),
+}
 # Attention sites kept latents firing on > 10% of held-out tokens: charge firing above a lower share.
-ROUNDS[6] = {"B": B, "B, freq target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.05"),
-             "B, freq 0.3, target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"),
-             "B, freq 1": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=1")}
+ROUNDS[6] = {
+    "B": B,
+    "B, freq target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.05"),
+    "B, freq 0.3, target 0.05": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"),
+    "B, freq 1": B | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=1"),
+}
 
 # Why SAELens' JumpReLU led saescope's by ~0.03 nats at L0 64 on res.6 (compare_sites.sh): the
 # compare run's scale (width 4096, 240 steps, lr 3e-3), saescope's defaults against each thing
 # SAELens does differently, one at a time.
 D = B | dict(widths=[4096], lr=3e-3, knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05")
-ROUNDS[7] = {"defaults (D)": D,
-             "D, no frequency penalty": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0"),
-             "D, freq 0.1 at 10%": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.1"),
-             "D, Adam beta1 0.9": D | dict(adam_beta1=0.9),
-             "D, bandwidth 0.05": D | dict(knobs=f"{MQ},bandwidth=0.05,freq_coefficient=0.3,freq_target=0.05"),
-             "D, linear L0 penalty 0.001": D | dict(knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=64,"
-                                                          "bandwidth=0.03,freq_coefficient=0"),
-             "SAELens' knobs: linear 0.001, threshold 0.01, bandwidth 0.05, beta1 0.9":
-                 D | dict(adam_beta1=0.9, knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,"
-                                                "bandwidth=0.05,freq_coefficient=0"),
-             "D, decoder rows free (no unit norm)": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,"
-                                                                   "freq_target=0.05,unit_decoder=false"),
-             "D, batch 512": D | dict(batch_size=512)}
+ROUNDS[7] = {
+    "defaults (D)": D,
+    "D, no frequency penalty": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0"),
+    "D, freq 0.1 at 10%": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.1,freq_target=0.1"),
+    "D, Adam beta1 0.9": D | dict(adam_beta1=0.9),
+    "D, bandwidth 0.05": D | dict(knobs=f"{MQ},bandwidth=0.05,freq_coefficient=0.3,freq_target=0.05"),
+    "D, linear L0 penalty 0.001": D
+    | dict(knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=64,bandwidth=0.03,freq_coefficient=0"),
+    "SAELens' knobs: linear 0.001, threshold 0.01, bandwidth 0.05, beta1 0.9": D
+    | dict(
+        adam_beta1=0.9,
+        knobs="l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,bandwidth=0.05,freq_coefficient=0",
+    ),
+    "D, decoder rows free (no unit norm)": D
+    | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05,unit_decoder=false"),
+    "D, batch 512": D | dict(batch_size=512),
+}
 
 # Low targets: at L0 16 of 4096 saescope's JumpReLU left 18% of latents dead on res.6 (SAELens'
 # 1%) and trailed SAELens on mlp.6 at L0 16 and 32.
 D16 = D | dict(l0_coefficients=[16])
 K16 = f"{MQ},freq_coefficient=0.3,freq_target=0.05"
-ROUNDS[8] = {"defaults, target 16 (D16)": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
-             "D16, bandwidth 0.05": D16 | dict(knobs=f"{K16},bandwidth=0.05"),
-             "D16, bandwidth 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.1"),
-             "D16, lr 2e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03", lr=2e-3),
-             "D16, starts at L0 64": D16 | dict(knobs=f"{K16},bandwidth=0.03,init_l0=64"),
-             "D16, mean-quadratic 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,l0_coefficient=0.1"),
-             "D16, batch 512": D16 | dict(knobs=f"{K16},bandwidth=0.03", batch_size=512)}
+ROUNDS[8] = {
+    "defaults, target 16 (D16)": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
+    "D16, bandwidth 0.05": D16 | dict(knobs=f"{K16},bandwidth=0.05"),
+    "D16, bandwidth 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.1"),
+    "D16, lr 2e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03", lr=2e-3),
+    "D16, starts at L0 64": D16 | dict(knobs=f"{K16},bandwidth=0.03,init_l0=64"),
+    "D16, mean-quadratic 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,l0_coefficient=0.1"),
+    "D16, batch 512": D16 | dict(knobs=f"{K16},bandwidth=0.03", batch_size=512),
+}
 
 # SAELens' decoder starts at row norm 0.1 and is free to grow (round 7: free rows at norm 1 lose).
 FREE = "unit_decoder=false,init_norm=0.1"
-ROUNDS[9] = {"defaults (D)": D,
-             "D, free rows from norm 0.1": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
-             "D, free rows from norm 0.1, bandwidth 0.003": D | dict(
-                 knobs=f"{MQ},bandwidth=0.003,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
-             "D16": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
-             "D16, free rows from norm 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,{FREE}"),
-             "D16, free rows from norm 0.1, bandwidth 0.003": D16 | dict(knobs=f"{K16},bandwidth=0.003,{FREE}")}
+ROUNDS[9] = {
+    "defaults (D)": D,
+    "D, free rows from norm 0.1": D | dict(knobs=f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
+    "D, free rows from norm 0.1, bandwidth 0.003": D
+    | dict(knobs=f"{MQ},bandwidth=0.003,freq_coefficient=0.3,freq_target=0.05,{FREE}"),
+    "D16": D16 | dict(knobs=f"{K16},bandwidth=0.03"),
+    "D16, free rows from norm 0.1": D16 | dict(knobs=f"{K16},bandwidth=0.03,{FREE}"),
+    "D16, free rows from norm 0.1, bandwidth 0.003": D16 | dict(knobs=f"{K16},bandwidth=0.003,{FREE}"),
+}
 
 # Free rows from norm 0.1 (round 9) let L0 drift above the target (80 for 64, 46 for 16): a
 # stronger pull toward it; and the revival term (pre-activation loss on latents silent for
 # dead_tokens) for the dead latents of low targets.
 FK = f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05,{FREE}"
-ROUNDS[10] = {"D16, revive 1e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive_coefficient=0.001"),
-              "D16, free rows from 0.1, mean-quadratic 0.3": D16 | dict(knobs=f"{FK},l0_coefficient=0.3"),
-              "D16, free rows from 0.1, mean-quadratic 1": D16 | dict(knobs=f"{FK},l0_coefficient=1"),
-              "D16, free rows from 0.1, mean-quadratic 1, revive 1e-3":
-                  D16 | dict(knobs=f"{FK},l0_coefficient=1,revive_coefficient=0.001"),
-              "D, free rows from 0.1, mean-quadratic 0.3": D | dict(knobs=f"{FK},l0_coefficient=0.3"),
-              "D, free rows from 0.1, mean-quadratic 1": D | dict(knobs=f"{FK},l0_coefficient=1")}
+ROUNDS[10] = {
+    "D16, revive 1e-3": D16 | dict(knobs=f"{K16},bandwidth=0.03,revive_coefficient=0.001"),
+    "D16, free rows from 0.1, mean-quadratic 0.3": D16 | dict(knobs=f"{FK},l0_coefficient=0.3"),
+    "D16, free rows from 0.1, mean-quadratic 1": D16 | dict(knobs=f"{FK},l0_coefficient=1"),
+    "D16, free rows from 0.1, mean-quadratic 1, revive 1e-3": D16
+    | dict(knobs=f"{FK},l0_coefficient=1,revive_coefficient=0.001"),
+    "D, free rows from 0.1, mean-quadratic 0.3": D | dict(knobs=f"{FK},l0_coefficient=0.3"),
+    "D, free rows from 0.1, mean-quadratic 1": D | dict(knobs=f"{FK},l0_coefficient=1"),
+}
 # Free rows with a threshold fast enough to follow the growing encoder (Adam moves it ~lr per step).
 DK = f"{MQ},bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"
-ROUNDS[11] = {"D16, free rows from 0.1, threshold lr x10": D16 | dict(knobs=f"{FK},threshold_lr=10"),
-              "D16, free rows from 0.1, threshold lr x30": D16 | dict(knobs=f"{FK},threshold_lr=30"),
-              "D, free rows from 0.1, threshold lr x10": D | dict(knobs=f"{FK},threshold_lr=10"),
-              "D16, threshold lr x10": D16 | dict(knobs=f"{K16},bandwidth=0.03,threshold_lr=10"),
-              "D, threshold lr x10": D | dict(knobs=f"{DK},threshold_lr=10")}
+ROUNDS[11] = {
+    "D16, free rows from 0.1, threshold lr x10": D16 | dict(knobs=f"{FK},threshold_lr=10"),
+    "D16, free rows from 0.1, threshold lr x30": D16 | dict(knobs=f"{FK},threshold_lr=30"),
+    "D, free rows from 0.1, threshold lr x10": D | dict(knobs=f"{FK},threshold_lr=10"),
+    "D16, threshold lr x10": D16 | dict(knobs=f"{K16},bandwidth=0.03,threshold_lr=10"),
+    "D, threshold lr x10": D | dict(knobs=f"{DK},threshold_lr=10"),
+}
 
 # Free rows + threshold lr x10 (round 11's best at L0 64: "C") still trailed SAELens' JumpReLU by
 # 0.01-0.03 nats in compare; each remaining difference from SAELens, one at a time, and SAELens'
 # knobs on saescope's code.
 CK = f"{FK},threshold_lr=10"
 C = D | dict(knobs=CK)
-ROUNDS[12] = {"C: D, free rows from 0.1, threshold lr x10": C,
-              "C, Adam beta1 0.9": C | dict(adam_beta1=0.9),
-              "C, no frequency penalty": C | dict(knobs=f"{CK},freq_coefficient=0"),
-              "C, bandwidth 0.05": C | dict(knobs=f"{CK},bandwidth=0.05"),
-              "C, revive 1e-3": C | dict(knobs=f"{CK},revive_coefficient=0.001"),
-              "C, linear L0 penalty 0.001": C | dict(knobs=f"{CK},l0_penalty=l0,l0_coefficient=0.001,init_l0=64"),
-              "SAELens' knobs on free rows from 0.1": D | dict(adam_beta1=0.9, knobs=(
-                  f"{FREE},l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,bandwidth=0.05,"
-                  "freq_coefficient=0"))}
+ROUNDS[12] = {
+    "C: D, free rows from 0.1, threshold lr x10": C,
+    "C, Adam beta1 0.9": C | dict(adam_beta1=0.9),
+    "C, no frequency penalty": C | dict(knobs=f"{CK},freq_coefficient=0"),
+    "C, bandwidth 0.05": C | dict(knobs=f"{CK},bandwidth=0.05"),
+    "C, revive 1e-3": C | dict(knobs=f"{CK},revive_coefficient=0.001"),
+    "C, linear L0 penalty 0.001": C | dict(knobs=f"{CK},l0_penalty=l0,l0_coefficient=0.001,init_l0=64"),
+    "SAELens' knobs on free rows from 0.1": D
+    | dict(
+        adam_beta1=0.9,
+        knobs=(
+            f"{FREE},l0_penalty=l0,l0_coefficient=0.001,init_l0=0,threshold_init=0.01,bandwidth=0.05,freq_coefficient=0"
+        ),
+    ),
+}
 
 # Free rows from 0.1 with thresholds at 10x lr and the revival term (threshold and b_enc only): E.
 EK = f"{DK},unit_decoder=false,init_norm=0.1,threshold_lr=10,revive_coefficient=0.001"
@@ -203,8 +250,12 @@ def main(argv: list[str] | None = None) -> None:
         params = BEFORE | variants[name]
         if params["arch"] == "jumprelu":
             params["knobs"] = f"{PINNED},{params['knobs']}"
-        cfg = TrainConfig(**(params | dict(store=args.store, out=str(folder), train_sites=args.site,
-                                           log_every=1, checkpoint_every=10_000)))
+        cfg = TrainConfig(
+            **(
+                params
+                | dict(store=args.store, out=str(folder), train_sites=args.site, log_every=1, checkpoint_every=10_000)
+            )
+        )
         start = time.perf_counter()
         if not (folder / "saes").exists():
             Trainer(cfg).train()
@@ -214,8 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         dest = out / "saes" / f"v{i + 1:02d}"
         if not dest.exists():
             shutil.copytree(trained, dest)
-        log[name] = {"folder": dest.name, "first_l0": next(v["l0"] for k, v in first.items() if k != "step"),
-                     "train_s": round(seconds, 1), "config": dataclasses.asdict(cfg)}
+        log[name] = {
+            "folder": dest.name,
+            "first_l0": next(v["l0"] for k, v in first.items() if k != "step"),
+            "train_s": round(seconds, 1),
+            "config": dataclasses.asdict(cfg),
+        }
     done = out / "variants.json"
     log = (json.loads(done.read_text()) if done.exists() else {}) | log
     done.write_text(json.dumps(log, indent=1))
@@ -224,12 +279,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table(out: Path, log: dict) -> str:
-    lines = ["| variant | L0 | delta LM loss | FVU | dead | dense | first-step L0 | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | L0 | delta LM loss | FVU | dead | dense | first-step L0 | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in log.items():
         m = json.loads((out / "saes" / row["folder"] / "metrics.json").read_text())
-        lines.append(f"| {name} | {m['l0']:.1f} | {m['delta_loss']:.3f} | {m['fvu']:.3f} | {m['dead_latents']} | "
-                     f"{m['dense_latents']} | {row['first_l0']:.0f} | {row['train_s']:.0f} |")
+        lines.append(
+            f"| {name} | {m['l0']:.1f} | {m['delta_loss']:.3f} | {m['fvu']:.3f} | {m['dead_latents']} | "
+            f"{m['dense_latents']} | {row['first_l0']:.0f} | {row['train_s']:.0f} |"
+        )
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
     return text

@@ -37,18 +37,21 @@ def splice_by_dimension(store: ActivationStore, folder: Path, site: Site, eval_c
     x = store.read(site.name, 0).float()
     std, mean = x.std(0), x.mean(0)
     order = std.argsort(descending=True)
-    print(f"\n{site.name}: largest standard deviations {[round(v, 1) for v in std[order[:3]].tolist()]} "
-          f"(dims {order[:3].tolist()}, means {[round(v, 1) for v in mean[order[:3]].tolist()]}); "
-          f"median {std.median().item():.2f}")
+    print(
+        f"\n{site.name}: largest standard deviations {[round(v, 1) for v in std[order[:3]].tolist()]} "
+        f"(dims {order[:3].tolist()}, means {[round(v, 1) for v in mean[order[:3]].tolist()]}); "
+        f"median {std.median().item():.2f}"
+    )
     model, tok = load_model(store.info["model"], eval_cfg.eval_dtype, eval_cfg.device)
-    text = HeldOutText(model, tok, store.info["dataset"], store.info.get("text_field", "text"), store.info["rows"],
-                       eval_cfg)
+    text = HeldOutText(
+        model, tok, store.info["dataset"], store.info.get("text_field", "text"), store.info["rows"], eval_cfg
+    )
     sae, _ = load_trained(folder, next(model.parameters()).device)
     clean, _ = text.loss_with(None, None)
     largest = torch.zeros(x.shape[1], dtype=torch.bool)
     largest[order[0]] = True
     for what, keep in (("only the largest dimension", ~largest), ("every other dimension", largest)):
-        ce, _ = text.loss_with(site, lambda a: torch.where(keep.to(a.device), a.float(), sae(a.float())))
+        ce, _ = text.loss_with(site, lambda a, keep=keep: torch.where(keep.to(a.device), a.float(), sae(a.float())))
         print(f"scalar SAE spliced into {what}: delta loss {ce - clean:.3f} nats")
 
 
@@ -68,11 +71,17 @@ def main() -> None:
     for name in sorted(results["scalar"], key=lambda k: int(k.split("__")[0].split(".")[1])):
         for n, r in results.items():
             m = r[name]
-            print(f"| {name.split('__')[0]} | {n} | {m['l0']:.1f} | {m['fvu']:.3f} | {m['delta_loss']:.3f} | "
-                  f"{m['ce_loss_recovered']:.3f} | {m['dead_latents']} |")
+            print(
+                f"| {name.split('__')[0]} | {n} | {m['l0']:.1f} | {m['fvu']:.3f} | {m['delta_loss']:.3f} | "
+                f"{m['ce_loss_recovered']:.3f} | {m['dead_latents']} |"
+            )
     first = sorted(results["scalar"], key=lambda k: int(k.split("__")[0].split(".")[1]))[0]
-    splice_by_dimension(ActivationStore(store), out / "scalar" / "saes" / first, Site.parse(first.split("__")[0]),
-                        dataclasses.replace(base).part(EvalConfig))
+    splice_by_dimension(
+        ActivationStore(store),
+        out / "scalar" / "saes" / first,
+        Site.parse(first.split("__")[0]),
+        dataclasses.replace(base).part(EvalConfig),
+    )
 
 
 if __name__ == "__main__":

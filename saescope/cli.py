@@ -17,8 +17,15 @@ from typing import ClassVar, Literal
 from saescope import distributed
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.compare import CompareConfig, compare
-from saescope.config import (RUN_FOLDER, add_arguments, changed_fields, from_namespace, option, preset_values,
-                             read_config)
+from saescope.config import (
+    RUN_FOLDER,
+    add_arguments,
+    changed_fields,
+    from_namespace,
+    option,
+    preset_values,
+    read_config,
+)
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, metrics_file, summary_rows
 from saescope.memory import keep_freed_memory
@@ -78,8 +85,10 @@ def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
     except (OSError, ValueError):
         changed = ["config.json is unreadable"]
     if changed and not force:
-        raise SaescopeError(f"--out {cfg.out} already holds a training with other settings ({'; '.join(changed)}): "
-                            f"choose another --out, or pass --force to train again from scratch there")
+        raise SaescopeError(
+            f"--out {cfg.out} already holds a training with other settings ({'; '.join(changed)}): "
+            f"choose another --out, or pass --force to train again from scratch there"
+        )
     if changed:
         for path in [*checkpoints, train / "log.jsonl"]:
             path.unlink(missing_ok=True)
@@ -131,8 +140,14 @@ def cmd_export(cfg: ExportConfig) -> None:
 
     if not cfg.src or not cfg.dest:
         raise SaescopeError("export needs SRC and DEST: `saescope export --format saelens RUN_OR_SAE OUT`")
-    written = export(cfg.src, cfg.dest, cfg.format, source_format=cfg.source_format or None,
-                     store=cfg.store or None, model=cfg.model or None)
+    written = export(
+        cfg.src,
+        cfg.dest,
+        cfg.format,
+        source_format=cfg.source_format or None,
+        store=cfg.store or None,
+        model=cfg.model or None,
+    )
     print(f"saescope: {len(written)} SAE(s) written as {cfg.format} under {cfg.dest}")
 
 
@@ -140,8 +155,9 @@ def cmd_export(cfg: ExportConfig) -> None:
 class PushConfig:
     release: str = option(f"{RUN_FOLDER}/release", "release folder (with suite.json) or run folder")
     repo: str = option("", "OWNER/NAME; per-kind layout pushes OWNER/NAME-res, OWNER/NAME-mlp, ...")
-    layout: Literal["per-kind", "single"] = option("per-kind", "per-kind (one repository per site kind, as Gemma "
-                                                              "Scope) or single")
+    layout: Literal["per-kind", "single"] = option(
+        "per-kind", "per-kind (one repository per site kind, as Gemma Scope) or single"
+    )
     private: bool = option(False, "create private repositories")
     license: str = option("apache-2.0", "license in the model card")
     base_model: str = option("", "base model id in the model card (default: the suite's model)")
@@ -153,8 +169,15 @@ def cmd_push(cfg: PushConfig) -> None:
 
     if not cfg.repo:
         raise SaescopeError("no repository given: pass --repo OWNER/NAME")
-    pushed = push(cfg.release, cfg.repo, layout=cfg.layout, private=cfg.private, license=cfg.license,
-                  base_model=cfg.base_model or None, saelens=cfg.saelens)
+    pushed = push(
+        cfg.release,
+        cfg.repo,
+        layout=cfg.layout,
+        private=cfg.private,
+        license=cfg.license,
+        base_model=cfg.base_model or None,
+        saelens=cfg.saelens,
+    )
     print("saescope: pushed " + ", ".join(f"https://huggingface.co/{r}" for r in pushed))
 
 
@@ -197,15 +220,19 @@ def cmd_browse(cfg: BrowseConfig) -> None:
 class TableConfig:
     out: str = option(RUN_FOLDER, "run folder")
     readme: str = option("", "also write the table into this README between its saescope-table markers")
-    text: str = option("", "the metrics `saescope evaluate --text FILE` measured on that text, instead of the held-out corpus")
+    text: str = option(
+        "", "the metrics `saescope evaluate --text FILE` measured on that text, instead of the held-out corpus"
+    )
 
 
 def cmd_table(cfg: TableConfig) -> None:
     if not (Path(cfg.out) / "saes").is_dir():
         raise SaescopeError(f"--out {cfg.out} is not a run folder (no saes/ in it): pass the --out of a trained run")
     if not summary_rows(cfg.out, cfg.text):
-        raise SaescopeError(f"no SAE in {cfg.out}/saes has {metrics_file(cfg.text)}: run `saescope evaluate --out "
-                            f"{cfg.out}{' --text ' + cfg.text if cfg.text else ''}` first")
+        raise SaescopeError(
+            f"no SAE in {cfg.out}/saes has {metrics_file(cfg.text)}: run `saescope evaluate --out "
+            f"{cfg.out}{' --text ' + cfg.text if cfg.text else ''}` first"
+        )
     print(summary_table(cfg.out, cfg.text))
     if cfg.readme:
         write_readme_table(cfg.out, cfg.readme)
@@ -219,12 +246,28 @@ JOBS: dict[str, tuple[type, object, str]] = {
     "evaluate": (EvalConfig, cmd_evaluate, "L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents per SAE"),
     "table": (TableConfig, cmd_table, "print a run's metrics table (and write it into a README)"),
     "release": (ReleaseConfig, cmd_release, "write evaluated SAEs in Gemma Scope's layout with suite.json"),
-    "release-push": (PushConfig, cmd_push, "upload a release to the Hugging Face Hub with a model card (also: release push)"),
+    "release-push": (
+        PushConfig,
+        cmd_push,
+        "upload a release to the Hugging Face Hub with a model card (also: release push)",
+    ),
     "load": (LoadConfig, cmd_load, "load an SAE in any supported format or from the Hub and summarise it"),
-    "export": (ExportConfig, cmd_export, "write an SAE or a suite as gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia"),
-    "browse": (BrowseConfig, cmd_browse, "feature browser: compute latent statistics, then serve or --export a static site"),
-    "compare": (CompareConfig, compare, "train several SAE families on one site with the same tokens; table and plot of "
-                                        "delta LM loss and FVU against L0"),
+    "export": (
+        ExportConfig,
+        cmd_export,
+        "write an SAE or a suite as gemma-scope, gemma-scope-2, saelens, sparsify or neuronpedia",
+    ),
+    "browse": (
+        BrowseConfig,
+        cmd_browse,
+        "feature browser: compute latent statistics, then serve or --export a static site",
+    ),
+    "compare": (
+        CompareConfig,
+        compare,
+        "train several SAE families on one site with the same tokens; table and plot of "
+        "delta LM loss and FVU against L0",
+    ),
 }
 
 
@@ -245,23 +288,42 @@ def build_parser(defaults: dict[str, dict] | None = None) -> argparse.ArgumentPa
         p = sub.add_parser(name, help=helptext, description=helptext)
         add_arguments(p, cls)
         p.set_defaults(**(defaults or {}).get(name, {}))
-        p.add_argument("--config", default="", metavar="CONFIG_JSON",
-                       help="the config.json a job saved (RUN/config.json, RUN/train/config.json): run with its "
-                            "options; flags given beside it win")
+        p.add_argument(
+            "--config",
+            default="",
+            metavar="CONFIG_JSON",
+            help="the config.json a job saved (RUN/config.json, RUN/train/config.json): run with its "
+            "options; flags given beside it win",
+        )
         for field_name in getattr(cls, "positional", ()):  # e.g. `saescope load PATH` as well as --path
             p.add_argument(field_name, nargs="?", default=argparse.SUPPRESS, help=f"same as --{field_name}")
         if name in ("train", "run"):
-            p.add_argument("--force", action="store_true",
-                           help="train again from scratch in an --out whose saved training has other settings")
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="train again from scratch in an --out whose saved training has other settings",
+            )
         if name in DISTRIBUTED_JOBS:
-            p.add_argument("--nproc", type=int, default=1,
-                           help="processes on this machine: runs the job under torchrun (default: 1)")
+            p.add_argument(
+                "--nproc",
+                type=int,
+                default=1,
+                help="processes on this machine: runs the job under torchrun (default: 1)",
+            )
     return parser
 
 
 # The option naming each job's output folder, checked for being writable before the job starts.
-OUTPUTS = {"harvest": "store", "train": "out", "run": "out", "evaluate": "out", "compare": "out",
-           "release": "dest", "export": "dest", "browse": "export"}
+OUTPUTS = {
+    "harvest": "store",
+    "train": "out",
+    "run": "out",
+    "evaluate": "out",
+    "compare": "out",
+    "release": "dest",
+    "export": "dest",
+    "browse": "export",
+}
 
 
 # Jobs that run as one job across many processes under torchrun (saescope/distributed.py).
@@ -282,9 +344,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 # What a newcomer runs first (the README's first lines, from a clone).
-START = ("start with:\n"
-         "  saescope run   # the whole pipeline on the embedded Gemma 3 270M and corpus (make run from a clone)\n"
-         "  make test      # the test suite, from a clone")
+START = (
+    "start with:\n"
+    "  saescope run   # the whole pipeline on the embedded Gemma 3 270M and corpus (make run from a clone)\n"
+    "  make test      # the test suite, from a clone"
+)
 
 
 def layered(argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
@@ -316,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "nproc", 1) > 1 and not distributed.launched_by_torchrun():
             return distributed.launch(_without_nproc(argv), args.nproc)
         if many and args.job not in DISTRIBUTED_JOBS:
-            raise SaescopeError(f"saescope {args.job} runs in one process: start it without torchrun "
-                                f"(only {' and '.join(DISTRIBUTED_JOBS)} run distributed)")
+            raise SaescopeError(
+                f"saescope {args.job} runs in one process: start it without torchrun "
+                f"(only {' and '.join(DISTRIBUTED_JOBS)} run distributed)"
+            )
         if many:
             distributed.setup()
         cfg = from_namespace(cls, args)
@@ -333,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saescope: error: {where}{e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user named cannot be read or written: one line, not a traceback
-        print(f"saescope: error: {e.strerror or e}: {e.filename or ''}: check the path and its permissions",
-              file=sys.stderr)
+        print(
+            f"saescope: error: {e.strerror or e}: {e.filename or ''}: check the path and its permissions",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("saescope: interrupted; run the same command again to resume", file=sys.stderr)

@@ -42,8 +42,7 @@ from saescope.saes.registry import ARCHITECTURES, sweep_knobs
 from saescope.train.schedule import Schedule
 from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
-DEFAULT_SWEEPS = ("jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,"
-                  "gated=0.3/1/3,relu=1/3/10")
+DEFAULT_SWEEPS = "jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,gated=0.3/1/3,relu=1/3/10"
 DEFAULT_MATCHED_L0 = "16,32,64"
 
 
@@ -53,17 +52,28 @@ class CompareConfig(Schedule):
     out: str = option("runs/compare", "run folder: SAEs in OUT/saes, the table and plot in OUT/compare.*")
     site: str = option("res.6", "the one site every family is trained on")
     width: int = option(4096, "dictionary size of every SAE")
-    sweeps: str = option(DEFAULT_SWEEPS, "family=v1/v2/...,family=... : each family's sparsity knob values "
-                                         "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
-                                         "coefficient; or k)")
+    sweeps: str = option(
+        DEFAULT_SWEEPS,
+        "family=v1/v2/...,family=... : each family's sparsity knob values "
+        "(jumprelu's target L0, or lambda with jumprelu.l0_penalty=l0; the L1 "
+        "coefficient; or k)",
+    )
     family_knobs: str = option("", "per-family options as family.key=value,... (e.g. jumprelu.bandwidth=0.01)")
-    baseline: Literal["", "saelens"] = option("", "reference SAEs trained by their own library on the same rows as "
-                                                  "saescope's: saelens trains SAELens' JumpReLU and TopK on the same "
-                                                  "rows (needs sae-lens)")
-    baseline_sweeps: str = option(DEFAULT_BASELINE_SWEEPS, "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "
-                                                           "(SAELens' l0_coefficient on the normalised rows, and k)")
-    matched_l0: str = option(DEFAULT_MATCHED_L0, "L0 targets of the matched-L0 table (delta LM loss and FVU "
-                                                 "interpolated linearly in log L0), comma-separated")
+    baseline: Literal["", "saelens"] = option(
+        "",
+        "reference SAEs trained by their own library on the same rows as "
+        "saescope's: saelens trains SAELens' JumpReLU and TopK on the same "
+        "rows (needs sae-lens)",
+    )
+    baseline_sweeps: str = option(
+        DEFAULT_BASELINE_SWEEPS,
+        "with --baseline saelens: jumprelu=v1/v2/...,topk=k1/k2/... "
+        "(SAELens' l0_coefficient on the normalised rows, and k)",
+    )
+    matched_l0: str = option(
+        DEFAULT_MATCHED_L0,
+        "L0 targets of the matched-L0 table (delta LM loss and FVU interpolated linearly in log L0), comma-separated",
+    )
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = same_as(EvalConfig, "eval_context_len")
     device: str = device_option()
@@ -72,34 +82,36 @@ class CompareConfig(Schedule):
 CompareConfig = rescaled(CompareConfig, RUN_SCHEDULE)  # the default run's schedule
 
 
-def parse_sweeps(text: str, family_knobs: str = "", flag: str = "--sweeps",
-                 families: Collection[str] = tuple(ARCHITECTURES)) -> list[tuple[str, list[float], dict]]:
+def parse_sweeps(
+    text: str, family_knobs: str = "", flag: str = "--sweeps", families: Collection[str] = tuple(ARCHITECTURES)
+) -> list[tuple[str, list[float], dict]]:
     """`topk=16/32,relu=1/3` -> [("topk", [16.0, 32.0], {}), ("relu", [1.0, 3.0], {})]; errors name
     `flag`, and only `families` (each a saescope family, whose knob type checks the values) are accepted."""
     knobs: dict[str, dict] = defaultdict(dict)
     for key, value in parse_knobs(family_knobs).items():
         family, dot, name = key.partition(".")
         if not dot or family not in ARCHITECTURES:
-            raise SaescopeError(f"bad --family-knobs entry {key!r}: use family.key=value with a family of "
-                                f"{sorted(ARCHITECTURES)}")
+            raise SaescopeError(
+                f"bad --family-knobs entry {key!r}: use family.key=value with a family of {sorted(ARCHITECTURES)}"
+            )
         knobs[family][name] = value
     out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        family, eq, values = part.partition("=")
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        family, eq, values = item.partition("=")
         family = family.strip()
         if not eq or family not in families:
-            raise SaescopeError(f"bad {flag} entry {part!r}: use family=v1/v2 with a family of {sorted(families)}")
+            raise SaescopeError(f"bad {flag} entry {item!r}: use family=v1/v2 with a family of {sorted(families)}")
         try:
             numbers = [float(v) for v in values.split("/") if v.strip()]
         except ValueError:
-            raise SaescopeError(f"bad {flag} values in {part!r}: numbers separated by '/'") from None
+            raise SaescopeError(f"bad {flag} values in {item!r}: numbers separated by '/'") from None
         if not numbers:
-            raise SaescopeError(f"{flag} entry {part!r} has no values")
+            raise SaescopeError(f"{flag} entry {item!r} has no values")
         try:
             for v in numbers:
                 sweep_knobs(family, v)  # integer checks for k
         except SaescopeError as e:
-            raise SaescopeError(f"bad {flag} values in {part!r}: {e}") from None
+            raise SaescopeError(f"bad {flag} values in {item!r}: {e}") from None
         out.append((family, numbers, knobs.get(family, {})))
     if not out:
         raise SaescopeError(f"{flag} names no family: pass e.g. topk=16/32/64")
@@ -121,7 +133,9 @@ def parse_targets(text: str) -> list[float]:
     try:
         targets = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise SaescopeError(f"bad --matched-l0 {text!r}: positive L0 values separated by commas, e.g. 16,32,64") from None
+        raise SaescopeError(
+            f"bad --matched-l0 {text!r}: positive L0 values separated by commas, e.g. 16,32,64"
+        ) from None
     if not targets or not all(math.isfinite(t) and t > 0 for t in targets):
         raise SaescopeError(f"bad --matched-l0 {text!r}: positive L0 values separated by commas, e.g. 16,32,64")
     return targets
@@ -134,20 +148,33 @@ def collect(out: str | Path) -> list[dict]:
         if not (folder / "metrics.json").exists():
             continue
         meta, m = read_json(folder / "config.json"), read_json(folder / "metrics.json")
-        rows.append({"family": meta.get("family", meta["architecture"]), "value": meta["sparsity_coefficient"],
-                     "l0": m["l0"], "fvu": m["fvu"], "delta_loss": m.get("delta_loss"),
-                     "kl_div": m.get("kl_div"), "ce_loss_recovered": m.get("ce_loss_recovered"),
-                     "dead_fraction": m.get("dead_fraction"), "name": folder.name})
+        rows.append(
+            {
+                "family": meta.get("family", meta["architecture"]),
+                "value": meta["sparsity_coefficient"],
+                "l0": m["l0"],
+                "fvu": m["fvu"],
+                "delta_loss": m.get("delta_loss"),
+                "kl_div": m.get("kl_div"),
+                "ce_loss_recovered": m.get("ce_loss_recovered"),
+                "dead_fraction": m.get("dead_fraction"),
+                "name": folder.name,
+            }
+        )
     return sorted(rows, key=lambda r: (r["family"], r["l0"]))
 
 
 def table(rows: list[dict]) -> str:
     """A markdown table of the rows (sorted by family, then L0)."""
-    lines = ["| family | sweep value | L0 | FVU | delta LM loss | KL | CE recovered | dead |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| family | sweep value | L0 | FVU | delta LM loss | KL | CE recovered | dead |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r['delta_loss'])} | "
-                     f"{_f(r['kl_div'])} | {_f(r['ce_loss_recovered'], 3)} | {_f(r['dead_fraction'], 3)} |")
+        lines.append(
+            f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r['delta_loss'])} | "
+            f"{_f(r['kl_div'])} | {_f(r['ce_loss_recovered'], 3)} | {_f(r['dead_fraction'], 3)} |"
+        )
     return "\n".join(lines)
 
 
@@ -245,8 +272,17 @@ def compare(cfg: CompareConfig) -> list[dict]:
     targets = parse_targets(cfg.matched_l0)
     baseline = parse_baseline(cfg.baseline, cfg.baseline_sweeps)
     save_config(cfg, Path(cfg.out) / "config.json")  # `saescope compare --config` re-runs it
-    trainer = Trainer(part(cfg, TrainConfig, train_sites=cfg.site, arch=families[0][0], widths=[cfg.width],
-                           l0_coefficients=families[0][1]), families)
+    trainer = Trainer(
+        part(
+            cfg,
+            TrainConfig,
+            train_sites=cfg.site,
+            arch=families[0][0],
+            widths=[cfg.width],
+            l0_coefficients=families[0][1],
+        ),
+        families,
+    )
     trainer.train()
     if baseline:
         train_saelens(trainer, baseline)
@@ -262,11 +298,16 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
         raise SaescopeError(f"no evaluated SAEs in {Path(out) / 'saes'}: run `saescope compare --out {out}` first")
     targets = parse_targets(DEFAULT_MATCHED_L0) if targets is None else targets
     matched = matched_l0(rows, targets)
-    text = table(rows) + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n" \
+    text = (
+        table(rows)
+        + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n"
         + matched_table(matched, targets)
+    )
     Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
-    write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": rows,
-                                                  "matched_l0": {"targets": targets, "families": matched}})
+    write_json_atomic(
+        Path(out, "compare.json"),
+        {"title": title, "rows": rows, "matched_l0": {"targets": targets, "families": matched}},
+    )
     png = plot(rows, Path(out, "compare.png"), title)
     print(text)
     print(f"saescope: plot written to {png}")

@@ -17,8 +17,9 @@ import functools
 import json
 import math
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
@@ -89,8 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         default = _default_of(f)
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
-        kw: dict[str, Any] = {"dest": f.name, "default": default,
-                              "help": f"{f.metadata.get('help', '')} (default: {default})"}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": default,
+            "help": f"{f.metadata.get('help', '')} (default: {default})",
+        }
         allowed = choices(cls, f.name)
         if allowed:  # "" (the option unset) is allowed but not listed: the help says what it means
             listed = ",".join(filter(None, allowed))
@@ -110,6 +114,7 @@ def _list_of(kind: type):
             return [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from e
+
     return parse
 
 
@@ -120,8 +125,16 @@ def _list_of(kind: type):
 # 4B tokens per SAE is `saescope train`'s default anyway.
 PRESETS: dict[str, dict[str, Any]] = {
     "gemma-scope": {
-        "lr": 7e-5, "batch_size": 4096, "lr_warmup_steps": 1000, "l0_warmup_steps": 10_000, "lr_decay": 0.0,
-        "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8, "normalize": "scalar", "l0_coefficients": [1e-3],
+        "lr": 7e-5,
+        "batch_size": 4096,
+        "lr_warmup_steps": 1000,
+        "l0_warmup_steps": 10_000,
+        "lr_decay": 0.0,
+        "adam_beta1": 0.0,
+        "adam_beta2": 0.999,
+        "adam_eps": 1e-8,
+        "normalize": "scalar",
+        "l0_coefficients": [1e-3],
         "knobs": "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0",
     },
 }
@@ -130,7 +143,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_values(cls: type, name: str) -> dict[str, Any]:
     """The preset's values for the fields `cls` has (a compare job has no --knobs, say)."""
     if name not in PRESETS:
-        raise SaescopeError(f"unknown --preset {name!r}: use one of {sorted(PRESETS)} (or none for saescope's defaults)")
+        raise SaescopeError(
+            f"unknown --preset {name!r}: use one of {sorted(PRESETS)} (or none for saescope's defaults)"
+        )
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in PRESETS[name].items() if k in names}
 
@@ -160,12 +175,31 @@ def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
 # Ranges of the options every job shares, by field name, so each job that has the field gets the
 # check where its command line is parsed (a zero --shard-rows once harvested forever).
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{name: _at_least(1) for name in (
-        "tokens", "shard_rows", "context_len", "forward_batch", "train_tokens", "batch_size", "norm_rows",
-        "buffer_rows", "checkpoint_every", "log_every", "eval_sequences", "eval_context_len", "eval_batch_size",
-        "top_k", "max_rows", "width")},
-    **{name: _at_least(0) for name in (
-        "eval_shards", "lr_warmup_steps", "l0_warmup_steps", "sae_groups", "export_latents")},
+    **{
+        name: _at_least(1)
+        for name in (
+            "tokens",
+            "shard_rows",
+            "context_len",
+            "forward_batch",
+            "train_tokens",
+            "batch_size",
+            "norm_rows",
+            "buffer_rows",
+            "checkpoint_every",
+            "log_every",
+            "eval_sequences",
+            "eval_context_len",
+            "eval_batch_size",
+            "top_k",
+            "max_rows",
+            "width",
+        )
+    },
+    **{
+        name: _at_least(0)
+        for name in ("eval_shards", "lr_warmup_steps", "l0_warmup_steps", "sae_groups", "export_latents")
+    },
     "lr": ((lambda v: 0 < v < math.inf), "a positive number"),
     "adam_eps": ((lambda v: 0 < v < math.inf), "a positive number"),
     "adam_beta1": ((lambda v: 0 <= v < 1), "in [0, 1)"),

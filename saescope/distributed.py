@@ -114,13 +114,27 @@ def launch(argv: list[str], nproc: int) -> int:
     """
     if nproc < 1:
         raise SaescopeError(f"--nproc must be at least 1, got {nproc}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "saescope", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "saescope",
+        *argv,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))),
+    }
     code = subprocess.run(command, env=env).returncode
     if code != 0:
-        print(f"saescope: error: a worker of the {nproc}-process job failed (exit code {code}); its error is above; "
-              f"run the same command again to resume from the last checkpoint", file=sys.stderr)
+        print(
+            f"saescope: error: a worker of the {nproc}-process job failed (exit code {code}); its error is above; "
+            f"run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -151,7 +165,7 @@ class Layout:
         return self.data_index == 0
 
     @classmethod
-    def create(cls, parallel: str, sae_groups: int, n_saes: int) -> "Layout":
+    def create(cls, parallel: str, sae_groups: int, n_saes: int) -> Layout:
         """Choose the grid for this job's ranks.
 
         auto: SAE parallel when there are at least as many SAEs as ranks (no communication
@@ -164,11 +178,14 @@ class Layout:
             parallel = "sae" if n_saes >= world else "data"
         groups = {"data": 1, "sae": world, "both": sae_groups or max(1, world // local_world_size())}[parallel]
         if groups < 1 or world % groups:
-            raise SaescopeError(f"--sae-groups {groups} does not divide the {world} processes: "
-                                f"pass a divisor of {world}")
+            raise SaescopeError(
+                f"--sae-groups {groups} does not divide the {world} processes: pass a divisor of {world}"
+            )
         if groups > n_saes:
-            raise SaescopeError(f"{groups} SAE groups for {n_saes} SAEs leaves some ranks idle: "
-                                f"use --parallel data or fewer --sae-groups")
+            raise SaescopeError(
+                f"{groups} SAE groups for {n_saes} SAEs leaves some ranks idle: "
+                f"use --parallel data or fewer --sae-groups"
+            )
         ways = world // groups
         data_group = None
         if ways > 1 and groups > 1:

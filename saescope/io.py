@@ -32,7 +32,8 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
-        raise SaescopeError(f"{path} is missing: is this a saescope activation store? "
-                            f"run `saescope harvest` first") from e
+        raise SaescopeError(
+            f"{path} is missing: is this a saescope activation store? run `saescope harvest` first"
+        ) from e
     except json.JSONDecodeError as e:
         raise SaescopeError(f"{path} is not valid JSON ({e.msg}): the store is damaged, harvest it again") from e

@@ -6,8 +6,8 @@ memory again, and on virtual machines that report free pages to the host (as the
 machines do) a fresh page costs microseconds: `python benchmarks/pages.py` copied 800 MB into
 fresh memory in 1.98 s and into reused memory in 0.08 s, and allocating and filling 800 MB three
 times took 0.93 s with glibc's defaults and 0.14 s after `keep_freed_memory`. With large blocks
-served from the heap and no trimming, each batch reuses the pages of the one before. The price is that the process keeps its peak heap until exit,
-which is what a harvest or a training run wants anyway.
+served from the heap and no trimming, each batch reuses the pages of the one before. The price is
+that the process keeps its peak heap until exit, which is what a harvest or a training run wants anyway.
 """
 
 from __future__ import annotations

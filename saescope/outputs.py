@@ -14,9 +14,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from saescope.errors import SaescopeError
 
@@ -38,8 +39,10 @@ def strict_json(data: Any, what: str = "JSON", **kw: Any) -> str:
     one-line error naming its key instead of a file other tools cannot read."""
     bad = _nonfinite_key(data)
     if bad:
-        raise SaescopeError(f"refusing to write {what}: {bad} is NaN or infinite; the SAE or the activations it "
-                            f"was measured on hold NaN/inf: check the store and retrain")
+        raise SaescopeError(
+            f"refusing to write {what}: {bad} is NaN or infinite; the SAE or the activations it "
+            f"was measured on hold NaN/inf: check the store and retrain"
+        )
     return json.dumps(data, allow_nan=False, **kw)
 
 
@@ -50,13 +53,17 @@ def check_replaceable(dest: str | Path, option: str, index: str, allowed: Iterab
     if path.exists() and not path.is_dir():
         raise SaescopeError(f"{option} {dest} is an existing file, not a folder: choose a new folder name")
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise SaescopeError(f"{option} {dest} is the current folder (or holds it): choose a new subfolder, "
-                            f"e.g. {option} {Path(dest) / 'out'}")
+        raise SaescopeError(
+            f"{option} {dest} is the current folder (or holds it): choose a new subfolder, "
+            f"e.g. {option} {Path(dest) / 'out'}"
+        )
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
     allowed = set(allowed) | {index}
     if names and (index not in names or not names <= allowed):
-        raise SaescopeError(f"{option} {dest} already holds files saescope did not write there (not a previous "
-                            f"output with {index}): choose an empty or new folder; nothing was changed")
+        raise SaescopeError(
+            f"{option} {dest} already holds files saescope did not write there (not a previous "
+            f"output with {index}): choose an empty or new folder; nothing was changed"
+        )
     return path
 
 

@@ -59,13 +59,17 @@ def summary_table(out: str | Path, text: str = "") -> str:
     """Markdown table of every evaluated SAE of a run (the README's table comes from here); with
     `text`, the metrics `evaluate --text` measured on that text."""
     rows = summary_rows(out, text)
-    lines = ["| site | layer | width | L0 | L0 on text | FVU | delta loss | CE recovered | KL | dead | dense |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| site | layer | width | L0 | L0 on text | FVU | delta loss | CE recovered | KL | dead | dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         text_l0 = f"{r['text_l0']:.1f}" if "text_l0" in r else "-"
-        lines.append(f"| {r['site']} | {r['layer']} | {r['width']} | {r['l0']:.1f} | {text_l0} | {r['fvu']:.3f} | "
-                     f"{r['delta_loss']:.3f} | {r['ce_loss_recovered']:.3f} | {r['kl_div']:.3f} | "
-                     f"{r['dead_latents']} | {r['dense_latents']} |")
+        lines.append(
+            f"| {r['site']} | {r['layer']} | {r['width']} | {r['l0']:.1f} | {text_l0} | {r['fvu']:.3f} | "
+            f"{r['delta_loss']:.3f} | {r['ce_loss_recovered']:.3f} | {r['kl_div']:.3f} | "
+            f"{r['dead_latents']} | {r['dense_latents']} |"
+        )
     return "\n".join(lines)
 
 
@@ -80,7 +84,9 @@ def write_readme_table(out: str | Path, readme: str | Path) -> None:
         raise SaescopeError(f"{path} has no {TABLE_START} ... {TABLE_END} block to fill: add the two markers")
     head, rest = text.split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
-    times = Path(out, "summary.md").read_text().rsplit("Time: ", 1)[-1].strip() if Path(out, "summary.md").exists() else ""
+    times = (
+        Path(out, "summary.md").read_text().rsplit("Time: ", 1)[-1].strip() if Path(out, "summary.md").exists() else ""
+    )
     block = f"{TABLE_START}\n{summary_table(out)}\n\nRun folder `{out}`; {times}.\n{TABLE_END}"
     path.write_text(head + block + tail)
 
@@ -89,12 +95,14 @@ def run(cfg: RunConfig) -> Path:
     out = Path(cfg.out)
     save_config(cfg, out / "config.json")
     timings = {}
-    for name, job in (("harvest", lambda: harvest(cfg.part(HarvestConfig))),
-                      ("train", lambda: Trainer(cfg.part(TrainConfig)).train()),
-                      ("evaluate", lambda: evaluate(dataclasses.replace(cfg.part(EvalConfig), text=""))),
-                      *([("evaluate --text", lambda: evaluate(cfg.part(EvalConfig)))] if cfg.text else []),
-                      ("release", lambda: release(out)),
-                      ("browse", lambda: compute_stats(out))):
+    for name, job in (
+        ("harvest", lambda: harvest(cfg.part(HarvestConfig))),
+        ("train", lambda: Trainer(cfg.part(TrainConfig)).train()),
+        ("evaluate", lambda: evaluate(dataclasses.replace(cfg.part(EvalConfig), text=""))),
+        *([("evaluate --text", lambda: evaluate(cfg.part(EvalConfig)))] if cfg.text else []),
+        ("release", lambda: release(out)),
+        ("browse", lambda: compute_stats(out)),
+    ):
         print(f"saescope: == {name} ==")
         start = time.perf_counter()
         job()

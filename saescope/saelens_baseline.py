@@ -42,9 +42,10 @@ DEFAULT_SWEEPS brackets that by ~3x steps. How far L0 comes down in a short run 
 learning rate (the threshold, init 0.01, moves about lr per Adam step): on Gemma 3 270M res.6
 (standardised, width 2048, 120 steps of 1024 tokens, lr 1e-3, no LR decay) 0.003 / 0.01 / 0.03 gave
 held-out L0 94 / 53 / 45, while at compare's default lr 3e-3 over 240 steps of width 4096, 0.01 /
-0.03 / 0.1 / 0.3 gave L0 5.3 / 2.8 / 1.6 / 1.0, hence 0.0003 ... 0.01 by default. saescope's jumprelu minimises the same MSE + lambda * L0
-with `--family-knobs jumprelu.l0_penalty=l0` (the Gemma Scope objective; the README's res.6
-reproduction swept these lambdas), so at equal values the two implementations optimise one objective.
+0.03 / 0.1 / 0.3 gave L0 5.3 / 2.8 / 1.6 / 1.0, hence 0.0003 ... 0.01 by default. saescope's
+jumprelu minimises the same MSE + lambda * L0 with `--family-knobs jumprelu.l0_penalty=l0` (the
+Gemma Scope objective; the README's res.6 reproduction swept these lambdas), so at equal values the
+two implementations optimise one objective.
 
 Conversion: the arrays SAELens itself saves for inference (`process_state_dict_for_saving_inference`
 folds TopK's decoder norms into the encoder, which keeps its choice of latents and its output),
@@ -74,8 +75,18 @@ FAMILIES = {"jumprelu": "saelens-jumprelu", "topk": "saelens-topk"}
 DEFAULT_SWEEPS = "jumprelu=0.0003/0.001/0.003/0.01,topk=16/32/64"
 INSTALL = "pip install sae-lens (or pip install -e '.[bench]')"
 # What SAELens' trainer was told, recorded in each folder's config.json under "saelens".
-TRAINER_FIELDS = ("total_training_samples", "train_batch_size_samples", "lr", "lr_scheduler_name",
-                  "lr_warm_up_steps", "lr_decay_steps", "adam_beta1", "adam_beta2", "dead_feature_window", "autocast")
+TRAINER_FIELDS = (
+    "total_training_samples",
+    "train_batch_size_samples",
+    "lr",
+    "lr_scheduler_name",
+    "lr_warm_up_steps",
+    "lr_decay_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "dead_feature_window",
+    "autocast",
+)
 
 
 def require_saelens() -> str:
@@ -87,8 +98,10 @@ def require_saelens() -> str:
     try:
         import sae_lens.training.multi_sae_trainer  # noqa: F401
     except ImportError:
-        raise SaescopeError(f"--baseline saelens needs SAELens' MultiSAETrainer, which sae-lens "
-                            f"{sae_lens.__version__} lacks: pip install -U sae-lens") from None
+        raise SaescopeError(
+            f"--baseline saelens needs SAELens' MultiSAETrainer, which sae-lens "
+            f"{sae_lens.__version__} lacks: pip install -U sae-lens"
+        ) from None
     return sae_lens.__version__
 
 
@@ -98,8 +111,9 @@ def training_sae(arch: str, value: float, d_in: int, d_sae: int, l0_warmup_steps
     from sae_lens.registry import get_sae_training_class
 
     cls, cfg_cls = get_sae_training_class(arch)
-    sparsity = {"k": int(value)} if arch == "topk" else {"l0_coefficient": float(value),
-                                                         "l0_warm_up_steps": l0_warmup_steps}
+    sparsity = (
+        {"k": int(value)} if arch == "topk" else {"l0_coefficient": float(value), "l0_warm_up_steps": l0_warmup_steps}
+    )
     return cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **sparsity))
 
 
@@ -107,8 +121,10 @@ def normalized_batches(trainer: Trainer) -> Iterator[dict[str, Tensor]]:
     """The Trainer's training batches from step 0, each site as (x - mean) / scale with the
     Trainer's own estimates (what its SAEs were trained on)."""
     for batch in trainer.loader.iterate(0, trainer.total_steps, epochs=None):
-        yield {site: ((x - trainer.shifts[site]) if site in trainer.shifts else x) / trainer.scales[site]
-               for site, x in batch.acts.items()}
+        yield {
+            site: ((x - trainer.shifts[site]) if site in trainer.shifts else x) / trainer.scales[site]
+            for site, x in batch.acts.items()
+        }
 
 
 def trainer_config(trainer: Trainer) -> Any:
@@ -118,10 +134,15 @@ def trainer_config(trainer: Trainer) -> Any:
     from sae_lens.config import SAETrainerConfig
 
     cfg = trainer.cfg
-    return SAETrainerConfig(total_training_samples=trainer.total_steps * cfg.batch_size,
-                            train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
-                            lr_warm_up_steps=cfg.lr_warmup_steps, lr_decay_steps=round(cfg.lr_decay * trainer.total_steps),
-                            device=str(trainer.device))
+    return SAETrainerConfig(
+        total_training_samples=trainer.total_steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr / 10,
+        lr_warm_up_steps=cfg.lr_warmup_steps,
+        lr_decay_steps=round(cfg.lr_decay * trainer.total_steps),
+        device=str(trainer.device),
+    )
 
 
 @torch.no_grad()
@@ -136,32 +157,49 @@ def to_saescope(sae: Any) -> SAE:
     sae.process_state_dict_for_saving_inference(state)
     arch = sae.cfg.architecture()
     if arch not in FAMILIES:
-        raise SaescopeError(f"SAELens architecture {arch!r} has no converter here; the baseline trains {sorted(FAMILIES)}")
+        raise SaescopeError(
+            f"SAELens architecture {arch!r} has no converter here; the baseline trains {sorted(FAMILIES)}"
+        )
     params = {k: v.to("cpu", torch.float32).numpy() for k, v in state.items()}
     if arch == "jumprelu":
         params["threshold"] = np.maximum(params["threshold"], 0)
-    return build_sae(arch, params, pre_encoder_bias=bool(sae.cfg.apply_b_dec_to_input),
-                     knobs={"k": int(sae.cfg.k)} if arch == "topk" else {}, where=f"SAELens {arch} SAE")
+    return build_sae(
+        arch,
+        params,
+        pre_encoder_bias=bool(sae.cfg.apply_b_dec_to_input),
+        knobs={"k": int(sae.cfg.k)} if arch == "topk" else {},
+        where=f"SAELens {arch} SAE",
+    )
 
 
-def suite(trainer: Trainer, families: list[tuple[str, list[float], dict]]
-          ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+def suite(
+    trainer: Trainer, families: list[tuple[str, list[float], dict]]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     """(key -> fresh SAELens training SAE, key -> site, key -> sweep value) for every site, width and
     sweep value, keyed like the Trainer's SAEs with the baseline family leading."""
     saes, sites, values = {}, {}, {}
     sae_sites = [s for s in trainer.sites if s not in trainer.targets.values()]
-    combos = [(a, v, s, int(w)) for a, values, _ in families for s in sae_sites for w in trainer.cfg.widths for v in values]
+    combos = [
+        (a, v, s, int(w)) for a, values, _ in families for s in sae_sites for w in trainer.cfg.widths for v in values
+    ]
     for i, (arch, value, site, width) in enumerate(combos):
         torch.manual_seed(trainer.cfg.seed * 100_003 + i)
         key = sae_key(site, width, value, FAMILIES[arch])
-        saes[key] = training_sae(arch, value, trainer.store.d_in(site), width, trainer.cfg.l0_warmup_steps,
-                                 str(trainer.device))
+        saes[key] = training_sae(
+            arch, value, trainer.store.d_in(site), width, trainer.cfg.l0_warmup_steps, str(trainer.device)
+        )
         sites[key], values[key] = site, float(value)
     return saes, sites, values
 
 
-def write(trainer: Trainer, saes: dict[str, Any], sites: dict[str, str], values: dict[str, float], trainer_cfg: Any,
-          version: str) -> list[Path]:
+def write(
+    trainer: Trainer,
+    saes: dict[str, Any],
+    sites: dict[str, str],
+    values: dict[str, float],
+    trainer_cfg: Any,
+    version: str,
+) -> list[Path]:
     """Each trained SAELens SAE converted and written by the Trainer's own `write_trained` (folded
     with its scale and mean, the same config.json keys), plus what SAELens was told under "saelens"."""
     writer = copy.copy(trainer)  # the same store, config, normalisation and step count; only the SAEs differ
@@ -173,9 +211,11 @@ def write(trainer: Trainer, saes: dict[str, Any], sites: dict[str, str], values:
     for key, sae in saes.items():
         folder = trainer.out / "saes" / key
         meta = read_json(folder / "config.json")
-        meta["saelens"] = {"version": version,
-                           "sae_config": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"},
-                           "trainer_config": {k: getattr(trainer_cfg, k) for k in TRAINER_FIELDS}}
+        meta["saelens"] = {
+            "version": version,
+            "sae_config": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"},
+            "trainer_config": {k: getattr(trainer_cfg, k) for k in TRAINER_FIELDS},
+        }
         write_json_atomic(folder / "config.json", meta)
         folders.append(folder)
     return folders

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from tinymodels import VOCAB, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from saescope.activations.documents import load_documents
-from tinymodels import VOCAB, tiny_model
 
 
 @pytest.fixture(scope="session")

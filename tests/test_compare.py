@@ -14,30 +14,53 @@ import torch
 import saescope
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
-from saescope.compare import (CompareConfig, compare, interpolate_log_l0, matched_l0, matched_table, parse_sweeps,
-                              parse_targets)
+from saescope.compare import (
+    CompareConfig,
+    compare,
+    interpolate_log_l0,
+    matched_l0,
+    matched_table,
+    parse_sweeps,
+    parse_targets,
+)
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
-from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
+from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.train.normalize import estimate_standardization
-from saescope.train.trainer import Trainer, TrainConfig, lr_at
+from saescope.train.trainer import TrainConfig, Trainer, lr_at
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model_dir):
-    cfg = HarvestConfig(model=str(tiny_model_dir), sites="res,mlp,mlp_in", layers="1", tokens=4096, context_len=64,
-                        forward_batch=4, dtype="float32", shard_rows=1024, store=str(tmp_path_factory.mktemp("store")),
-                        device="cpu")
+    cfg = HarvestConfig(
+        model=str(tiny_model_dir),
+        sites="res,mlp,mlp_in",
+        layers="1",
+        tokens=4096,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=1024,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg)
 
 
 def test_parse_sweeps():
     assert parse_sweeps("topk=8/16, relu=0.5", "relu.unit_decoder=true") == [
-        ("topk", [8.0, 16.0], {}), ("relu", [0.5], {"unit_decoder": True})]
-    for bad, match in (("topk", "family=v1/v2"), ("mystery=1", "family=v1/v2"), ("topk=a/b", "numbers"),
-                       ("topk=2.5", "integer"), ("", "names no family")):
+        ("topk", [8.0, 16.0], {}),
+        ("relu", [0.5], {"unit_decoder": True}),
+    ]
+    for bad, match in (
+        ("topk", "family=v1/v2"),
+        ("mystery=1", "family=v1/v2"),
+        ("topk=a/b", "numbers"),
+        ("topk=2.5", "integer"),
+        ("", "names no family"),
+    ):
         with pytest.raises(SaescopeError, match=match):
             parse_sweeps(bad)
     with pytest.raises(SaescopeError, match="family.key=value"):
@@ -68,18 +91,30 @@ def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
 
 
 def test_matched_l0_table_per_family():
-    rows = [{"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8},
-            {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4},
-            {"family": "jumprelu", "l0": 20.0, "fvu": 0.3, "delta_loss": None},
-            {"family": "jumprelu", "l0": 80.0, "fvu": 0.1, "delta_loss": 0.5}]
+    rows = [
+        {"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8},
+        {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4},
+        {"family": "jumprelu", "l0": 20.0, "fvu": 0.3, "delta_loss": None},
+        {"family": "jumprelu", "l0": 80.0, "fvu": 0.1, "delta_loss": 0.5},
+    ]
     matched = matched_l0(rows, [16.0, 32.0, 64.0])
     assert matched == [
-        {"family": "jumprelu", "delta_loss": [None, None, None],
-         "fvu": [None, pytest.approx(0.3 - 0.2 * math.log(1.6) / math.log(4)), pytest.approx(0.3 - 0.2 * math.log(3.2) / math.log(4))]},
-        {"family": "topk", "delta_loss": [0.8, pytest.approx(0.6), 0.4], "fvu": [0.2, pytest.approx(0.15), 0.1]}]
+        {
+            "family": "jumprelu",
+            "delta_loss": [None, None, None],
+            "fvu": [
+                None,
+                pytest.approx(0.3 - 0.2 * math.log(1.6) / math.log(4)),
+                pytest.approx(0.3 - 0.2 * math.log(3.2) / math.log(4)),
+            ],
+        },
+        {"family": "topk", "delta_loss": [0.8, pytest.approx(0.6), 0.4], "fvu": [0.2, pytest.approx(0.15), 0.1]},
+    ]
     text = matched_table(matched, [16.0, 32.0, 64.0])
-    assert text.splitlines()[0] == ("| family | delta LM loss @ L0 16 | delta LM loss @ L0 32 | delta LM loss @ L0 64 | "
-                                    "FVU @ L0 16 | FVU @ L0 32 | FVU @ L0 64 |")
+    assert text.splitlines()[0] == (
+        "| family | delta LM loss @ L0 16 | delta LM loss @ L0 32 | delta LM loss @ L0 64 | "
+        "FVU @ L0 16 | FVU @ L0 32 | FVU @ L0 64 |"
+    )
     assert text.splitlines()[2] == "| jumprelu | - | - | - | - | 0.2322 | 0.1322 |"
     assert text.splitlines()[3] == "| topk | 0.8000 | 0.6000 | 0.4000 | 0.2000 | 0.1500 | 0.1000 |"
     assert parse_targets("8, 100") == [8.0, 100.0]
@@ -89,11 +124,23 @@ def test_matched_l0_table_per_family():
 
 
 def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_path):
-    cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=64,
-                        sweeps="jumprelu=4/8,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
-                        family_knobs="jumprelu.bandwidth=0.05", train_tokens=256 * 12, batch_size=256, lr=3e-3,
-                        lr_warmup_steps=2, l0_warmup_steps=4, eval_sequences=2, eval_context_len=32, device="cpu",
-                        matched_l0="5,6")
+    cfg = CompareConfig(
+        store=str(store),
+        out=str(tmp_path),
+        site="res.1",
+        width=64,
+        sweeps="jumprelu=4/8,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
+        family_knobs="jumprelu.bandwidth=0.05",
+        train_tokens=256 * 12,
+        batch_size=256,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        l0_warmup_steps=4,
+        eval_sequences=2,
+        eval_context_len=32,
+        device="cpu",
+        matched_l0="5,6",
+    )
     rows = compare(cfg)
     assert sorted(r["family"] for r in rows) == ["batchtopk", "gated", "jumprelu", "jumprelu", "relu", "topk", "topk"]
     configs = [json.loads(p.read_text()) for p in (tmp_path / "saes").glob("*/config.json")]
@@ -112,9 +159,24 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
 
 
 def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
-    cfg = TrainConfig(store=str(store), out=str(tmp_path), train_sites="mlp_in.1", arch="topk", widths=[64],
-                      l0_coefficients=[8], transcoder="skip", normalize="scalar", train_tokens=256 * 10, batch_size=256, lr=3e-3,
-                      lr_warmup_steps=2, l0_warmup_steps=2, buffer_rows=2048, device="cpu", norm_rows=2048)
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(tmp_path),
+        train_sites="mlp_in.1",
+        arch="topk",
+        widths=[64],
+        l0_coefficients=[8],
+        transcoder="skip",
+        normalize="scalar",
+        train_tokens=256 * 10,
+        batch_size=256,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        l0_warmup_steps=2,
+        buffer_rows=2048,
+        device="cpu",
+        norm_rows=2048,
+    )
     trainer = Trainer(cfg)
     assert set(trainer.sites) == {"mlp_in.1", "mlp.1"}
     trainer.train()
@@ -123,8 +185,9 @@ def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):
     assert meta["transcoder"] and meta["target_site"] == "mlp.1" and meta["site"] == "mlp_in"
     tc = saescope.load(folder)
     assert isinstance(tc, SkipTranscoder) and tc.affine_skip_connection.abs().sum() > 0
-    metrics = evaluate(EvalConfig(out=str(tmp_path), store=str(store), eval_sequences=2, eval_context_len=32,
-                                  device="cpu"))[folder.name]
+    metrics = evaluate(
+        EvalConfig(out=str(tmp_path), store=str(store), eval_sequences=2, eval_context_len=32, device="cpu")
+    )[folder.name]
     assert np.isfinite(metrics["fvu"]) and np.isfinite(metrics["delta_loss"]) and metrics["l0"] <= 8
     # the MLP branch (the mlp.1 site) was replaced, by the transcoder and by zeros
     assert metrics["ce_spliced"] != metrics["ce_clean"] and metrics["ce_zero_ablation"] != metrics["ce_clean"]
@@ -145,10 +208,25 @@ def test_trainer_rejects_transcoders_on_other_sites(store, tmp_path):
 
 # ---- --baseline saelens --------------------------------------------------------------------------
 def _tiny_trainer(store, out, **overrides) -> Trainer:
-    cfg = TrainConfig(store=str(store), out=str(out), train_sites="res.1", arch="topk", widths=[32],
-                      l0_coefficients=[4], train_tokens=256 * 16, batch_size=256, buffer_rows=1024, lr=3e-3,
-                      lr_warmup_steps=2, l0_warmup_steps=4, lr_decay=0.25, normalize="standardize", norm_rows=2048,
-                      device="cpu", **overrides)
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(out),
+        train_sites="res.1",
+        arch="topk",
+        widths=[32],
+        l0_coefficients=[4],
+        train_tokens=256 * 16,
+        batch_size=256,
+        buffer_rows=1024,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        l0_warmup_steps=4,
+        lr_decay=0.25,
+        normalize="standardize",
+        norm_rows=2048,
+        device="cpu",
+        **overrides,
+    )
     return Trainer(cfg, [("topk", [4.0], {})])
 
 
@@ -158,19 +236,28 @@ def test_saelens_baseline_sees_the_rows_saescope_saw_in_the_same_order(store, tm
     trainer = _tiny_trainer(store, tmp_path, seed=3)
     ours: list[torch.Tensor] = []
     train_step = Trainer.train_step
-    monkeypatch.setattr(Trainer, "train_step", lambda self, acts: (ours.append(acts["res.1"].clone()),
-                                                                   train_step(self, acts))[1])
+    monkeypatch.setattr(
+        Trainer, "train_step", lambda self, acts: (ours.append(acts["res.1"].clone()), train_step(self, acts))[1]
+    )
     trainer.train()
     theirs: dict[int, list[torch.Tensor]] = {}
     lrs: list[float] = []
     step = SAETrainer.step
-    monkeypatch.setattr(SAETrainer, "step", lambda self, batch: (theirs.setdefault(id(self), []).append(batch.clone()),
-                                                                 lrs.append(self.optimizer.param_groups[0]["lr"]),
-                                                                 step(self, batch))[2])
+    monkeypatch.setattr(
+        SAETrainer,
+        "step",
+        lambda self, batch: (
+            theirs.setdefault(id(self), []).append(batch.clone()),
+            lrs.append(self.optimizer.param_groups[0]["lr"]),
+            step(self, batch),
+        )[2],
+    )
     folders = train_saelens(trainer, [("jumprelu", [0.01], {}), ("topk", [4.0], {})])
     assert len(theirs) == 2 and len(ours) == trainer.total_steps == 16  # 4096 rows: more than one epoch of 3072
     scale, mean = estimate_standardization(trainer.store, "res.1", 2048)
-    fresh = ShuffledLoader(str(store), ["res.1"], batch_size=256, buffer_rows=1024, seed=3, split="train", eval_shards=1)
+    fresh = ShuffledLoader(
+        str(store), ["res.1"], batch_size=256, buffer_rows=1024, seed=3, split="train", eval_shards=1
+    )
     for step_batches in zip(ours, *theirs.values(), fresh.iterate(0, 16, epochs=None)):
         mine, *saelens, batch = step_batches
         assert torch.equal(batch.acts["res.1"], mine)
@@ -187,7 +274,10 @@ def test_saelens_baseline_sees_the_rows_saescope_saw_in_the_same_order(store, tm
     for folder in folders:
         meta = json.loads((folder / "config.json").read_text())
         assert set(meta) - {"saelens"} == set(ours_meta) and meta["tokens_trained"] == 256 * 16
-        assert meta["saelens"]["trainer_config"]["lr"] == 3e-3 and meta["saelens"]["trainer_config"]["lr_warm_up_steps"] == 2
+        assert (
+            meta["saelens"]["trainer_config"]["lr"] == 3e-3
+            and meta["saelens"]["trainer_config"]["lr_warm_up_steps"] == 2
+        )
     assert sorted(f.name for f in folders) == ["saelens-jumprelu__res.1__w32__c0.01", "saelens-topk__res.1__w32__c4"]
 
 
@@ -230,10 +320,25 @@ def test_converted_saelens_sae_equals_saelens_forward_on_raw_activations(arch, v
 
 
 def test_compare_with_saelens_baseline_writes_its_rows(store, tmp_path):
-    cfg = CompareConfig(store=str(store), out=str(tmp_path), site="res.1", width=32, sweeps="topk=4/8",
-                        baseline="saelens", baseline_sweeps="jumprelu=0.001/0.01,topk=4/8", train_tokens=256 * 8,
-                        batch_size=256, lr=3e-3, lr_warmup_steps=2, l0_warmup_steps=4, normalize="standardize",
-                        eval_sequences=2, eval_context_len=32, device="cpu", matched_l0="5,6")
+    cfg = CompareConfig(
+        store=str(store),
+        out=str(tmp_path),
+        site="res.1",
+        width=32,
+        sweeps="topk=4/8",
+        baseline="saelens",
+        baseline_sweeps="jumprelu=0.001/0.01,topk=4/8",
+        train_tokens=256 * 8,
+        batch_size=256,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        l0_warmup_steps=4,
+        normalize="standardize",
+        eval_sequences=2,
+        eval_context_len=32,
+        device="cpu",
+        matched_l0="5,6",
+    )
     compare(cfg)
     rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
     by_family = {f: sorted(r["value"] for r in rows if r["family"] == f) for f in {r["family"] for r in rows}}

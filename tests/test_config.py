@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from tinymodels import tiny_model
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.cli import JOBS, build_parser, layered, main
@@ -17,22 +18,57 @@ from saescope.evaluate.metrics import EvalConfig
 from saescope.run import RUN_SCALE, RunConfig
 from saescope.train.schedule import Schedule
 from saescope.train.trainer import TrainConfig
-from tinymodels import tiny_model
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer) -> Path:
-    cfg = HarvestConfig(sites="res", layers="0", tokens=2048, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=512, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res",
+        layers="0",
+        tokens=2048,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=512,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 
 def train_argv(store: Path, out: Path) -> list[str]:
     """Two ReLU SAEs, one of whose L1 coefficients a six-digit folder name cannot hold."""
-    return ["train", "--store", str(store), "--out", str(out), "--arch", "relu", "--widths", "32",
-            "--sweep", "0.30000001,3", "--train-tokens", "1024", "--batch-size", "256", "--lr-warmup-steps", "1",
-            "--buffer-rows", "512", "--norm-rows", "512", "--checkpoint-every", "2", "--log-every", "2",
-            "--device", "cpu", "--seed", "3"]
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--arch",
+        "relu",
+        "--widths",
+        "32",
+        "--sweep",
+        "0.30000001,3",
+        "--train-tokens",
+        "1024",
+        "--batch-size",
+        "256",
+        "--lr-warmup-steps",
+        "1",
+        "--buffer-rows",
+        "512",
+        "--norm-rows",
+        "512",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
 
 
 def test_a_saved_config_json_reruns_the_job(store, tmp_path):
@@ -44,8 +80,9 @@ def test_a_saved_config_json_reruns_the_job(store, tmp_path):
     names = sorted(p.name for p in (first / "saes").iterdir())
     assert len(names) == 2 and names == sorted(p.name for p in (again / "saes").iterdir())
     for name in names:
-        assert (first / "saes" / name / "sae.safetensors").read_bytes() == \
-            (again / "saes" / name / "sae.safetensors").read_bytes()
+        assert (first / "saes" / name / "sae.safetensors").read_bytes() == (
+            again / "saes" / name / "sae.safetensors"
+        ).read_bytes()
 
 
 def parsed(cls: type, *argv: str):
@@ -61,25 +98,37 @@ def test_flags_beside_the_file_win_and_a_preset_over_it(tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.seed, cfg.preset) == (7e-5, 8, 5, "gemma-scope")
 
 
-@pytest.mark.parametrize("job, config", [
-    ("run", RunConfig(widths=[64, 128], l0_coefficients=[0.1234567891], preset="gemma-scope", text="other.txt")),
-    ("compare", CompareConfig(lr=1e-3, baseline="saelens", normalize="scalar")),
-    ("train", TrainConfig(transcoder="skip", normalize="scalar", train_sites="mlp_in.3")),
-])
+@pytest.mark.parametrize(
+    "job, config",
+    [
+        ("run", RunConfig(widths=[64, 128], l0_coefficients=[0.1234567891], preset="gemma-scope", text="other.txt")),
+        ("compare", CompareConfig(lr=1e-3, baseline="saelens", normalize="scalar")),
+        ("train", TrainConfig(transcoder="skip", normalize="scalar", train_sites="mlp_in.3")),
+    ],
+)
 def test_every_saved_config_reads_back_as_it_was(job, config, tmp_path):
     save_config(config, tmp_path / "config.json")
     assert parsed(type(config), job, "--config", str(tmp_path / "config.json")) == config
 
 
-@pytest.mark.parametrize("content, expect", [
-    (None, "--config CONFIG does not exist"),
-    ("{", "--config CONFIG is not a readable JSON file"),
-    ("[]", "--config CONFIG holds no JSON object"),
-    ('{"job": "RunConfig"}', "--config CONFIG is the config of another job (RunConfig), not of this one (TrainConfig)"),
-    ('{"job": "TrainConfig", "lr": 0.001, "colour": 1}', "--config CONFIG holds options this job does not have: colour"),
-    ('{"job": "TrainConfig", "lr": [1]}', "--lr [1] is not a float"),
-    ('{"job": "TrainConfig", "arch": "bogus"}', "--arch 'bogus' is not one of 'jumprelu', 'relu'"),
-])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (None, "--config CONFIG does not exist"),
+        ("{", "--config CONFIG is not a readable JSON file"),
+        ("[]", "--config CONFIG holds no JSON object"),
+        (
+            '{"job": "RunConfig"}',
+            "--config CONFIG is the config of another job (RunConfig), not of this one (TrainConfig)",
+        ),
+        (
+            '{"job": "TrainConfig", "lr": 0.001, "colour": 1}',
+            "--config CONFIG holds options this job does not have: colour",
+        ),
+        ('{"job": "TrainConfig", "lr": [1]}', "--lr [1] is not a float"),
+        ('{"job": "TrainConfig", "arch": "bogus"}', "--arch 'bogus' is not one of 'jumprelu', 'relu'"),
+    ],
+)
 def test_a_bad_config_file_is_one_line(content, expect, tmp_path, capsys):
     path = tmp_path / "config.json"
     if content is not None:
@@ -126,6 +175,7 @@ def test_the_run_scale_states_only_what_differs():
                 assert getattr(run, f.name) == getattr(cls(), f.name), (cls.__name__, f.name)
     assert {k: getattr(run, k) for k in RUN_SCALE} == RUN_SCALE
     compare = CompareConfig()
-    assert {f.name: getattr(compare, f.name) for f in fields(Schedule)} == \
-        {f.name: getattr(run, f.name) for f in fields(Schedule)}
+    assert {f.name: getattr(compare, f.name) for f in fields(Schedule)} == {
+        f.name: getattr(run, f.name) for f in fields(Schedule)
+    }
     assert RunConfig().widths is not RunConfig().widths  # a list default is never shared

@@ -15,17 +15,38 @@ FAMILIES = ["gemma3_text", "gemma2", "llama", "qwen2", "gpt2"]
 def tiny_config(family: str, layers: int = 3):
     common = dict(vocab_size=VOCAB, num_hidden_layers=layers)
     if family == "gemma3_text":
-        return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
-                                head_dim=24, sliding_window=16, layer_types=None, **common)
+        return Gemma3TextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=24,
+            sliding_window=16,
+            layer_types=None,
+            **common,
+        )
     if family == "gemma2":
-        return Gemma2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                            head_dim=24, sliding_window=16, **common)
+        return Gemma2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            sliding_window=16,
+            **common,
+        )
     if family == "llama":
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common)
+        return LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common
+        )
     if family == "qwen2":
-        return Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common)
+        return Qwen2Config(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=64, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+        return GPT2Config(
+            vocab_size=VOCAB, n_layer=layers, n_embd=64, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
+        )
     raise ValueError(family)
 
 

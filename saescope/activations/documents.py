@@ -58,8 +58,7 @@ def iter_documents(dataset: str, text_field: str = "text", split: str = "train")
         docs = _numbered(doc for file in files for doc in _read_local_file(file, text_field))
     elif _looks_like_path(dataset):
         raise SaescopeError(
-            f"dataset file or folder {dataset!r} does not exist; check the path "
-            f"(or use 'wiki' for the embedded corpus)"
+            f"dataset file or folder {dataset!r} does not exist; check the path (or use 'wiki' for the embedded corpus)"
         )
     else:
         docs = _numbered(_hub_documents(dataset, text_field, split))
@@ -212,9 +211,7 @@ def _read_jsonl(file: Path, text_field: str) -> Iterator[Document]:
                         f"{file} line {line_no} is not valid JSON ({err.msg}); fix or remove that line"
                     ) from None
                 if not isinstance(record, dict):
-                    raise SaescopeError(
-                        f"{file} line {line_no} is not a JSON object; write one JSON object per line"
-                    )
+                    raise SaescopeError(f"{file} line {line_no} is not a JSON object; write one JSON object per line")
                 doc = _record_document(record, text_field, f"{file} line {line_no}")
                 if doc is not None:
                     yield doc

@@ -15,10 +15,11 @@ rank 0 merges the manifests once all ranks are done.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +40,9 @@ from saescope.models.sites import Site, parse_sites, run_to_sites, site_width
 @dataclass
 class HarvestConfig:
     model: str = option("embedded", "model: 'embedded' (Gemma 3 270M), a local folder or a Hugging Face name")
-    dataset: str = option("wiki", "text: 'wiki' (embedded Wikipedia), a .txt/.jsonl/.parquet file or folder, or a HF dataset name")
+    dataset: str = option(
+        "wiki", "text: 'wiki' (embedded Wikipedia), a .txt/.jsonl/.parquet file or folder, or a HF dataset name"
+    )
     text_field: str = option("text", "field holding the text in jsonl/parquet/HF datasets")
     sites: str = option("res,mlp,att", "comma-separated site kinds: res, mlp, att, mlp_in")
     layers: str = option("all", "layers: all, 5, 0,4,8 or 2-7")
@@ -115,8 +118,9 @@ class _ShardWriter:
         """Commit the last, partial shard and wait until everything is on disk."""
         if self.fill:
             plan = [(self.shard, 0, 0, True)]
-            self.in_flight.append([self.pools[self.pool_of[name]].submit(self._write, name, None, None, plan)
-                                   for name in self.columns])
+            self.in_flight.append(
+                [self.pools[self.pool_of[name]].submit(self._write, name, None, None, plan) for name in self.columns]
+            )
             self.shard, self.fill = self.shard + 1, 0
         for batch in self.in_flight:
             for future in batch:
@@ -150,26 +154,41 @@ def _rank_names(rank: int, world: int) -> tuple[str, str]:
     return f"r{rank}of{world}_", f"manifest.r{rank}of{world}.json"
 
 
-def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widths: dict[str, int]) -> dict[str, ShardColumn]:
+def _open_or_create(
+    cfg: HarvestConfig, model_name: str, sites: list[Site], widths: dict[str, int]
+) -> dict[str, ShardColumn]:
     root = Path(cfg.store)
     info_path = root / "store.json"
     rank, world = distributed.rank(), distributed.world_size()
-    info = {"format": "saescope-store-1", **{k: getattr(cfg, k) for k in KEYS_THAT_MUST_MATCH},
-            "model_name": model_name, "sites": [s.name for s in sites], "tokens": cfg.tokens, "complete": False,
-            "ranks": world, "dataset_fingerprint": dataset_fingerprint(cfg.dataset)}
+    info = {
+        "format": "saescope-store-1",
+        **{k: getattr(cfg, k) for k in KEYS_THAT_MUST_MATCH},
+        "model_name": model_name,
+        "sites": [s.name for s in sites],
+        "tokens": cfg.tokens,
+        "complete": False,
+        "ranks": world,
+        "dataset_fingerprint": dataset_fingerprint(cfg.dataset),
+    }
     if info_path.exists():  # every rank checks, so a refusal is the same error on all of them
         old = read_store_info(info_path)
         if old.get("dataset_fingerprint", info["dataset_fingerprint"]) != info["dataset_fingerprint"]:
-            raise SaescopeError(f"--dataset {cfg.dataset} changed since store {root} was harvested from it (its "
-                                f"sha256 differs), so the token index would point at other text: restore the "
-                                f"dataset or harvest into another --out")
+            raise SaescopeError(
+                f"--dataset {cfg.dataset} changed since store {root} was harvested from it (its "
+                f"sha256 differs), so the token index would point at other text: restore the "
+                f"dataset or harvest into another --out"
+            )
         changed = [k for k in (*KEYS_THAT_MUST_MATCH, "sites") if old.get(k) != info[k]]
         if changed:
-            raise SaescopeError(f"store {root} was harvested with other settings ({', '.join(changed)}): "
-                                f"choose another --out or delete the folder")
+            raise SaescopeError(
+                f"store {root} was harvested with other settings ({', '.join(changed)}): "
+                f"choose another --out or delete the folder"
+            )
         if old.get("ranks", 1) != world:
-            raise SaescopeError(f"store {root} was harvested by {old.get('ranks', 1)} process(es), this run has {world}: "
-                                f"resume with --nproc {old.get('ranks', 1)} or choose another --out")
+            raise SaescopeError(
+                f"store {root} was harvested by {old.get('ranks', 1)} process(es), this run has {world}: "
+                f"resume with --nproc {old.get('ranks', 1)} or choose another --out"
+            )
         for name in ["tokens", *info["sites"]]:  # a damaged manifest stops the rerun before anything is written
             if (root / name / _rank_names(rank, world)[1]).exists():
                 ShardColumn.open(root / name, *_rank_names(rank, world))
@@ -180,14 +199,21 @@ def _open_or_create(cfg: HarvestConfig, model_name: str, sites: list[Site], widt
     distributed.barrier()
     prefix, manifest_name = _rank_names(rank, world)
     columns: dict[str, ShardColumn] = {}
-    for name, width, meta in [("tokens", TOKEN_FIELDS, {"fields": ["token_id", "doc_id", "position"]}),
-                              *[(s.name, widths[s.name], {"model": model_name, "site": s.kind, "layer": s.layer,
-                                                          "d_in": widths[s.name]}) for s in sites]]:
+    for name, width, meta in [
+        ("tokens", TOKEN_FIELDS, {"fields": ["token_id", "doc_id", "position"]}),
+        *[
+            (s.name, widths[s.name], {"model": model_name, "site": s.kind, "layer": s.layer, "d_in": widths[s.name]})
+            for s in sites
+        ],
+    ]:
         folder = root / name
         folder.mkdir(exist_ok=True)
         dtype = "int32" if name == "tokens" else cfg.dtype
-        columns[name] = (ShardColumn.open(folder, prefix, manifest_name) if (folder / manifest_name).exists()
-                         else ShardColumn(folder, width, dtype, meta, [], prefix, manifest_name))
+        columns[name] = (
+            ShardColumn.open(folder, prefix, manifest_name)
+            if (folder / manifest_name).exists()
+            else ShardColumn(folder, width, dtype, meta, [], prefix, manifest_name)
+        )
     return columns
 
 
@@ -196,8 +222,10 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     calls this and harvests its share of the batches into the same store."""
     if is_url(cfg.store):
         if file_url_path(cfg.store) is None:
-            raise SaescopeError(f"harvest writes to a filesystem path, not {cfg.store}: harvest to local or shared "
-                                f"storage (NFS, Lustre), then copy the folder to object storage")
+            raise SaescopeError(
+                f"harvest writes to a filesystem path, not {cfg.store}: harvest to local or shared "
+                f"storage (NFS, Lustre), then copy the folder to object storage"
+            )
         cfg = replace(cfg, store=str(file_url_path(cfg.store)))
     validate(cfg)
     rank, world = distributed.rank(), distributed.world_size()
@@ -210,8 +238,12 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     columns = _open_or_create(cfg, getattr(model, "name_or_path", cfg.model), sites, widths)
 
     intact = _intact_shards(columns)  # each rank checks its own shards
-    if world == 1 and intact is None and len({len(c.shards) for c in columns.values()}) == 1 \
-            and columns["tokens"].rows >= cfg.tokens:
+    if (
+        world == 1
+        and intact is None
+        and len({len(c.shards) for c in columns.values()}) == 1
+        and columns["tokens"].rows >= cfg.tokens
+    ):
         return _finish(cfg, columns)
     if world > 1 and was_complete and intact is None:  # a rank cannot tell alone that its share is complete
         return _finish(cfg, columns)
@@ -229,19 +261,30 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
     need = estimate_bytes(list(widths.values()), remaining, cfg.dtype)
     free = shutil.disk_usage(cfg.store).free
     if rank == 0:
-        print(f"saescope: harvesting {len(sites)} sites x {remaining:,} tokens "
-              f"-> {need / 2**30:.2f} GiB in {cfg.store} ({free / 2**30:.1f} GiB free)"
-              + (f" with {world} processes" if world > 1 else ""))
+        print(
+            f"saescope: harvesting {len(sites)} sites x {remaining:,} tokens "
+            f"-> {need / 2**30:.2f} GiB in {cfg.store} ({free / 2**30:.1f} GiB free)"
+            + (f" with {world} processes" if world > 1 else "")
+        )
     if need > free:
-        raise SaescopeError(f"not enough disk for the harvest ({need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free "
-                            f"in {cfg.store}): lower --tokens, use --dtype bfloat16, or choose another --out")
+        raise SaescopeError(
+            f"not enough disk for the harvest ({need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free "
+            f"in {cfg.store}): lower --tokens, use --dtype bfloat16, or choose another --out"
+        )
 
     writer = _ShardWriter(columns, cfg.shard_rows, n_full)
     device = next(model.parameters()).device
     seen = 0  # train tokens of the whole stream so far, all ranks' batches included
     mine = 0  # train tokens of this rank's batches so far, including the ones skipped on resume
-    bar = tqdm(total=cfg.tokens // world, initial=done, unit="tok", unit_scale=True, desc="harvest",
-               dynamic_ncols=True, disable=rank != 0)
+    bar = tqdm(
+        total=cfg.tokens // world,
+        initial=done,
+        unit="tok",
+        unit_scale=True,
+        desc="harvest",
+        dynamic_ncols=True,
+        disable=rank != 0,
+    )
     try:
         batches = pack_documents(docs, tokenizer, cfg.context_len, cfg.forward_batch, max_tokens=cfg.tokens)
         for k, batch in enumerate(batches):
@@ -252,8 +295,14 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
                 if mine + take > done:  # else wholly harvested before the interruption: no forward needed
                     lo = max(done - mine, 0)
                     plan = writer.begin(take - lo)
-                    _forward_into(model, batch, sites, device, cfg.dtype,
-                                  lambda name, rows: writer.put(name, rows[lo:take], plan))
+                    _forward_into(
+                        model,
+                        batch,
+                        sites,
+                        device,
+                        cfg.dtype,
+                        lambda name, rows, lo=lo, take=take, plan=plan: writer.put(name, rows[lo:take], plan),
+                    )
                     bar.update(take - lo)
                 mine += take
             if seen >= cfg.tokens:
@@ -296,12 +345,16 @@ def _was_complete(cfg: HarvestConfig) -> bool:
     return bool(old.get("complete")) and old.get("tokens", 0) >= cfg.tokens
 
 
-def _forward_into(model, batch, sites: list[Site], device, dtype: str,
-                  put: Callable[[str, np.ndarray], None]) -> None:
+def _forward_into(model, batch, sites: list[Site], device, dtype: str, put: Callable[[str, np.ndarray], None]) -> None:
     """Run one batch; every site's kept rows go to `put` as soon as its hook fires."""
     mask = batch.train_mask.to(device)
-    run_to_sites(model, batch.input_ids.to(device), batch.attention_mask.to(device), sites,
-                 lambda site, x: put(site.name, _to_numpy(x[mask], dtype)))
+    run_to_sites(
+        model,
+        batch.input_ids.to(device),
+        batch.attention_mask.to(device),
+        sites,
+        lambda site, x: put(site.name, _to_numpy(x[mask], dtype)),
+    )
     m = batch.train_mask
     put("tokens", torch.stack([batch.input_ids[m], batch.doc_ids[m], batch.positions[m]], 1).to(torch.int32).numpy())
 

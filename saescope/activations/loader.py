@@ -33,11 +33,23 @@ class Batch:
 
 
 class ShuffledLoader:
-    def __init__(self, store: ActivationStore | str, sites: list[str] | None = None, batch_size: int = 4096,
-                 buffer_rows: int = 65536, chunk_rows: int = 1024, seed: int = 0, split: str = "train",
-                 eval_shards: int = 1, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 with_tokens: bool = False, verify: bool = True, drop_last: bool = True,
-                 part: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        store: ActivationStore | str,
+        sites: list[str] | None = None,
+        batch_size: int = 4096,
+        buffer_rows: int = 65536,
+        chunk_rows: int = 1024,
+        seed: int = 0,
+        split: str = "train",
+        eval_shards: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        with_tokens: bool = False,
+        verify: bool = True,
+        drop_last: bool = True,
+        part: tuple[int, int] = (0, 1),
+    ):
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         self.sites = sites or self.store.sites
         for s in self.sites:
@@ -50,22 +62,31 @@ class ShuffledLoader:
         held = min(eval_shards, n - 1) if split != "all" else 0
         self.shards = {"train": range(0, n - held), "eval": range(n - held, n), "all": range(n)}[split]
         if len(self.shards) == 0:
-            raise SaescopeError(f"store {self.store.path} has {n} shard(s), too few for a held-out split: "
-                                f"harvest more tokens or lower --shard-rows")
-        self.chunks = [(s, lo, min(lo + chunk_rows, self.store.shard_rows(s)))
-                       for s in self.shards for lo in range(0, self.store.shard_rows(s), chunk_rows)]
+            raise SaescopeError(
+                f"store {self.store.path} has {n} shard(s), too few for a held-out split: "
+                f"harvest more tokens or lower --shard-rows"
+            )
+        self.chunks = [
+            (s, lo, min(lo + chunk_rows, self.store.shard_rows(s)))
+            for s in self.shards
+            for lo in range(0, self.store.shard_rows(s), chunk_rows)
+        ]
         self.rows = sum(hi - lo for _, lo, hi in self.chunks)
         if not drop_last:  # evaluation: every row once, so a small split just means one short batch
             batch_size = min(batch_size, self.rows)
         if batch_size > self.rows:
-            raise SaescopeError(f"batch size {batch_size} exceeds the {self.rows} rows of the {split} split: "
-                                f"lower --batch-size or harvest more tokens")
+            raise SaescopeError(
+                f"batch size {batch_size} exceeds the {self.rows} rows of the {split} split: "
+                f"lower --batch-size or harvest more tokens"
+            )
         self.batch_size, self.seed, self.dtype, self.device = batch_size, seed, dtype, torch.device(device)
         self.buffer_rows = max(buffer_rows, batch_size)
         self.with_tokens, self.verify, self.drop_last = with_tokens, verify, drop_last
         if not (part[1] >= 1 and 0 <= part[0] < part[1]) or part[1] > batch_size:
-            raise SaescopeError(f"cannot split batches of {batch_size} rows into part {part[0]} of {part[1]}: "
-                                f"use fewer processes or a larger --batch-size")
+            raise SaescopeError(
+                f"cannot split batches of {batch_size} rows into part {part[0]} of {part[1]}: "
+                f"use fewer processes or a larger --batch-size"
+            )
         self.part = part
         self._verified: set[tuple[str, int]] = set()
 
@@ -130,8 +151,13 @@ class ShuffledLoader:
                     first = max(0, start_step - step)
                     last = n_batches if max_steps is None else min(n_batches, max_steps - step)
                     share = self._share()
-                    needed = torch.cat([perm[b * self.batch_size:(b + 1) * self.batch_size][share]
-                                        for b in range(first, last)]).sort().values
+                    needed = (
+                        torch.cat(
+                            [perm[b * self.batch_size : (b + 1) * self.batch_size][share] for b in range(first, last)]
+                        )
+                        .sort()
+                        .values
+                    )
                     where = torch.empty(rows, dtype=torch.long)
                     where[needed] = torch.arange(len(needed))
                     needed = needed.numpy()
@@ -139,11 +165,13 @@ class ShuffledLoader:
                 tokens = self._read("tokens", group, needed) if self.with_tokens else None
                 for b in range(n_batches):
                     if step >= start_step:
-                        idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                        idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
                         if where is not None:
                             idx = where[idx[share]]
-                        acts = {name: buf[idx].to(self.device, self.dtype, non_blocking=True)
-                                for name, buf in buffers.items()}
+                        acts = {
+                            name: buf[idx].to(self.device, self.dtype, non_blocking=True)
+                            for name, buf in buffers.items()
+                        }
                         yield Batch(step, acts, tokens[idx] if tokens is not None else None)
                     step += 1
                     if max_steps is not None and step >= max_steps:

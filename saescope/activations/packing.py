@@ -150,8 +150,9 @@ def _tokenized(docs: Iterable[Document], tokenizer: Any) -> Iterator[tuple[int, 
                 yield doc.doc_id, ids
 
 
-def _packed_rows(tokenized: Iterator[tuple[int, list[int]]], context_len: int,
-                 bos: int | None = None) -> Iterator[_RawRow]:
+def _packed_rows(
+    tokenized: Iterator[tuple[int, list[int]]], context_len: int, bos: int | None = None
+) -> Iterator[_RawRow]:
     """Concatenate documents into full rows; a document spills over into the next row.
 
     A row that opens mid-document starts with its own BOS (position 0, never a training token):

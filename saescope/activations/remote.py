@@ -29,7 +29,7 @@ def is_url(path: str | Path) -> bool:
 
 def file_url_path(url: str) -> Path | None:
     """The local path of a `file://` URL, None for any other protocol."""
-    return Path(url[len("file://"):]) if url.startswith("file://") else None
+    return Path(url[len("file://") :]) if url.startswith("file://") else None
 
 
 def cache_root() -> Path:
@@ -53,8 +53,7 @@ def _filesystem(url: str):
         return fsspec.core.url_to_fs(url)
     except ImportError as e:  # e.g. s3fs or gcsfs, which fsspec imports for s3:// and gs://
         package = e.name or _package_for(url)
-        raise SaescopeError(f"reading {url} needs a package that is not installed ({e}): "
-                            f"pip install {package}") from e
+        raise SaescopeError(f"reading {url} needs a package that is not installed ({e}): pip install {package}") from e
     except ValueError as e:
         raise SaescopeError(f"cannot read store URL {url} ({e}): use s3://, gs://, memory:// or file://") from e
 
@@ -80,8 +79,9 @@ class RemoteFolder:
             raise SaescopeError(f"shard {self.url}/{name} is missing: harvest again or restore the file") from e
         if tmp.stat().st_size != size:
             tmp.unlink()
-            raise SaescopeError(f"shard {self.url}/{name} is corrupt ({size} bytes expected): "
-                                f"harvest again or restore the file")
+            raise SaescopeError(
+                f"shard {self.url}/{name} is corrupt ({size} bytes expected): harvest again or restore the file"
+            )
         os.replace(tmp, dest)
 
 
@@ -93,8 +93,9 @@ def mirror(url: str) -> tuple[Path, dict[str, RemoteFolder]]:
     try:
         info_bytes = fs.cat_file(f"{root}/store.json")
     except FileNotFoundError as e:
-        raise SaescopeError(f"activation store {url} does not exist (no store.json): "
-                            f"harvest to a filesystem path and copy it there") from e
+        raise SaescopeError(
+            f"activation store {url} does not exist (no store.json): harvest to a filesystem path and copy it there"
+        ) from e
     _write_private(local / "store.json", info_bytes)
     remotes = {}
     for name in ["tokens", *json.loads(info_bytes)["sites"]]:

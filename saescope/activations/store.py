@@ -23,10 +23,11 @@ import errno
 import hashlib
 import mmap
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,11 @@ from saescope.errors import SaescopeError
 from saescope.io import read_json, write_json_atomic
 
 TOKEN_FIELDS = 3  # token_id, doc_id, position
-STORE_DTYPES = {"bfloat16": (torch.bfloat16, np.uint16), "float32": (torch.float32, np.float32),
-                "float16": (torch.float16, np.float16)}
+STORE_DTYPES = {
+    "bfloat16": (torch.bfloat16, np.uint16),
+    "float32": (torch.float32, np.float32),
+    "float16": (torch.float16, np.float16),
+}
 
 
 def shard_name(index: int, prefix: str = "") -> str:
@@ -55,7 +59,7 @@ def new_staging(nbytes: int = 8 << 20) -> memoryview:
 
 def _write_all(fd: int, data: memoryview) -> None:
     while len(data):
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 class ShardFile:
@@ -65,8 +69,8 @@ class ShardFile:
     Bytes go to disk with O_DIRECT where the filesystem allows it. Buffered writes put every byte
     in fresh page-cache pages, and on virtual machines that hand free pages back to the host a
     fresh page is expensive: `python benchmarks/pages.py` wrote an 800 MB shard (sha256 included) in
-    2.94 s buffered and 1.30 s direct. Direct writes need aligned memory and lengths, so bytes pass through a page-aligned
-    staging buffer and the unaligned remainder waits for the next append; `finish` writes the
+    2.94 s buffered and 1.30 s direct. Direct writes need aligned memory and lengths, so bytes pass
+    through a page-aligned staging buffer and the unaligned remainder waits for the next append; `finish` writes the
     last partial block with O_DIRECT switched off."""
 
     def __init__(self, path: Path, staging: memoryview | None = None):
@@ -97,7 +101,7 @@ class ShardFile:
             start = len(self.carry)
             staging[:start] = self.carry
             take = min(len(data) - pos, len(staging) - start)
-            staging[start:start + take] = data[pos:pos + take]
+            staging[start : start + take] = data[pos : pos + take]
             pos += take
             end = start + take
             aligned = end - end % ALIGN
@@ -153,8 +157,10 @@ def disk_errors(path: Path, index: int, shard: ShardFile | None = None) -> Itera
     except OSError as e:
         if shard is not None:
             shard.abort()
-        raise SaescopeError(f"could not write {path} ({e.strerror}): free disk space or choose another --out; "
-                            f"the {index} complete shards are kept and the harvest resumes from them") from e
+        raise SaescopeError(
+            f"could not write {path} ({e.strerror}): free disk space or choose another --out; "
+            f"the {index} complete shards are kept and the harvest resumes from them"
+        ) from e
 
 
 @dataclass
@@ -179,23 +185,25 @@ class ShardColumn:
         return sum(s["rows"] for s in self.shards)
 
     def save_manifest(self) -> None:
-        write_json_atomic(self.folder / self.manifest_name, {
-            **self.meta, "width": self.width, "dtype": self.dtype, "rows": self.rows, "shards": self.shards})
+        write_json_atomic(
+            self.folder / self.manifest_name,
+            {**self.meta, "width": self.width, "dtype": self.dtype, "rows": self.rows, "shards": self.shards},
+        )
 
     @classmethod
-    def open(cls, folder: Path, prefix: str = "", manifest_name: str = "manifest.json") -> "ShardColumn":
+    def open(cls, folder: Path, prefix: str = "", manifest_name: str = "manifest.json") -> ShardColumn:
         m = read_json(folder / manifest_name)
         _check_manifest(m, folder / manifest_name)
         meta = {k: v for k, v in m.items() if k not in ("width", "dtype", "rows", "shards")}
         return cls(folder, m["width"], m["dtype"], meta, m["shards"], prefix, manifest_name)
 
-    def open_shard(self, index: int, staging: memoryview | None = None) -> "ShardFile":
+    def open_shard(self, index: int, staging: memoryview | None = None) -> ShardFile:
         """Start shard `index`; rows are appended to it batch by batch, then `commit_shard`."""
         path = self.folder / shard_name(index, self.prefix)
         with disk_errors(path, index):
             return ShardFile(path, staging)
 
-    def commit_shard(self, index: int, shard: "ShardFile") -> None:
+    def commit_shard(self, index: int, shard: ShardFile) -> None:
         """Rename a finished shard into place and list it in the manifest (only complete shards are listed)."""
         with disk_errors(shard.path, index, shard):
             sha256 = shard.finish()
@@ -239,19 +247,25 @@ class ShardColumn:
         if not path.exists() and self.remote is not None:
             self.remote.fetch(info["file"], path, expected)
         if not path.exists():
-            raise SaescopeError(f"shard {path} is missing: run the same `saescope harvest` again (it rewrites missing "
-                                f"shards) or restore the file")
+            raise SaescopeError(
+                f"shard {path} is missing: run the same `saescope harvest` again (it rewrites missing "
+                f"shards) or restore the file"
+            )
         if path.stat().st_size != expected:
-            raise SaescopeError(f"shard {path} is corrupt ({path.stat().st_size} bytes, expected {expected}): "
-                                f"run the same `saescope harvest` again: it rewrites damaged shards")
+            raise SaescopeError(
+                f"shard {path} is corrupt ({path.stat().st_size} bytes, expected {expected}): "
+                f"run the same `saescope harvest` again: it rewrites damaged shards"
+            )
         if verify:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 24), b""):
                     digest.update(block)
             if digest.hexdigest() != info["sha256"]:
-                raise SaescopeError(f"shard {path} is corrupt (sha256 mismatch): "
-                                    f"run the same `saescope harvest` again: it rewrites damaged shards")
+                raise SaescopeError(
+                    f"shard {path} is corrupt (sha256 mismatch): "
+                    f"run the same `saescope harvest` again: it rewrites damaged shards"
+                )
         # copy-on-write: torch wants writable arrays; the file itself is never changed
         return np.memmap(path, dtype=self.numpy_dtype, mode="c", shape=(info["rows"], self.width))
 
@@ -266,8 +280,14 @@ def _check_manifest(m: Any, path: Path) -> None:
     if not isinstance(m, dict):
         problem = "it is not a JSON object"
     else:
-        problem = next((f"'{k}' is missing or not {t.__name__}" for k, t in MANIFEST_TYPES.items()
-                        if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)), None)
+        problem = next(
+            (
+                f"'{k}' is missing or not {t.__name__}"
+                for k, t in MANIFEST_TYPES.items()
+                if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)
+            ),
+            None,
+        )
         if problem is None and m["dtype"] not in (*STORE_DTYPES, "int32"):
             problem = f"dtype {m['dtype']!r} is not one of {', '.join(STORE_DTYPES)}"
         if problem is None and m["width"] < 1:
@@ -299,13 +319,20 @@ class ActivationStore:
             path, remotes = (local, {}) if local is not None else mirror(str(path))
         self.path = Path(path)
         if not self.path.exists():
-            raise SaescopeError(f"activation store {self.path} does not exist: run `saescope harvest --out {self.path}`")
+            raise SaescopeError(
+                f"activation store {self.path} does not exist: run `saescope harvest --out {self.path}`"
+            )
         self.info = read_json(self.path / "store.json")
         sites = self.info.get("sites") if isinstance(self.info, dict) else None
-        if not isinstance(sites, list) or not all(isinstance(n, str) and n and "/" not in n for n in sites) \
-                or self.info.get("dtype") not in STORE_DTYPES:
-            raise SaescopeError(f"{self.path / 'store.json'} is damaged (sites or dtype missing or of the wrong type): "
-                                f"harvest this store again into a new --out")
+        if (
+            not isinstance(sites, list)
+            or not all(isinstance(n, str) and n and "/" not in n for n in sites)
+            or self.info.get("dtype") not in STORE_DTYPES
+        ):
+            raise SaescopeError(
+                f"{self.path / 'store.json'} is damaged (sites or dtype missing or of the wrong type): "
+                f"harvest this store again into a new --out"
+            )
         self.tokens = ShardColumn.open(self.path / "tokens")
         self.columns = {name: ShardColumn.open(self.path / name) for name in self.info["sites"]}
         for name, column in [("tokens", self.tokens), *self.columns.items()]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
@@ -35,9 +35,11 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WILDCARDS = {"0.0.0.0", "::", ""}
 HEADERS = {  # the pages use one external script and no inline ones; nothing may frame them
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
 }
 
 
@@ -66,6 +68,7 @@ def allowed_hosts(host: str) -> Callable[[str], bool]:
             return wildcard and bool(ipaddress.ip_address(name))
         except ValueError:
             return False
+
     return ok
 
 
@@ -93,8 +96,13 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
     ondemand = OnDemand(run, db, live.model)
     links = render.Links()
     host_ok = allowed_hosts(host)
-    app = FastAPI(title="saescope browser", docs_url=None, redoc_url=None, openapi_url=None,
-                  on_startup=[ondemand.start] if fill_lens else [])
+    app = FastAPI(
+        title="saescope browser",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        on_startup=[ondemand.start] if fill_lens else [],
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def html(body: str, status: int = 200) -> HTMLResponse:
@@ -117,8 +125,9 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
         known_sae(name)
         ok = latent.isascii() and latent.isdigit() and int(latent) < db.saes[name].d_sae  # not "²", not 10**40
         if not ok:
-            raise HTTPException(404, f"{name} has no latent '{latent}': latents are numbered "
-                                     f"0-{db.saes[name].d_sae - 1}")
+            raise HTTPException(
+                404, f"{name} has no latent '{latent}': latents are numbered 0-{db.saes[name].d_sae - 1}"
+            )
         return int(latent)
 
     async def form_of(request: Request) -> dict[str, str]:
@@ -134,8 +143,11 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
-        message = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else \
-            "no such page: start from the suite page"
+        message = (
+            exc.detail
+            if exc.status_code != 404 or exc.detail != "Not Found"
+            else "no such page: start from the suite page"
+        )
         return html(render.error_page(exc.status_code, str(message), links), exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -149,8 +161,10 @@ def create_app(run: str | Path, host: str = "127.0.0.1", fill_lens: bool = False
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception):
         log.exception("browser request failed", exc_info=exc)
-        return html(render.error_page(500, "internal error while rendering this page; the server log has the "
-                                           "details", links), 500)
+        return html(
+            render.error_page(500, "internal error while rendering this page; the server log has the details", links),
+            500,
+        )
 
     @app.get("/", response_class=HTMLResponse)
     def overview(metric: str = "l0"):
@@ -204,8 +218,10 @@ def check_address(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as e:
-        raise SaescopeError(f"cannot serve on --host {host} --port {port} ({e.strerror or e}): choose another --port, "
-                            f"or a --host that names this machine") from e
+        raise SaescopeError(
+            f"cannot serve on --host {host} --port {port} ({e.strerror or e}): choose another --port, "
+            f"or a --host that names this machine"
+        ) from e
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:

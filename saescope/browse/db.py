@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -101,6 +101,7 @@ def damaged_db(path: Path) -> Iterator[None]:
 # (group, doc_id, position) int32, its activation float32, `width` token ids int32 (-1 = outside the
 # document) and `width` activations float16. Decoding is three np.frombuffer calls.
 
+
 @dataclass
 class Examples:
     group: np.ndarray  # int32 [n]: 0 = top activations, 1.. = quantile bin (1 = highest)
@@ -119,8 +120,15 @@ def pack_examples(ex: Examples) -> bytes:
     n, width = ex.ids.shape
     head = np.array([n, width, ex.left], dtype=np.int32)
     meta = np.stack([ex.group, ex.doc, ex.position], 1).astype(np.int32)
-    return b"".join([head.tobytes(), meta.tobytes(), ex.act.astype(np.float32).tobytes(),
-                     ex.ids.astype(np.int32).tobytes(), ex.acts.astype(np.float16).tobytes()])
+    return b"".join(
+        [
+            head.tobytes(),
+            meta.tobytes(),
+            ex.act.astype(np.float32).tobytes(),
+            ex.ids.astype(np.int32).tobytes(),
+            ex.acts.astype(np.float16).tobytes(),
+        ]
+    )
 
 
 def unpack_examples(blob: bytes) -> Examples:
@@ -137,6 +145,7 @@ def unpack_examples(blob: bytes) -> Examples:
 
 
 # ---- reading -----------------------------------------------------------------------------------
+
 
 @dataclass
 class SaeRow:
@@ -172,11 +181,16 @@ class FeatureDB:
         self.con = connect(self.path)
         with damaged_db(self.path):
             self.meta = {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM meta")}
-            self.saes = {r[0]: SaeRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in self.con.execute(
-                "SELECT name, kind, layer, d_sae, d_in, rows, metrics FROM saes ORDER BY kind, layer, name")}
+            self.saes = {
+                r[0]: SaeRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))
+                for r in self.con.execute(
+                    "SELECT name, kind, layer, d_sae, d_in, rows, metrics FROM saes ORDER BY kind, layer, name"
+                )
+            }
             if self.meta.get("schema") != SCHEMA_VERSION:
-                raise SaescopeError(f"{path} was written by another version of saescope: run `saescope browse RUN` "
-                                    f"to rebuild it")
+                raise SaescopeError(
+                    f"{path} was written by another version of saescope: run `saescope browse RUN` to rebuild it"
+                )
         if not self.saes:
             raise SaescopeError(f"{path} holds no SAE statistics: run `saescope browse RUN` to compute them")
         self.token_text = dict(self.con.execute("SELECT id, text FROM tokens"))
@@ -198,18 +212,26 @@ class FeatureDB:
 
     def latent(self, sae: str, latent: int) -> LatentRow | None:
         """The token-pass statistics of a latent (`ondemand.views` adds the weight-only parts)."""
-        row = self.con.execute("SELECT frequency, max_act, mean_act, snippet, hist, topics, examples FROM latents "
-                               "WHERE sae = ? AND latent = ?", (sae, latent)).fetchone()
+        row = self.con.execute(
+            "SELECT frequency, max_act, mean_act, snippet, hist, topics, examples FROM latents "
+            "WHERE sae = ? AND latent = ?",
+            (sae, latent),
+        ).fetchone()
         if row is None:
             return None
-        return LatentRow(sae, latent, row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]),
-                         unpack_examples(row[6]))
+        return LatentRow(
+            sae, latent, row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), unpack_examples(row[6])
+        )
 
     def lens(self, sae: str, latents: list[int]) -> dict[int, dict]:
         """The stored logit lens of those of `latents` that have one."""
         marks = ",".join("?" * len(latents))
-        return {int(i): json.loads(v) for i, v in self.con.execute(
-            f"SELECT latent, logits FROM lens WHERE sae = ? AND latent IN ({marks})", (sae, *latents))}
+        return {
+            int(i): json.loads(v)
+            for i, v in self.con.execute(
+                f"SELECT latent, logits FROM lens WHERE sae = ? AND latent IN ({marks})", (sae, *latents)
+            )
+        }
 
     def lens_count(self, sae: str) -> int:
         return self.con.execute("SELECT count(*) FROM lens WHERE sae = ?", (sae,)).fetchone()[0]
@@ -219,9 +241,12 @@ class FeatureDB:
         allowed = {"frequency DESC", "frequency ASC", "latent ASC", "max_act DESC"}
         if order not in allowed:
             raise SaescopeError(f"unknown sort order '{order}': use one of {', '.join(sorted(allowed))}")
-        return self.con.execute(f"SELECT l.latent, l.frequency, l.max_act, l.snippet, coalesce(s.summary, '') "
-                                f"FROM latents l LEFT JOIN lens s ON s.sae = l.sae AND s.latent = l.latent "
-                                f"WHERE l.sae = ? ORDER BY l.{order}, l.latent", (sae,)).fetchall()
+        return self.con.execute(
+            f"SELECT l.latent, l.frequency, l.max_act, l.snippet, coalesce(s.summary, '') "
+            f"FROM latents l LEFT JOIN lens s ON s.sae = l.sae AND s.latent = l.latent "
+            f"WHERE l.sae = ? ORDER BY l.{order}, l.latent",
+            (sae,),
+        ).fetchall()
 
     def max_acts(self, sae: str) -> np.ndarray:
         """Per-latent maxima over the held-out split, used to compare activations across SAEs."""
@@ -237,9 +262,11 @@ class FeatureDB:
         if not terms:
             return []
         query = " ".join(f'"{t}"' for t in terms)  # quoted: user text is never FTS syntax
-        sql = ("SELECT s.sae, s.latent, l.snippet, coalesce(n.summary, '') FROM search s JOIN latents l "
-               "ON l.sae = s.sae AND l.latent = s.latent LEFT JOIN lens n ON n.sae = s.sae AND n.latent = s.latent "
-               "WHERE search MATCH ?")
+        sql = (
+            "SELECT s.sae, s.latent, l.snippet, coalesce(n.summary, '') FROM search s JOIN latents l "
+            "ON l.sae = s.sae AND l.latent = s.latent LEFT JOIN lens n ON n.sae = s.sae AND n.latent = s.latent "
+            "WHERE search MATCH ?"
+        )
         args: list = [query]
         if sae is not None:
             sql += " AND s.sae = ?"

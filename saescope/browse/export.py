@@ -45,8 +45,10 @@ def check_destination(run: str | Path, dest: str | Path) -> Path:
     run, dest = Path(run).resolve(), Path(dest).resolve()
     own = [run] + [run / d for d in ("saes", "activations", "release", "train", "browse")]
     if any(dest == d or d in dest.parents for d in own[1:]) or dest == run:
-        raise SaescopeError(f"export folder {dest} would mix with the run's own files: choose a folder "
-                            f"outside {run} or a new subfolder such as {run / 'site'}")
+        raise SaescopeError(
+            f"export folder {dest} would mix with the run's own files: choose a folder "
+            f"outside {run} or a new subfolder such as {run / 'site'}"
+        )
     return check_replaceable(dest, "--export", *SITE_FILES)
 
 

@@ -24,8 +24,8 @@ matrix (tens of milliseconds); a block of latents shares that pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ def unembedding(model: nn.Module) -> Unembedding:
     scale = fam.norm_scale(model.get_submodule(fam.final_norm))
     low = torch.empty(weight.shape, dtype=torch.bfloat16)
     for v0 in range(0, len(weight), VOCAB_CHUNK):  # chunked: no float32 copy of the whole matrix
-        low[v0:v0 + VOCAB_CHUNK] = weight[v0:v0 + VOCAB_CHUNK].float() * scale
+        low[v0 : v0 + VOCAB_CHUNK] = weight[v0 : v0 + VOCAB_CHUNK].float() * scale
     return Unembedding(weight, scale, low)
 
 
@@ -91,7 +91,7 @@ def logit_lens(directions: torch.Tensor, W_U: Unembedding, pause: Callable[[], o
     k = min(CANDIDATES, vocab)
     out = []
     for lo in range(0, len(directions), LATENT_BLOCK):
-        d = directions[lo:lo + LATENT_BLOCK]
+        d = directions[lo : lo + LATENT_BLOCK]
         d_low = d.bfloat16()
         top_v = torch.full((len(d), 0), 0.0)
         top_i = torch.zeros((len(d), 0), dtype=torch.long)
@@ -100,7 +100,7 @@ def logit_lens(directions: torch.Tensor, W_U: Unembedding, pause: Callable[[], o
         for v0 in range(0, vocab, VOCAB_CHUNK):
             if pause is not None:
                 pause()
-            logits = (d_low @ W_U_low[v0:v0 + VOCAB_CHUNK].T).float()
+            logits = (d_low @ W_U_low[v0 : v0 + VOCAB_CHUNK].T).float()
             chunks.append(logits.to(torch.float16))  # kept only for the histogram
             tv, ti = logits.topk(min(k, logits.shape[1]), dim=1)
             bv, bi = (-logits).topk(min(k, logits.shape[1]), dim=1)
@@ -118,9 +118,13 @@ def logit_lens(directions: torch.Tensor, W_U: Unembedding, pause: Callable[[], o
             exact_bot = d[j] @ W_U.rows(bot_i[j]).T
             ot = exact_top.argsort(descending=True)[:TOP_TOKENS]
             ob = exact_bot.argsort()[:TOP_TOKENS]
-            out.append({"top": [[int(top_i[j, i]), round(float(exact_top[i]), 4)] for i in ot],
-                        "bottom": [[int(bot_i[j, i]), round(float(exact_bot[i]), 4)] for i in ob],
-                        "hist": {"lo": float(lo_edge[j]), "hi": float(hi_edge[j]), "counts": counts[j].tolist()}})
+            out.append(
+                {
+                    "top": [[int(top_i[j, i]), round(float(exact_top[i]), 4)] for i in ot],
+                    "bottom": [[int(bot_i[j, i]), round(float(exact_bot[i]), 4)] for i in ob],
+                    "hist": {"lo": float(lo_edge[j]), "hi": float(hi_edge[j]), "counts": counts[j].tolist()},
+                }
+            )
     return out
 
 
@@ -132,8 +136,9 @@ def _merge(values: torch.Tensor, index: torch.Tensor, new_v: torch.Tensor, new_i
 
 
 @torch.no_grad()
-def nearest(rows: torch.Tensor, W: torch.Tensor, k: int = 6, exclude: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(
+    rows: torch.Tensor, W: torch.Tensor, k: int = 6, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k decoder cosines of some decoder rows against all rows of W; `exclude[j]` is the index in
     W of row j itself (same SAE), left out of its own list. W's norms divide the products rather
     than a normalised copy of W being made: a page asks for one row against three decoders."""

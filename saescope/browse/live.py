@@ -58,7 +58,7 @@ class SteerRequest:
     max_new_tokens: int = 24
 
     @staticmethod
-    def parse(form: dict, suite: dict[str, SuiteSAE]) -> "SteerRequest":
+    def parse(form: dict, suite: dict[str, SuiteSAE]) -> SteerRequest:
         """Validate the steering form; every problem is one line that says what to type instead."""
         prompt = str(form.get("prompt", ""))
         if not prompt.strip():
@@ -69,8 +69,9 @@ class SteerRequest:
                 continue
             name, _, index = part.strip().rpartition(":")
             if name not in suite:
-                raise SaescopeError(f"unknown SAE '{name}' in '{part.strip()}': use SAE_NAME:LATENT with a name "
-                                    f"from the suite page")
+                raise SaescopeError(
+                    f"unknown SAE '{name}' in '{part.strip()}': use SAE_NAME:LATENT with a name from the suite page"
+                )
             if not (index.isascii() and index.isdigit()) or int(index) >= suite[name].d_sae:
                 raise SaescopeError(f"latent '{index}' of {name} does not exist: use 0-{suite[name].d_sae - 1}")
             specs.append((name, int(index)))
@@ -129,7 +130,9 @@ class Live:
             ids = self._ids(text)
             sites = sorted({s.site for s in self.suite.values()})
             acts: dict[Site, torch.Tensor] = {}
-            run_to_sites(model, ids, torch.ones_like(ids), sites, lambda site, x: acts.__setitem__(site, x[0, 1:].float()))
+            run_to_sites(
+                model, ids, torch.ones_like(ids), sites, lambda site, x: acts.__setitem__(site, x[0, 1:].float())
+            )
             kinds = sorted({s.kind for s in sites})
             n = ids.shape[1] - 1
             top: list[dict[str, list[Hit]]] = [{k: [] for k in kinds} for _ in range(n)]
@@ -156,11 +159,12 @@ class Live:
                 if mode == "add":
                     delta = delta + strength * direction
                 else:
-                    current = sae.encode(x.float())[..., latent:latent + 1]
+                    current = sae.encode(x.float())[..., latent : latent + 1]
                     delta = delta + (strength - current) * direction
             if x.shape[1] > 1:  # the prompt's forward: leave its BOS alone, no SAE saw one in training
                 delta[:, 0] = 0
             return x.float() + delta
+
         return fn
 
     def _generate(self, ids: torch.Tensor, n: int) -> str:

@@ -21,9 +21,9 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -119,10 +119,13 @@ class OnDemand:
             with self.writer:
                 for i, lg in logits.items():
                     summary = " ".join(repr(text.known.get(t, "")) for t, _ in lg["top"][:5])
-                    if self.writer.execute("INSERT OR IGNORE INTO lens VALUES (?, ?, ?, ?)",
-                                           (name, i, summary, json.dumps(lg))).rowcount:  # not stored meanwhile
-                        self.writer.execute("INSERT INTO search VALUES (?, ?, ?)",
-                                            (name, i, " ".join(text.known.get(t, "") for t, _ in lg["top"])))
+                    if self.writer.execute(
+                        "INSERT OR IGNORE INTO lens VALUES (?, ?, ?, ?)", (name, i, summary, json.dumps(lg))
+                    ).rowcount:  # not stored meanwhile
+                        self.writer.execute(
+                            "INSERT INTO search VALUES (?, ?, ?)",
+                            (name, i, " ".join(text.known.get(t, "") for t, _ in lg["top"])),
+                        )
                 self.writer.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?)", text.take_unsaved())
 
     # ---- the background fill -------------------------------------------------------------------------
@@ -154,19 +157,21 @@ class OnDemand:
             every = list(range(self.suite[name].d_sae))
             todo = sorted(set(every) - set(self.db.lens(name, every)))
             for lo in range(0, len(todo), FILL_BLOCK):  # skips latents a page computed meanwhile
-                self.logits(name, todo[lo:lo + FILL_BLOCK], pause=self.wait_for_pages)
+                self.logits(name, todo[lo : lo + FILL_BLOCK], pause=self.wait_for_pages)
             bar.update()
         bar.close()
         return time.perf_counter() - start
 
     def start(self) -> threading.Thread:
         """The fill in a daemon thread; one line when it is done (or why it stopped)."""
+
         def work() -> None:
             try:
                 seconds = self.fill()
                 print(f"saescope: logit lens of every latent stored ({seconds:.0f} s); search covers logit tokens now")
             except Exception as err:  # the pages still compute their own lens; say why the fill stopped
                 print(f"saescope: the background logit lens stopped ({err}); pages still compute theirs on view")
+
         self.thread = threading.Thread(target=work, name="saescope-lens-fill", daemon=True)
         self.thread.start()
         return self.thread

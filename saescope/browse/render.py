@@ -17,8 +17,15 @@ from saescope.browse import plots
 from saescope.browse.db import Examples, FeatureDB, LatentRow
 from saescope.browse.lens import LENS_KINDS
 
-METRICS = {"l0": "L0", "fvu": "FVU", "delta_loss": "delta loss", "ce_loss_recovered": "CE recovered",
-           "kl_div": "KL", "dead_latents": "dead", "dense_latents": "dense"}
+METRICS = {
+    "l0": "L0",
+    "fvu": "FVU",
+    "delta_loss": "delta loss",
+    "ce_loss_recovered": "CE recovered",
+    "kl_div": "KL",
+    "dead_latents": "dead",
+    "dense_latents": "dense",
+}
 SORTS = {"freq_desc": "frequency DESC", "freq_asc": "frequency ASC", "index": "latent ASC", "max_act": "max_act DESC"}
 
 
@@ -40,8 +47,11 @@ class Links:
         return f"{self.prefix}sae/{quote(name)}/" + ("index.html" if self.static_site else "")
 
     def latent(self, name: str, index: int) -> str:
-        return f"{self.prefix}sae/{quote(name)}/{int(index)}.html" if self.static_site else \
-            f"{self.prefix}latent/{quote(name)}/{int(index)}"
+        return (
+            f"{self.prefix}sae/{quote(name)}/{int(index)}.html"
+            if self.static_site
+            else f"{self.prefix}latent/{quote(name)}/{int(index)}"
+        )
 
     def static(self, file: str) -> str:
         return f"{self.prefix}static/{file}"
@@ -53,19 +63,27 @@ class Links:
 def page(title: str, body: str, links: Links) -> str:
     nav = [f'<a class="brand" href="{e(links.home())}">saescope</a>', f'<a href="{e(links.home())}">suite</a>']
     if not links.static_site:
-        nav += [f'<a href="{e(links.live("prompt"))}">prompt</a>', f'<a href="{e(links.live("steer"))}">steer</a>',
-                f'<form action="{e(links.live("search"))}" method="get" style="display:inline">'
-                f'<input type="search" name="q" placeholder="search latents by word"></form>']
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - saescope</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<link rel="stylesheet" href="{e(links.static("style.css"))}">'
-            f'<script src="{e(links.static("app.js"))}" defer></script></head>'
-            f'<body><header>{"".join(nav)}</header><main>{body}</main></body></html>')
+        nav += [
+            f'<a href="{e(links.live("prompt"))}">prompt</a>',
+            f'<a href="{e(links.live("steer"))}">steer</a>',
+            f'<form action="{e(links.live("search"))}" method="get" style="display:inline">'
+            f'<input type="search" name="q" placeholder="search latents by word"></form>',
+        ]
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - saescope</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="stylesheet" href="{e(links.static("style.css"))}">'
+        f'<script src="{e(links.static("app.js"))}" defer></script></head>'
+        f"<body><header>{''.join(nav)}</header><main>{body}</main></body></html>"
+    )
 
 
 def error_page(status: int, message: str, links: Links) -> str:
-    return page(f"{status}", f'<h1>{status}</h1><p class="error">{e(message)}</p>'
-                             f'<p><a href="{e(links.home())}">back to the suite</a></p>', links)
+    return page(
+        f"{status}",
+        f'<h1>{status}</h1><p class="error">{e(message)}</p><p><a href="{e(links.home())}">back to the suite</a></p>',
+        links,
+    )
 
 
 def fmt(v: object) -> str:
@@ -83,13 +101,17 @@ def _shade(value: float, lo: float, hi: float) -> str:
 
 # ---- suite overview ------------------------------------------------------------------------------
 
+
 def overview(db: FeatureDB, links: Links, metric: str = "l0") -> str:
     metric = metric if metric in METRICS else "l0"
     kinds = sorted({s.kind for s in db.saes.values()})
     layers = sorted({s.layer for s in db.saes.values()})
-    choose = " ".join(f'<a href="{e(links.home() if links.static_site else links.live("", metric=m))}">'
-                      f'{"<b>" + e(label) + "</b>" if m == metric else e(label)}</a>' for m, label in METRICS.items()
-                      if not links.static_site or m == metric)
+    choose = " ".join(
+        f'<a href="{e(links.home() if links.static_site else links.live("", metric=m))}">'
+        f"{'<b>' + e(label) + '</b>' if m == metric else e(label)}</a>"
+        for m, label in METRICS.items()
+        if not links.static_site or m == metric
+    )
     values = [float(s.metrics.get(metric, float("nan"))) for s in db.saes.values()]
     finite = [v for v in values if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -100,29 +122,39 @@ def overview(db: FeatureDB, links: Links, metric: str = "l0") -> str:
         for layer in layers:
             here = [s for s in db.saes.values() if s.kind == kind and s.layer == layer]
             inner = "".join(
-                f'<a href="{e(links.sae(s.name))}" title="{e(s.name)}" style="{_shade(float(s.metrics.get(metric, float("nan"))), lo, hi)}">'
-                f'{e(fmt(s.metrics.get(metric, "-")))}</a>' for s in here)
+                f'<a href="{e(links.sae(s.name))}" title="{e(s.name)}" '
+                f'style="{_shade(float(s.metrics.get(metric, float("nan"))), lo, hi)}">'
+                f"{e(fmt(s.metrics.get(metric, '-')))}</a>"
+                for s in here
+            )
             cells.append(f"<td>{inner}</td>")
         rows.append(f"<tr><th>{e(kind)}</th>{''.join(cells)}</tr>")
     charts = []
     for m in ("l0", "fvu", "delta_loss", "ce_loss_recovered", "dead_latents"):
-        series = {k: [(s.layer, float(s.metrics.get(m, float("nan")))) for s in db.saes.values() if s.kind == k]
-                  for k in kinds}
+        series = {
+            k: [(s.layer, float(s.metrics.get(m, float("nan")))) for s in db.saes.values() if s.kind == k]
+            for k in kinds
+        }
         charts.append(plots.lines(series, f"{METRICS[m]} by layer"))
     meta = db.meta
-    body = (f"<h1>Suite: {e(meta.get('model', ''))}</h1>"
-            f"<p>{len(db.saes)} SAEs; statistics over {meta.get('rows', 0)} held-out tokens of "
-            f"<code>{e(meta.get('dataset', ''))}</code>.</p>"
-            f"<h2>{e(METRICS[metric])} per site and layer</h2><p>metric: {choose}</p>"
-            f'<table class="grid" id="grid"><thead><tr><th>site</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f'<h2>Metrics by layer</h2><div class="plots">{"".join(charts)}</div>')
+    body = (
+        f"<h1>Suite: {e(meta.get('model', ''))}</h1>"
+        f"<p>{len(db.saes)} SAEs; statistics over {meta.get('rows', 0)} held-out tokens of "
+        f"<code>{e(meta.get('dataset', ''))}</code>.</p>"
+        f"<h2>{e(METRICS[metric])} per site and layer</h2><p>metric: {choose}</p>"
+        f'<table class="grid" id="grid"><thead><tr><th>site</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<h2>Metrics by layer</h2><div class="plots">{"".join(charts)}</div>'
+    )
     return page("suite", body, links)
 
 
 # ---- SAE page ---------------------------------------------------------------------------------------
 
-def sae_page(db: FeatureDB, name: str, links: Links, sort: str = "freq_desc", query: str = "",
-             exported: set[int] | None = None) -> str:
+
+def sae_page(
+    db: FeatureDB, name: str, links: Links, sort: str = "freq_desc", query: str = "", exported: set[int] | None = None
+) -> str:
     s = db.saes[name]
     rows = db.latent_table(name, SORTS.get(sort, SORTS["freq_desc"]))
     if query:
@@ -136,36 +168,56 @@ def sae_page(db: FeatureDB, name: str, links: Links, sort: str = "freq_desc", qu
             counts[min(max(int((math.log10(f) + 6) / 0.25), 0), 23)] += 1
     dead = sum(1 for f in freqs if f == 0)
     lensed = db.lens_count(name)
-    pending = ("" if lensed == s.d_sae or s.kind not in LENS_KINDS else
-               f'<p class="note" id="lens-pending">Top logits of {lensed} of {s.d_sae} latents so far: the rest are '
-               f'computed in the background, and on a latent\'s first view.</p>')
-    metrics = "".join(f"<tr><th>{e(METRICS.get(k, k))}</th><td class=num>{e(fmt(v))}</td></tr>"
-                      for k, v in s.metrics.items() if k in METRICS or k == "browse_rows")
+    pending = (
+        ""
+        if lensed == s.d_sae or s.kind not in LENS_KINDS
+        else f'<p class="note" id="lens-pending">Top logits of {lensed} of {s.d_sae} latents so far: the rest are '
+        f"computed in the background, and on a latent's first view.</p>"
+    )
+    metrics = "".join(
+        f"<tr><th>{e(METRICS.get(k, k))}</th><td class=num>{e(fmt(v))}</td></tr>"
+        for k, v in s.metrics.items()
+        if k in METRICS or k == "browse_rows"
+    )
     table = []
     for latent, freq, max_act, snippet, logit_summary in rows:
-        link = (f'<a href="{e(links.latent(name, latent))}">{latent}</a>'
-                if exported is None or latent in exported else str(latent))
-        table.append(f"<tr><td data-v={latent}>{link}</td><td class=num data-v={freq!r}>{freq:.2e}</td>"
-                     f"<td class=num>{max_act:.3g}</td><td>{e(snippet)}</td><td>{e(logit_summary)}</td></tr>")
-    sort_links = " ".join(f'<a href="{e(links.live("sae/" + quote(name) + "/", sort=k, q=query))}">{e(k)}</a>'
-                          for k in SORTS) if not links.static_site else ""
-    search = ("" if links.static_site else
-              f'<form method="get"><input type="search" name="q" value="{e(query)}" placeholder="word in top examples '
-              f'or logit tokens"><input type="hidden" name="sort" value="{e(sort)}"> <button>search</button></form>'
-              f'<p>sort: {sort_links}</p>')
-    body = (f"<h1>{e(name)}</h1><p>site <b>{e(s.kind)}</b>, layer <b>{s.layer}</b>, {s.d_sae} latents, "
-            f"d_in {s.d_in}; {dead} latents never fired on the held-out tokens.</p>"
-            f'<div class="cols"><div><table>{metrics}</table></div><div>'
-            f'{plots.bars(counts, edges[0], edges[-1], "latents per log10 firing frequency", width=420)}</div></div>'
-            f"<h2>Latents ({len(rows)})</h2>{pending}{search}"
-            f'<p><input class="filter" data-table="latents" type="search" placeholder="filter this table"></p>'
-            f'<table id="latents"><thead><tr><th class=sortable>latent</th><th class=sortable>frequency</th>'
-            f'<th class=sortable>max act</th><th class=sortable>top example</th><th class=sortable>top logits</th>'
-            f'</tr></thead><tbody>{"".join(table)}</tbody></table>')
+        link = (
+            f'<a href="{e(links.latent(name, latent))}">{latent}</a>'
+            if exported is None or latent in exported
+            else str(latent)
+        )
+        table.append(
+            f"<tr><td data-v={latent}>{link}</td><td class=num data-v={freq!r}>{freq:.2e}</td>"
+            f"<td class=num>{max_act:.3g}</td><td>{e(snippet)}</td><td>{e(logit_summary)}</td></tr>"
+        )
+    sort_links = (
+        " ".join(f'<a href="{e(links.live("sae/" + quote(name) + "/", sort=k, q=query))}">{e(k)}</a>' for k in SORTS)
+        if not links.static_site
+        else ""
+    )
+    search = (
+        ""
+        if links.static_site
+        else f'<form method="get"><input type="search" name="q" value="{e(query)}" placeholder="word in top examples '
+        f'or logit tokens"><input type="hidden" name="sort" value="{e(sort)}"> <button>search</button></form>'
+        f"<p>sort: {sort_links}</p>"
+    )
+    body = (
+        f"<h1>{e(name)}</h1><p>site <b>{e(s.kind)}</b>, layer <b>{s.layer}</b>, {s.d_sae} latents, "
+        f"d_in {s.d_in}; {dead} latents never fired on the held-out tokens.</p>"
+        f'<div class="cols"><div><table>{metrics}</table></div><div>'
+        f"{plots.bars(counts, edges[0], edges[-1], 'latents per log10 firing frequency', width=420)}</div></div>"
+        f"<h2>Latents ({len(rows)})</h2>{pending}{search}"
+        f'<p><input class="filter" data-table="latents" type="search" placeholder="filter this table"></p>'
+        f'<table id="latents"><thead><tr><th class=sortable>latent</th><th class=sortable>frequency</th>'
+        f"<th class=sortable>max act</th><th class=sortable>top example</th><th class=sortable>top logits</th>"
+        f"</tr></thead><tbody>{''.join(table)}</tbody></table>"
+    )
     return page(name, body, links)
 
 
 # ---- latent dashboard ---------------------------------------------------------------------------------
+
 
 def tokens_html(db: FeatureDB, ids, acts, scale: float, centre: int | None = None) -> str:
     """A token window with each token's background proportional to its activation."""
@@ -177,8 +229,10 @@ def tokens_html(db: FeatureDB, ids, acts, scale: float, centre: int | None = Non
         text = db.token(t).replace("\n", "\u21b5")
         cls = "tok centre" if j == centre else "tok"
         if a > 0 and scale > 0:  # only active tokens carry a colour and a value: pages stay small
-            out.append(f'<span class="{cls}" style="background:rgba(255,120,0,{min(a / scale, 1.0):.2f})" '
-                       f'title="{a:.3g}">{e(text)}</span>')
+            out.append(
+                f'<span class="{cls}" style="background:rgba(255,120,0,{min(a / scale, 1.0):.2f})" '
+                f'title="{a:.3g}">{e(text)}</span>'
+            )
         else:
             out.append(f'<span class="{cls}">{e(text)}</span>')
     return "".join(out)
@@ -189,8 +243,10 @@ def examples_html(db: FeatureDB, ex: Examples, rows: range | list[int], scale: f
     for j in rows:
         title, topic = db.doc(int(ex.doc[j]))
         label = f"{float(ex.act[j]):.3g} · {title}" + (f" ({topic})" if topic else "")
-        out.append(f'<div class="ex"><span class="meta">{e(label)}</span>'
-                   f'{tokens_html(db, ex.ids[j], ex.acts[j], scale, ex.left)}</div>')
+        out.append(
+            f'<div class="ex"><span class="meta">{e(label)}</span>'
+            f"{tokens_html(db, ex.ids[j], ex.acts[j], scale, ex.left)}</div>"
+        )
     return "".join(out)
 
 
@@ -203,45 +259,82 @@ def latent_page(db: FeatureDB, row: LatentRow, links: Links) -> str:
     for b in bins:
         js = [j for j in range(len(ex)) if ex.group[j] == b]
         acts = [float(ex.act[j]) for j in js]
-        quant.append(f"<h3>quantile bin {b} (activations {min(acts):.3g} to {max(acts):.3g})</h3>"
-                     f"{examples_html(db, ex, js, scale)}")
+        quant.append(
+            f"<h3>quantile bin {b} (activations {min(acts):.3g} to {max(acts):.3g})</h3>"
+            f"{examples_html(db, ex, js, scale)}"
+        )
     lg = row.logits
     if lg is not None:
-        lens = ("<div class=cols><div><table><tr><th>top logits</th><th></th></tr>" + "".join(
-            f"<tr><td>{e(repr(db.token(t)))}</td><td class='num pos'>{v:+.3f}</td></tr>" for t, v in lg["top"])
-            + "</table></div><div><table><tr><th>bottom logits</th><th></th></tr>" + "".join(
-            f"<tr><td>{e(repr(db.token(t)))}</td><td class='num negv'>{v:+.3f}</td></tr>" for t, v in lg["bottom"])
-            + "</table></div><div>" + plots.bars(lg["hist"]["counts"], lg["hist"]["lo"], lg["hist"]["hi"],
-                                                 "logit lens: all tokens", log=True, color="#607d8b") + "</div></div>")
+        lens = (
+            "<div class=cols><div><table><tr><th>top logits</th><th></th></tr>"
+            + "".join(
+                f"<tr><td>{e(repr(db.token(t)))}</td><td class='num pos'>{v:+.3f}</td></tr>" for t, v in lg["top"]
+            )
+            + "</table></div><div><table><tr><th>bottom logits</th><th></th></tr>"
+            + "".join(
+                f"<tr><td>{e(repr(db.token(t)))}</td><td class='num negv'>{v:+.3f}</td></tr>" for t, v in lg["bottom"]
+            )
+            + "</table></div><div>"
+            + plots.bars(
+                lg["hist"]["counts"],
+                lg["hist"]["lo"],
+                lg["hist"]["hi"],
+                "logit lens: all tokens",
+                log=True,
+                color="#607d8b",
+            )
+            + "</div></div>"
+        )
     else:
-        lens = ('<p class="note">Logit lens not applicable: mlp_in latents live in the normalised MLP input, '
-                'not in the residual stream.</p>')
+        lens = (
+            '<p class="note">Logit lens not applicable: mlp_in latents live in the normalised MLP input, '
+            "not in the residual stream.</p>"
+        )
     topic_names, topic_tokens = db.meta.get("topics", []), db.meta.get("topic_tokens", [])
-    topics = "".join(f"<tr><td>{e(t)}</td><td class=num>{c / max(n, 1):.3%}</td><td class=num>{n}</td></tr>"
-                     for t, c, n in zip(topic_names, row.topics, topic_tokens))
-    same = " ".join(f'<a class="chip" href="{e(links.latent(row.sae, i))}">#{i} ({c:.2f})</a>'
-                    for i, c in row.neighbours.get("same", []))
-    adj = "".join(f"<p>layer {a['layer']} (<code>{e(a['sae'])}</code>): " + " ".join(
-        f'<a class="chip" href="{e(links.latent(a["sae"], i))}">#{i} ({c:.2f})</a>' for i, c in a["items"]) + "</p>"
-                  for a in row.neighbours.get("adjacent", []))
-    nav = " ".join(f'<a href="{e(links.latent(row.sae, i))}">{label}</a>'
-                   for i, label in ((row.latent - 1, "&larr; previous"), (row.latent + 1, "next &rarr;"))
-                   if 0 <= i < s.d_sae)
-    steer = ("" if links.static_site else
-             f' · <a href="{e(links.live("steer", latents=f"{row.sae}:{row.latent}", strength=f"{2 * row.max_act:.3g}"))}">'
-             f"steer with this latent</a>")
+    topics = "".join(
+        f"<tr><td>{e(t)}</td><td class=num>{c / max(n, 1):.3%}</td><td class=num>{n}</td></tr>"
+        for t, c, n in zip(topic_names, row.topics, topic_tokens)
+    )
+    same = " ".join(
+        f'<a class="chip" href="{e(links.latent(row.sae, i))}">#{i} ({c:.2f})</a>'
+        for i, c in row.neighbours.get("same", [])
+    )
+    adj = "".join(
+        f"<p>layer {a['layer']} (<code>{e(a['sae'])}</code>): "
+        + " ".join(f'<a class="chip" href="{e(links.latent(a["sae"], i))}">#{i} ({c:.2f})</a>' for i, c in a["items"])
+        + "</p>"
+        for a in row.neighbours.get("adjacent", [])
+    )
+    nav = " ".join(
+        f'<a href="{e(links.latent(row.sae, i))}">{label}</a>'
+        for i, label in ((row.latent - 1, "&larr; previous"), (row.latent + 1, "next &rarr;"))
+        if 0 <= i < s.d_sae
+    )
+    steer_at = f"{2 * row.max_act:.3g}"
+    steer = (
+        ""
+        if links.static_site
+        else f' · <a href="{e(links.live("steer", latents=f"{row.sae}:{row.latent}", strength=steer_at))}">'
+        f"steer with this latent</a>"
+    )
     hist = row.hist
-    body = (f'<h1>{e(row.sae)} · latent {row.latent}</h1>'
-            f'<p><a href="{e(links.sae(row.sae))}">{e(s.kind)} layer {s.layer}</a> · {nav}{steer}</p>'
-            f'<p>firing frequency <b id="freq">{row.frequency:.3e}</b> · max activation <b>{row.max_act:.4g}</b> · '
-            f'mean when active {row.mean_act:.4g}</p>'
-            f'<div class="plots">{plots.bars(hist["counts"], 0.0, hist["max"], "activation density (non-zero)", log=True)}</div>'
-            f"<h2>Logit lens</h2>{lens}"
-            f'<h2>Top activations</h2><div id="top-examples">{examples_html(db, ex, top, scale)}</div>'
-            + ("<h2>Activation quantiles</h2>" + "".join(quant) if quant else "")
-            + (f"<h2>Firing rate by topic</h2><table><tr><th>topic</th><th>rate</th><th>tokens</th></tr>{topics}</table>"
-               if topic_names else "")
-            + f"<h2>Similar latents (decoder cosine)</h2><p>same SAE: {same}</p>{adj}")
+    density = plots.bars(hist["counts"], 0.0, hist["max"], "activation density (non-zero)", log=True)
+    body = (
+        f"<h1>{e(row.sae)} · latent {row.latent}</h1>"
+        f'<p><a href="{e(links.sae(row.sae))}">{e(s.kind)} layer {s.layer}</a> · {nav}{steer}</p>'
+        f'<p>firing frequency <b id="freq">{row.frequency:.3e}</b> · max activation <b>{row.max_act:.4g}</b> · '
+        f"mean when active {row.mean_act:.4g}</p>"
+        f'<div class="plots">{density}</div>'
+        f"<h2>Logit lens</h2>{lens}"
+        f'<h2>Top activations</h2><div id="top-examples">{examples_html(db, ex, top, scale)}</div>'
+        + ("<h2>Activation quantiles</h2>" + "".join(quant) if quant else "")
+        + (
+            f"<h2>Firing rate by topic</h2><table><tr><th>topic</th><th>rate</th><th>tokens</th></tr>{topics}</table>"
+            if topic_names
+            else ""
+        )
+        + f"<h2>Similar latents (decoder cosine)</h2><p>same SAE: {same}</p>{adj}"
+    )
     if not len(ex):
         body += '<p class="note">This latent never fired on the held-out tokens (dead).</p>'
     return page(f"{row.sae} #{row.latent}", body, links)
@@ -249,56 +342,80 @@ def latent_page(db: FeatureDB, row: LatentRow, links: Links) -> str:
 
 # ---- search, prompt and steering ---------------------------------------------------------------------
 
+
 def search_page(db: FeatureDB, query: str, links: Links) -> str:
     hits = db.search(query) if query else []
-    rows = "".join(f'<tr><td><a href="{e(links.latent(s, i))}">{e(s)} #{i}</a></td><td>{e(snip)}</td>'
-                   f"<td>{e(lg)}</td></tr>" for s, i, snip, lg in hits)
-    body = (f'<h1>Search</h1><form method="get"><input type="search" name="q" value="{e(query)}" autofocus> '
-            f'<button>search</button></form>'
-            + (f"<p>{len(hits)} latents whose top examples or logit tokens contain <b>{e(query)}</b>.</p>"
-               f'<table id="results"><tr><th>latent</th><th>top example</th><th>top logits</th></tr>{rows}</table>'
-               if query else ""))
+    rows = "".join(
+        f'<tr><td><a href="{e(links.latent(s, i))}">{e(s)} #{i}</a></td><td>{e(snip)}</td><td>{e(lg)}</td></tr>'
+        for s, i, snip, lg in hits
+    )
+    body = (
+        f'<h1>Search</h1><form method="get"><input type="search" name="q" value="{e(query)}" autofocus> '
+        f"<button>search</button></form>"
+        + (
+            f"<p>{len(hits)} latents whose top examples or logit tokens contain <b>{e(query)}</b>.</p>"
+            f'<table id="results"><tr><th>latent</th><th>top example</th><th>top logits</th></tr>{rows}</table>'
+            if query
+            else ""
+        )
+    )
     return page("search", body, links)
 
 
 def prompt_page(db: FeatureDB, links: Links, text: str = "", result=None) -> str:
-    body = (f'<h1>Prompt</h1><form method="post" id="prompt-form"><textarea name="text" rows="4">{e(text)}</textarea>'
-            f'<br><button id="run-prompt">show latents</button></form>')
+    body = (
+        f'<h1>Prompt</h1><form method="post" id="prompt-form"><textarea name="text" rows="4">{e(text)}</textarea>'
+        f'<br><button id="run-prompt">show latents</button></form>'
+    )
     if result is not None:
-        spans = "".join(f'<span class="tok" data-i="{i}" title="{e(repr(t))}">{e(t.replace(chr(10), chr(0x21b5)))}</span>'
-                        for i, t in enumerate(result.tokens))
+        spans = "".join(
+            f'<span class="tok" data-i="{i}" title="{e(repr(t))}">{e(t.replace(chr(10), chr(0x21B5)))}</span>'
+            for i, t in enumerate(result.tokens)
+        )
         head = "".join(f"<th>{e(k)}</th>" for k in result.kinds)
         rows = []
         for i, t in enumerate(result.tokens):
-            cells = "".join("<td>" + " ".join(
-                f'<a class="chip" href="{e(links.latent(h.sae, h.latent))}" title="{e(h.sae)}: activation '
-                f'{h.act:.3g} ({h.rel:.0%} of its max)">L{h.layer} #{h.latent} {h.act:.3g}</a>'
-                for h in result.top[i].get(k, [])) + "</td>" for k in result.kinds)
+            cells = "".join(
+                "<td>"
+                + " ".join(
+                    f'<a class="chip" href="{e(links.latent(h.sae, h.latent))}" title="{e(h.sae)}: activation '
+                    f'{h.act:.3g} ({h.rel:.0%} of its max)">L{h.layer} #{h.latent} {h.act:.3g}</a>'
+                    for h in result.top[i].get(k, [])
+                )
+                + "</td>"
+                for k in result.kinds
+            )
             rows.append(f'<tr id="tokrow-{i}"><td>{e(repr(t))}</td>{cells}</tr>')
         note = '<p class="note">The first token (BOS) is skipped: no SAE is trained on it.</p>'
-        body += (f'<h2>Tokens</h2><div class="prompt-tokens ex" id="prompt-tokens">{spans}</div>{note}'
-                 f'<h2>Top latents per token (ranked by activation relative to the latent\'s held-out max)</h2>'
-                 f'<table id="prompt-table"><thead><tr><th>token</th>{head}</tr></thead><tbody>{"".join(rows)}'
-                 f'</tbody></table>')
+        body += (
+            f'<h2>Tokens</h2><div class="prompt-tokens ex" id="prompt-tokens">{spans}</div>{note}'
+            f"<h2>Top latents per token (ranked by activation relative to the latent's held-out max)</h2>"
+            f'<table id="prompt-table"><thead><tr><th>token</th>{head}</tr></thead><tbody>{"".join(rows)}'
+            f"</tbody></table>"
+        )
     return page("prompt", body, links)
 
 
 def steer_page(db: FeatureDB, links: Links, form: dict, result=None, error: str = "") -> str:
     mode = form.get("mode", "add")
     options = "".join(f'<option value="{m}"{" selected" if m == mode else ""}>{m}</option>' for m in ("add", "clamp"))
-    body = (f'<h1>Steering</h1><form method="post" id="steer-form">'
-            f'<p><textarea name="prompt" rows="3">{e(form.get("prompt", ""))}</textarea></p>'
-            f'<p>latents <input name="latents" size="60" value="{e(form.get("latents", ""))}" '
-            f'placeholder="SAE:LATENT, comma-separated"> mode <select name="mode">{options}</select> '
-            f'strength <input name="strength" size="6" value="{e(form.get("strength", "4"))}"> '
-            f'new tokens <input name="max_new_tokens" size="4" value="{e(form.get("max_new_tokens", "24"))}"> '
-            f'<button id="run-steer">generate</button></p></form>'
-            f'<p class="note">add: the latent\'s decoder direction times the strength is added to the site at every '
-            f'token; clamp: the latent\'s activation is set to the strength (the SAE\'s error term is kept). '
-            f'Greedy decoding; the prompt\'s BOS is never steered.</p>')
+    body = (
+        f'<h1>Steering</h1><form method="post" id="steer-form">'
+        f'<p><textarea name="prompt" rows="3">{e(form.get("prompt", ""))}</textarea></p>'
+        f'<p>latents <input name="latents" size="60" value="{e(form.get("latents", ""))}" '
+        f'placeholder="SAE:LATENT, comma-separated"> mode <select name="mode">{options}</select> '
+        f'strength <input name="strength" size="6" value="{e(form.get("strength", "4"))}"> '
+        f'new tokens <input name="max_new_tokens" size="4" value="{e(form.get("max_new_tokens", "24"))}"> '
+        f'<button id="run-steer">generate</button></p></form>'
+        f'<p class="note">add: the latent\'s decoder direction times the strength is added to the site at every '
+        f"token; clamp: the latent's activation is set to the strength (the SAE's error term is kept). "
+        f"Greedy decoding; the prompt's BOS is never steered.</p>"
+    )
     if error:
         body += f'<p class="error" id="steer-error">{e(error)}</p>'
     if result is not None:
-        body += (f'<div class="cols"><div><h2>unsteered</h2><div class="gen" id="gen-clean">{e(result.clean)}</div></div>'
-                 f'<div><h2>steered</h2><div class="gen" id="gen-steered">{e(result.steered)}</div></div></div>')
+        body += (
+            f'<div class="cols"><div><h2>unsteered</h2><div class="gen" id="gen-clean">{e(result.clean)}</div></div>'
+            f'<div><h2>steered</h2><div class="gen" id="gen-steered">{e(result.steered)}</div></div></div>'
+        )
     return page("steer", body, links)

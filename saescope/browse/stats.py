@@ -122,8 +122,9 @@ class ActivationStats:
     examples: list[Examples]
 
 
-def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: np.ndarray, n_topics: int,
-                     opts: StatsOptions) -> ActivationStats:
+def activation_stats(
+    acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: np.ndarray, n_topics: int, opts: StatsOptions
+) -> ActivationStats:
     rows0, lats0, vals0 = acts.arrays()
     order = _by_latent_then_activation(lats0, vals0)
     rows, lats, vals = rows0[order], lats0[order], vals0[order]
@@ -148,8 +149,9 @@ def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: 
     q_rank = np.floor(count[:, None] * frac.reshape(1, -1)).astype(np.int64)
     q_ok = np.broadcast_to((count > k)[:, None], q_rank.shape)  # bins only add news past the top-k
     rank = np.concatenate([top_rank, q_rank], 1)
-    group = np.broadcast_to(np.concatenate([np.zeros(k, np.int64), 1 + np.repeat(np.arange(opts.bins), opts.per_bin)]),
-                            rank.shape)
+    group = np.broadcast_to(
+        np.concatenate([np.zeros(k, np.int64), 1 + np.repeat(np.arange(opts.bins), opts.per_bin)]), rank.shape
+    )
     ok_all = np.concatenate([top_ok, q_ok], 1)
     lat_e = np.broadcast_to(np.arange(d_sae)[:, None], rank.shape)[ok_all]
     idx = (start[:, None] + rank)[ok_all]
@@ -173,9 +175,17 @@ def activation_stats(acts: SparseActs, d_sae: int, data: HeldOut, topic_of_row: 
     examples = []
     for i in range(d_sae):
         s = slice(bounds[i], bounds[i + 1])
-        examples.append(Examples(group_e[s].astype(np.int32), data.doc[center[s]].astype(np.int32),
-                                 data.position[center[s]].astype(np.int32), act[s].astype(np.float32),
-                                 ids[s].astype(np.int32), window_acts[s].astype(np.float16), opts.left))
+        examples.append(
+            Examples(
+                group_e[s].astype(np.int32),
+                data.doc[center[s]].astype(np.int32),
+                data.position[center[s]].astype(np.int32),
+                act[s].astype(np.float32),
+                ids[s].astype(np.int32),
+                window_acts[s].astype(np.float16),
+                opts.left,
+            )
+        )
     return ActivationStats(count, max_act, mean_act, hist, topic_counts, examples)
 
 
@@ -213,8 +223,9 @@ class TokenText:
         return "".join(self.known.get(i, "") for i in np.asarray(ids).tolist() if i >= 0)
 
 
-def compute_stats(run: str | Path, opts: StatsOptions | None = None, force: bool = False,
-                  progress: bool = True) -> dict:
+def compute_stats(
+    run: str | Path, opts: StatsOptions | None = None, force: bool = False, progress: bool = True
+) -> dict:
     """Fill RUN/browse/features.sqlite for every SAE whose inputs changed; return timings in seconds.
 
     The progress bar counts SAEs: each one is a share of the store pass plus its statistics and
@@ -294,8 +305,10 @@ def encode_site(store: ActivationStore, site: str, models: list[torch.nn.Module]
             x = torch.from_numpy(np.asarray(column.read(shard, verify=lo == 0)[lo:hi]))  # sha256 once per shard
             x = (x.view(torch.bfloat16) if store.dtype == "bfloat16" else x).float()
             if not torch.isfinite(x).all():
-                raise SaescopeError(f"NaN or inf in the activations of site {site} (store {store.path}, shard "
-                                    f"{shard}, rows {lo}-{hi}): harvest that store again")
+                raise SaescopeError(
+                    f"NaN or inf in the activations of site {site} (store {store.path}, shard "
+                    f"{shard}, rows {lo}-{hi}): harvest that store again"
+                )
             for sae, acc in zip(models, sparse):
                 acc.add(sae.encode(x), row0)
             row0 += hi - lo
@@ -327,8 +340,13 @@ def _topics(info: dict, data: HeldOut) -> tuple[np.ndarray, list[str], list[tupl
 
 def _write_meta(con, info: dict, data: HeldOut, topics: list[str], topic_of_row: np.ndarray) -> None:
     topic_tokens = np.bincount(topic_of_row[topic_of_row >= 0], minlength=len(topics)).tolist()
-    meta = {"model": info.get("model_name", info["model"]), "dataset": info["dataset"], "rows": data.rows,
-            "topics": topics, "topic_tokens": topic_tokens}
+    meta = {
+        "model": info.get("model_name", info["model"]),
+        "dataset": info["dataset"],
+        "rows": data.rows,
+        "topics": topics,
+        "topic_tokens": topic_tokens,
+    }
     con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
 
 
@@ -343,20 +361,33 @@ def _write_sae(con, s: SuiteSAE, sig: str, rows: int, st: ActivationStats, text:
         snippet = ""
         if len(ex):
             c = ex.left
-            snippet = text.text(ex.ids[0, max(0, c - SNIPPET_LEFT):c + SNIPPET_RIGHT + 1])
+            snippet = text.text(ex.ids[0, max(0, c - SNIPPET_LEFT) : c + SNIPPET_RIGHT + 1])
         windows = [ex.ids[j] for j in range(min(SEARCH_EXAMPLES, len(ex))) if ex.group[j] == 0]
         # both the decoded text (whole words) and the separate tokens (tokenizers without spaces)
-        body = " ".join([text.text(w) for w in windows] + [text.known.get(int(t), "") for w in windows for t in w
-                                                           if t >= 0])
-        latent_rows.append((s.name, i, float(st.count[i]) / rows, float(st.max_act[i]), float(st.mean_act[i]),
-                            snippet, json.dumps({"max": float(st.max_act[i]), "counts": st.hist[i].tolist()}),
-                            json.dumps(st.topic_counts[i].tolist()), pack_examples(ex)))
+        body = " ".join(
+            [text.text(w) for w in windows] + [text.known.get(int(t), "") for w in windows for t in w if t >= 0]
+        )
+        latent_rows.append(
+            (
+                s.name,
+                i,
+                float(st.count[i]) / rows,
+                float(st.max_act[i]),
+                float(st.mean_act[i]),
+                snippet,
+                json.dumps({"max": float(st.max_act[i]), "counts": st.hist[i].tolist()}),
+                json.dumps(st.topic_counts[i].tolist()),
+                pack_examples(ex),
+            )
+        )
         search_rows.append((s.name, i, body))
     metrics = s.metrics() | {"browse_rows": rows, "browse_dead": int((st.count == 0).sum())}
     with con:
         _delete(con, s.name)
-        con.execute("INSERT INTO saes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (s.name, s.site.kind, s.site.layer, s.d_sae, s.d_in, rows, sig, json.dumps(metrics)))
+        con.execute(
+            "INSERT INTO saes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.name, s.site.kind, s.site.layer, s.d_sae, s.d_in, rows, sig, json.dumps(metrics)),
+        )
         con.executemany("INSERT INTO latents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", latent_rows)
         con.executemany("INSERT INTO search VALUES (?, ?, ?)", search_rows)
         con.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?)", text.take_unsaved())

@@ -47,8 +47,11 @@ def list_saes(run: str | Path) -> list[SuiteSAE]:
         if not (folder / "sae.safetensors").exists():
             continue
         cfg = json.loads(cfg_path.read_text())
-        out.append(SuiteSAE(folder.name, folder, Site(int(cfg["layer"]), cfg["site"]), int(cfg["d_sae"]),
-                            int(cfg["d_in"]), cfg))
+        out.append(
+            SuiteSAE(
+                folder.name, folder, Site(int(cfg["layer"]), cfg["site"]), int(cfg["d_sae"]), int(cfg["d_in"]), cfg
+            )
+        )
     if not out:
         raise SaescopeError(f"no trained SAEs in {run / 'saes'}: run `saescope run --out {run}` first")
     return sorted(out, key=lambda s: (s.site.kind, s.site.layer, s.name))
@@ -59,8 +62,13 @@ def adjacent(sae: SuiteSAE, suite: list[SuiteSAE]) -> list[SuiteSAE]:
     out = []
     for layer in (sae.site.layer - 1, sae.site.layer + 1):
         same_site = [s for s in suite if s.site == Site(layer, sae.site.kind)]
-        best = sorted(same_site, key=lambda s: (s.d_sae != sae.d_sae,
-                                                s.config.get("sparsity_coefficient") != sae.config.get(
-                                                    "sparsity_coefficient"), s.name))
+        best = sorted(
+            same_site,
+            key=lambda s: (
+                s.d_sae != sae.d_sae,
+                s.config.get("sparsity_coefficient") != sae.config.get("sparsity_coefficient"),
+                s.name,
+            ),
+        )
         out += best[:1]
     return out

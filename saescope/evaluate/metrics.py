@@ -50,9 +50,12 @@ class EvalConfig:
     eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
     eval_batch_size: int = option(4, "sequences per forward pass")
     eval_dtype: Literal[tuple(DTYPES)] = option("bfloat16", "model dtype for the model-based metrics")
-    text: str = option("", "evaluate delta LM loss, KL and CE recovered on this text (a .txt/.jsonl/.parquet file or "
-                           "dataset, e.g. one unlike the training corpus) instead of the held-out corpus text; "
-                           "results go to each SAE's metrics.<name>.json beside metrics.json")
+    text: str = option(
+        "",
+        "evaluate delta LM loss, KL and CE recovered on this text (a .txt/.jsonl/.parquet file or "
+        "dataset, e.g. one unlike the training corpus) instead of the held-out corpus text; "
+        "results go to each SAE's metrics.<name>.json beside metrics.json",
+    )
     device: str = device_option()
 
 
@@ -74,8 +77,10 @@ def _refuse_nonfinite(x: torch.Tensor, site: str, loader: ShuffledLoader) -> Non
         if rows.any():
             where = f"shard {shard}, row {int(rows.nonzero()[0])}"
             break
-    raise SaescopeError(f"NaN or inf in the held-out activations of site {s.kind}, layer {s.layer} (store "
-                        f"{loader.store.path}, {where}): harvest that store again")
+    raise SaescopeError(
+        f"NaN or inf in the held-out activations of site {s.kind}, layer {s.layer} (store "
+        f"{loader.store.path}, {where}): harvest that store again"
+    )
 
 
 @torch.no_grad()
@@ -106,16 +111,21 @@ def store_metrics(sae: SAE, loader: ShuffledLoader, site: str, target: str | Non
     with np.errstate(divide="ignore"):
         hist, _ = np.histogram(np.log10(freq[freq > 0]), HISTOGRAM_EDGES)
     return {
-        "tokens": n, "l0": l0_sum / n, "fvu": sq_err / variance, "mse": sq_err / n,
-        "dead_latents": int((fired == 0).sum()), "dead_fraction": float((fired == 0).double().mean()),
+        "tokens": n,
+        "l0": l0_sum / n,
+        "fvu": sq_err / variance,
+        "mse": sq_err / n,
+        "dead_latents": int((fired == 0).sum()),
+        "dead_fraction": float((fired == 0).double().mean()),
         "dense_latents": int((freq > DENSE_FREQUENCY).sum()),
         "frequency_histogram": {"log10_edges": HISTOGRAM_EDGES.tolist(), "counts": hist.tolist()},
         "firing_frequency": freq.tolist(),
     }
 
 
-def _masked_ce_kl(logits: torch.Tensor, clean: "CleanOutputs", targets: torch.Tensor, count: torch.Tensor,
-                  chunk: int = 128) -> tuple[float, float]:
+def _masked_ce_kl(
+    logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tensor, count: torch.Tensor, chunk: int = 128
+) -> tuple[float, float]:
     """Summed CE and KL(clean || this) over counted positions, a few rows of the vocabulary-wide
     logits at a time: KL = sum p_c log p_c - p_c . logits + logsumexp(logits), so per forward only
     one float pass over the logits is needed, never a full log-softmax tensor."""
@@ -123,11 +133,11 @@ def _masked_ce_kl(logits: torch.Tensor, clean: "CleanOutputs", targets: torch.Te
     targets, count = targets.flatten(), count.flatten()
     ce_sum = kl_sum = 0.0
     for i in range(0, len(logits), chunk):
-        z = logits[i:i + chunk].float()
+        z = logits[i : i + chunk].float()
         lse = torch.logsumexp(z, -1)
-        ce = lse - z.gather(-1, targets[i:i + chunk, None]).squeeze(-1)
-        kl = clean.neg_entropy[i:i + chunk] - torch.linalg.vecdot(clean.probs[i:i + chunk], z) + lse
-        c = count[i:i + chunk]
+        ce = lse - z.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
+        kl = clean.neg_entropy[i : i + chunk] - torch.linalg.vecdot(clean.probs[i : i + chunk], z) + lse
+        c = count[i : i + chunk]
         ce_sum += (ce * c).sum().item()
         kl_sum += (kl * c).sum().item()
     return ce_sum, kl_sum
@@ -137,6 +147,7 @@ def _masked_ce_kl(logits: torch.Tensor, clean: "CleanOutputs", targets: torch.Te
 class CleanOutputs:
     """The clean model's next-token distribution on one batch (flattened positions) and the
     outputs of every block, so a spliced forward can start at the spliced layer."""
+
     probs: torch.Tensor
     neg_entropy: torch.Tensor
     block_outputs: list
@@ -147,19 +158,29 @@ class HeldOutText:
 
     def __init__(self, model, tokenizer, dataset: str, text_field: str, skip_tokens: int, cfg: EvalConfig):
         docs = iter_documents(dataset, text_field)
-        batches = list(pack_documents(docs, tokenizer, cfg.eval_context_len, cfg.eval_batch_size,
-                                      max_tokens=cfg.eval_sequences * cfg.eval_context_len, skip_tokens=skip_tokens))
+        batches = list(
+            pack_documents(
+                docs,
+                tokenizer,
+                cfg.eval_context_len,
+                cfg.eval_batch_size,
+                max_tokens=cfg.eval_sequences * cfg.eval_context_len,
+                skip_tokens=skip_tokens,
+            )
+        )
         if not batches:
-            raise SaescopeError("no held-out text is left after the harvested tokens: harvest fewer tokens "
-                                "or use a larger dataset")
+            raise SaescopeError(
+                "no held-out text is left after the harvested tokens: harvest fewer tokens or use a larger dataset"
+            )
         self.model, self.device = model, next(model.parameters()).device
         self.where = [(b.doc_ids, b.positions) for b in batches]  # traces every evaluated token to its text
         self.batches = []
         for b in batches:
             # predict token t+1 at position t; count t only if t is a real token and t+1 exists
             count = (b.train_mask[:, :-1] & b.attention_mask[:, 1:].bool()).to(self.device).float()
-            self.batches.append((b.input_ids.to(self.device), b.attention_mask.to(self.device),
-                                 ~b.train_mask.to(self.device), count))
+            self.batches.append(
+                (b.input_ids.to(self.device), b.attention_mask.to(self.device), ~b.train_mask.to(self.device), count)
+            )
         self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
         # the clean distributions take 4 bytes x vocabulary per position: kept while they fit in
         # CLEAN_CACHE_BYTES (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
@@ -191,7 +212,7 @@ class HeldOutText:
         Blocks before the site's layer return their clean outputs without running: their input
         does not depend on the replacement, so the result is the same as a full forward."""
         ce_sum = kl_sum = 0.0
-        skip = blocks(self.model)[:site.layer] if site is not None else []
+        skip = blocks(self.model)[: site.layer] if site is not None else []
         for i, (ids, am, keep, count) in enumerate(self.batches):
             clean = self.clean(i)
             for block, out in zip(skip, clean.block_outputs):
@@ -223,14 +244,21 @@ def model_metrics(text: HeldOutText, sae: SAE, site: Site, clean_ce: float, zero
     ce, kl = text.loss_with(site, splice)
     counted = [~keep for _ids, _am, keep, _count in text.batches]
     text_l0 = sum(n[m].sum().item() for n, m in zip(l0, counted)) / max(1, sum(m.sum().item() for m in counted))
-    return {"eval_text_tokens": text.tokens, "text_l0": text_l0, "ce_clean": clean_ce, "ce_spliced": ce,
-            "ce_zero_ablation": zero_ce,
-            "delta_loss": ce - clean_ce, "kl_div": kl,
-            "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
+    return {
+        "eval_text_tokens": text.tokens,
+        "text_l0": text_l0,
+        "ce_clean": clean_ce,
+        "ce_spliced": ce,
+        "ce_zero_ablation": zero_ce,
+        "delta_loss": ce - clean_ce,
+        "kl_div": kl,
+        "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan"),
+    }
 
 
-def transcoder_metrics(text: HeldOutText, tc: SAE, in_site: Site, out_site: Site, clean_ce: float,
-                       zero_ce: float) -> dict:
+def transcoder_metrics(
+    text: HeldOutText, tc: SAE, in_site: Site, out_site: Site, clean_ce: float, zero_ce: float
+) -> dict:
     """model_metrics for a transcoder: the out site replaced by tc(the in site of the same forward)."""
     seen: dict[str, torch.Tensor] = {}
 
@@ -242,14 +270,20 @@ def transcoder_metrics(text: HeldOutText, tc: SAE, in_site: Site, out_site: Site
 
     with capture(text.model, [in_site], grab, stop_after=False):
         ce, kl = text.loss_with(out_site, splice)
-    return {"eval_text_tokens": text.tokens, "ce_clean": clean_ce, "ce_spliced": ce, "ce_zero_ablation": zero_ce,
-            "delta_loss": ce - clean_ce, "kl_div": kl,
-            "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan")}
+    return {
+        "eval_text_tokens": text.tokens,
+        "ce_clean": clean_ce,
+        "ce_spliced": ce,
+        "ce_zero_ablation": zero_ce,
+        "delta_loss": ce - clean_ce,
+        "kl_div": kl,
+        "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan"),
+    }
 
 
 def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
-    from saescope.release.formats import SAE_CONFIG_KEYS, load
     from saescope.release.files import read_json_with
+    from saescope.release.formats import SAE_CONFIG_KEYS, load
 
     return load(folder).to(device), read_json_with(folder / "config.json", *SAE_CONFIG_KEYS)
 
@@ -266,8 +300,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     store = ActivationStore(cfg.store or (out / "activations"))
     info = store.info
     if not info.get("complete") or not isinstance(info.get("rows"), int):
-        raise SaescopeError(f"store {store.path} is not a finished harvest: run the same `saescope harvest` again "
-                            f"to finish it, then evaluate")
+        raise SaescopeError(
+            f"store {store.path} is not a finished harvest: run the same `saescope harvest` again "
+            f"to finish it, then evaluate"
+        )
     model, tokenizer = load_model(info["model"], cfg.eval_dtype, cfg.device)
     if cfg.text:  # the whole given text; otherwise what follows the harvested tokens
         text = HeldOutText(model, tokenizer, cfg.text, "text", 0, cfg)
@@ -281,8 +317,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
         site = Site(meta["layer"], meta["site"])
         out_site = Site.parse(meta["target_site"]) if meta.get("transcoder") else site
         read = [site.name] + ([out_site.name] if out_site != site else [])
-        loader = ShuffledLoader(store, read, batch_size=4096, split="eval", eval_shards=cfg.eval_shards,
-                                drop_last=False, device=device)
+        loader = ShuffledLoader(
+            store, read, batch_size=4096, split="eval", eval_shards=cfg.eval_shards, drop_last=False, device=device
+        )
         metrics = store_metrics(sae, loader, site.name, out_site.name if out_site != site else None)
         if out_site.name not in zero_ce:
             zero_ce[out_site.name] = text.loss_with(out_site, torch.zeros_like)[0]
@@ -303,15 +340,22 @@ def metrics_file(text: str = "") -> str:
 def summary_rows(out: str | Path, text: str = "") -> list[dict]:
     """One row per evaluated SAE, sorted by site kind and layer, for tables (`text`: the metrics of
     `evaluate --text` on that text)."""
-    from saescope.release.formats import SAE_CONFIG_KEYS
     from saescope.release.files import read_json_with
+    from saescope.release.formats import SAE_CONFIG_KEYS
 
     rows = []
     for folder in sorted(Path(out, "saes").glob("*")):
         if (folder / metrics_file(text)).exists():
             meta = read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, "sparsity_coefficient")
             m = read_json_with(folder / metrics_file(text))
-            rows.append({"name": folder.name, "site": meta["site"], "layer": meta["layer"], "width": meta["d_sae"],
-                         "coefficient": meta["sparsity_coefficient"], **{k: v for k, v in m.items()
-                                                                         if not isinstance(v, (list, dict))}})
+            rows.append(
+                {
+                    "name": folder.name,
+                    "site": meta["site"],
+                    "layer": meta["layer"],
+                    "width": meta["d_sae"],
+                    "coefficient": meta["sparsity_coefficient"],
+                    **{k: v for k, v in m.items() if not isinstance(v, (list, dict))},
+                }
+            )
     return sorted(rows, key=lambda r: (r["site"], r["layer"], r["width"], r["coefficient"]))

@@ -24,18 +24,42 @@ NAME = "saescope_banded_sdpa"
 BLOCK = 256  # queries per block; 128 and 512 were slower at context 1024
 
 
-def banded_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                sliding_window: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+def banded_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, T, H, D]."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     t, s = query.shape[2], key.shape[2]
-    plain = (t <= BLOCK or s != t or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
-             or not getattr(module, "is_causal", True) or (attention_mask is not None and attention_mask.dtype != torch.bool))
+    plain = (
+        t <= BLOCK
+        or s != t
+        or dropout
+        or kwargs.get("softcap") is not None
+        or kwargs.get("position_bias") is not None
+        or not getattr(module, "is_causal", True)
+        or (attention_mask is not None and attention_mask.dtype != torch.bool)
+    )
     if plain:  # decoding with a cache, short inputs, soft-capping, float masks: the stock path
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      sliding_window=sliding_window, **kwargs)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            sliding_window=sliding_window,
+            **kwargs,
+        )
     gqa = query.shape[1] != key.shape[1]
     positions = torch.arange(t, device=query.device)
     out = []
@@ -47,9 +71,17 @@ def banded_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value
             mask = None if (start, lo) == (0, 0) else positions[lo:stop] <= positions[start:stop, None]
         else:
             mask = attention_mask[..., start:stop, lo:stop]
-        out.append(F.scaled_dot_product_attention(
-            query[:, :, start:stop], key[:, :, lo:stop], value[:, :, lo:stop], attn_mask=mask,
-            scale=scaling, is_causal=mask is None, enable_gqa=gqa))
+        out.append(
+            F.scaled_dot_product_attention(
+                query[:, :, start:stop],
+                key[:, :, lo:stop],
+                value[:, :, lo:stop],
+                attn_mask=mask,
+                scale=scaling,
+                is_causal=mask is None,
+                enable_gqa=gqa,
+            )
+        )
     return torch.cat(out, 2).transpose(1, 2).contiguous(), None
 
 

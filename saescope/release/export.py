@@ -19,8 +19,15 @@ from saescope.release.suite import Writer, format_writer, write_suite
 EXPORT_FORMATS = ("gemma-scope", "gemma-scope-2", "saelens", "sparsify", "neuronpedia")
 
 
-def export(src: str | Path, dest: str | Path, fmt: str, *, source_format: str | None = None,
-           store: str | Path | None = None, model: str | None = None) -> list[Path]:
+def export(
+    src: str | Path,
+    dest: str | Path,
+    fmt: str,
+    *,
+    source_format: str | None = None,
+    store: str | Path | None = None,
+    model: str | None = None,
+) -> list[Path]:
     """Write every SAE found at `src` into `dest` in format `fmt`; returns the folders written.
 
     A single SAE is written into `dest` itself; a suite gets one subfolder per SAE. For
@@ -39,8 +46,9 @@ def export(src: str | Path, dest: str | Path, fmt: str, *, source_format: str | 
             written = [Path()]
         else:
             written = [rel for rel, _ in write_suite(folders, fmt, tmp, source_format=source_format, write=write)]
-        (tmp / "export.json").write_text(strict_json({"format": fmt, "source": str(src),
-                                                      "saes": [str(rel) for rel in written]}, indent=2))
+        (tmp / "export.json").write_text(
+            strict_json({"format": fmt, "source": str(src), "saes": [str(rel) for rel in written]}, indent=2)
+        )
     return [dest / rel for rel in written]
 
 
@@ -60,6 +68,7 @@ def _suite_folders(src: Path, source_format: str | None) -> list[Path] | None:
 
 def _neuronpedia_writer(store: str | Path | None, model: str | None) -> Writer:
     """Neuronpedia batches need the SAE's own folder (its metrics, its run's store and model)."""
+
     def write(loaded: LoadedSAE, source: Path, target: Path) -> None:
         # Imported here: it pulls in the browser's statistics, which a format conversion never needs.
         from saescope.release.neuronpedia import export_neuronpedia
@@ -75,6 +84,7 @@ def _export_names(dest: Path) -> set[str]:
     try:
         listed = json.loads((dest / "export.json").read_text())["saes"]
         return {Path(p).parts[0] if Path(p).parts else "" for p in listed} | (
-            {p.name for p in dest.iterdir() if p.is_file()} if "." in listed else set())
+            {p.name for p in dest.iterdir() if p.is_file()} if "." in listed else set()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return set()

@@ -22,7 +22,9 @@ from saescope.errors import SaescopeError
 
 def _exists(path: Path) -> None:
     if not path.is_file():
-        raise SaescopeError(f"{path.parent} has no {path.name}: is it an SAE folder of that format? (try without --format)")
+        raise SaescopeError(
+            f"{path.parent} has no {path.name}: is it an SAE folder of that format? (try without --format)"
+        )
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -65,8 +67,10 @@ def read_json_with(path: Path, *keys: str) -> dict[str, Any]:
     data = read_json(path)
     missing = [k for k in keys if k not in data]
     if missing:
-        raise SaescopeError(f"{path} lacks {', '.join(missing)}: it was not written by saescope train/evaluate "
-                            f"or is damaged; train or evaluate that SAE again, or move its folder out")
+        raise SaescopeError(
+            f"{path} lacks {', '.join(missing)}: it was not written by saescope train/evaluate "
+            f"or is damaged; train or evaluate that SAE again, or move its folder out"
+        )
     return data
 
 

@@ -67,10 +67,24 @@ def _suite_index(written: list[tuple[Path, LoadedSAE]], trained: list[Path]) -> 
     entries = []
     for (rel, loaded), folder in zip(written, trained):
         meta, metrics = loaded.meta, loaded.metrics
-        entries.append({"path": str(rel), "site": meta["site"], "layer": meta["layer"], "width": meta["d_sae"],
-                        "architecture": meta["architecture"], "average_l0": metrics["l0"], "fvu": metrics["fvu"],
-                        "delta_loss": metrics.get("delta_loss"), "ce_loss_recovered": metrics.get("ce_loss_recovered"),
-                        "trained": folder.name})
+        entries.append(
+            {
+                "path": str(rel),
+                "site": meta["site"],
+                "layer": meta["layer"],
+                "width": meta["d_sae"],
+                "architecture": meta["architecture"],
+                "average_l0": metrics["l0"],
+                "fvu": metrics["fvu"],
+                "delta_loss": metrics.get("delta_loss"),
+                "ce_loss_recovered": metrics.get("ce_loss_recovered"),
+                "trained": folder.name,
+            }
+        )
     first = written[0][1].meta
-    return {"format": "gemma-scope-1", "model": first.get("model"), "model_name": first.get("model_name"),
-            "saes": entries}
+    return {
+        "format": "gemma-scope-1",
+        "model": first.get("model"),
+        "model_name": first.get("model_name"),
+        "saes": entries,
+    }

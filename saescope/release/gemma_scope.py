@@ -17,8 +17,7 @@ from safetensors.numpy import save_file
 from saescope.outputs import strict_json
 from saescope.release.files import optional_json, read_json, read_npz, read_safetensors
 from saescope.release.hooks import hf_hook, model_type_of, site_from_names
-from saescope.release.loaded import (LoadedSAE, build_sae, gemma_scope_arrays, native_meta,
-                                     without_pre_encoder_bias)
+from saescope.release.loaded import LoadedSAE, build_sae, gemma_scope_arrays, native_meta, without_pre_encoder_bias
 from saescope.saes.base import SAE
 from saescope.saes.skip_transcoder import SkipTranscoder
 
@@ -42,8 +41,9 @@ def read_saescope(path: Path) -> LoadedSAE:
     folder = path if path.is_dir() else path.parent
     meta = read_json(folder / "config.json")
     params = read_safetensors(folder / "sae.safetensors")
-    sae = build_sae(meta.get("architecture", "jumprelu"), params, knobs=meta.get("knobs"),
-                    where=str(folder / "sae.safetensors"))
+    sae = build_sae(
+        meta.get("architecture", "jumprelu"), params, knobs=meta.get("knobs"), where=str(folder / "sae.safetensors")
+    )
     return LoadedSAE(sae, "saescope", str(path), meta, optional_json(folder / "metrics.json"))
 
 
@@ -67,8 +67,9 @@ def read_gemma_scope_2(path: Path) -> LoadedSAE:
     params = {upper.get(k, k): v for k, v in raw.items()}
     config = optional_json(file.parent / "config.json")
     meta = dict(config.get("saescope", {}))
-    arch = meta.get("architecture") or {"jump_relu": "jumprelu"}.get(config.get("architecture", "jump_relu"),
-                                                                       config.get("architecture"))
+    arch = meta.get("architecture") or {"jump_relu": "jumprelu"}.get(
+        config.get("architecture", "jump_relu"), config.get("architecture")
+    )
     sae = build_sae(arch, params, knobs=meta.get("knobs"), where=str(file))
     if config.get("model_name") and not meta.get("model_name"):
         meta["model_name"] = config["model_name"]
@@ -84,8 +85,10 @@ def write_gemma_scope_2(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, fo
     sae = without_pre_encoder_bias(sae)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({_LOWER.get(k, k): v for k, v in gemma_scope_arrays(sae).items()}, str(folder / "params.safetensors"))
-    config: dict[str, Any] = {"architecture": "jump_relu" if sae.arch == "jumprelu" else sae.arch,
-                              "model_name": meta.get("model_name") or meta.get("model")}
+    config: dict[str, Any] = {
+        "architecture": "jump_relu" if sae.arch == "jumprelu" else sae.arch,
+        "model_name": meta.get("model_name") or meta.get("model"),
+    }
     model_type = model_type_of(meta)
     if meta.get("site") is not None and model_type:
         config["hf_hook_point_in"] = hf_hook(meta["site"], meta["layer"], model_type)

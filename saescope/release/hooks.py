@@ -33,8 +33,13 @@ TL_HOOKS = {
     "mlp_in": "blocks.{layer}.ln2.hook_normalized",
 }
 # Other TransformerLens names that carry one of our sites in some release.
-_TL_ALIASES = {"hook_mlp_in": "mlp_in", "ln2.hook_normalized": "mlp_in", "hook_resid_post": "res",
-               "hook_mlp_out": "mlp", "attn.hook_z": "att"}
+_TL_ALIASES = {
+    "hook_mlp_in": "mlp_in",
+    "ln2.hook_normalized": "mlp_in",
+    "hook_resid_post": "res",
+    "hook_mlp_out": "mlp",
+    "attn.hook_z": "att",
+}
 GEMMA_SCOPE_2_FOLDERS = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_out", "mlp_in": "transcoder"}
 
 
@@ -56,7 +61,9 @@ def site_of_tl_hook(name: str) -> tuple[str, int] | None:
 def hf_hook(kind: str, layer: int, model_type: str) -> str:
     """Hugging Face module path plus `.input`/`.output`, as Gemma Scope writes `hf_hook_point_in`."""
     if model_type not in FAMILIES:
-        raise SaescopeError(f"model family '{model_type}' has no site table: supported are {', '.join(sorted(FAMILIES))}")
+        raise SaescopeError(
+            f"model family '{model_type}' has no site table: supported are {', '.join(sorted(FAMILIES))}"
+        )
     family = FAMILIES[model_type]
     sub, where = getattr(family, kind)
     return ".".join(p for p in (family.layers, str(layer), sub, where) if p)
@@ -89,8 +96,14 @@ def model_type_of(meta: dict) -> str | None:
     if meta.get("model") in EMBEDDED_NAMES:
         return "gemma3_text"
     name = str(meta.get("model_name") or meta.get("model") or "").lower()
-    for key, model_type in (("gemma-3", "gemma3_text"), ("gemma-2", "gemma2"), ("llama", "llama"),
-                            ("mistral", "mistral"), ("qwen", "qwen2"), ("gpt2", "gpt2")):
+    for key, model_type in (
+        ("gemma-3", "gemma3_text"),
+        ("gemma-2", "gemma2"),
+        ("llama", "llama"),
+        ("mistral", "mistral"),
+        ("qwen", "qwen2"),
+        ("gpt2", "gpt2"),
+    ):
         if key in name:
             return model_type
     return None

@@ -49,11 +49,14 @@ def resolve(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
     import huggingface_hub
 
     try:
-        root = huggingface_hub.snapshot_download(repo_id, revision=revision,
-                                                 allow_patterns=[f"{folder}/*"] if folder else None)
+        root = huggingface_hub.snapshot_download(
+            repo_id, revision=revision, allow_patterns=[f"{folder}/*"] if folder else None
+        )
     except Exception as e:  # the hub client raises many types (HTTP, offline, not found); all mean "cannot get it"
-        raise SaescopeError(f"cannot download {repo_id} from the Hugging Face Hub ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); check the id, your network or HF_TOKEN") from e
+        raise SaescopeError(
+            f"cannot download {repo_id} from the Hugging Face Hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); check the id, your network or HF_TOKEN"
+        ) from e
     local = Path(root) / folder if folder else Path(root)
     if not local.exists():
         raise SaescopeError(f"{repo_id} has no folder {folder!r}: list the repository's files and pass one SAE folder")
@@ -65,8 +68,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def model_card(suite: dict, repo_id: str, entries: list[dict], *, license: str = "apache-2.0",
-               base_model: str | None = None, saelens_prefix: str = "saelens") -> str:
+def model_card(
+    suite: dict,
+    repo_id: str,
+    entries: list[dict],
+    *,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    saelens_prefix: str = "saelens",
+) -> str:
     """README.md for one repository: YAML front matter, what the SAEs are, a metrics table per
     SAE, and how to load them with saescope and with SAELens."""
     model = base_model or suite.get("model_name") or suite.get("model")
@@ -75,8 +85,16 @@ def model_card(suite: dict, repo_id: str, entries: list[dict], *, license: str =
     archs = sorted({e.get("architecture", "jumprelu") for e in entries})
     kinds = sorted({e.get("site") for e in entries if e.get("site")})
     tags = ["saescope", "sparse-autoencoder", "interpretability", "gemma-scope", *archs, *(f"site-{k}" for k in kinds)]
-    front = ["---", f"license: {license}", f"base_model: {model}", "library_name: saescope", "tags:",
-             *(f"- {t}" for t in tags), "---", ""]
+    front = [
+        "---",
+        f"license: {license}",
+        f"base_model: {model}",
+        "library_name: saescope",
+        "tags:",
+        *(f"- {t}" for t in tags),
+        "---",
+        "",
+    ]
     first = entries[0]["path"] if entries else "res/layer_0/width_16k/average_l0_50"
     body = [
         f"# Sparse autoencoders for {model}",
@@ -93,9 +111,12 @@ def model_card(suite: dict, repo_id: str, entries: list[dict], *, license: str =
         "",
         "| folder | site | layer | width | architecture | L0 | FVU | delta LM loss | CE loss recovered |",
         "|---|---|---|---|---|---|---|---|---|",
-        *(f"| `{e['path']}` | {e.get('site', '')} | {e.get('layer', '')} | {e.get('width', '')} | "
-          f"{e.get('architecture', '')} | {_fmt(e.get('average_l0'))} | {_fmt(e.get('fvu'))} | "
-          f"{_fmt(e.get('delta_loss'))} | {_fmt(e.get('ce_loss_recovered'))} |" for e in entries),
+        *(
+            f"| `{e['path']}` | {e.get('site', '')} | {e.get('layer', '')} | {e.get('width', '')} | "
+            f"{e.get('architecture', '')} | {_fmt(e.get('average_l0'))} | {_fmt(e.get('fvu'))} | "
+            f"{_fmt(e.get('delta_loss'))} | {_fmt(e.get('ce_loss_recovered'))} |"
+            for e in entries
+        ),
         "",
         "## Load with saescope",
         "",
@@ -121,8 +142,17 @@ def model_card(suite: dict, repo_id: str, entries: list[dict], *, license: str =
 
 
 # ---- push ------------------------------------------------------------------------------------------
-def _stage(release: Path, kind: str | None, entries: list[dict], suite: dict, repo_id: str, staging: Path,
-           license: str, base_model: str | None, saelens: bool) -> Path:
+def _stage(
+    release: Path,
+    kind: str | None,
+    entries: list[dict],
+    suite: dict,
+    repo_id: str,
+    staging: Path,
+    license: str,
+    base_model: str | None,
+    saelens: bool,
+) -> Path:
     """A folder laid out exactly as the repository will be: the release files (hard links when
     possible), SAELens copies, suite.json restricted to this repository, and the model card."""
     root = staging / (kind or "all")
@@ -146,9 +176,17 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def push(release: str | Path, repo: str, *, layout: str = "per-kind", private: bool = False,
-         license: str = "apache-2.0", base_model: str | None = None, saelens: bool = True,
-         token: str | None = None) -> list[str]:
+def push(
+    release: str | Path,
+    repo: str,
+    *,
+    layout: str = "per-kind",
+    private: bool = False,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    saelens: bool = True,
+    token: str | None = None,
+) -> list[str]:
     """Upload a release folder (with suite.json) to the Hub; returns the repository ids written."""
     release = Path(release)
     if (release / "release" / "suite.json").exists():  # a run folder: push its release
@@ -176,7 +214,11 @@ def push(release: str | Path, repo: str, *, layout: str = "per-kind", private: b
             repo_id = f"{repo}-{kind}" if kind else repo
             folder = _stage(release, kind, group, suite, repo_id, Path(tmp), license, base_model, saelens)
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                              commit_message=f"saescope release: {len(group)} SAEs")
+            api.upload_folder(
+                folder_path=str(folder),
+                repo_id=repo_id,
+                repo_type="model",
+                commit_message=f"saescope release: {len(group)} SAEs",
+            )
             pushed.append(repo_id)
     return pushed

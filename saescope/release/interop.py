@@ -10,14 +10,19 @@ one), the format's module says how the SAE is folded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from saescope.errors import SaescopeError
-from saescope.release.gemma_scope import (read_gemma_scope, read_gemma_scope_2, read_saescope, write_gemma_scope,
-                                          write_gemma_scope_2)
+from saescope.release.gemma_scope import (
+    read_gemma_scope,
+    read_gemma_scope_2,
+    read_saescope,
+    write_gemma_scope,
+    write_gemma_scope_2,
+)
 from saescope.release.loaded import LoadedSAE
 from saescope.release.saelens import read_saelens, write_saelens
 from saescope.release.sparsify import read_sparsify, write_sparsify
@@ -26,14 +31,23 @@ from saescope.saes.skip_transcoder import SkipTranscoder
 
 FORMATS = ("saescope", "gemma-scope", "gemma-scope-2", "saelens", "sparsify")
 # Files that mark a folder as holding one SAE, by format.
-MARKERS = {"params.npz": "gemma-scope", "params.safetensors": "gemma-scope-2",
-           "sae_weights.safetensors": "saelens", "sae.safetensors": "sparsify-or-saescope"}
+MARKERS = {
+    "params.npz": "gemma-scope",
+    "params.safetensors": "gemma-scope-2",
+    "sae_weights.safetensors": "saelens",
+    "sae.safetensors": "sparsify-or-saescope",
+}
 READERS: dict[str, Callable[[Path], LoadedSAE]] = {
-    "saescope": read_saescope, "gemma-scope": read_gemma_scope, "gemma-scope-2": read_gemma_scope_2,
-    "saelens": read_saelens, "sparsify": read_sparsify,
+    "saescope": read_saescope,
+    "gemma-scope": read_gemma_scope,
+    "gemma-scope-2": read_gemma_scope_2,
+    "saelens": read_saelens,
+    "sparsify": read_sparsify,
 }
 WRITERS: dict[str, Callable[[SAE | SkipTranscoder, dict, dict, Path], Path]] = {
-    "gemma-scope": write_gemma_scope, "gemma-scope-2": write_gemma_scope_2, "saelens": write_saelens,
+    "gemma-scope": write_gemma_scope,
+    "gemma-scope-2": write_gemma_scope_2,
+    "saelens": write_saelens,
     "sparsify": write_sparsify,
 }
 
@@ -45,8 +59,10 @@ def detect_format(path: Path) -> str:
             return "gemma-scope"
         if path.name in MARKERS or path.name in ("cfg.json", "config.json"):
             return detect_format(path.parent)
-        raise SaescopeError(f"{path} is not an SAE file (expected params.npz, params.safetensors, "
-                            f"sae_weights.safetensors or sae.safetensors); pass its folder or --format")
+        raise SaescopeError(
+            f"{path} is not an SAE file (expected params.npz, params.safetensors, "
+            f"sae_weights.safetensors or sae.safetensors); pass its folder or --format"
+        )
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
     for marker, fmt in MARKERS.items():
         if marker not in names:
@@ -62,8 +78,10 @@ def detect_format(path: Path) -> str:
     if found:
         listing = ", ".join(str(p.relative_to(path)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
         raise SaescopeError(f"{path} holds {len(found)} SAEs, not one: pass one of its folders ({listing})")
-    raise SaescopeError(f"{path} holds no SAE: no params.npz, params.safetensors, sae_weights.safetensors "
-                        f"or sae.safetensors in it or below it")
+    raise SaescopeError(
+        f"{path} holds no SAE: no params.npz, params.safetensors, sae_weights.safetensors "
+        f"or sae.safetensors in it or below it"
+    )
 
 
 def find_saes(root: Path) -> list[Path]:

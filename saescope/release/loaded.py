@@ -38,11 +38,17 @@ class LoadedSAE:
         """One line per fact, for `saescope load`."""
         m = self.meta
         site = f"{m['site']}.{m['layer']}" if m.get("site") is not None and m.get("layer") is not None else "unknown"
-        rows = [("source", self.source), ("format", self.format), ("architecture", self.sae.arch),
-                ("d_in", self.sae.d_in), ("d_sae", self.sae.d_sae), ("site", site),
-                ("pre-encoder bias", self.sae.pre_encoder_bias),
-                ("skip connection", isinstance(self.sae, SkipTranscoder)),
-                ("model", m.get("model_name") or m.get("model") or "unknown")]
+        rows = [
+            ("source", self.source),
+            ("format", self.format),
+            ("architecture", self.sae.arch),
+            ("d_in", self.sae.d_in),
+            ("d_sae", self.sae.d_sae),
+            ("site", site),
+            ("pre-encoder bias", self.sae.pre_encoder_bias),
+            ("skip connection", isinstance(self.sae, SkipTranscoder)),
+            ("model", m.get("model_name") or m.get("model") or "unknown"),
+        ]
         rows += [(k, v) for k, v in self.sae.knobs().items() if k == "k"]
         rows += [(k, self.metrics[k]) for k in ("l0", "fvu", "delta_loss") if self.metrics.get(k) is not None]
         return "\n".join(f"{k:18s}{v}" for k, v in rows)
@@ -55,8 +61,14 @@ def family_class(arch: str) -> type[SAE]:
     raise SaescopeError(f"unknown SAE architecture {arch!r}; saescope loads {sorted(ARCHITECTURES)}")
 
 
-def build_sae(arch: str, params: dict[str, np.ndarray], *, pre_encoder_bias: bool = False,
-              knobs: dict[str, Any] | None = None, where: str = "SAE") -> SAE | SkipTranscoder:
+def build_sae(
+    arch: str,
+    params: dict[str, np.ndarray],
+    *,
+    pre_encoder_bias: bool = False,
+    knobs: dict[str, Any] | None = None,
+    where: str = "SAE",
+) -> SAE | SkipTranscoder:
     """An SAE from Gemma-Scope-named float arrays, validating names, dtypes and shapes first.
 
     `affine_skip_connection`, if present, wraps the SAE in a SkipTranscoder."""

@@ -57,30 +57,49 @@ def neuronpedia_feature(record: LatentRecord) -> dict[str, Any]:
         "feature_index": record.index,
         "frac_nonzero": record.firing_frequency,
         "maxActApprox": float(max_act),
-        "pos_str": [t for t, _ in record.top_logits], "pos_values": [float(v) for _, v in record.top_logits],
-        "neg_str": [t for t, _ in record.bottom_logits], "neg_values": [float(v) for _, v in record.bottom_logits],
+        "pos_str": [t for t, _ in record.top_logits],
+        "pos_values": [float(v) for _, v in record.top_logits],
+        "neg_str": [t for t, _ in record.bottom_logits],
+        "neg_values": [float(v) for _, v in record.bottom_logits],
         "freq_hist_data_bar_values": [float(v) for v in record.activation_histogram[0]],
         "freq_hist_data_bar_heights": [int(h) for h in record.activation_histogram[1]],
         "logits_hist_data_bar_values": [float(v) for v in record.logit_histogram[0]],
         "logits_hist_data_bar_heights": [int(h) for h in record.logit_histogram[1]],
         "topkCosSimIndices": [int(i) for i, _ in record.similar],
         "topkCosSimValues": [float(c) for _, c in record.similar],
-        "activations": [{"tokens": e["tokens"], "values": [float(v) for v in e["values"]],
-                         "maxValue": float(max(e["values"], default=0.0)),
-                         "qualifying_token_index": int(e["top_token"])} for e in record.top_examples],
+        "activations": [
+            {
+                "tokens": e["tokens"],
+                "values": [float(v) for v in e["values"]],
+                "maxValue": float(max(e["values"], default=0.0)),
+                "qualifying_token_index": int(e["top_token"]),
+            }
+            for e in record.top_examples
+        ],
     }
 
 
-def write_neuronpedia(records: list[LatentRecord], dest: str | Path, *, model_id: str, layer: int | str,
-                      sae_set: str, batch_size: int = 128) -> list[Path]:
+def write_neuronpedia(
+    records: list[LatentRecord],
+    dest: str | Path,
+    *,
+    model_id: str,
+    layer: int | str,
+    sae_set: str,
+    batch_size: int = 128,
+) -> list[Path]:
     """Write the records as Neuronpedia batch files; returns their paths."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: r.index)
     paths = []
     for n, start in enumerate(range(0, len(records), batch_size)):
-        batch = {"model_id": model_id, "layer": f"{layer}-{sae_set}", "sae_set": sae_set,
-                 "features": [neuronpedia_feature(r) for r in records[start:start + batch_size]]}
+        batch = {
+            "model_id": model_id,
+            "layer": f"{layer}-{sae_set}",
+            "sae_set": sae_set,
+            "features": [neuronpedia_feature(r) for r in records[start : start + batch_size]],
+        }
         paths.append(dest / f"batch-{n}.json")
         paths[-1].write_text(strict_json(batch))
     return paths
@@ -111,8 +130,9 @@ def add_decoder_neighbours(records: list[LatentRecord], sae: nn.Module, chunk: i
 
 
 @torch.no_grad()
-def add_logit_lens(records: list[LatentRecord], sae: nn.Module, model: nn.Module, tokenizer, site: Site,
-                   chunk: int = 1024) -> bool:
+def add_logit_lens(
+    records: list[LatentRecord], sae: nn.Module, model: nn.Module, tokenizer, site: Site, chunk: int = 1024
+) -> bool:
     """Top and bottom tokens of each latent and the histogram of its logits, as its browser page
     shows them. Returns False, leaving the records without a lens, where the browser says the lens
     does not apply (decoder rows that are not residual-stream directions)."""
@@ -121,7 +141,7 @@ def add_logit_lens(records: list[LatentRecord], sae: nn.Module, model: nn.Module
         return False
     W_U, text = lens.unembedding(model), TokenText(tokenizer)
     for start in range(0, len(directions), chunk):
-        found = lens.logit_lens(directions[start:start + chunk], W_U)
+        found = lens.logit_lens(directions[start : start + chunk], W_U)
         text.need([t for lg in found for t, _ in lg["top"] + lg["bottom"]])
         for rec, lg in zip(records[start:], found):
             rec.top_logits = [(text.known[t], v) for t, v in lg["top"]]
@@ -145,8 +165,17 @@ def _top_examples(ex: Examples, text: TokenText) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def add_top_activations(records: list[LatentRecord], sae: nn.Module, store: ActivationStore, site: str, tokenizer, *,
-                        n_examples: int = 10, window: int = 8, max_rows: int = 32768) -> int:
+def add_top_activations(
+    records: list[LatentRecord],
+    sae: nn.Module,
+    store: ActivationStore,
+    site: str,
+    tokenizer,
+    *,
+    n_examples: int = 10,
+    window: int = 8,
+    max_rows: int = 32768,
+) -> int:
     """Top activating tokens of each latent on the store's held-out split, each shown with up to
     `window` tokens of the same document on either side, plus the histogram of its non-zero
     activations; firing frequency too where metrics.json had none. Returns the number of rows read.
@@ -166,9 +195,16 @@ def add_top_activations(records: list[LatentRecord], sae: nn.Module, store: Acti
     return data.rows
 
 
-def export_neuronpedia(sae_folder: str | Path, dest: str | Path, *, store: str | Path | None = None,
-                       model_dir: str | None = None, model_id: str | None = None, n_examples: int = 10,
-                       max_rows: int = 32768) -> list[Path]:
+def export_neuronpedia(
+    sae_folder: str | Path,
+    dest: str | Path,
+    *,
+    store: str | Path | None = None,
+    model_dir: str | None = None,
+    model_id: str | None = None,
+    n_examples: int = 10,
+    max_rows: int = 32768,
+) -> list[Path]:
     """Neuronpedia batches for one saescope SAE folder: firing frequencies from metrics.json,
     decoder neighbours always, top activations if an activation store is given (or recorded in
     the run), logit lens if the model can be loaded and the browser would show one."""
@@ -186,11 +222,25 @@ def export_neuronpedia(sae_folder: str | Path, dest: str | Path, *, store: str |
 
         model, tokenizer = load_model(model_name, "float32", "cpu")
         if not add_logit_lens(records, sae, model, tokenizer, Site(int(layer), kind)):
-            print(f"saescope: no logit lens for {kind}.{layer} (as in the browser: its decoder rows are not "
-                  "residual-stream directions); pos_str and neg_str are left empty")
+            print(
+                f"saescope: no logit lens for {kind}.{layer} (as in the browser: its decoder rows are not "
+                "residual-stream directions); pos_str and neg_str are left empty"
+            )
         if store is not None:
-            add_top_activations(records, sae, ActivationStore(store), f"{kind}.{layer}", tokenizer,
-                                n_examples=n_examples, max_rows=max_rows)
+            add_top_activations(
+                records,
+                sae,
+                ActivationStore(store),
+                f"{kind}.{layer}",
+                tokenizer,
+                n_examples=n_examples,
+                max_rows=max_rows,
+            )
     sae_set = f"{kind or 'sae'}-saescope-{sae.d_sae}"
-    return write_neuronpedia(records, dest, model_id=model_id or str(meta.get("model_name") or model_name or "model"),
-                             layer=layer if layer is not None else 0, sae_set=sae_set)
+    return write_neuronpedia(
+        records,
+        dest,
+        model_id=model_id or str(meta.get("model_name") or model_name or "model"),
+        layer=layer if layer is not None else 0,
+        sae_set=sae_set,
+    )

@@ -18,15 +18,20 @@ from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
 from saescope.release.files import optional_json, read_json, read_safetensors
 from saescope.release.hooks import hf_hook, model_type_of, site_from_names, tl_hook
-from saescope.release.loaded import (LoadedSAE, build_sae, gemma_scope_arrays, native_meta,
-                                     without_pre_encoder_bias)
+from saescope.release.loaded import LoadedSAE, build_sae, gemma_scope_arrays, native_meta, without_pre_encoder_bias
 from saescope.saes.base import SAE
 from saescope.saes.skip_transcoder import SkipTranscoder
 
 # The SAELens cfg.json schema we write and read: the v6 layout with a nested `metadata` block.
 SAELENS_SCHEMA_VERSION = "6.0.0"
-_SAELENS_IN = {"jumprelu": "jumprelu", "standard": "jumprelu", "topk": "topk", "jumprelu_transcoder": "jumprelu",
-               "jumprelu_skip_transcoder": "jumprelu", "batchtopk": "jumprelu"}
+_SAELENS_IN = {
+    "jumprelu": "jumprelu",
+    "standard": "jumprelu",
+    "topk": "topk",
+    "jumprelu_transcoder": "jumprelu",
+    "jumprelu_skip_transcoder": "jumprelu",
+    "batchtopk": "jumprelu",
+}
 
 
 def read_saelens(path: Path) -> LoadedSAE:
@@ -40,14 +45,19 @@ def read_saelens(path: Path) -> LoadedSAE:
     if arch == "standard" and info.get("activation_fn") == "topk":  # the pre-6 way of saying TopK
         arch, cfg = "topk", cfg | {"k": (info.get("activation_fn_kwargs") or {}).get("k")}
     if arch not in _SAELENS_IN:
-        raise SaescopeError(f"{folder}: SAELens architecture {arch!r} has no saescope equivalent; "
-                            f"saescope loads {sorted(_SAELENS_IN)}")
+        raise SaescopeError(
+            f"{folder}: SAELens architecture {arch!r} has no saescope equivalent; saescope loads {sorted(_SAELENS_IN)}"
+        )
     if info.get("normalize_activations", "none") not in ("none", False, None):
-        raise SaescopeError(f"{folder}: SAELens normalize_activations={info['normalize_activations']!r} is applied at "
-                            f"run time; fold it first (SAELens fold_activation_norm_scaling_factor) and save again")
+        raise SaescopeError(
+            f"{folder}: SAELens normalize_activations={info['normalize_activations']!r} is applied at "
+            f"run time; fold it first (SAELens fold_activation_norm_scaling_factor) and save again"
+        )
     if cfg.get("rescale_acts_by_decoder_norm"):
-        raise SaescopeError(f"{folder}: TopK with rescale_acts_by_decoder_norm=true is not supported; save it from "
-                            f"SAELens after fold_W_dec_norm() with rescale_acts_by_decoder_norm=false")
+        raise SaescopeError(
+            f"{folder}: TopK with rescale_acts_by_decoder_norm=true is not supported; save it from "
+            f"SAELens after fold_W_dec_norm() with rescale_acts_by_decoder_norm=false"
+        )
     state = read_safetensors(folder / "sae_weights.safetensors")
     params = dict(state)
     if arch == "standard" and "W_enc" in params and "threshold" not in params:
@@ -55,11 +65,21 @@ def read_saelens(path: Path) -> LoadedSAE:
     if "W_skip" in params:  # SAELens stores [d_out, d_in], Gemma Scope 2 [d_in, d_out]
         params["affine_skip_connection"] = np.ascontiguousarray(params.pop("W_skip").T)
     knobs = {"k": int(cfg["k"])} if _SAELENS_IN[arch] == "topk" else {}
-    sae = build_sae(_SAELENS_IN[arch], params, pre_encoder_bias=bool(info.get("apply_b_dec_to_input", True)),
-                    knobs=knobs, where=str(folder / "sae_weights.safetensors"))
+    sae = build_sae(
+        _SAELENS_IN[arch],
+        params,
+        pre_encoder_bias=bool(info.get("apply_b_dec_to_input", True)),
+        knobs=knobs,
+        where=str(folder / "sae_weights.safetensors"),
+    )
     meta = dict(info.get("saescope") or {})
-    for ours, theirs in (("model_name", "model_name"), ("dataset", "dataset_path"), ("context_len", "context_size"),
-                         ("hook_name", "hook_name"), ("hook_name_out", "hook_name_out")):
+    for ours, theirs in (
+        ("model_name", "model_name"),
+        ("dataset", "dataset_path"),
+        ("context_len", "context_size"),
+        ("hook_name", "hook_name"),
+        ("hook_name_out", "hook_name_out"),
+    ):
         if info.get(theirs) is not None:
             meta.setdefault(ours, info[theirs])
     if "transcoder" in arch:
@@ -77,12 +97,18 @@ def saelens_cfg(sae: SAE | SkipTranscoder, meta: dict) -> dict[str, Any]:
             raise SaescopeError("SAELens has no TopK transcoder to load this into; export it as sparsify instead")
         arch = "topk"
     elif sae.arch == "jumprelu":
-        arch = ("jumprelu_skip_transcoder" if isinstance(sae, SkipTranscoder) else "jumprelu_transcoder") \
-            if transcoder else "jumprelu"
+        arch = (
+            ("jumprelu_skip_transcoder" if isinstance(sae, SkipTranscoder) else "jumprelu_transcoder")
+            if transcoder
+            else "jumprelu"
+        )
     else:
         raise SaescopeError(f"SAELens export knows jumprelu and topk SAEs, not {sae.arch!r}")
-    if meta.get("saelens_architecture") == "standard" and arch == "jumprelu" \
-            and not bool(gemma_scope_arrays(sae)["threshold"].any()):
+    if (
+        meta.get("saelens_architecture") == "standard"
+        and arch == "jumprelu"
+        and not bool(gemma_scope_arrays(sae)["threshold"].any())
+    ):
         arch = "standard"
     kind, layer = meta.get("site"), meta.get("layer")
     hook_name = meta.get("hook_name") or (tl_hook(kind, layer) if kind is not None and layer is not None else None)
@@ -101,8 +127,13 @@ def saelens_cfg(sae: SAE | SkipTranscoder, meta: dict) -> dict[str, Any]:
         "saescope": native_meta(sae, meta),
     }
     cfg: dict[str, Any] = {
-        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": bool(sae.pre_encoder_bias), "normalize_activations": "none",
+        "architecture": arch,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(sae.pre_encoder_bias),
+        "normalize_activations": "none",
         "reshape_activations": "hook_z" if hook_name and hook_name.endswith("hook_z") else "none",
     }
     if arch == "topk":

@@ -15,9 +15,9 @@ taken too or no coefficient is recorded, `_2`, `_3`, ...: names stay readable an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import chain, count
 from pathlib import Path
-from typing import Callable
 
 from saescope.release import interop
 from saescope.release.hooks import GEMMA_SCOPE_2_FOLDERS, hf_hook, model_type_of, tl_hook
@@ -77,8 +77,9 @@ def format_writer(fmt: str) -> Writer:
     return lambda loaded, source, target: writer(loaded.sae, loaded.meta, loaded.metrics, target)
 
 
-def write_suite(folders: list[Path], fmt: str, tmp: Path, *, source_format: str | None = None,
-                write: Writer | None = None) -> list[tuple[Path, LoadedSAE]]:
+def write_suite(
+    folders: list[Path], fmt: str, tmp: Path, *, source_format: str | None = None, write: Writer | None = None
+) -> list[tuple[Path, LoadedSAE]]:
     """Every SAE of `folders` read, named and written under `tmp` in format `fmt` (by `write`, or
     the format's writer); returns each folder name, relative to `tmp`, with its SAE."""
     write = write or format_writer(fmt)

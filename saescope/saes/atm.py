@@ -36,8 +36,16 @@ class ATMSAE(ReLUSAE):
 
     arch: ClassVar[str] = "atm"
 
-    def __init__(self, d_in: int, d_sae: int, *, ema_decay: float = 0.99, mask_z: float = 1.0,
-                 mask_start: int = 100, **relu_knobs: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        ema_decay: float = 0.99,
+        mask_z: float = 1.0,
+        mask_start: int = 100,
+        **relu_knobs: Any,
+    ) -> None:
         super().__init__(d_in, d_sae, **relu_knobs)
         if not 0 < ema_decay < 1 or mask_z < 0 or mask_start < 0:
             raise SaescopeError("ATM needs 0 < ema_decay < 1, mask_z >= 0 and mask_start >= 0")
@@ -71,8 +79,11 @@ class ATMSAE(ReLUSAE):
         magnitude = f.sum(0) / active.sum(0).clamp_min(1)
         contribution = f.pow(2).mean(0) * self.W_dec.pow(2).sum(1)
         d = self.ema_decay
-        for ema, now in ((self.ema_magnitude, magnitude), (self.ema_frequency, fired),
-                         (self.ema_contribution, contribution)):
+        for ema, now in (
+            (self.ema_magnitude, magnitude),
+            (self.ema_frequency, fired),
+            (self.ema_contribution, contribution),
+        ):
             ema.mul_(d).add_((1 - d) * now)
         self.steps += 1
 

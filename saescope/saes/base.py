@@ -52,8 +52,14 @@ def batch_variance(y: Tensor) -> Tensor:
 
 def loss_output(loss: Tensor, mse: Tensor, y: Tensor, token_l0: Tensor, fired: Tensor, penalty: Tensor) -> LossOutput:
     """The LossOutput every family returns, with the numbers detached for logging."""
-    return LossOutput(loss=loss, mse=mse.detach(), l0=token_l0.detach().float().mean(),
-                      fvu=mse.detach() / batch_variance(y), fired=fired.detach(), penalty=penalty.detach())
+    return LossOutput(
+        loss=loss,
+        mse=mse.detach(),
+        l0=token_l0.detach().float().mean(),
+        fvu=mse.detach() / batch_variance(y),
+        fired=fired.detach(),
+        penalty=penalty.detach(),
+    )
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -83,16 +89,18 @@ class SAE(nn.Module, ABC):
         """The sweep knob given the other knobs (JumpReLU sweeps a target L0 or lambda by its penalty)."""
         return cls.sweep_knob
 
-    def __init__(self, d_in: int, d_sae: int, *, pre_encoder_bias: bool | None = None,
-                 transcoder: str = "none") -> None:
+    def __init__(
+        self, d_in: int, d_sae: int, *, pre_encoder_bias: bool | None = None, transcoder: str = "none"
+    ) -> None:
         super().__init__()
         self.d_in = _positive_int("d_in", d_in)
         self.d_sae = _positive_int("d_sae", d_sae)
         if transcoder not in TRANSCODER_KINDS:
             raise SaescopeError(f"unknown transcoder {transcoder!r}; use one of {list(TRANSCODER_KINDS)}")
         if transcoder != "none" and pre_encoder_bias:
-            raise SaescopeError("a transcoder has no pre-encoder bias (b_dec lives in the target site); "
-                                "drop pre_encoder_bias=True")
+            raise SaescopeError(
+                "a transcoder has no pre-encoder bias (b_dec lives in the target site); drop pre_encoder_bias=True"
+            )
         self.transcoder = transcoder
         self.pre_encoder_bias = transcoder == "none" if pre_encoder_bias is None else bool(pre_encoder_bias)
         # Recipe init: He-uniform decoder scaled to unit rows, encoder its transpose, zero biases.
@@ -136,8 +144,9 @@ class SAE(nn.Module, ABC):
             raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
         x = x.to(torch.float32)
         if (target is None) != (self.transcoder == "none"):
-            raise SaescopeError("a transcoder needs target= (its output site) and an SAE takes none; "
-                                "check the transcoder knob")
+            raise SaescopeError(
+                "a transcoder needs target= (its output site) and an SAE takes none; check the transcoder knob"
+            )
         y = x if target is None else target.to(torch.float32)
         if y.shape != x.shape:
             raise SaescopeError(f"transcoder target must be [tokens, {self.d_in}] like its input, got {tuple(y.shape)}")
@@ -202,8 +211,11 @@ class SAE(nn.Module, ABC):
         unchanged, decoder rows no longer unit-norm.
         """
         vector = isinstance(scale, Tensor)
-        ok = bool(torch.isfinite(scale).all() and (scale > 0).all()) if vector else (
-            isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0)
+        ok = (
+            bool(torch.isfinite(scale).all() and (scale > 0).all())
+            if vector
+            else (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0)
+        )
         if not ok:
             raise SaescopeError(f"folding scale must be positive and finite, got {scale!r}")
         if self.transcoder != "none" and vector:
@@ -214,8 +226,12 @@ class SAE(nn.Module, ABC):
             s = scale.to(W_enc)
             m = torch.zeros_like(s) if shift is None else shift.to(W_enc)
             pre_shift = m / s + (b_dec if self.pre_encoder_bias else 0.0)
-            params = {"W_enc": W_enc / s[:, None], "W_dec": W_dec * s, "b_enc": b_enc - pre_shift @ W_enc,
-                      "b_dec": s * b_dec + m}
+            params = {
+                "W_enc": W_enc / s[:, None],
+                "W_dec": W_dec * s,
+                "b_enc": b_enc - pre_shift @ W_enc,
+                "b_dec": s * b_dec + m,
+            }
             params |= {k: arrays[k] for k in cls.extra_params}
         else:
             if self.pre_encoder_bias:
@@ -233,9 +249,7 @@ class SAE(nn.Module, ABC):
     def params_npz(self) -> dict[str, np.ndarray]:
         """The Gemma Scope `params.npz` arrays (float32, released orientation)."""
         if self.pre_encoder_bias or self.transcoder == "skip":
-            raise SaescopeError(
-                "this SAE is in training form; release sae.folded(C) instead"
-            )
+            raise SaescopeError("this SAE is in training form; release sae.folded(C) instead")
         tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_enc": self.b_enc, "b_dec": self.b_dec}
         tensors |= self.extra_arrays()
         return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in tensors.items()}
@@ -257,11 +271,14 @@ class SAE(nn.Module, ABC):
         for k, shape in expected.items():
             if tuple(tensors[k].shape) != shape:
                 raise SaescopeError(
-                    f"{k} has shape {tuple(tensors[k].shape)} but W_enc implies {shape}; the params file is inconsistent"
+                    f"{k} has shape {tuple(tensors[k].shape)} but W_enc implies {shape}; "
+                    "the params file is inconsistent"
                 )
         if knobs.get("transcoder") == "skip":
-            raise SaescopeError("released arrays keep a skip transcoder's skip in a SkipTranscoder; "
-                                "build the SAE with transcoder='plain' and wrap it")
+            raise SaescopeError(
+                "released arrays keep a skip transcoder's skip in a SkipTranscoder; "
+                "build the SAE with transcoder='plain' and wrap it"
+            )
         sae = cls(d_in, d_sae, **(knobs | {"pre_encoder_bias": False}))
         with torch.no_grad():
             for k in ("W_enc", "W_dec", "b_enc", "b_dec"):

@@ -28,8 +28,9 @@ class BatchTopKSAE(TopKSAE):
 
     arch: ClassVar[str] = "batchtopk"
 
-    def __init__(self, d_in: int, d_sae: int, *, threshold_window: int = DEFAULT_THRESHOLD_WINDOW,
-                 **topk_knobs: Any) -> None:
+    def __init__(
+        self, d_in: int, d_sae: int, *, threshold_window: int = DEFAULT_THRESHOLD_WINDOW, **topk_knobs: Any
+    ) -> None:
         super().__init__(d_in, d_sae, **topk_knobs)
         if isinstance(threshold_window, bool) or not isinstance(threshold_window, int) or threshold_window < 1:
             raise SaescopeError(f"threshold_window must be a positive integer, got {threshold_window!r}")

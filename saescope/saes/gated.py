@@ -34,12 +34,22 @@ class GatedSAE(SAE):
 
     arch: ClassVar[str] = "gated"
 
-    def __init__(self, d_in: int, d_sae: int, *, sparsity_coefficient: float | None = None,
-                 matmul_dtype: str = "auto", pre_encoder_bias: bool | None = None, transcoder: str = "none") -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        sparsity_coefficient: float | None = None,
+        matmul_dtype: str = "auto",
+        pre_encoder_bias: bool | None = None,
+        transcoder: str = "none",
+    ) -> None:
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
         check_l1_knobs(sparsity_coefficient, matmul_dtype)
         self.matmul_dtype = matmul_dtype
-        self.sparsity_coefficient = DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
+        self.sparsity_coefficient = (
+            DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
+        )
         self.r_mag = nn.Parameter(torch.zeros(d_sae))
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
 

@@ -110,8 +110,16 @@ def ste_step(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
     return _Step.apply(pre, theta, eps)
 
 
-def reference_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, theta: Tensor,
-                      eps: float, pre_encoder_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+def reference_forward(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    theta: Tensor,
+    eps: float,
+    pre_encoder_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """x_hat, each token's L0 and each latent's firing count, as the fast steps return them."""
     pre = (x - b_dec if pre_encoder_bias else x) @ W_enc + b_enc
     fired = ste_step(pre, theta, eps)
@@ -132,8 +140,9 @@ _PROBE_ROWS = 128
 
 
 @torch.no_grad()
-def dense_share(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float,
-                pre_encoder_bias: bool) -> float:
+def dense_share(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float, pre_encoder_bias: bool
+) -> float:
     """Share of entries active or in the window, estimated on the batch's first rows (a 3%
     matmul for a 4096-token batch); deterministic in the weights and batch, so a resumed run
     takes the same path as an uninterrupted one."""
@@ -207,7 +216,9 @@ class JumpReLUSAE(SAE):
         if init_l0 is None:  # start at the target, if the penalty has one
             init_l0 = 0.0 if l0_penalty == "l0" else min(float(target_l0), d_sae / 2)
         if not init_l0 >= 0 or init_l0 >= d_sae:
-            raise SaescopeError(f"init_l0 is a starting L0 in [0, d_sae={d_sae}), got {init_l0!r}; 0 keeps threshold_init")
+            raise SaescopeError(
+                f"init_l0 is a starting L0 in [0, d_sae={d_sae}), got {init_l0!r}; 0 keeps threshold_init"
+            )
         if (l0_coefficient is not None and l0_coefficient < 0) or freq_coefficient < 0:
             raise SaescopeError("l0_coefficient and freq_coefficient must be >= 0")
         self.l0_coefficient = DEFAULT_L0_COEFFICIENTS[l0_penalty] if l0_coefficient is None else float(l0_coefficient)
@@ -223,15 +234,18 @@ class JumpReLUSAE(SAE):
         if init_norm is None:
             init_norm = 1.0 if unit_decoder else FREE_INIT_NORM
         if not init_norm > 0 or (unit_decoder and init_norm != 1):
-            raise SaescopeError(f"init_norm (starting decoder row norm, encoder its transpose) must be > 0 and "
-                                f"needs unit_decoder=false to last, got {init_norm!r}")
+            raise SaescopeError(
+                f"init_norm (starting decoder row norm, encoder its transpose) must be > 0 and "
+                f"needs unit_decoder=false to last, got {init_norm!r}"
+            )
         self.init_norm = float(init_norm)
         with torch.no_grad():  # SAELens starts its rows at 0.1: pre-activations 10x smaller at first
             self.W_dec.mul_(self.init_norm)
             self.W_enc.mul_(self.init_norm)
         if not revive_coefficient >= 0 or not dead_tokens > 0:
-            raise SaescopeError("revive_coefficient must be >= 0 and dead_tokens > 0, "
-                                f"got {revive_coefficient!r} and {dead_tokens!r}")
+            raise SaescopeError(
+                f"revive_coefficient must be >= 0 and dead_tokens > 0, got {revive_coefficient!r} and {dead_tokens!r}"
+            )
         if not threshold_lr > 0:
             raise SaescopeError(f"threshold_lr is a factor on the learning rate, > 0; got {threshold_lr!r}")
         self.threshold_lr = float(threshold_lr)
@@ -357,8 +371,9 @@ class JumpReLUSAE(SAE):
         if path == "plain":
             return reference_forward(*args)
         if path == "auto":
-            share = dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth,
-                                self.pre_encoder_bias)
+            share = dense_share(
+                x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth, self.pre_encoder_bias
+            )
             path = "dense" if share > DENSE_ABOVE else "sparse"
         step = DenseJumpReLU if path == "dense" else SparseJumpReLU
         return step.apply(*args, self.uses_bf16(x.device))

@@ -32,7 +32,12 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
 
     def __init__(self, d_in: int, d_sae: int, *, prefixes: int = DEFAULT_PREFIXES, **batchtopk_knobs: Any) -> None:
         super().__init__(d_in, d_sae, **batchtopk_knobs)
-        if isinstance(prefixes, bool) or not isinstance(prefixes, int) or not 1 <= prefixes or d_sae >> (prefixes - 1) < 1:
+        if (
+            isinstance(prefixes, bool)
+            or not isinstance(prefixes, int)
+            or not 1 <= prefixes
+            or d_sae >> (prefixes - 1) < 1
+        ):
             raise SaescopeError(f"prefixes must be an integer in 1..{d_sae.bit_length()}, got {prefixes!r}")
         self.prefixes = prefixes
 

@@ -19,8 +19,7 @@ from saescope.saes.topk import TopKSAE
 # "topk" with knob `k` is also what saescope.release.interop loads SAELens and sparsify TopK
 # SAEs into: keep that name and knob.
 ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.arch: cls
-    for cls in (JumpReLUSAE, ReLUSAE, GatedSAE, TopKSAE, BatchTopKSAE, MatryoshkaBatchTopKSAE, ATMSAE)
+    cls.arch: cls for cls in (JumpReLUSAE, ReLUSAE, GatedSAE, TopKSAE, BatchTopKSAE, MatryoshkaBatchTopKSAE, ATMSAE)
 }
 
 
@@ -28,9 +27,7 @@ def sae_class(arch: str) -> type[SAE]:
     try:
         return ARCHITECTURES[arch]
     except KeyError:
-        raise SaescopeError(
-            f"unknown SAE architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}"
-        ) from None
+        raise SaescopeError(f"unknown SAE architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
 
 
 def sweep_knobs(arch: str, value: float, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -61,11 +58,15 @@ def sae_from_state(arch: str, d_in: int, d_sae: int, knobs: dict[str, Any], stat
     expected = sae.state_dict()
     if set(state) != set(expected):
         raise SaescopeError(
-            f"checkpoint tensors {sorted(state)} do not match a {arch} SAE's {sorted(expected)}; is it another architecture?"
+            f"checkpoint tensors {sorted(state)} do not match a {arch} SAE's {sorted(expected)}; "
+            "is it another architecture?"
         )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise SaescopeError(f"checkpoint {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} for d_in={d_in}, d_sae={d_sae}")
+            raise SaescopeError(
+                f"checkpoint {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} "
+                f"for d_in={d_in}, d_sae={d_sae}"
+            )
     sae.load_state_dict(state)
     return sae
 

@@ -52,18 +52,31 @@ class ReLUSAE(SAE):
 
     arch: ClassVar[str] = "relu"
 
-    def __init__(self, d_in: int, d_sae: int, *, sparsity_coefficient: float | None = None,
-                 unit_decoder: bool = False, matmul_dtype: str = "auto", pre_encoder_bias: bool | None = None,
-                 transcoder: str = "none") -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        sparsity_coefficient: float | None = None,
+        unit_decoder: bool = False,
+        matmul_dtype: str = "auto",
+        pre_encoder_bias: bool | None = None,
+        transcoder: str = "none",
+    ) -> None:
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
         check_l1_knobs(sparsity_coefficient, matmul_dtype)
         self.matmul_dtype = matmul_dtype
-        self.sparsity_coefficient = DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
+        self.sparsity_coefficient = (
+            DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
+        )
         self.unit_decoder = bool(unit_decoder)
 
     def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"sparsity_coefficient": self.sparsity_coefficient, "unit_decoder": self.unit_decoder,
-                                  "matmul_dtype": self.matmul_dtype}
+        return super().knobs() | {
+            "sparsity_coefficient": self.sparsity_coefficient,
+            "unit_decoder": self.unit_decoder,
+            "matmul_dtype": self.matmul_dtype,
+        }
 
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()

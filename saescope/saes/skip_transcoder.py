@@ -28,11 +28,16 @@ class SkipTranscoder(nn.Module):
 
     def __init__(self, sae: SAE, affine_skip_connection: np.ndarray | Tensor) -> None:
         super().__init__()
-        skip = torch.as_tensor(np.asarray(affine_skip_connection) if not isinstance(affine_skip_connection, Tensor)
-                               else affine_skip_connection)
+        skip = torch.as_tensor(
+            np.asarray(affine_skip_connection)
+            if not isinstance(affine_skip_connection, Tensor)
+            else affine_skip_connection
+        )
         if tuple(skip.shape) != (sae.d_in, sae.d_in):
-            raise SaescopeError(f"affine_skip_connection has shape {tuple(skip.shape)}, expected "
-                                f"{(sae.d_in, sae.d_in)} for this SAE; the params file is inconsistent")
+            raise SaescopeError(
+                f"affine_skip_connection has shape {tuple(skip.shape)}, expected "
+                f"{(sae.d_in, sae.d_in)} for this SAE; the params file is inconsistent"
+            )
         if not skip.is_floating_point():
             raise SaescopeError(f"affine_skip_connection has dtype {skip.dtype}, expected floating point")
         self.sae = sae

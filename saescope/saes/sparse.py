@@ -104,8 +104,9 @@ class GatherPre(torch.autograd.Function):
     recomputed in float32), so the forward is free; the backward touches only the entries."""
 
     @staticmethod
-    def forward(ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, rows: Tensor, cols: Tensor,
-                values: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, rows: Tensor, cols: Tensor, values: Tensor
+    ) -> Tensor:
         ctx.save_for_backward(xc, W_enc, rows, cols)
         return values.clone()
 
@@ -229,8 +230,9 @@ def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in:
 
 # ---- JumpReLU's training step ------------------------------------------------------------------
 @torch.no_grad()
-def _bias_grads(g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool,
-                pre_encoder_bias: bool) -> tuple[Tensor | None, Tensor | None]:
+def _bias_grads(
+    g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool, pre_encoder_bias: bool
+) -> tuple[Tensor | None, Tensor | None]:
     """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
     gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
     grad_b_enc = colsum if need_b_enc else None
@@ -304,8 +306,18 @@ class SparseJumpReLU(torch.autograd.Function):
     straight-through gradients, computed on the entries that are active or in the window only."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        theta: Tensor,
+        eps: float,
+        pre_encoder_bias: bool,
+        bf16: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         n, d_sae = x.shape[0], W_enc.shape[1]
         xc = x - b_dec if pre_encoder_bias else x
         rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, eps, bf16)
@@ -364,8 +376,18 @@ class DenseJumpReLU(torch.autograd.Function):
     rounding of a bfloat16 matmul (~0.4%) in those values and gradients."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                theta: Tensor, eps: float, pre_encoder_bias: bool, bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        theta: Tensor,
+        eps: float,
+        pre_encoder_bias: bool,
+        bf16: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         xc = x - b_dec if pre_encoder_bias else x
         pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
         active = pre > theta

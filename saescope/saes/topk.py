@@ -36,7 +36,9 @@ def as_k(value: Any, d_sae: int, name: str = "k") -> int:
     """A sparsity count from a config: an integer, or a float with an integer value (sweeps
     arrive as floats from --l0-coefficients)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 < value <= d_sae:
-        raise SaescopeError(f"TopK {name} must be an integer in 1..{d_sae}, got {value!r}; fix {name} in the SAE's config")
+        raise SaescopeError(
+            f"TopK {name} must be an integer in 1..{d_sae}, got {value!r}; fix {name} in the SAE's config"
+        )
     return int(value)
 
 
@@ -57,13 +59,25 @@ class TopKSAE(SAE):
     sweep_knob: ClassVar[str] = "k"
     sweep_type: ClassVar[type] = int
 
-    def __init__(self, d_in: int, d_sae: int, *, k: int = DEFAULT_K, aux_k: int = DEFAULT_AUX_K,
-                 aux_coefficient: float = DEFAULT_AUX_COEFFICIENT, dead_tokens: int = DEFAULT_DEAD_TOKENS,
-                 matmul_dtype: str = "auto", pre_encoder_bias: bool | None = None, transcoder: str = "none") -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        k: int = DEFAULT_K,
+        aux_k: int = DEFAULT_AUX_K,
+        aux_coefficient: float = DEFAULT_AUX_COEFFICIENT,
+        dead_tokens: int = DEFAULT_DEAD_TOKENS,
+        matmul_dtype: str = "auto",
+        pre_encoder_bias: bool | None = None,
+        transcoder: str = "none",
+    ) -> None:
         super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
         self.k = as_k(k, d_sae)
         if isinstance(aux_k, bool) or not isinstance(aux_k, int) or aux_k < 1:
-            raise SaescopeError(f"aux_k must be a positive integer (capped by the number of dead latents), got {aux_k!r}")
+            raise SaescopeError(
+                f"aux_k must be a positive integer (capped by the number of dead latents), got {aux_k!r}"
+            )
         self.aux_k = aux_k
         if not aux_coefficient >= 0 or not dead_tokens >= 0:
             raise SaescopeError("aux_coefficient and dead_tokens must be >= 0")
@@ -75,8 +89,13 @@ class TopKSAE(SAE):
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
 
     def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"k": self.k, "aux_k": self.aux_k, "aux_coefficient": self.aux_coefficient,
-                                  "dead_tokens": self.dead_tokens, "matmul_dtype": self.matmul_dtype}
+        return super().knobs() | {
+            "k": self.k,
+            "aux_k": self.aux_k,
+            "aux_coefficient": self.aux_coefficient,
+            "dead_tokens": self.dead_tokens,
+            "matmul_dtype": self.matmul_dtype,
+        }
 
     def uses_bf16(self, device: torch.device) -> bool:
         if self.matmul_dtype == "auto":

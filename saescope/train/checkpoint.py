@@ -30,9 +30,11 @@ def refuse_other_layouts(out: Path, layout: Layout) -> None:
     ours = {"checkpoint.pt"} if n == 1 else {f"checkpoint.g{g}of{n}.pt" for g in range(n)}
     others = sorted(p.name for p in (out / "train").glob("checkpoint*.pt") if p.name not in ours)
     if others:
-        raise SaescopeError(f"{out / 'train'} holds checkpoints of a run split into other SAE groups "
-                            f"({others[0]}): restart with the same --nproc/--parallel/--sae-groups, "
-                            f"or delete them to start over")
+        raise SaescopeError(
+            f"{out / 'train'} holds checkpoints of a run split into other SAE groups "
+            f"({others[0]}): restart with the same --nproc/--parallel/--sae-groups, "
+            f"or delete them to start over"
+        )
 
 
 def save(path: Path, state: dict) -> None:
@@ -52,6 +54,7 @@ def load(path: Path, device: torch.device, keys: set[str]) -> dict | None:
     except Exception as e:
         raise SaescopeError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to start over") from e
     if set(state["saes"]) != keys:
-        raise SaescopeError(f"checkpoint {path} holds other SAEs than this config asks for: "
-                            f"use another --out or delete {path.parent}")
+        raise SaescopeError(
+            f"checkpoint {path} holds other SAEs than this config asks for: use another --out or delete {path.parent}"
+        )
     return state

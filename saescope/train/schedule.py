@@ -17,23 +17,33 @@ from saescope.config import option
 
 @dataclass
 class Schedule:
-    train_tokens: int = option(4_000_000_000, "training tokens per SAE (the loader repeats epochs if the store is "
-                                              "smaller)")
+    train_tokens: int = option(
+        4_000_000_000, "training tokens per SAE (the loader repeats epochs if the store is smaller)"
+    )
     batch_size: int = option(4096, "tokens per step")
     lr: float = option(7e-5, "Adam learning rate")
     lr_warmup_steps: int = option(1000, "cosine warm-up from 0.1*lr to lr over these steps")
-    l0_warmup_steps: int = option(0, "linear warm-up of the sparsity coefficient from 0 (the recipe: 10000; JumpReLU "
-                                     "starts at its target L0, so it needs none)")
-    lr_decay: float = option(0.2, "share of the run at its end over which the learning rate falls linearly to 0 "
-                                  "(the recipe: none)")
+    l0_warmup_steps: int = option(
+        0,
+        "linear warm-up of the sparsity coefficient from 0 (the recipe: 10000; JumpReLU "
+        "starts at its target L0, so it needs none)",
+    )
+    lr_decay: float = option(
+        0.2, "share of the run at its end over which the learning rate falls linearly to 0 (the recipe: none)"
+    )
     adam_beta1: float = option(0.0, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
-    adam_eps: float = option(1e-8, "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
-                                   "by about lr * gradient / eps instead of lr * sign(gradient)")
+    adam_eps: float = option(
+        1e-8,
+        "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
+        "by about lr * gradient / eps instead of lr * sign(gradient)",
+    )
     normalize: Literal["standardize", "scalar"] = option(
-        "standardize", "standardize: subtract each dimension's mean and divide by its spread (models whose residual "
-                       "stream has a few huge dimensions, as Gemma 3's, train far better); scalar: divide each site "
-                       "by one constant so E||x||^2 = 1 (the recipe)")
+        "standardize",
+        "standardize: subtract each dimension's mean and divide by its spread (models whose residual "
+        "stream has a few huge dimensions, as Gemma 3's, train far better); scalar: divide each site "
+        "by one constant so E||x||^2 = 1 (the recipe)",
+    )
     seed: int = option(0, "seed for initialisation and shuffling")
 
 

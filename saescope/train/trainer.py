@@ -39,8 +39,16 @@ from tqdm import tqdm
 from saescope import distributed
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
-from saescope.config import (PRESETS, RUN_FOLDER, STORE_FOLDER, device_option, held_out_option, option, save_config,
-                             validate)
+from saescope.config import (
+    PRESETS,
+    RUN_FOLDER,
+    STORE_FOLDER,
+    device_option,
+    held_out_option,
+    option,
+    save_config,
+    validate,
+)
 from saescope.errors import SaescopeError
 from saescope.io import write_json_atomic
 from saescope.models.loading import resolve_device
@@ -64,12 +72,19 @@ class TrainConfig(Schedule):
     train_sites: str = option("all", "sites of the store to train on: all, or names like res.3,mlp.3")
     arch: Arch = option("jumprelu", "SAE family")
     widths: list = option([4096], "dictionary sizes, comma-separated")
-    l0_coefficients: list = option([64.0], "the family's sparsity knob, comma-separated, one SAE per value: the target "
-                                         "L0 (jumprelu; lambda with --knobs l0_penalty=l0), L1 coefficient (relu, gated, "
-                                         "atm) or k (topk, batchtopk, matryoshka)", "--sweep")
-    transcoder: Literal["", "plain", "skip"] = option("", "train transcoders: plain, or skip (with an affine skip "
-                                                          "connection); --train-sites then names mlp_in.L sites, each "
-                                                          "predicting mlp.L")
+    l0_coefficients: list = option(
+        [64.0],
+        "the family's sparsity knob, comma-separated, one SAE per value: the target "
+        "L0 (jumprelu; lambda with --knobs l0_penalty=l0), L1 coefficient (relu, gated, "
+        "atm) or k (topk, batchtopk, matryoshka)",
+        "--sweep",
+    )
+    transcoder: Literal["", "plain", "skip"] = option(
+        "",
+        "train transcoders: plain, or skip (with an affine skip "
+        "connection); --train-sites then names mlp_in.L sites, each "
+        "predicting mlp.L",
+    )
     knobs: str = option("", "family options as key=value,key=value (e.g. target_l0=40,l0_penalty=quadratic)")
     norm_rows: int = option(65536, "rows used to estimate each site's normalising constant")
     buffer_rows: int = option(65536, "shuffle buffer rows (memory: rows x total site width x dtype size)")
@@ -77,13 +92,19 @@ class TrainConfig(Schedule):
     checkpoint_every: int = option(500, "steps between checkpoints")
     log_every: int = option(50, "steps between log lines in OUT/train/log.jsonl")
     device: str = device_option()
-    parallel: Parallel = option("auto", "with several processes: data (split every batch), sae (split the SAEs), "
-                                        "both, or auto (sae when there are at least as many SAEs as processes, "
-                                        "else data)")
+    parallel: Parallel = option(
+        "auto",
+        "with several processes: data (split every batch), sae (split the SAEs), "
+        "both, or auto (sae when there are at least as many SAEs as processes, "
+        "else data)",
+    )
     sae_groups: int = option(0, "with --parallel both: SAE groups, each splitting its batches (0 = one per machine)")
-    preset: Preset = option("", "gemma-scope: the recipe's exact optimisation settings (lr 7e-5, batch 4096, 1k/10k "
-                                "warm-ups, no decay, scalar normalisation, JumpReLU with lambda*L0, bandwidth and "
-                                "threshold 0.001); flags given beside it still win")
+    preset: Preset = option(
+        "",
+        "gemma-scope: the recipe's exact optimisation settings (lr 7e-5, batch 4096, 1k/10k "
+        "warm-ups, no decay, scalar normalisation, JumpReLU with lambda*L0, bandwidth and "
+        "threshold 0.001); flags given beside it still win",
+    )
 
 
 def parse_knobs(text: str) -> dict:
@@ -109,8 +130,10 @@ def refuse_shared_names(keys: list[str]) -> None:
     """Two SAEs whose sweep values differ only after six digits would write one folder."""
     shared = sorted(k for k, n in Counter(keys).items() if n > 1)
     if shared:
-        raise SaescopeError(f"two SAEs of this job would share the folder {shared[0]}: pass sparsity values that "
-                            f"differ within six significant digits, each once")
+        raise SaescopeError(
+            f"two SAEs of this job would share the folder {shared[0]}: pass sparsity values that "
+            f"differ within six significant digits, each once"
+        )
 
 
 def transcoder_target(site: str) -> str:
@@ -150,13 +173,22 @@ class Trainer:
         extra = {a: knobs for a, _, knobs in families}
         self.n_suite = len(suite)
         self.layout = distributed.Layout.create(cfg.parallel, cfg.sae_groups, len(suite))
-        owned = distributed.partition([self.store.d_in(s) * w for s, w, _, _ in suite],
-                                      self.layout.sae_groups)[self.layout.group_index]
+        owned = distributed.partition([self.store.d_in(s) * w for s, w, _, _ in suite], self.layout.sae_groups)[
+            self.layout.group_index
+        ]
         self.sites = [s for s in all_sites if any(suite[i][0] == s for i in owned)]  # only these are read
         self.sites += [self.targets[s] for s in self.sites if s in self.targets]
-        self.loader = ShuffledLoader(self.store, self.sites, cfg.batch_size, cfg.buffer_rows, seed=cfg.seed,
-                                     split="train", eval_shards=cfg.eval_shards, device=self.device,
-                                     part=(self.layout.data_index, self.layout.data_ways))
+        self.loader = ShuffledLoader(
+            self.store,
+            self.sites,
+            cfg.batch_size,
+            cfg.buffer_rows,
+            seed=cfg.seed,
+            split="train",
+            eval_shards=cfg.eval_shards,
+            device=self.device,
+            part=(self.layout.data_index, self.layout.data_ways),
+        )
         self.total_steps = max(1, cfg.train_tokens // cfg.batch_size)
         self.knobs = parse_knobs(cfg.knobs)
         self.saes: dict[str, SAE] = {}
@@ -169,8 +201,9 @@ class Trainer:
             (site, width, coef, arch), key = suite[i], keys[i]
             torch.manual_seed(cfg.seed * 100_003 + i)
             knobs = self.knobs | extra[arch]
-            self.saes[key] = make_sae(arch, self.store.d_in(site), int(width),
-                                      **(knobs | sweep_knobs(arch, coef, knobs))).to(self.device)
+            self.saes[key] = make_sae(
+                arch, self.store.d_in(site), int(width), **(knobs | sweep_knobs(arch, coef, knobs))
+            ).to(self.device)
             self.site_of[key] = site
             self.arch_of[key] = arch
             self.coef_of[key] = float(coef)
@@ -194,25 +227,39 @@ class Trainer:
         # The fused kernel updates every parameter in one pass per tensor (6x faster than the
         # per-tensor loop for a default run's 54 SAEs on CPU; the same update up to float rounding).
         fused = self.device.type in ("cpu", "cuda") or None
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)),
-                                eps=float(cfg.adam_eps), fused=fused)
+        return torch.optim.Adam(
+            params,
+            lr=cfg.lr,
+            betas=(float(cfg.adam_beta1), float(cfg.adam_beta2)),
+            eps=float(cfg.adam_eps),
+            fused=fused,
+        )
 
     @property
     def checkpoint_path(self) -> Path:
         return checkpoint.group_file(self.out, self.layout, "checkpoint", "pt")
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.checkpoint_path, {
-            "step": self.step, "scales": self.scales, "shifts": self.shifts, "optimizer": self.opt.state_dict(),
-            "saes": {k: s.state_dict() for k, s in self.saes.items()}, "config": asdict(self.cfg)})
+        checkpoint.save(
+            self.checkpoint_path,
+            {
+                "step": self.step,
+                "scales": self.scales,
+                "shifts": self.shifts,
+                "optimizer": self.opt.state_dict(),
+                "saes": {k: s.state_dict() for k, s in self.saes.items()},
+                "config": asdict(self.cfg),
+            },
+        )
 
     def load_checkpoint(self) -> bool:
         ckpt = checkpoint.load(self.checkpoint_path, self.device, set(self.saes))
         if ckpt is None:
             return False
         for key, sae in self.saes.items():
-            self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(),
-                                            ckpt["saes"][key]).to(self.device)
+            self.saes[key] = sae_from_state(self.arch_of[key], sae.d_in, sae.d_sae, sae.knobs(), ckpt["saes"][key]).to(
+                self.device
+            )
         self.opt = self._adam()
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
@@ -253,11 +300,19 @@ class Trainer:
         if resumed and leader:
             print(f"saescope: resuming {len(self.saes)} SAEs at step {self.step}/{self.total_steps}")
         if distributed.is_main() and self.layout.world > 1:
-            print(f"saescope: {self.layout.world} processes: {self.layout.sae_groups} SAE group(s) of "
-                  f"{self.layout.data_ways} data rank(s), {self.n_suite} SAEs")
+            print(
+                f"saescope: {self.layout.world} processes: {self.layout.sae_groups} SAE group(s) of "
+                f"{self.layout.data_ways} data rank(s), {self.n_suite} SAEs"
+            )
         log = open(checkpoint.group_file(self.out, self.layout, "log", "jsonl"), "a") if leader else None
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {len(self.saes)} SAEs",
-                   dynamic_ncols=True, disable=not distributed.is_main())
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            desc=f"train {len(self.saes)} SAEs",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
         started, start_step = time.perf_counter(), self.step
         try:
             for batch in self.loader.iterate(self.step, self.total_steps, epochs=None):
@@ -287,8 +342,9 @@ class Trainer:
         if self.layout.data_ways == 1:
             return per_sae
         names = ("l0", "fvu", "mse")
-        t = torch.tensor([[per_sae[k][n] * rows / self.cfg.batch_size for n in names] for k in self.saes],
-                         dtype=torch.float64)
+        t = torch.tensor(
+            [[per_sae[k][n] * rows / self.cfg.batch_size for n in names] for k in self.saes], dtype=torch.float64
+        )
         dist.all_reduce(t, group=self.layout.data_group)
         return {k: {n: round(v, 5) for n, v in zip(names, row)} for k, row in zip(self.saes, t.tolist())}
 
@@ -321,7 +377,11 @@ class Trainer:
             else:
                 (out.loss * share).backward()
                 pending.append((sae, self._sum_grads_async(sae)))
-            per_sae[key] = {"l0": round(out.l0.item(), 3), "fvu": round(out.fvu.item(), 5), "mse": round(out.mse.item(), 5)}
+            per_sae[key] = {
+                "l0": round(out.l0.item(), 3),
+                "fvu": round(out.fvu.item(), 5),
+                "mse": round(out.mse.item(), 5),
+            }
             l0s.append(per_sae[key]["l0"])
             fvus.append(per_sae[key]["fvu"])
         for sae, wait in pending:
@@ -347,14 +407,20 @@ class Trainer:
             work.wait()
             for p, summed in zip(params, flat.split([p.numel() for p in params])):
                 p.grad.copy_(summed.view_as(p))
+
         return wait
 
     def nan_error(self, site: str, what: str) -> SaescopeError:
         s = Site.parse(site)
-        kept = f"the last checkpoint ({self.checkpoint_path}) is kept" if self.checkpoint_path.exists() else \
-            "no checkpoint had been written yet"
-        return SaescopeError(f"NaN or inf in {what} at site {s.kind}, layer {s.layer}, step {self.step}: "
-                             f"{kept}; check the store (saescope harvest again) or lower --lr")
+        kept = (
+            f"the last checkpoint ({self.checkpoint_path}) is kept"
+            if self.checkpoint_path.exists()
+            else "no checkpoint had been written yet"
+        )
+        return SaescopeError(
+            f"NaN or inf in {what} at site {s.kind}, layer {s.layer}, step {self.step}: "
+            f"{kept}; check the store (saescope harvest again) or lower --lr"
+        )
 
     def write_trained(self) -> None:
         """Each trained SAE folded into raw-activation space, with the facts needed to release it."""
@@ -366,17 +432,31 @@ class Trainer:
             folder = self.out / "saes" / key
             folder.mkdir(parents=True, exist_ok=True)
             save_file({k: torch.from_numpy(v) for k, v in folded.params_npz().items()}, folder / "sae.safetensors")
-            write_json_atomic(folder / "config.json", {
-                "architecture": folded.arch, "family": self.arch_of[key], "d_in": sae.d_in, "d_sae": sae.d_sae, "site": site.kind,
-                "layer": site.layer, "hook": site.name, "knobs": folded.knobs(),
-                "sparsity_coefficient": self.coef_of[key], "normalization": self.cfg.normalize,
-                "normalization_scale": scale if isinstance(scale, float) else scale.cpu().tolist(),
-                "tokens_trained": self.step * self.cfg.batch_size, "steps": self.step,
-                "model": self.store.info.get("model"), "model_name": self.store.info.get("model_name"),
-                "dataset": self.store.info.get("dataset"), "context_len": self.store.info.get("context_len"),
-                "store_dtype": self.store.dtype, "seed": self.cfg.seed,
-                **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
-            })
+            write_json_atomic(
+                folder / "config.json",
+                {
+                    "architecture": folded.arch,
+                    "family": self.arch_of[key],
+                    "d_in": sae.d_in,
+                    "d_sae": sae.d_sae,
+                    "site": site.kind,
+                    "layer": site.layer,
+                    "hook": site.name,
+                    "knobs": folded.knobs(),
+                    "sparsity_coefficient": self.coef_of[key],
+                    "normalization": self.cfg.normalize,
+                    "normalization_scale": scale if isinstance(scale, float) else scale.cpu().tolist(),
+                    "tokens_trained": self.step * self.cfg.batch_size,
+                    "steps": self.step,
+                    "model": self.store.info.get("model"),
+                    "model_name": self.store.info.get("model_name"),
+                    "dataset": self.store.info.get("dataset"),
+                    "context_len": self.store.info.get("context_len"),
+                    "store_dtype": self.store.dtype,
+                    "seed": self.cfg.seed,
+                    **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
+                },
+            )
 
 
 def train(cfg: TrainConfig) -> dict[str, SAE]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from corpus_helpers import one_line_error
+
 from saescope.activations import documents
 from saescope.activations.documents import Document, iter_documents, load_documents
 from saescope.errors import SaescopeError

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tinymodels import tiny_model
+
 from saescope.activations.documents import load_documents
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
@@ -28,8 +28,17 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def small_cfg(store: Path, **kw) -> HarvestConfig:
-    base = dict(sites="res,mlp,att,mlp_in", layers="all", tokens=3000, context_len=64, forward_batch=4,
-                dtype="float32", shard_rows=512, store=str(store), device="cpu")
+    base = dict(
+        sites="res,mlp,att,mlp_in",
+        layers="all",
+        tokens=3000,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=512,
+        store=str(store),
+        device="cpu",
+    )
     return HarvestConfig(**{**base, **kw})
 
 
@@ -37,7 +46,9 @@ def test_store_layout_bytes_and_token_trace(tmp_path, tiny_tokenizer):
     model = tiny_model("gemma3_text")
     path = harvest(small_cfg(tmp_path / "s", dtype="bfloat16"), model, tiny_tokenizer)
     store = ActivationStore(path)
-    assert store.sites == [s.name for s in sorted(Site(l, k) for l in range(3) for k in ("res", "mlp", "att", "mlp_in"))]
+    assert store.sites == [
+        s.name for s in sorted(Site(layer, k) for layer in range(3) for k in ("res", "mlp", "att", "mlp_in"))
+    ]
     assert store.tokens.rows == 3000 and all(c.rows == 3000 for c in store.columns.values())
     for name, col in store.columns.items():
         manifest = json.loads((path / name / "manifest.json").read_text())
@@ -57,7 +68,9 @@ def test_store_layout_bytes_and_token_trace(tmp_path, tiny_tokenizer):
         model.to(torch.bfloat16)
         run_to_sites(model, ctx, torch.ones_like(ctx), [Site(1, "res")], lambda s, x: acts.__setitem__(s, x))
     # Row 37 is in the first packed row, which starts with document 0, so its context is exactly ids[:pos+1].
-    assert doc_id == 0 and torch.allclose(store.read("res.1", 0)[37].float(), acts[Site(1, "res")][0, -1].float(), atol=0.05, rtol=0.02)
+    assert doc_id == 0 and torch.allclose(
+        store.read("res.1", 0)[37].float(), acts[Site(1, "res")][0, -1].float(), atol=0.05, rtol=0.02
+    )
 
 
 def test_no_bos_eos_or_padding_rows(tmp_path, tiny_tokenizer):
@@ -78,12 +91,33 @@ def test_rerun_is_a_noop_and_other_settings_are_refused(tmp_path, tiny_tokenizer
 
 
 def test_killed_harvest_resumes_to_byte_identical_store(tmp_path, tiny_model_dir):
-    args = ["harvest", "--model", str(tiny_model_dir), "--sites", "res,att", "--tokens", "30000",
-            "--context-len", "128", "--forward-batch", "2", "--shard-rows", "1024", "--dtype", "float32", "--device", "cpu"]
+    args = [
+        "harvest",
+        "--model",
+        str(tiny_model_dir),
+        "--sites",
+        "res,att",
+        "--tokens",
+        "30000",
+        "--context-len",
+        "128",
+        "--forward-batch",
+        "2",
+        "--shard-rows",
+        "1024",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     assert cli(*args, "--out", str(tmp_path / "whole"), env=env).returncode == 0
-    victim = subprocess.Popen([sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "cut")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "saescope", *args, "--out", str(tmp_path / "cut")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "cut" / "res.2" / "shard_00003.bin").exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -157,7 +191,9 @@ def test_full_disk_is_a_clear_error_and_the_harvest_resumes(tmp_path, tiny_token
         return real_write(fd, data)
 
     monkeypatch.setattr(store_module.os, "write", filling_write)
-    with pytest.raises(SaescopeError, match=r"could not write .*shard_\d+\.bin \(No space left on device\): free disk space"):
+    with pytest.raises(
+        SaescopeError, match=r"could not write .*shard_\d+\.bin \(No space left on device\): free disk space"
+    ):
         harvest(small_cfg(tmp_path / "cut", sites="res,att", layers="0,1"), model, tiny_tokenizer)
     monkeypatch.setattr(store_module.os, "write", real_write)
     assert not list((tmp_path / "cut").rglob("*.tmp"))

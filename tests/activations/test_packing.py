@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from corpus_helpers import one_line_error
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from corpus_helpers import one_line_error
 from saescope.activations.documents import Document
 from saescope.activations.packing import PackedBatch, encode_documents, pack_documents
 from saescope.errors import SaescopeError

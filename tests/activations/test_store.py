@@ -74,5 +74,7 @@ def test_a_shard_that_cannot_be_created_is_a_one_line_error(tmp_path, monkeypatc
 
     monkeypatch.setattr(store.os, "open", full)
     column = store.ShardColumn(tmp_path, 4, "float32")
-    with pytest.raises(SaescopeError, match=r"could not write .*shard_00003\.bin \(No space left on device\): free disk"):
+    with pytest.raises(
+        SaescopeError, match=r"could not write .*shard_00003\.bin \(No space left on device\): free disk"
+    ):
         column.open_shard(3, new_staging())

@@ -43,9 +43,23 @@ def browse_run(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     corpus = root / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(d) for d in docs))
     out = root / "run"
-    run(RunConfig(model=str(tiny_model_dir), dataset=str(corpus), out=str(out), tokens=TOKENS,
-                  shard_rows=SHARD_ROWS, context_len=128, widths=[256], train_tokens=20480, batch_size=1024,
-                  device="cpu", dtype="float32", eval_sequences=4, eval_context_len=64))  # its last stage: browse
+    run(
+        RunConfig(
+            model=str(tiny_model_dir),
+            dataset=str(corpus),
+            out=str(out),
+            tokens=TOKENS,
+            shard_rows=SHARD_ROWS,
+            context_len=128,
+            widths=[256],
+            train_tokens=20480,
+            batch_size=1024,
+            device="cpu",
+            dtype="float32",
+            eval_sequences=4,
+            eval_context_len=64,
+        )
+    )  # its last stage: browse
     return out
 
 
@@ -85,8 +99,15 @@ def server(browse_run):
     thread.join(timeout=10)
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def chromium_path() -> str | None:
@@ -122,8 +143,11 @@ def browser():
 def rebinding_browser(browser):
     """A second Chromium whose resolver maps the foreign name rebind.test to 127.0.0.1, as a DNS
     rebinding attack would."""
-    b = browser.browser_type.launch(executable_path=chromium_path(), headless=True,
-                                    args=[*CHROMIUM_FLAGS[1:], "--host-resolver-rules=MAP rebind.test 127.0.0.1"])
+    b = browser.browser_type.launch(
+        executable_path=chromium_path(),
+        headless=True,
+        args=[*CHROMIUM_FLAGS[1:], "--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+    )
     yield b
     b.close()
 

@@ -30,18 +30,41 @@ def hostile_latent(run, doc_id: int) -> tuple[str, int]:
 
 
 def test_pages_render(client):
-    for url in ["/", f"/sae/{RES}", f"/sae/{RES}?sort=freq_asc&q=history", f"/latent/{RES}/0", "/search?q=city",
-                "/prompt", "/steer", "/static/style.css", "/static/app.js"]:
+    for url in [
+        "/",
+        f"/sae/{RES}",
+        f"/sae/{RES}?sort=freq_asc&q=history",
+        f"/latent/{RES}/0",
+        "/search?q=city",
+        "/prompt",
+        "/steer",
+        "/static/style.css",
+        "/static/app.js",
+    ]:
         r = client.get(url)
         assert r.status_code == 200, url
     assert 'id="grid"' in client.get("/").text
     assert client.get(f"/latent/{RES}/0").text.count('class="tok') >= 10
 
 
-@pytest.mark.parametrize("url", ["/latent/nope/1", f"/latent/{RES}/999999", f"/latent/{RES}/abc", f"/latent/{RES}/-1",
-                                 f"/latent/{RES}/\u00b2", f"/latent/{RES}/\u0663", f"/latent/{RES}/{10 ** 40}",
-                                 "/sae/nope", "/sae/..%2F..%2Fconfig.json", "/latent/..%2Fsaes/0",
-                                 "/static/..%2F..%2Fcli.py", "/static/%2e%2e/app.py", "/no/such/page"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/latent/nope/1",
+        f"/latent/{RES}/999999",
+        f"/latent/{RES}/abc",
+        f"/latent/{RES}/-1",
+        f"/latent/{RES}/\u00b2",
+        f"/latent/{RES}/\u0663",
+        f"/latent/{RES}/{10**40}",
+        "/sae/nope",
+        "/sae/..%2F..%2Fconfig.json",
+        "/latent/..%2Fsaes/0",
+        "/static/..%2F..%2Fcli.py",
+        "/static/%2e%2e/app.py",
+        "/no/such/page",
+    ],
+)
 def test_unknown_ids_are_clear_404s(client, url):
     r = client.get(url)
     assert r.status_code == 404
@@ -49,7 +72,9 @@ def test_unknown_ids_are_clear_404s(client, url):
     assert "def " not in r.text and "import" not in r.text  # no source file leaked
 
 
-@pytest.mark.parametrize("url", [f"/sae/{RES}?q=%00", "/search?q=%00city", "/search?q=%22%22", f"/sae/{RES}?sort=bogus"])
+@pytest.mark.parametrize(
+    "url", [f"/sae/{RES}?q=%00", "/search?q=%00city", "/search?q=%22%22", f"/sae/{RES}?sort=bogus"]
+)
 def test_odd_queries_are_pages_not_errors(client, url):
     assert client.get(url).status_code in (200, 400)
 
@@ -75,8 +100,13 @@ def test_prompt_and_steer_text_is_escaped(client):
 
 
 def test_steering_changes_the_generation(client):
-    form = {"prompt": "The history of the city", "latents": f"{RES}:1,res.2__w256__c64:4", "mode": "add",
-            "strength": "60", "max_new_tokens": "8"}
+    form = {
+        "prompt": "The history of the city",
+        "latents": f"{RES}:1,res.2__w256__c64:4",
+        "mode": "add",
+        "strength": "60",
+        "max_new_tokens": "8",
+    }
     r = client.post("/steer", data=form)
     assert r.status_code == 200
     clean = r.text.split('id="gen-clean">')[1].split("</div>")[0]
@@ -86,8 +116,18 @@ def test_steering_changes_the_generation(client):
     assert 'id="gen-steered"' in clamp
 
 
-@pytest.mark.parametrize("bad", [{"latents": ""}, {"latents": f"{RES}:9999"}, {"latents": f"{RES}:\u00b2"}, {"strength": "x"},
-                                 {"mode": "boost"}, {"max_new_tokens": "1000"}, {"prompt": " "}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"latents": ""},
+        {"latents": f"{RES}:9999"},
+        {"latents": f"{RES}:\u00b2"},
+        {"strength": "x"},
+        {"mode": "boost"},
+        {"max_new_tokens": "1000"},
+        {"prompt": " "},
+    ],
+)
 def test_bad_steering_forms_get_one_line(client, bad):
     form = {"prompt": "Hello", "latents": f"{RES}:1", "mode": "add", "strength": "4", "max_new_tokens": "4"} | bad
     r = client.post("/steer", data=form)
@@ -126,11 +166,15 @@ def test_same_origin_posts_work(client):
 
 
 def test_an_oversize_post_is_refused_before_it_is_read(client):
-    r = client.post("/prompt", content=b"text=" + b"a" * (2 << 20),
-                    headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/prompt", content=b"text=" + b"a" * (2 << 20), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 413
-    r = client.post("/prompt", content=iter([b"text=", b"a" * (2 << 20)]),  # chunked: no Content-Length
-                    headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/prompt",
+        content=iter([b"text=", b"a" * (2 << 20)]),  # chunked: no Content-Length
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 413
 
 

@@ -48,8 +48,9 @@ def test_latent_page_highlights_tokens(page, server):
 
 def test_hostile_document_is_inert(page, server, browse_run, hostile_doc_id):
     db = FeatureDB(db_path(browse_run))
-    name, latent = next((n, i) for n in db.saes for i in range(db.saes[n].d_sae)
-                        if hostile_doc_id in db.latent(n, i).examples.doc)
+    name, latent = next(
+        (n, i) for n in db.saes for i in range(db.saes[n].d_sae) if hostile_doc_id in db.latent(n, i).examples.doc
+    )
     page.goto(f"{server}/latent/{name}/{latent}")
     assert page.evaluate("window.pwned") is None
     assert "<script>window.pwned = 1</script> Evil" in page.inner_text("body")
@@ -95,8 +96,10 @@ def test_an_oversize_prompt_is_refused_fast(page, server):
 
 def test_a_cross_site_form_post_is_refused(page, server):
     """A page on another site auto-submits a form to /prompt: Chromium sends its Origin, the app refuses."""
-    evil = (f'<form id="f" method="post" action="{server}/prompt"><input name="text" value="from evil"></form>'
-            f'<script>document.getElementById("f").submit()</script>')
+    evil = (
+        f'<form id="f" method="post" action="{server}/prompt"><input name="text" value="from evil"></form>'
+        f'<script>document.getElementById("f").submit()</script>'
+    )
     page.route("http://evil.test/**", lambda route: route.fulfill(body=evil, content_type="text/html"))
     with page.expect_navigation(url=f"{server}/prompt") as nav:
         page.goto("http://evil.test/")

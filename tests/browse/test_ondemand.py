@@ -32,9 +32,11 @@ def whole_sae_lens(model, site: Site, W_dec: torch.Tensor) -> list[dict]:
 
 
 def same_lens(a: dict, b: dict) -> bool:
-    return ([t for t, _ in a["top"]] == [t for t, _ in b["top"]]
-            and [t for t, _ in a["bottom"]] == [t for t, _ in b["bottom"]]
-            and all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(a["top"] + a["bottom"], b["top"] + b["bottom"])))
+    return (
+        [t for t, _ in a["top"]] == [t for t, _ in b["top"]]
+        and [t for t, _ in a["bottom"]] == [t for t, _ in b["bottom"]]
+        and all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(a["top"] + a["bottom"], b["top"] + b["bottom"]))
+    )
 
 
 def test_on_demand_lens_equals_the_whole_sae_lens_for_every_site_kind(fresh_run, tiny_model_dir):
@@ -61,11 +63,11 @@ def test_on_demand_lens_equals_the_whole_sae_lens_on_gemma(gemma):
     W_U = lens.unembedding(model)
     torch.manual_seed(0)
     for kind, d_in in (("res", 640), ("mlp", 640), ("att", 1024)):
-        directions = lens.residual_directions(model, Site(6, kind), torch.randn(24, d_in) / d_in ** 0.5)
+        directions = lens.residual_directions(model, Site(6, kind), torch.randn(24, d_in) / d_in**0.5)
         block = lens.logit_lens(directions, W_U)
         plain = directions @ (W_U.weight.float() * W_U.scale).T
         for j in range(len(directions)):
-            single = lens.logit_lens(directions[j:j + 1], W_U)[0]
+            single = lens.logit_lens(directions[j : j + 1], W_U)[0]
             assert same_lens(single, block[j]), (kind, j)
             assert [t for t, _ in single["top"]] == plain[j].topk(lens.TOP_TOKENS).indices.tolist()
 
@@ -134,7 +136,8 @@ def test_export_has_every_page_with_its_lens(fresh_run, tmp_path):
     db = FeatureDB(db_path(fresh_run))
     pages = {str(p.relative_to(site)) for p in site.rglob("*.html")}
     assert pages == {"index.html"} | {f"sae/{n}/index.html" for n in db.saes} | {
-        f"sae/{n}/{i}.html" for n, s in db.saes.items() for i in range(s.d_sae)}
+        f"sae/{n}/{i}.html" for n, s in db.saes.items() for i in range(s.d_sae)
+    }
     for name, s in db.saes.items():
         assert db.lens_count(name) == s.d_sae
         table = (site / "sae" / name / "index.html").read_text()

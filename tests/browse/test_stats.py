@@ -43,7 +43,7 @@ def test_examples_are_the_real_top_activations_with_their_windows(browse_run):
         row = db.latent(RES, latent)
         ex = row.examples
         top = ex.act[ex.group == 0]
-        expected = f[:, latent].sort(descending=True).values[:len(top)].numpy()
+        expected = f[:, latent].sort(descending=True).values[: len(top)].numpy()
         np.testing.assert_allclose(top, expected, rtol=1e-5)
         assert row.max_act == np.float32(expected[0])
         # the centre of every window is the example's own token, with its own activation
@@ -117,6 +117,10 @@ def test_second_pass_is_incremental(browse_run):
 def test_latent_then_activation_order_is_lexsorts():
     rng = np.random.default_rng(0)
     lats = rng.integers(0, 40, 20000)
-    vals = np.concatenate([rng.choice(np.float32([1e-30, 0.5, 3.0, 1e30]), 10000),  # ties and extremes
-                           rng.random(10000, dtype=np.float32) * 50 + 1e-6])
+    vals = np.concatenate(
+        [
+            rng.choice(np.float32([1e-30, 0.5, 3.0, 1e30]), 10000),  # ties and extremes
+            rng.random(10000, dtype=np.float32) * 50 + 1e-6,
+        ]
+    )
     assert (_by_latent_then_activation(lats, vals) == np.lexsort((-vals, lats))).all()

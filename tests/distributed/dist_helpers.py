@@ -26,11 +26,25 @@ def train_cfg(store, out, **kw) -> TrainConfig:
     term: a mean over tokens, whose data-parallel gradient is exactly the one-process gradient
     (saescope's default penalties use each slice's statistics). Thresholds at 10x the learning rate
     would turn float-rounding differences in near-zero gradients into 10x larger Adam steps."""
-    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], train_tokens=256 * 12,
-                knobs="l0_penalty=l0,freq_coefficient=0,matmul_dtype=float32,revive_coefficient=0,"
-                      "unit_decoder=true,threshold_lr=1", normalize="scalar",
-                batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
-                log_every=2, device="cpu", norm_rows=4096)
+    base = dict(
+        store=str(store),
+        out=str(out),
+        widths=[128],
+        l0_coefficients=[1e-3, 1e-2],
+        train_tokens=256 * 12,
+        knobs="l0_penalty=l0,freq_coefficient=0,matmul_dtype=float32,revive_coefficient=0,"
+        "unit_decoder=true,threshold_lr=1",
+        normalize="scalar",
+        batch_size=256,
+        lr=3e-3,
+        lr_warmup_steps=4,
+        l0_warmup_steps=6,
+        buffer_rows=2048,
+        checkpoint_every=4,
+        log_every=2,
+        device="cpu",
+        norm_rows=4096,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -46,8 +60,14 @@ def as_args(cfg: TrainConfig) -> list[str]:
 
 def cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "saescope", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "saescope", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO,
+    )
 
 
 def trained(out: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -63,8 +83,14 @@ def free_port() -> int:
 
 def join_group(rank: int, world: int, port: int) -> None:
     """What torchrun does for a worker: the rendezvous in the environment, then saescope's setup."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)  # as the launcher's OMP_NUM_THREADS does with 2 processes on 2 cores
     distributed.setup()
 
@@ -76,8 +102,10 @@ def first_step_grads(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
 
     def capture() -> None:
-        captured.update({f"{k}.{n}": p.grad.clone() for k, sae in trainer.saes.items()
-                         for n, p in sae.named_parameters()})
+        captured.update(
+            {f"{k}.{n}": p.grad.clone() for k, sae in trainer.saes.items() for n, p in sae.named_parameters()}
+        )
+
     trainer.opt.step = capture
     trainer.train_step(next(trainer.loader.iterate(0, 1)).acts)
     return captured
@@ -102,5 +130,6 @@ def dying_worker(rank: int, world: int, port: int, cfg: TrainConfig, die_at: int
         if rank == 1 and trainer.step == die_at:
             os._exit(3)
         return real_step(acts)
+
     trainer.train_step = step
     trainer.train()

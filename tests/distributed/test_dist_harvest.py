@@ -6,15 +6,35 @@ import json
 
 import numpy as np
 import pytest
-
 from dist_helpers import cli
+
 from saescope.activations.store import ActivationStore
 
 
 def harvest_args(model_dir, out) -> list[str]:
-    return ["harvest", "--model", str(model_dir), "--sites", "res,att", "--layers", "0,2", "--tokens", "5000",
-            "--context-len", "64", "--forward-batch", "2", "--shard-rows", "512", "--dtype", "float32",
-            "--device", "cpu", "--out", str(out)]
+    return [
+        "harvest",
+        "--model",
+        str(model_dir),
+        "--sites",
+        "res,att",
+        "--layers",
+        "0,2",
+        "--tokens",
+        "5000",
+        "--context-len",
+        "64",
+        "--forward-batch",
+        "2",
+        "--shard-rows",
+        "512",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def rows_by_token(store: ActivationStore) -> dict[str, dict[tuple[int, int], bytes]]:
@@ -68,8 +88,12 @@ def test_a_rank_resumes_from_its_own_last_shard(stores, tiny_model_dir, tmp_path
         manifest["shards"] = manifest["shards"][:keep]
         path.write_text(json.dumps(manifest))
     # Rank 0's full shards stay as they are; like a one-process resume, a short tail is rewritten.
-    full = {s["file"] for name in ["tokens", "res.0", "att.0", "res.2", "att.2"]
-            for s in json.loads((cut / name / "manifest.r0of2.json").read_text())["shards"] if s["rows"] == 512}
+    full = {
+        s["file"]
+        for name in ["tokens", "res.0", "att.0", "res.2", "att.2"]
+        for s in json.loads((cut / name / "manifest.r0of2.json").read_text())["shards"]
+        if s["rows"] == 512
+    }
     rank0_files = {p: p.stat().st_mtime_ns for p in cut.rglob("shard_r0of2_*.bin") if p.name in full}
     result = cli(*harvest_args(tiny_model_dir, cut), "--nproc", "2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,18 +7,26 @@ import time
 
 import pytest
 import torch
-
+from dist_helpers import as_args, cli, dying_worker, first_step_grads, free_port, grads_worker, train_cfg, trained
 from tinymodels import tiny_model
-from dist_helpers import (as_args, cli, dying_worker, first_step_grads, free_port, grads_worker, train_cfg,
-                          trained)
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer):
-    cfg = HarvestConfig(sites="res,mlp", layers="0,1", tokens=6144, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=1024, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res,mlp",
+        layers="0,1",
+        tokens=6144,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=1024,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 

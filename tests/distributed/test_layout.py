@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tinymodels import tiny_model
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.cli import _without_nproc
@@ -15,8 +15,17 @@ from saescope.errors import SaescopeError
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer):
-    cfg = HarvestConfig(sites="res", layers="0,1", tokens=3000, context_len=64, forward_batch=4, dtype="bfloat16",
-                        shard_rows=700, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res",
+        layers="0,1",
+        tokens=3000,
+        context_len=64,
+        forward_batch=4,
+        dtype="bfloat16",
+        shard_rows=700,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg, tiny_model("llama"), tiny_tokenizer)
 
 
@@ -41,8 +50,10 @@ def test_one_process_layout_and_bad_options():
 @pytest.mark.parametrize("parts", [2, 3])
 def test_parts_of_a_batch_are_the_global_batch_split(store, parts):
     whole = ShuffledLoader(store, batch_size=100, buffer_rows=1000, chunk_rows=64, with_tokens=True)
-    split = [ShuffledLoader(store, batch_size=100, buffer_rows=1000, chunk_rows=64, with_tokens=True,
-                            part=(i, parts)) for i in range(parts)]
+    split = [
+        ShuffledLoader(store, batch_size=100, buffer_rows=1000, chunk_rows=64, with_tokens=True, part=(i, parts))
+        for i in range(parts)
+    ]
     for start in (0, 7):  # from the beginning, and resuming in the middle of a buffer
         full = list(whole.iterate(start, 25, epochs=None))
         pieces = [list(loader.iterate(start, 25, epochs=None)) for loader in split]
@@ -51,7 +62,9 @@ def test_parts_of_a_batch_are_the_global_batch_split(store, parts):
             for site, acts in batch.acts.items():
                 assert torch.equal(torch.cat([p[b].acts[site] for p in pieces]), acts)
             assert torch.equal(torch.cat([p[b].tokens for p in pieces]), batch.tokens)
-            assert [len(p[b].tokens) for p in pieces] == [100 * (i + 1) // parts - 100 * i // parts for i in range(parts)]
+            assert [len(p[b].tokens) for p in pieces] == [
+                100 * (i + 1) // parts - 100 * i // parts for i in range(parts)
+            ]
     with pytest.raises(SaescopeError, match="cannot split batches of 100 rows into part 2 of 2"):
         ShuffledLoader(store, batch_size=100, part=(2, 2))
 

@@ -7,9 +7,9 @@ import json
 import fsspec
 import pytest
 import torch
-
-from tinymodels import tiny_model
 from dist_helpers import train_cfg
+from tinymodels import tiny_model
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
@@ -18,8 +18,17 @@ from saescope.train.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer):
-    cfg = HarvestConfig(sites="res,mlp", layers="0,1", tokens=6144, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=1024, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res,mlp",
+        layers="0,1",
+        tokens=6144,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=1024,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 
@@ -42,8 +51,12 @@ def test_memory_and_file_urls_train_like_a_plain_path(store, tmp_path, monkeypat
                 assert torch.equal(weights(remote)[name], value), (url, name)
         cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.bin"))
         # the 4 sites' 5 training shards; the token index and the held-out shard were never read
-        assert cached == sorted(f"{h}/{site}/shard_{i:05d}.bin" for h in {c.split("/")[0] for c in cached}
-                                for site in ["mlp.0", "mlp.1", "res.0", "res.1"] for i in range(5))
+        assert cached == sorted(
+            f"{h}/{site}/shard_{i:05d}.bin"
+            for h in {c.split("/")[0] for c in cached}
+            for site in ["mlp.0", "mlp.1", "res.0", "res.1"]
+            for i in range(5)
+        )
         # A shard re-harvested under the same URL (new sha256) is fetched again, not served stale.
         manifest = json.loads(fs.cat_file("/saescope-test/acts/res.0/manifest.json"))
         shard = manifest["shards"][0]

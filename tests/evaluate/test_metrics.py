@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from tinymodels import tiny_model
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
@@ -18,8 +18,17 @@ from saescope.saes.registry import make_sae
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_tokenizer):
     model = tiny_model("llama")
-    cfg = HarvestConfig(sites="res,mlp", layers="1", tokens=3000, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=1000, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res,mlp",
+        layers="1",
+        tokens=3000,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=1000,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return model, ActivationStore(harvest(cfg, model, tiny_tokenizer))
 
 
@@ -48,8 +57,14 @@ def test_store_metrics_match_direct_computation(setup):
 
 def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, tiny_tokenizer):
     model, store = setup
-    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
-                       EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2))
+    text = HeldOutText(
+        model,
+        tiny_tokenizer,
+        "wiki",
+        "text",
+        store.info["rows"],
+        EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2),
+    )
     counted = sum(int(c.sum()) for *_, c in text.batches)
     rows = sum(len(ids) for ids, *_ in text.batches)
     # each row: BOS first (no loss), last position (no target), minus a BOS where a new document starts
@@ -63,8 +78,14 @@ def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, 
 
 def test_heldout_text_is_disjoint_from_the_harvested_tokens(setup, tiny_tokenizer):
     model, store = setup
-    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
-                       EvalConfig(eval_sequences=6, eval_context_len=32, eval_batch_size=2))
+    text = HeldOutText(
+        model,
+        tiny_tokenizer,
+        "wiki",
+        "text",
+        store.info["rows"],
+        EvalConfig(eval_sequences=6, eval_context_len=32, eval_batch_size=2),
+    )
     harvested = {(int(d), int(p)) for i in range(store.n_shards) for _, d, p in store.read_tokens(i)}
     held = {(int(d), int(p)) for docs, pos in text.where for d, p in zip(docs.flatten(), pos.flatten()) if p > 0}
     assert len(held) > 100 and not held & harvested
@@ -84,8 +105,14 @@ def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch,
     if not cache:
         monkeypatch.setattr(metrics, "CLEAN_CACHE_BYTES", 0)
     model, store = setup
-    text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"],
-                       EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2))
+    text = HeldOutText(
+        model,
+        tiny_tokenizer,
+        "wiki",
+        "text",
+        store.info["rows"],
+        EvalConfig(eval_sequences=4, eval_context_len=32, eval_batch_size=2),
+    )
     assert (text._clean is not None) == cache
     site = Site(1, "mlp")
 
@@ -126,7 +153,6 @@ def test_text_file_evaluation_and_l0_on_the_spliced_tokens(setup, tiny_tokenizer
     text.loss_with(Site(1, "res"), lambda x: seen.append(x.float().clone()) or x)
     real = [~keep for _ids, _am, keep, _count in text.batches]
     with torch.no_grad():
-        direct = torch.cat([(sae.encode(x)[m_] > 0).sum(-1).float()
-                            for x, m_ in zip(seen, real)]).mean().item()
+        direct = torch.cat([(sae.encode(x)[m_] > 0).sum(-1).float() for x, m_ in zip(seen, real)]).mean().item()
     assert m["text_l0"] == pytest.approx(direct, rel=1e-6)
     assert metrics_file(str(path)) == "metrics.other.json" and metrics_file() == "metrics.json"

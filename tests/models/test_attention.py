@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tinymodels import VOCAB, tiny_config
 from transformers import AutoModelForCausalLM, MistralConfig
 
-from tinymodels import VOCAB, tiny_config
 from saescope.models import attention
 from saescope.models.attention import NAME, use_banded_attention
 
 
 def sdpa_model(family: str):
     torch.manual_seed(0)
-    config = (MistralConfig(vocab_size=VOCAB, num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                            num_attention_heads=4, num_key_value_heads=2, sliding_window=20)
-              if family == "mistral" else tiny_config(family))
+    config = (
+        MistralConfig(
+            vocab_size=VOCAB,
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=20,
+        )
+        if family == "mistral"
+        else tiny_config(family)
+    )
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval().requires_grad_(False)
 
 
@@ -24,8 +34,11 @@ def sdpa_model(family: str):
 def test_banded_equals_stock_sdpa_with_windows_and_padding(family, monkeypatch):
     monkeypatch.setattr(attention, "BLOCK", 8)  # 64 tokens -> 8 query blocks, windows of 16 and 20 bind
     key_lengths, real_sdpa = [], attention.F.scaled_dot_product_attention
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
-                        lambda q, k, *a, **kw: key_lengths.append(k.shape[2]) or real_sdpa(q, k, *a, **kw))
+    monkeypatch.setattr(
+        attention.F,
+        "scaled_dot_product_attention",
+        lambda q, k, *a, **kw: key_lengths.append(k.shape[2]) or real_sdpa(q, k, *a, **kw),
+    )
     model = sdpa_model(family)
     ids = torch.randint(3, VOCAB, (3, 64))
     mask = torch.ones_like(ids)

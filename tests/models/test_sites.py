@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tinymodels import FAMILIES, tiny_model
+
 from saescope.errors import SaescopeError
-from saescope.models.sites import (Site, blocks, capture, family_of, parse_sites, replace, run_to_sites,
-                                   site_width)
+from saescope.models.sites import Site, blocks, capture, family_of, parse_sites, replace, run_to_sites, site_width
 
 
 def attention_branch(model, layer: int, att: torch.Tensor) -> torch.Tensor:

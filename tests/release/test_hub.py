@@ -10,10 +10,10 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+from helpers import D_SAE, activations, arrays, assert_bit_exact, jumprelu
 from huggingface_hub.utils import filter_repo_objects
 
 import saescope
-from helpers import D_SAE, activations, arrays, assert_bit_exact, jumprelu
 from saescope.errors import SaescopeError
 from saescope.release import hub
 from saescope.release.formats import release
@@ -80,11 +80,31 @@ def make_release(run: Path) -> Path:
         from safetensors.torch import save_file
 
         save_file({k: torch.from_numpy(v) for k, v in sae.params_npz().items()}, str(folder / "sae.safetensors"))
-        (folder / "config.json").write_text(json.dumps(META | {"site": kind, "layer": layer, "architecture": "jumprelu",
-                                                               "d_in": sae.d_in, "d_sae": D_SAE, "knobs": sae.knobs(),
-                                                               "sparsity_coefficient": 0.001}))
-        (folder / "metrics.json").write_text(json.dumps({"l0": 9.6, "fvu": 0.125, "delta_loss": 0.03,
-                                                         "ce_loss_recovered": 0.9, "firing_frequency": [0.1] * D_SAE}))
+        (folder / "config.json").write_text(
+            json.dumps(
+                META
+                | {
+                    "site": kind,
+                    "layer": layer,
+                    "architecture": "jumprelu",
+                    "d_in": sae.d_in,
+                    "d_sae": D_SAE,
+                    "knobs": sae.knobs(),
+                    "sparsity_coefficient": 0.001,
+                }
+            )
+        )
+        (folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "l0": 9.6,
+                    "fvu": 0.125,
+                    "delta_loss": 0.03,
+                    "ce_loss_recovered": 0.9,
+                    "firing_frequency": [0.1] * D_SAE,
+                }
+            )
+        )
     return release(run)
 
 
@@ -101,7 +121,10 @@ def test_push_per_kind_writes_model_cards_and_loads_back(tmp_path, fake_hub):
     assert "| `layer_0/width_64/average_l0_10` | res | 0 | 64 | jumprelu | 9.6 | 0.125 | 0.03 | 0.9 |" in card
     assert 'saescope.load("me/scope-res/layer_0/width_64/average_l0_10")' in card
     assert 'SAE.from_pretrained("me/scope-res", "saelens/layer_0/width_64/average_l0_10")' in card
-    assert json.loads((root / "me/scope-res/suite.json").read_text())["saes"][0]["path"] == "layer_0/width_64/average_l0_10"
+    assert (
+        json.loads((root / "me/scope-res/suite.json").read_text())["saes"][0]["path"]
+        == "layer_0/width_64/average_l0_10"
+    )
     assert not (rel / "README.md").exists()  # the release itself is left as it was
     x = activations()
     original = saescope.load(rel / "res/layer_0/width_64/average_l0_10")

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu, random_params, topk, write_trained
 from safetensors.numpy import save_file
 
 import saescope
-from helpers import D_IN, D_SAE, activations, arrays, assert_bit_exact, jumprelu, random_params, topk, write_trained
 from saescope.errors import SaescopeError
 from saescope.release import interop
 from saescope.release.export import export
@@ -21,8 +21,14 @@ from saescope.release.saelens import write_saelens
 from saescope.release.sparsify import write_sparsify
 from saescope.saes.skip_transcoder import SkipTranscoder
 
-META = {"site": "res", "layer": 3, "model": "embedded", "model_name": "gemma-3-270m", "dataset": "wiki",
-        "context_len": 64}
+META = {
+    "site": "res",
+    "layer": 3,
+    "model": "embedded",
+    "model_name": "gemma-3-270m",
+    "dataset": "wiki",
+    "context_len": 64,
+}
 
 
 def same_outputs(a, b, x) -> None:
@@ -30,22 +36,38 @@ def same_outputs(a, b, x) -> None:
     assert torch.equal(a(x), b(x))
 
 
-@pytest.mark.parametrize("fmt,make", [("gemma-scope", jumprelu), ("gemma-scope-2", jumprelu), ("saelens", jumprelu),
-                                      ("saelens", topk), ("sparsify", topk)])
+@pytest.mark.parametrize(
+    "fmt,make",
+    [
+        ("gemma-scope", jumprelu),
+        ("gemma-scope-2", jumprelu),
+        ("saelens", jumprelu),
+        ("saelens", topk),
+        ("sparsify", topk),
+    ],
+)
 def test_round_trip_is_bit_exact_with_same_outputs(tmp_path, fmt, make):
     sae, x = make(), activations()
     interop.WRITERS[fmt](sae, META, {"l0": 12.3}, tmp_path / "out")
     back = saescope.load(tmp_path / "out")
     assert interop.detect_format(tmp_path / "out") == fmt
-    assert back.arch == sae.arch and back.pre_encoder_bias == sae.pre_encoder_bias and back.knobs().get("k") == sae.knobs().get("k")
+    assert (
+        back.arch == sae.arch
+        and back.pre_encoder_bias == sae.pre_encoder_bias
+        and back.knobs().get("k") == sae.knobs().get("k")
+    )
     assert_bit_exact(arrays(back), arrays(sae))
     same_outputs(back, sae, x)
     meta = interop.read(tmp_path / "out").meta
     assert (meta["site"], meta["layer"], meta["model_name"]) == ("res", 3, "gemma-3-270m")
     # And once more through the loaded copy: the files themselves are reproduced byte for byte.
     interop.WRITERS[fmt](back, meta, {"l0": 12.3}, tmp_path / "again")
-    weights = {"gemma-scope": "params.npz", "gemma-scope-2": "params.safetensors", "saelens": "sae_weights.safetensors",
-               "sparsify": "sae.safetensors"}[fmt]
+    weights = {
+        "gemma-scope": "params.npz",
+        "gemma-scope-2": "params.safetensors",
+        "saelens": "sae_weights.safetensors",
+        "sparsify": "sae.safetensors",
+    }[fmt]
     assert (tmp_path / "out" / weights).read_bytes() == (tmp_path / "again" / weights).read_bytes()
 
 
@@ -66,12 +88,21 @@ def test_skip_transcoder_keeps_affine_skip_connection(tmp_path):
     params["affine_skip_connection"] = (np.random.default_rng(4).normal(size=(D_IN, D_IN)) / 4).astype(np.float32)
     folder = tmp_path / "transcoder" / "layer_2_width_64_l0_small"
     folder.mkdir(parents=True)
-    save_file({({"W_enc": "w_enc", "W_dec": "w_dec"}).get(k, k): v for k, v in params.items()},
-              str(folder / "params.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-3-270m-pt",
-                                                    "hf_hook_point_in": "model.layers.2.pre_feedforward_layernorm.output",
-                                                    "hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output",
-                                                    "affine_connection": True}))
+    save_file(
+        {({"W_enc": "w_enc", "W_dec": "w_dec"}).get(k, k): v for k, v in params.items()},
+        str(folder / "params.safetensors"),
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "jump_relu",
+                "model_name": "gemma-3-270m-pt",
+                "hf_hook_point_in": "model.layers.2.pre_feedforward_layernorm.output",
+                "hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output",
+                "affine_connection": True,
+            }
+        )
+    )
     loaded = interop.read(folder)
     sae, x = loaded.sae, activations()
     assert isinstance(sae, SkipTranscoder) and loaded.meta["transcoder"] and loaded.meta["site"] == "mlp_in"
@@ -145,13 +176,16 @@ def test_pickled_npz_is_refused(tmp_path):
         saescope.load(tmp_path / "params.npz")
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda p: p.update(W_dec=p["W_dec"][:, :-1]), "W_dec has shape"),
-    (lambda p: p.update(threshold=p["threshold"][:-2]), "threshold has shape"),
-    (lambda p: p.update(b_enc=p["b_enc"].astype(np.int32)), "dtype int32, expected floating point"),
-    (lambda p: p.pop("threshold"), r"missing arrays \['threshold'\]"),
-    (lambda p: p.update(W_enc=p["W_enc"][0]), "W_enc must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda p: p.update(W_dec=p["W_dec"][:, :-1]), "W_dec has shape"),
+        (lambda p: p.update(threshold=p["threshold"][:-2]), "threshold has shape"),
+        (lambda p: p.update(b_enc=p["b_enc"].astype(np.int32)), "dtype int32, expected floating point"),
+        (lambda p: p.pop("threshold"), r"missing arrays \['threshold'\]"),
+        (lambda p: p.update(W_enc=p["W_enc"][0]), "W_enc must be 2-D"),
+    ],
+)
 def test_shapes_and_dtypes_are_validated(tmp_path, change, message):
     params = random_params()
     change(params)
@@ -162,8 +196,10 @@ def test_shapes_and_dtypes_are_validated(tmp_path, change, message):
 
 def test_half_precision_files_load_exactly_widened(tmp_path):
     params = {k: v.astype(np.float16) for k, v in random_params().items()}
-    save_file({({"W_enc": "w_enc", "W_dec": "w_dec"}).get(k, k): v for k, v in params.items()},
-              str(tmp_path / "params.safetensors"))
+    save_file(
+        {({"W_enc": "w_enc", "W_dec": "w_dec"}).get(k, k): v for k, v in params.items()},
+        str(tmp_path / "params.safetensors"),
+    )
     sae = saescope.load(tmp_path)
     assert_bit_exact(arrays(sae), {k: v.astype(np.float32) for k, v in params.items()})
 
@@ -181,18 +217,29 @@ def test_suite_export_to_every_format_and_back(tmp_path):
     saes = {}
     for kind, layer in (("res", 0), ("mlp", 1), ("att", 1)):
         sae = jumprelu(layer + len(kind))
-        write_trained(run, f"{kind}.{layer}__w64__c0.001", sae, META | {"site": kind, "layer": layer},
-                      {"l0": 7.4, "fvu": 0.2, "firing_frequency": [0.1] * D_SAE})
+        write_trained(
+            run,
+            f"{kind}.{layer}__w64__c0.001",
+            sae,
+            META | {"site": kind, "layer": layer},
+            {"l0": 7.4, "fvu": 0.2, "firing_frequency": [0.1] * D_SAE},
+        )
         saes[(kind, layer)] = sae
-    expected = {"gemma-scope": "res/layer_0/width_64/average_l0_7", "gemma-scope-2": "mlp_out/layer_1_width_64_l0_7",
-                "saelens": "blocks.1.attn.hook_z/width_64_l0_7"}
+    expected = {
+        "gemma-scope": "res/layer_0/width_64/average_l0_7",
+        "gemma-scope-2": "mlp_out/layer_1_width_64_l0_7",
+        "saelens": "blocks.1.attn.hook_z/width_64_l0_7",
+    }
     for fmt, one in expected.items():
         written = export(run, tmp_path / fmt, fmt)
         assert len(written) == 3 and (tmp_path / fmt / one).is_dir()
         for folder in written:
             loaded = interop.read(folder)
             assert_bit_exact(arrays(loaded.sae), arrays(saes[(loaded.meta["site"], loaded.meta["layer"])]))
-    assert json.loads((tmp_path / "saelens" / expected["saelens"] / "cfg.json").read_text())["reshape_activations"] == "hook_z"
+    assert (
+        json.loads((tmp_path / "saelens" / expected["saelens"] / "cfg.json").read_text())["reshape_activations"]
+        == "hook_z"
+    )
     with pytest.raises(SaescopeError, match="sparsify only loads TopK"):
         export(run, tmp_path / "sparsify", "sparsify")
 

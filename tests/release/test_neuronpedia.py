@@ -7,18 +7,24 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from tinymodels import tiny_model
 from helpers import random_params
+from safetensors.torch import save_file
+from tinymodels import tiny_model
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
 from saescope.browse import lens
 from saescope.models.sites import Site
 from saescope.release.export import export
 from saescope.release.loaded import build_sae
-from saescope.release.neuronpedia import (LatentRecord, add_logit_lens, add_top_activations, neuronpedia_feature,
-                                          records_from_metrics, write_neuronpedia)
+from saescope.release.neuronpedia import (
+    LatentRecord,
+    add_logit_lens,
+    add_top_activations,
+    neuronpedia_feature,
+    records_from_metrics,
+    write_neuronpedia,
+)
 
 D_SAE = 32
 
@@ -26,8 +32,17 @@ D_SAE = 32
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("np") / "activations"
-    cfg = HarvestConfig(sites="res", layers="1", tokens=1500, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=512, store=str(path), device="cpu")
+    cfg = HarvestConfig(
+        sites="res",
+        layers="1",
+        tokens=1500,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=512,
+        store=str(path),
+        device="cpu",
+    )
     return ActivationStore(harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer))
 
 
@@ -57,7 +72,8 @@ def test_top_activations_windows_come_from_the_same_document(store, tiny_tokeniz
     values, heights = rec.activation_histogram
     assert sum(heights) == int(acts[:, j].gt(0).sum()) and len(values) == len(heights) == 20
     assert [e["values"][e["top_token"]] for e in rec.top_examples] == sorted(
-        (e["values"][e["top_token"]] for e in rec.top_examples), reverse=True)
+        (e["values"][e["top_token"]] for e in rec.top_examples), reverse=True
+    )
 
 
 def test_logit_lens_uses_gemma_norm_gain_and_unembedding(tiny_tokenizer):
@@ -85,7 +101,8 @@ def test_att_lens_goes_through_the_output_projection_and_gemmas_post_attention_n
     logits = (resid * (1 + model.model.norm.weight)) @ model.lm_head.weight.T
     for j in (0, 5, 31):
         assert [t for t, _ in records[j].top_logits] == tiny_tokenizer.batch_decode(
-            [[i] for i in logits[j].topk(lens.TOP_TOKENS).indices.tolist()])
+            [[i] for i in logits[j].topk(lens.TOP_TOKENS).indices.tolist()]
+        )
 
 
 def test_no_logit_lens_where_the_browser_has_none(tiny_tokenizer):
@@ -95,16 +112,29 @@ def test_no_logit_lens_where_the_browser_has_none(tiny_tokenizer):
 
 
 def test_feature_json_and_batches(tmp_path):
-    rec = LatentRecord(3, 0.25, [{"tokens": ["a", "b"], "values": [0.0, 2.5], "top_token": 1}],
-                       ([0.5, 1.5], [4, 1]), [("x", 1.0)], [("y", -1.0)], ([0.0], [7]), [(1, 0.5)])
+    rec = LatentRecord(
+        3,
+        0.25,
+        [{"tokens": ["a", "b"], "values": [0.0, 2.5], "top_token": 1}],
+        ([0.5, 1.5], [4, 1]),
+        [("x", 1.0)],
+        [("y", -1.0)],
+        ([0.0], [7]),
+        [(1, 0.5)],
+    )
     feature = neuronpedia_feature(rec)
     assert feature["feature_index"] == 3 and feature["frac_nonzero"] == 0.25 and feature["maxActApprox"] == 2.5
-    assert feature["activations"][0] == {"tokens": ["a", "b"], "values": [0.0, 2.5], "maxValue": 2.5,
-                                         "qualifying_token_index": 1}
+    assert feature["activations"][0] == {
+        "tokens": ["a", "b"],
+        "values": [0.0, 2.5],
+        "maxValue": 2.5,
+        "qualifying_token_index": 1,
+    }
     assert (feature["pos_str"], feature["neg_values"]) == (["x"], [-1.0])
     assert len(feature["freq_hist_data_bar_values"]) == len(feature["freq_hist_data_bar_heights"])
-    paths = write_neuronpedia([LatentRecord(i) for i in range(5)], tmp_path, model_id="m", layer=2, sae_set="res-x",
-                              batch_size=2)
+    paths = write_neuronpedia(
+        [LatentRecord(i) for i in range(5)], tmp_path, model_id="m", layer=2, sae_set="res-x", batch_size=2
+    )
     assert [p.name for p in paths] == ["batch-0.json", "batch-1.json", "batch-2.json"]
     batch = json.loads(paths[1].read_text())
     assert batch["layer"] == "2-res-x" and [f["feature_index"] for f in batch["features"]] == [2, 3]
@@ -115,9 +145,20 @@ def test_export_neuronpedia_from_a_run(tmp_path, store, tiny_model_dir):
     folder = tmp_path / "run" / "saes" / "res.1__w32__c0.001"
     folder.mkdir(parents=True)
     save_file({k: torch.from_numpy(v) for k, v in sae.params_npz().items()}, str(folder / "sae.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"architecture": "jumprelu", "d_in": 64, "d_sae": D_SAE,
-                                                    "site": "res", "layer": 1, "knobs": sae.knobs(),
-                                                    "model": str(tiny_model_dir), "model_name": "tiny"}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "jumprelu",
+                "d_in": 64,
+                "d_sae": D_SAE,
+                "site": "res",
+                "layer": 1,
+                "knobs": sae.knobs(),
+                "model": str(tiny_model_dir),
+                "model_name": "tiny",
+            }
+        )
+    )
     (folder / "metrics.json").write_text(json.dumps({"l0": 4.2, "firing_frequency": [0.125] * D_SAE}))
     written = export(tmp_path / "run", tmp_path / "np", "neuronpedia", store=store.path)
     assert written == [tmp_path / "np" / "res-1" / "width_32_l0_4"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import D_IN, D_SAE, activations, jumprelu, random_params, topk
 
 import saescope
-from helpers import D_IN, D_SAE, activations, jumprelu, random_params, topk
 from saescope.release import interop
 from saescope.release.loaded import build_sae
 from saescope.release.saelens import write_saelens
@@ -16,8 +16,10 @@ from saescope.release.saelens import write_saelens
 try:
     import sae_lens
 except Exception as e:  # not installed, or installed against an incompatible torch
-    pytest.skip(f"sae-lens is not importable ({type(e).__name__}: {e}); install the test extra: "
-                f"pip install -e '.[test]'", allow_module_level=True)
+    pytest.skip(
+        f"sae-lens is not importable ({type(e).__name__}: {e}); install the test extra: pip install -e '.[test]'",
+        allow_module_level=True,
+    )
 
 META = {"site": "res", "layer": 2, "model": "embedded", "model_name": "google/gemma-3-270m", "context_len": 64}
 
@@ -26,8 +28,9 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make", [jumprelu, lambda: jumprelu(pre_encoder_bias=True), topk,
-                                  lambda: topk(pre_encoder_bias=False)])
+@pytest.mark.parametrize(
+    "make", [jumprelu, lambda: jumprelu(pre_encoder_bias=True), topk, lambda: topk(pre_encoder_bias=False)]
+)
 def test_our_export_loads_in_saelens_with_the_same_outputs(tmp_path, make):
     sae, x = make(), activations()
     write_saelens(sae, META, {"firing_frequency": [0.01] * D_SAE}, tmp_path)
@@ -54,14 +57,20 @@ def _fill(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.1 if name == "threshold"
-                    else torch.randn(p.shape, generator=g) / 4)
+            p.copy_(
+                torch.rand(p.shape, generator=g) * 0.4 + 0.1
+                if name == "threshold"
+                else torch.randn(p.shape, generator=g) / 4
+            )
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk", "standard"])
 def test_saes_saved_by_saelens_load_with_the_same_outputs(tmp_path, arch):
-    configs = {"jumprelu": sae_lens.JumpReLUSAEConfig, "topk": sae_lens.TopKSAEConfig,
-               "standard": sae_lens.StandardSAEConfig}
+    configs = {
+        "jumprelu": sae_lens.JumpReLUSAEConfig,
+        "topk": sae_lens.TopKSAEConfig,
+        "standard": sae_lens.StandardSAEConfig,
+    }
     extra = {"k": 6} if arch == "topk" else {}
     cfg = configs[arch](d_in=D_IN, d_sae=D_SAE, **extra)
     cfg.metadata.model_name, cfg.metadata.hook_name = "gpt2", "blocks.4.hook_mlp_out"

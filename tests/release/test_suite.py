@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import D_IN, jumprelu, random_params, write_trained
+
 from saescope.release.export import export
 from saescope.release.formats import release
 from saescope.release.loaded import build_sae
@@ -31,17 +31,35 @@ def run(tmp_path: Path) -> Path:
     run and a third), one of another coefficient, and a skip transcoder."""
     run = tmp_path / "run"
     res = META | {"site": "res", "layer": 0}
-    for seed, key in enumerate(("jumprelu__res.0__w64__c0.001", "relu__res.0__w64__c0.001",
-                                "topk__res.0__w64__c0.001", "topk__res.0__w64__c0.002")):
+    for seed, key in enumerate(
+        (
+            "jumprelu__res.0__w64__c0.001",
+            "relu__res.0__w64__c0.001",
+            "topk__res.0__w64__c0.001",
+            "topk__res.0__w64__c0.002",
+        )
+    ):
         write_trained(run, key, jumprelu(seed), res | {"sparsity_coefficient": float(key.rsplit("__c", 1)[1])}, METRICS)
-    write_trained(run, "mlp_in.1__w64__c0.001", skip_transcoder(),
-                  META | {"site": "mlp_in", "layer": 1, "transcoder": True, "target_site": "mlp.1",
-                          "sparsity_coefficient": 0.001}, METRICS)
+    write_trained(
+        run,
+        "mlp_in.1__w64__c0.001",
+        skip_transcoder(),
+        META
+        | {"site": "mlp_in", "layer": 1, "transcoder": True, "target_site": "mlp.1", "sparsity_coefficient": 0.001},
+        METRICS,
+    )
     return run
 
 
 def test_width_names():
-    assert [width_name(w) for w in (16384, 65536, 131072, 1 << 20, 4096, 512)] == ["16k", "65k", "131k", "1m", "4k", "512"]
+    assert [width_name(w) for w in (16384, 65536, 131072, 1 << 20, 4096, 512)] == [
+        "16k",
+        "65k",
+        "131k",
+        "1m",
+        "4k",
+        "512",
+    ]
 
 
 def test_release_and_export_write_the_same_folders(run, tmp_path):
@@ -49,13 +67,17 @@ def test_release_and_export_write_the_same_folders(run, tmp_path):
     export(run, tmp_path / "gs", "gemma-scope")
     exported = json.loads((tmp_path / "gs" / "export.json").read_text())
     names = [e["path"] for e in released["saes"]]
-    assert names == exported["saes"] == [  # in the trained folders' sorted order
-        "res/layer_0/width_64/average_l0_7",
-        "transcoders/layer_1/width_64/average_l0_7_affine",
-        "res/layer_0/width_64/average_l0_7_c0.001",
-        "res/layer_0/width_64/average_l0_7_c0.001_2",
-        "res/layer_0/width_64/average_l0_7_c0.002",
-    ]
+    assert (
+        names
+        == exported["saes"]
+        == [  # in the trained folders' sorted order
+            "res/layer_0/width_64/average_l0_7",
+            "transcoders/layer_1/width_64/average_l0_7_affine",
+            "res/layer_0/width_64/average_l0_7_c0.001",
+            "res/layer_0/width_64/average_l0_7_c0.001_2",
+            "res/layer_0/width_64/average_l0_7_c0.002",
+        ]
+    )
     for name, entry in zip(names, released["saes"]):  # one writer: the same bytes, and the trained config
         for file in ("params.npz", "config.json", "metrics.json"):
             assert (run / "release" / name / file).read_bytes() == (tmp_path / "gs" / name / file).read_bytes()
@@ -67,8 +89,12 @@ def test_release_and_export_write_the_same_folders(run, tmp_path):
 
 def test_every_export_format_uses_the_collision_rule(run, tmp_path):
     written = export(run, tmp_path / "sl", "saelens")
-    assert [p.name for p in written if p.parent.name == "blocks.0.hook_resid_post"] == ["width_64_l0_7", "width_64_l0_7_c0.001", "width_64_l0_7_c0.001_2",
-                                             "width_64_l0_7_c0.002"]
+    assert [p.name for p in written if p.parent.name == "blocks.0.hook_resid_post"] == [
+        "width_64_l0_7",
+        "width_64_l0_7_c0.001",
+        "width_64_l0_7_c0.001_2",
+        "width_64_l0_7_c0.002",
+    ]
 
 
 def test_a_collision_without_a_coefficient_is_numbered():

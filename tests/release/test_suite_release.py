@@ -16,10 +16,25 @@ from saescope.run import RunConfig, run
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("run")
-    cfg = RunConfig(model=str(tiny_model_dir), out=str(out), sites="res,mlp,att", layers="0,2", tokens=6144,
-                    shard_rows=2048, context_len=128, widths=[256], l0_coefficients=[32], train_tokens=1024 * 30,
-                    batch_size=1024, lr_warmup_steps=5, l0_warmup_steps=15, device="cpu", dtype="float32",
-                    eval_sequences=4, eval_context_len=64)
+    cfg = RunConfig(
+        model=str(tiny_model_dir),
+        out=str(out),
+        sites="res,mlp,att",
+        layers="0,2",
+        tokens=6144,
+        shard_rows=2048,
+        context_len=128,
+        widths=[256],
+        l0_coefficients=[32],
+        train_tokens=1024 * 30,
+        batch_size=1024,
+        lr_warmup_steps=5,
+        l0_warmup_steps=15,
+        device="cpu",
+        dtype="float32",
+        eval_sequences=4,
+        eval_context_len=64,
+    )
     return run(cfg)
 
 
@@ -41,14 +56,27 @@ def test_release_layout_and_reference_forward(tiny_run):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert l0 == f"average_l0_{round(metrics['l0'])}"
         config = json.loads((folder / "config.json").read_text())
-        assert {"model", "site", "layer", "d_in", "d_sae", "architecture", "sparsity_coefficient",
-                "tokens_trained", "normalization_scale"} <= config.keys()
+        assert {
+            "model",
+            "site",
+            "layer",
+            "d_in",
+            "d_sae",
+            "architecture",
+            "sparsity_coefficient",
+            "tokens_trained",
+            "normalization_scale",
+        } <= config.keys()
         with np.load(folder / "params.npz", allow_pickle=False) as npz:
             p = {k: npz[k] for k in npz.files}
         d_in = config["d_in"]
         assert {k: (v.shape, v.dtype) for k, v in p.items()} == {
-            "W_enc": ((d_in, 256), np.float32), "W_dec": ((256, d_in), np.float32), "b_enc": ((256,), np.float32),
-            "b_dec": ((d_in,), np.float32), "threshold": ((256,), np.float32)}
+            "W_enc": ((d_in, 256), np.float32),
+            "W_dec": ((256, d_in), np.float32),
+            "b_enc": ((256,), np.float32),
+            "b_dec": ((d_in,), np.float32),
+            "threshold": ((256,), np.float32),
+        }
         # The released arrays run on raw activations with the reference forward, and agree with
         # saescope.load; their L0 on the held-out shard is the one the folder is named after.
         x = store.read(f"{entry['site']}.{entry['layer']}", store.n_shards - 1).float().numpy()
@@ -74,8 +102,14 @@ def test_load_rejects_what_is_not_an_sae(tmp_path):
     (tmp_path / "params.npz").write_bytes(b"not a zip")
     with pytest.raises(saescope.SaescopeError, match="not a readable .npz"):
         saescope.load(tmp_path)
-    np.savez(tmp_path / "params.npz", W_enc=np.zeros((4, 8), np.float32), W_dec=np.zeros((8, 5), np.float32),
-             b_enc=np.zeros(8, np.float32), b_dec=np.zeros(4, np.float32), threshold=np.zeros(8, np.float32))
+    np.savez(
+        tmp_path / "params.npz",
+        W_enc=np.zeros((4, 8), np.float32),
+        W_dec=np.zeros((8, 5), np.float32),
+        b_enc=np.zeros(8, np.float32),
+        b_dec=np.zeros(4, np.float32),
+        threshold=np.zeros(8, np.float32),
+    )
     with pytest.raises(saescope.SaescopeError, match="W_dec has shape"):
         saescope.load(tmp_path)
     with pytest.raises(saescope.SaescopeError, match="does not exist"):

@@ -3,15 +3,25 @@ dead-latent revival, BatchTopK's inference threshold, save/load round trips."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from saescope.errors import SaescopeError
 from saescope.release import interop
-from saescope.saes import (ARCHITECTURES, ATMSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaBatchTopKSAE,
-                           ReLUSAE, TopKSAE, make_sae, sae_from_state, sweep_knobs)
-from saescope.saes import jumprelu
+from saescope.saes import (
+    ARCHITECTURES,
+    ATMSAE,
+    BatchTopKSAE,
+    GatedSAE,
+    JumpReLUSAE,
+    MatryoshkaBatchTopKSAE,
+    ReLUSAE,
+    TopKSAE,
+    jumprelu,
+    make_sae,
+    sae_from_state,
+    sweep_knobs,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +209,12 @@ def test_gated_gradients_follow_the_paper():
     torch.testing.assert_close(total["b_mag"], recon["b_mag"])
     torch.testing.assert_close(total["r_mag"], recon["r_mag"])
     torch.testing.assert_close(total["W_dec"], recon["W_dec"])
-    gate_only = _grads(sae, 0.1 * pi_gate.relu().sum(1).mean()
-                       + (pi_gate.relu() @ sae.W_dec.detach() + sae.b_dec.detach() - x).pow(2).sum(1).mean(), ("b_enc",))
+    gate_only = _grads(
+        sae,
+        0.1 * pi_gate.relu().sum(1).mean()
+        + (pi_gate.relu() @ sae.W_dec.detach() + sae.b_dec.detach() - x).pow(2).sum(1).mean(),
+        ("b_enc",),
+    )
     torch.testing.assert_close(total["b_enc"], gate_only["b_enc"])
 
 
@@ -256,8 +270,7 @@ def test_auxk_revives_dead_latents(cls):
     def run(aux_coefficient: float) -> int:
         torch.manual_seed(0)
         batch = _sparse_data(n_true=192)
-        sae = cls(D_IN, D_SAE, k=3, aux_k=16, aux_coefficient=aux_coefficient, dead_tokens=256,
-                  matmul_dtype="float32")
+        sae = cls(D_IN, D_SAE, k=3, aux_k=16, aux_coefficient=aux_coefficient, dead_tokens=256, matmul_dtype="float32")
         killed = torch.arange(D_SAE // 2, D_SAE)
         with torch.no_grad():
             sae.b_enc[killed] = -0.8
@@ -337,7 +350,9 @@ def test_released_sae_saves_and_loads_with_the_same_outputs(tmp_path, arch):
         for fmt in ("saelens", "sparsify"):
             interop.WRITERS[fmt](released, {"site": "res", "layer": 1}, {}, tmp_path / fmt)
             with torch.no_grad():
-                torch.testing.assert_close(interop.read(tmp_path / fmt).sae(2.5 * x), 2.5 * sae(x), atol=2e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    interop.read(tmp_path / fmt).sae(2.5 * x), 2.5 * sae(x), atol=2e-5, rtol=1e-5
+                )
 
 
 def test_sweep_knobs_name_each_familys_sparsity_knob():

@@ -25,8 +25,9 @@ def _one_thread():
 # ---- the reference: recipe.md's estimators as plain autograd (saescope/saes/jumprelu.py) ---------
 def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss with every penalty written out again, on the reference forward."""
-    x_hat, token_l0, counts = reference_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
-                                                sae.bandwidth, sae.pre_encoder_bias)
+    x_hat, token_l0, counts = reference_forward(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, sae.bandwidth, sae.pre_encoder_bias
+    )
     mse = (x_hat - x).pow(2).sum(1).mean()
     T = sae.target_l0
     if sae.l0_penalty == "l0":
@@ -167,7 +168,9 @@ def test_bfloat16_matmul_decides_exactly_like_float32():
         pre32 = sae.pre_acts(x)
         pre16 = (sae.encoder_input(x).bfloat16() @ sae.W_enc.bfloat16()).float() + sae.b_enc
         t = sae.threshold
-        flips = ((pre32 > t) != (pre16 > t)).sum() + (((pre32 - t).abs() < eps / 2) != ((pre16 - t).abs() < eps / 2)).sum()
+        flips = ((pre32 > t) != (pre16 > t)).sum() + (
+            ((pre32 - t).abs() < eps / 2) != ((pre16 - t).abs() < eps / 2)
+        ).sum()
     assert flips > 0, "test data too easy: bf16 rounding flips no decision"
 
     args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True)
@@ -234,7 +237,11 @@ def test_params_npz_round_trip_and_reference_forward():
     C = 3.0
     params = sae.folded(C).params_npz()
     assert {k: v.shape for k, v in params.items()} == {
-        "W_enc": (48, 384), "W_dec": (384, 48), "b_enc": (384,), "b_dec": (48,), "threshold": (384,)
+        "W_enc": (48, 384),
+        "W_dec": (384, 48),
+        "b_enc": (384,),
+        "b_dec": (48,),
+        "threshold": (384,),
     }
     assert all(v.dtype == np.float32 for v in params.values())
 
@@ -375,8 +382,15 @@ def test_short_training_lowers_fvu_and_approaches_target_l0(matmul_dtype):
     torch.manual_seed(0)
     batch = _synthetic_batches(d_in=32, n_true=96, k=4)
     target = 8.0
-    sae = JumpReLUSAE(32, 128, l0_penalty="quadratic", target_l0=target, l0_coefficient=0.05,
-                      bandwidth=0.05, matmul_dtype=matmul_dtype)
+    sae = JumpReLUSAE(
+        32,
+        128,
+        l0_penalty="quadratic",
+        target_l0=target,
+        l0_coefficient=0.05,
+        bandwidth=0.05,
+        matmul_dtype=matmul_dtype,
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=2e-3, betas=(0.0, 0.999))
     first = None
     for step in range(300):

@@ -9,8 +9,8 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.release import interop
-from saescope.saes.skip_transcoder import SkipTranscoder
 from saescope.saes import make_sae, sweep_knobs
+from saescope.saes.skip_transcoder import SkipTranscoder
 
 D = 16
 

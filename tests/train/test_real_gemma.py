@@ -9,18 +9,41 @@ import pytest
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.evaluate.metrics import EvalConfig, evaluate
-from saescope.train.trainer import Trainer, TrainConfig
+from saescope.train.trainer import TrainConfig, Trainer
 
 
 @pytest.mark.slow
 def test_res_sae_on_gemma3_learns(tmp_path, gemma):
     model, tok = gemma
-    store = harvest(HarvestConfig(sites="res,mlp", layers="6", tokens=16384, context_len=256, forward_batch=8,
-                                  dtype="float32", shard_rows=4096, store=str(tmp_path / "activations")), model, tok)
+    store = harvest(
+        HarvestConfig(
+            sites="res,mlp",
+            layers="6",
+            tokens=16384,
+            context_len=256,
+            forward_batch=8,
+            dtype="float32",
+            shard_rows=4096,
+            store=str(tmp_path / "activations"),
+        ),
+        model,
+        tok,
+    )
     target = 100
-    cfg = TrainConfig(store=str(store), out=str(tmp_path), widths=[1024], l0_coefficients=[target],
-                      train_tokens=1024 * 160, batch_size=1024, lr=2e-3, lr_warmup_steps=10, buffer_rows=8192,
-                      checkpoint_every=80, log_every=1, device="cpu")
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(tmp_path),
+        widths=[1024],
+        l0_coefficients=[target],
+        train_tokens=1024 * 160,
+        batch_size=1024,
+        lr=2e-3,
+        lr_warmup_steps=10,
+        buffer_rows=8192,
+        checkpoint_every=80,
+        log_every=1,
+        device="cpu",
+    )
     Trainer(cfg).train()
     log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     res, mlp = f"res.6__w1024__c{target}", f"mlp.6__w1024__c{target}"
@@ -28,8 +51,9 @@ def test_res_sae_on_gemma3_learns(tmp_path, gemma):
     for key in (res, mlp):
         assert abs(log[0][key]["l0"] - target) < 0.2 * target, log[0][key]
         assert abs(log[-1][key]["l0"] - target) < 0.25 * target, log[-1][key]
-    metrics = evaluate(EvalConfig(out=str(tmp_path), eval_sequences=4, eval_context_len=128, eval_dtype="float32",
-                                  device="cpu"))
+    metrics = evaluate(
+        EvalConfig(out=str(tmp_path), eval_sequences=4, eval_context_len=128, eval_dtype="float32", device="cpu")
+    )
     m = metrics[res]
     assert m["fvu"] < 0.25, m["fvu"]
     zero_delta = m["ce_zero_ablation"] - m["ce_clean"]

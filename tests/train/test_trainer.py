@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-
 from tinymodels import tiny_model
+
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
 from saescope.train.normalize import first_rows
-from saescope.train.trainer import Trainer, TrainConfig, parse_knobs
+from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_tokenizer):
-    cfg = HarvestConfig(sites="res,mlp", layers="0,1", tokens=6144, context_len=64, forward_batch=4, dtype="float32",
-                        shard_rows=1024, store=str(tmp_path_factory.mktemp("store")), device="cpu")
+    cfg = HarvestConfig(
+        sites="res,mlp",
+        layers="0,1",
+        tokens=6144,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=1024,
+        store=str(tmp_path_factory.mktemp("store")),
+        device="cpu",
+    )
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 
@@ -29,10 +37,24 @@ RECIPE_KNOBS = "l0_penalty=l0,unit_decoder=true,threshold_lr=1,revive_coefficien
 
 
 def cfg_for(store, out, **kw) -> TrainConfig:
-    base = dict(store=str(store), out=str(out), widths=[128], l0_coefficients=[1e-3, 1e-2], knobs=RECIPE_KNOBS,
-                normalize="scalar", train_tokens=256 * 12,
-                batch_size=256, lr=3e-3, lr_warmup_steps=4, l0_warmup_steps=6, buffer_rows=2048, checkpoint_every=4,
-                log_every=2, device="cpu", norm_rows=4096)
+    base = dict(
+        store=str(store),
+        out=str(out),
+        widths=[128],
+        l0_coefficients=[1e-3, 1e-2],
+        knobs=RECIPE_KNOBS,
+        normalize="scalar",
+        train_tokens=256 * 12,
+        batch_size=256,
+        lr=3e-3,
+        lr_warmup_steps=4,
+        l0_warmup_steps=6,
+        buffer_rows=2048,
+        checkpoint_every=4,
+        log_every=2,
+        device="cpu",
+        norm_rows=4096,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -52,8 +74,17 @@ def test_data_init_starts_jumprelu_at_the_requested_l0(store, tmp_path):
     """saescope's default JumpReLU starts at its target L0: the very first training step already
     runs at about that L0 (no dense phase), on the store's rows after standardisation, and every
     latent fires at first."""
-    cfg = TrainConfig(store=str(store), out=str(tmp_path / "init"), widths=[128], l0_coefficients=[8],
-                      train_tokens=256, batch_size=256, log_every=1, device="cpu", norm_rows=4096)
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(tmp_path / "init"),
+        widths=[128],
+        l0_coefficients=[8],
+        train_tokens=256,
+        batch_size=256,
+        log_every=1,
+        device="cpu",
+        norm_rows=4096,
+    )
     trainer = Trainer(cfg)
     trainer.estimate_normalization()
     trainer.init_from_data()
@@ -77,12 +108,27 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
     from saescope.config import from_namespace, preset_values, with_preset
 
     cfg = with_preset(TrainConfig, "gemma-scope", store=str(store), out=str(tmp_path / "gs"), device="cpu")
-    recipe = dict(lr=7e-5, batch_size=4096, lr_warmup_steps=1000, l0_warmup_steps=10_000, lr_decay=0.0,
-                  adam_beta1=0.0, adam_beta2=0.999, adam_eps=1e-8, normalize="scalar", l0_coefficients=[1e-3])
+    recipe = dict(
+        lr=7e-5,
+        batch_size=4096,
+        lr_warmup_steps=1000,
+        l0_warmup_steps=10_000,
+        lr_decay=0.0,
+        adam_beta1=0.0,
+        adam_beta2=0.999,
+        adam_eps=1e-8,
+        normalize="scalar",
+        l0_coefficients=[1e-3],
+    )
     assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.preset == "gemma-scope"
     for sae in Trainer(cfg).saes.values():
-        assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == \
-            ("l0", 1e-3, 1e-3, 0.0, 0.0)
+        assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == (
+            "l0",
+            1e-3,
+            1e-3,
+            0.0,
+            0.0,
+        )
         assert torch.all(sae.threshold == 1e-3)
     argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
     args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
@@ -94,7 +140,10 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
 
 def test_parse_knobs():
     assert parse_knobs("target_l0=40, l0_penalty=quadratic,bandwidth=0.002") == {
-        "target_l0": 40, "l0_penalty": "quadratic", "bandwidth": 0.002}
+        "target_l0": 40,
+        "l0_penalty": "quadratic",
+        "bandwidth": 0.002,
+    }
     with pytest.raises(SaescopeError, match="key=value"):
         parse_knobs("target_l0")
 
@@ -110,7 +159,7 @@ def test_many_saes_share_one_read_and_learn(store, tmp_path):
     for site, scale in trainer.scales.items():  # E||x/C||^2 = 1 on the sample
         x = torch.cat([trainer.store.read(site, i).float() for i in range(4)])
         assert (x / scale).pow(2).sum(1).mean().item() == pytest.approx(1.0, rel=1e-4)
-    log = [json.loads(l) for l in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     first, last = log[0], log[-1]
     for key in trainer.saes:
         assert last[key]["fvu"] < first[key]["fvu"] and last[key]["fvu"] < 0.5
@@ -139,6 +188,7 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
         if cut.step == 6:  # checkpoint at step 4, then two more steps of lost work
             raise Killed
         return real_step(acts)
+
     cut.train_step = dying_step
     with pytest.raises(Killed):
         cut.train()
@@ -153,12 +203,13 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
 def test_nan_in_batch_names_site_layer_step_and_keeps_checkpoint(store, tmp_path):
     poisoned = tmp_path / "store"
     import shutil
+
     shutil.copytree(store, poisoned)
     trainer = Trainer(cfg_for(poisoned, tmp_path / "run", checkpoint_every=1, norm_rows=1024, buffer_rows=1024))
     second = trainer.loader._groups(0)[1][0][0]  # the shard read for the second buffer: steps 4-7
     manifest_path = poisoned / "mlp.1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    for shard in manifest["shards"][second:second + 1]:  # NaNs as a broken model would store them
+    for shard in manifest["shards"][second : second + 1]:  # NaNs as a broken model would store them
         path = poisoned / "mlp.1" / shard["file"]
         data = np.fromfile(path, dtype=np.float32)
         data[::7] = np.nan
@@ -166,8 +217,11 @@ def test_nan_in_batch_names_site_layer_step_and_keeps_checkpoint(store, tmp_path
         shard["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
     trainer = Trainer(cfg_for(poisoned, tmp_path / "run", checkpoint_every=1, norm_rows=1024, buffer_rows=1024))
-    with pytest.raises(SaescopeError, match=r"NaN or inf in the activation batch at site mlp, layer 1, step 4: "
-                                            r"the last checkpoint .* is kept"):
+    with pytest.raises(
+        SaescopeError,
+        match=r"NaN or inf in the activation batch at site mlp, layer 1, step 4: "
+        r"the last checkpoint .* is kept",
+    ):
         trainer.train()
     assert torch.load(tmp_path / "run" / "train" / "checkpoint.pt", weights_only=True)["step"] == 4
 
@@ -188,7 +242,9 @@ def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(st
         x = torch.cat([whole.store.read(site, i).float() for i in range(4)])
         z = (x - whole.shifts[site]) / whole.scales[site]
         torch.testing.assert_close(z.mean(0), torch.zeros(x.shape[1]), atol=1e-5, rtol=0)
-        torch.testing.assert_close(z.var(0, unbiased=False), torch.full((x.shape[1],), 1 / x.shape[1]), rtol=1e-3, atol=0)
+        torch.testing.assert_close(
+            z.var(0, unbiased=False), torch.full((x.shape[1],), 1 / x.shape[1]), rtol=1e-3, atol=0
+        )
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg, train_tokens=256 * 5))
     resumed.train()  # stops at step 5 with a checkpoint at 4; a longer run resumes from it
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg))
@@ -211,7 +267,9 @@ def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(st
 def test_the_sae_config_keeps_the_exact_sweep_value(store, tmp_path):
     """Folder names round a sweep value to six digits (c0.3); the SAE's config.json keeps it exact,
     and two values that would share a folder are refused."""
-    Trainer(cfg_for(store, tmp_path, arch="relu", knobs="", l0_coefficients=[0.30000001, 3.0], train_tokens=256)).train()
+    Trainer(
+        cfg_for(store, tmp_path, arch="relu", knobs="", l0_coefficients=[0.30000001, 3.0], train_tokens=256)
+    ).train()
     for folder in (tmp_path / "saes").iterdir():
         meta = json.loads((folder / "config.json").read_text())
         assert meta["sparsity_coefficient"] == {"c0.3": 0.30000001, "c3": 3.0}[folder.name.rsplit("__", 1)[1]]
