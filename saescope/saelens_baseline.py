@@ -15,7 +15,7 @@ iterator of batches.
 What is shared with saescope's SAEs of the same compare run (the `Trainer` that trained them): the
 batches (the Trainer's own ShuffledLoader from step 0: same seed, batch size, buffer, eval_shards,
 hence the same rows in the same order), the normalisation (the Trainer's estimated scale and, with
-`--normalize standardize`, mean: rows are (x - mean) / scale before SAELens sees them, and SAELens'
+a per-dimension `--normalize`, mean: rows are (x - mean) / scale before SAELens sees them, and SAELens'
 own `normalize_activations` stays "none"), the number of steps and tokens, the width, the learning
 rate, the LR warm-up steps (SAELens `lr_warm_up_steps`), the LR decay (the Trainer's linear fall to
 0 over the last `lr_decay` share of the run is SAELens' `lr_decay_steps` with its constant

@@ -29,6 +29,7 @@ from saescope import distributed
 from saescope.activations.documents import dataset_fingerprint, iter_documents
 from saescope.activations.packing import pack_documents
 from saescope.activations.remote import file_url_path, is_url
+from saescope.activations.sensitivity import SENSITIVITY_FILE, write_sensitivity
 from saescope.activations.store import STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors, new_staging
 from saescope.config import STORE_FOLDER, device_option, option, validate
 from saescope.errors import SaescopeError
@@ -244,9 +245,9 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
         and len({len(c.shards) for c in columns.values()}) == 1
         and columns["tokens"].rows >= cfg.tokens
     ):
-        return _finish(cfg, columns)
+        return _finish(cfg, columns, model, tokenizer, sites)
     if world > 1 and was_complete and intact is None:  # a rank cannot tell alone that its share is complete
-        return _finish(cfg, columns)
+        return _finish(cfg, columns, model, tokenizer, sites)
     # Resume from the last shard complete in every column; only full shards count, so a finished
     # short tail is rewritten if more tokens are asked for now. Shards from a damaged one on are
     # harvested again.
@@ -256,7 +257,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
         c.truncate(n_full)
     done = n_full * cfg.shard_rows  # this rank's rows already stored
     if done >= cfg.tokens:
-        return _finish(cfg, columns)
+        return _finish(cfg, columns, model, tokenizer, sites)
     remaining = max(cfg.tokens - done * world, 0)
     need = estimate_bytes(list(widths.values()), remaining, cfg.dtype)
     free = shutil.disk_usage(cfg.store).free
@@ -313,7 +314,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> Path:
         writer.shutdown()
     if seen < cfg.tokens and rank == 0:
         print(f"saescope: the dataset ran out after {seen:,} tokens (asked for {cfg.tokens:,})")
-    return _finish(cfg, columns)
+    return _finish(cfg, columns, model, tokenizer, sites)
 
 
 def _intact_shards(columns: dict[str, ShardColumn]) -> int | None:
@@ -359,13 +360,15 @@ def _forward_into(model, batch, sites: list[Site], device, dtype: str, put: Call
     put("tokens", torch.stack([batch.input_ids[m], batch.doc_ids[m], batch.positions[m]], 1).to(torch.int32).numpy())
 
 
-def _finish(cfg: HarvestConfig, columns: dict[str, ShardColumn]) -> Path:
+def _finish(cfg: HarvestConfig, columns: dict[str, ShardColumn], model, tokenizer, sites: list[Site]) -> Path:
     world = distributed.world_size()
     if world > 1:
         distributed.barrier()  # every rank's shards and manifest are final
         if distributed.rank() == 0:
             columns = {name: _merge_ranks(col, world) for name, col in columns.items()}
     if distributed.rank() == 0:
+        if not (Path(cfg.store) / SENSITIVITY_FILE).exists():
+            write_sensitivity(Path(cfg.store), model, tokenizer, sites, cfg.dataset, cfg.text_field, cfg.context_len)
         info_path = Path(cfg.store) / "store.json"
         info = read_json(info_path)
         info.update(complete=True, rows=columns["tokens"].rows, harvest_config=asdict(cfg))

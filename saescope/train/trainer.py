@@ -56,7 +56,7 @@ from saescope.models.sites import Site
 from saescope.saes.base import SAE
 from saescope.saes.registry import ARCHITECTURES, make_sae, sae_from_state, sweep_knobs
 from saescope.train import checkpoint
-from saescope.train.normalize import INIT_ROWS, estimate_scale, estimate_standardization, first_rows
+from saescope.train.normalize import INIT_ROWS, PER_DIMENSION, estimate_scale, first_rows
 from saescope.train.schedule import Schedule, lr_at, sparsity_scale_at
 
 # The choices of the options that name one of a fixed set (argparse lists and checks them).
@@ -210,9 +210,9 @@ class Trainer:
         self.opt = self._adam()
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
-        self.shifts: dict[str, torch.Tensor] = {}  # per site, with --normalize standardize: the mean
-        if cfg.normalize == "standardize" and cfg.transcoder:
-            raise SaescopeError("transcoders use the recipe's scalar normalisation: drop --normalize standardize")
+        self.shifts: dict[str, torch.Tensor] = {}  # per site, with a per-dimension --normalize: the mean
+        if cfg.normalize != "scalar" and cfg.transcoder:
+            raise SaescopeError("transcoders use the recipe's scalar normalisation: train them with --normalize scalar")
 
     def _adam(self) -> torch.optim.Adam:
         """One Adam over every SAE's parameters, one parameter group per learning-rate scale the
@@ -267,8 +267,9 @@ class Trainer:
 
     def estimate_normalization(self) -> None:
         for site in self.sites:
-            if self.cfg.normalize == "standardize":
-                scale, mean = estimate_standardization(self.store, site, self.cfg.norm_rows)
+            if self.cfg.normalize != "scalar":
+                estimate = PER_DIMENSION[self.cfg.normalize]
+                scale, mean = estimate(self.store, site, self.cfg.norm_rows)
                 self.scales[site], self.shifts[site] = scale.to(self.device), mean.to(self.device)
             else:
                 self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows)

@@ -232,19 +232,22 @@ def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
         Trainer(cfg_for(store, tmp_path, widths=[64], train_tokens=256 * 8)).train()
 
 
-def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path):
+@pytest.mark.parametrize("normalize", ["standardize", "sensitivity"])
+def test_per_dimension_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path, normalize):
     from saescope.release.formats import load
 
-    cfg = dict(normalize="standardize", l0_coefficients=[1e-3])
+    cfg = dict(normalize=normalize, l0_coefficients=[1e-3])
     whole = Trainer(cfg_for(store, tmp_path / "whole", **cfg))
     whole.train()
-    for site in whole.sites:  # each dimension centred with equal variance, E||x||^2 = 1
+    for site in whole.sites:  # each dimension centred, E||x||^2 = 1; with standardize, equal variances
         x = torch.cat([whole.store.read(site, i).float() for i in range(4)])
         z = (x - whole.shifts[site]) / whole.scales[site]
         torch.testing.assert_close(z.mean(0), torch.zeros(x.shape[1]), atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            z.var(0, unbiased=False), torch.full((x.shape[1],), 1 / x.shape[1]), rtol=1e-3, atol=0
-        )
+        torch.testing.assert_close(z.pow(2).sum(1).mean(), torch.tensor(1.0), rtol=1e-3, atol=0)
+        if normalize == "standardize":
+            torch.testing.assert_close(
+                z.var(0, unbiased=False), torch.full((x.shape[1],), 1 / x.shape[1]), rtol=1e-3, atol=0
+            )
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg, train_tokens=256 * 5))
     resumed.train()  # stops at step 5 with a checkpoint at 4; a longer run resumes from it
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **cfg))
@@ -255,7 +258,7 @@ def test_standardized_training_resumes_and_releases_an_sae_of_raw_activations(st
         site = whole.site_of[key]
         released = load(tmp_path / "whole" / "saes" / key)
         meta = json.loads((tmp_path / "whole" / "saes" / key / "config.json").read_text())
-        assert meta["normalization"] == "standardize" and len(meta["normalization_scale"]) == sae.d_in
+        assert meta["normalization"] == normalize and len(meta["normalization_scale"]) == sae.d_in
         x_raw = whole.store.read(site, 5).float()[:64]
         with torch.no_grad():
             expected = sae((x_raw - whole.shifts[site]) / whole.scales[site]) * whole.scales[site] + whole.shifts[site]

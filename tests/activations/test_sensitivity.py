@@ -1,0 +1,70 @@
+"""The loss sensitivity the harvest stores: the gradient it averages, and when it is written."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tinymodels import tiny_model
+
+from saescope.activations.documents import iter_documents
+from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.packing import pack_documents
+from saescope.activations.sensitivity import SENSITIVITY_FILE, loss_sensitivity, read_sensitivity
+from saescope.models.sites import Site, site_module
+
+
+def leaf_gradient_squares(model, batch, site: Site) -> torch.Tensor:
+    """The same quantity for one site by a second route: the site's output made a leaf tensor."""
+    grabbed = {}
+
+    def hook(_m, _a, out):
+        x = out[0] if isinstance(out, tuple) else out
+        leaf = x.detach().requires_grad_(True)
+        grabbed["x"] = leaf
+        return (leaf, *out[1:]) if isinstance(out, tuple) else leaf
+
+    module, where = site_module(model, site)
+    assert where == "output"
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+        scored = batch.train_mask[:, :-1] & batch.attention_mask[:, 1:].bool()
+        F.cross_entropy(logits[scored], batch.input_ids[:, 1:][scored], reduction="sum").backward()
+    finally:
+        handle.remove()
+    g = grabbed["x"].grad[batch.train_mask]
+    return g.double().pow(2).mean(0).float()
+
+
+def test_sensitivity_is_the_mean_squared_loss_gradient_at_each_site(tiny_tokenizer):
+    model = tiny_model("gemma3_text")
+    batch = next(iter(pack_documents(iter_documents("wiki"), tiny_tokenizer, 64, 2, max_tokens=128)))
+    sites = [Site(0, "res"), Site(1, "res"), Site(1, "mlp")]
+    together = loss_sensitivity(model, [batch], sites)
+    for site in sites:  # measured together, each site equals its own gradient measured alone
+        expected = leaf_gradient_squares(model, batch, site)
+        torch.testing.assert_close(together[site.name], expected, rtol=1e-4, atol=1e-12)
+        assert float(expected.max()) > 0
+
+
+def test_harvest_writes_it_and_a_harvest_run_again_adds_it_to_an_older_store(tmp_path, tiny_tokenizer):
+    cfg = HarvestConfig(
+        sites="res,mlp",
+        layers="0",
+        tokens=1024,
+        context_len=64,
+        forward_batch=4,
+        dtype="float32",
+        shard_rows=512,
+        store=str(tmp_path / "store"),
+        device="cpu",
+    )
+    model = tiny_model("gemma3_text")
+    store = harvest(cfg, model, tiny_tokenizer)
+    first = {s: read_sensitivity(store, s) for s in ("res.0", "mlp.0")}
+    shards = {p.name: p.stat().st_mtime_ns for p in store.rglob("*.bin")}
+    (store / SENSITIVITY_FILE).unlink()  # a store harvested before sensitivities existed
+    harvest(cfg, model, tiny_tokenizer)
+    for site, values in first.items():
+        assert torch.equal(read_sensitivity(store, site), values)
+    assert {p.name: p.stat().st_mtime_ns for p in store.rglob("*.bin")} == shards  # no shard rewritten
