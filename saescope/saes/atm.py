@@ -28,13 +28,14 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import LossOutput, loss_output
-from saescope.saes.relu import ReLUSAE, matmuls_in
+from saescope.saes.relu import ReLUSAE
 
 
 class ATMSAE(ReLUSAE):
     """ReLU + norm-weighted L1 with adaptive temporal masking of unimportant latents."""
 
     arch: ClassVar[str] = "atm"
+    knob_names: ClassVar[tuple[str, ...]] = (*ReLUSAE.knob_names, "ema_decay", "mask_z", "mask_start")
 
     def __init__(
         self,
@@ -53,9 +54,6 @@ class ATMSAE(ReLUSAE):
         for name in ("ema_magnitude", "ema_frequency", "ema_contribution"):
             self.register_buffer(name, torch.zeros(d_sae))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"ema_decay": self.ema_decay, "mask_z": self.mask_z, "mask_start": self.mask_start}
 
     @torch.no_grad()
     def importance(self) -> Tensor:
@@ -88,7 +86,7 @@ class ATMSAE(ReLUSAE):
         self.steps += 1
 
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
-        with matmuls_in(self.matmul_dtype, x.device):
+        with self.dense_matmuls(x.device):
             f = self.pre_acts(x).relu().float()
             if self.training:
                 keep = torch.rand(self.d_sae, device=f.device) >= self.mask_probability()

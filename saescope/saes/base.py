@@ -1,8 +1,11 @@
 """What every SAE family shares: the four linear parameters, the decoder constraint, folding
 and the Gemma Scope `params.npz` layout.
 
-A family adds its activation function, its training loss and any extra released arrays
-(JumpReLU's threshold) through the small hooks at the bottom of `SAE`.
+A family adds its activation function, its training loss, its knobs (`knob_names`) and any extra
+released arrays (JumpReLU's threshold) through the small hooks at the bottom of `SAE`.
+
+Every family takes `matmul_dtype`: "float32", "bfloat16", or "auto" (the default), which is
+bfloat16 where the hardware multiplies it natively and float32 elsewhere (`SAE.uses_bf16`).
 
 Transcoders are SAEs of any family with `transcoder="plain"` or `"skip"`: they read one site
 (the MLP input) and predict another (the MLP output), so `loss` takes a `target`; the recipe
@@ -13,8 +16,11 @@ from the plain transcoder.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +48,23 @@ class LossOutput:
 
 
 TRANSCODER_KINDS = ("none", "plain", "skip")
+MATMUL_DTYPES = ("auto", "float32", "bfloat16")
+SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder")  # keyword arguments of `SAE` itself
+
+
+@functools.cache
+def native_bf16_matmul(device_type: str) -> bool:
+    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
+    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
 
 
 def batch_variance(y: Tensor) -> Tensor:
@@ -83,6 +106,9 @@ class SAE(nn.Module, ABC):
     sweep_knob: ClassVar[str] = "sparsity_coefficient"
     sweep_type: ClassVar[type] = float
     unit_decoder: bool = True  # decoder rows held at unit norm while training (a family may make it a knob)
+    # The family's own keyword arguments, each kept as the attribute of that name: with the shared
+    # ones they are its `knobs`.
+    knob_names: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def sweep_knob_for(cls, knobs: dict[str, Any]) -> str:
@@ -90,11 +116,20 @@ class SAE(nn.Module, ABC):
         return cls.sweep_knob
 
     def __init__(
-        self, d_in: int, d_sae: int, *, pre_encoder_bias: bool | None = None, transcoder: str = "none"
+        self,
+        d_in: int,
+        d_sae: int,
+        *,
+        matmul_dtype: str = "auto",
+        pre_encoder_bias: bool | None = None,
+        transcoder: str = "none",
     ) -> None:
         super().__init__()
         self.d_in = _positive_int("d_in", d_in)
         self.d_sae = _positive_int("d_sae", d_sae)
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
+        self.matmul_dtype = matmul_dtype
         if transcoder not in TRANSCODER_KINDS:
             raise SaescopeError(f"unknown transcoder {transcoder!r}; use one of {list(TRANSCODER_KINDS)}")
         if transcoder != "none" and pre_encoder_bias:
@@ -131,6 +166,16 @@ class SAE(nn.Module, ABC):
 
     def decode(self, f: Tensor) -> Tensor:
         return f @ self.W_dec + self.b_dec
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        """Whether this SAE's training matmuls on `device` run in bfloat16 (`matmul_dtype`)."""
+        if self.matmul_dtype == "auto":
+            return native_bf16_matmul(device.type)
+        return self.matmul_dtype == "bfloat16"
+
+    def dense_matmuls(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """A dense step's context: bfloat16 autocast where `uses_bf16`, else nothing."""
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.uses_bf16(device) else contextlib.nullcontext()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.decode(self.encode(x))
@@ -187,7 +232,8 @@ class SAE(nn.Module, ABC):
     def knobs(self) -> dict[str, Any]:
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""
         knobs: dict[str, Any] = {"pre_encoder_bias": self.pre_encoder_bias}
-        return knobs | ({"transcoder": self.transcoder} if self.transcoder != "none" else {})
+        knobs |= {"transcoder": self.transcoder} if self.transcoder != "none" else {}
+        return knobs | {k: getattr(self, k) for k in self.knob_names} | {"matmul_dtype": self.matmul_dtype}
 
     def release_form(self) -> tuple[type[SAE], dict[str, Tensor], dict[str, Any]]:
         """(class, arrays, knobs) of the released SAE, before folding: arrays in this SAE's

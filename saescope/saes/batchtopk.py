@@ -27,6 +27,7 @@ class BatchTopKSAE(TopKSAE):
     """n*k latents per batch of n tokens; a tracked threshold for inference; AuxK as TopK."""
 
     arch: ClassVar[str] = "batchtopk"
+    knob_names: ClassVar[tuple[str, ...]] = (*TopKSAE.knob_names, "threshold_window")
 
     def __init__(
         self, d_in: int, d_sae: int, *, threshold_window: int = DEFAULT_THRESHOLD_WINDOW, **topk_knobs: Any
@@ -37,9 +38,6 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_window = threshold_window
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64))
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"threshold_window": self.threshold_window}
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from saescope.saes.base import SAE, LossOutput, loss_output
 from saescope.saes.jumprelu import JumpReLUSAE
-from saescope.saes.relu import check_l1_knobs, matmuls_in
+from saescope.saes.relu import l1_coefficient
 
 DEFAULT_L1_COEFFICIENT = 1.0
 
@@ -33,28 +33,13 @@ class GatedSAE(SAE):
     """Gate and magnitude paths with tied directions; released as the equivalent JumpReLU."""
 
     arch: ClassVar[str] = "gated"
+    knob_names: ClassVar[tuple[str, ...]] = ("sparsity_coefficient",)
 
-    def __init__(
-        self,
-        d_in: int,
-        d_sae: int,
-        *,
-        sparsity_coefficient: float | None = None,
-        matmul_dtype: str = "auto",
-        pre_encoder_bias: bool | None = None,
-        transcoder: str = "none",
-    ) -> None:
-        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
-        check_l1_knobs(sparsity_coefficient, matmul_dtype)
-        self.matmul_dtype = matmul_dtype
-        self.sparsity_coefficient = (
-            DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
-        )
+    def __init__(self, d_in: int, d_sae: int, *, sparsity_coefficient: float | None = None, **common: Any) -> None:
+        super().__init__(d_in, d_sae, **common)
+        self.sparsity_coefficient = l1_coefficient(sparsity_coefficient, DEFAULT_L1_COEFFICIENT)
         self.r_mag = nn.Parameter(torch.zeros(d_sae))
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"sparsity_coefficient": self.sparsity_coefficient, "matmul_dtype": self.matmul_dtype}
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         proj = self.encoder_input(x) @ self.W_enc
@@ -66,7 +51,7 @@ class GatedSAE(SAE):
 
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
         """Dense step; matmuls in bfloat16 under `matmul_dtype` as ReLUSAE's."""
-        with matmuls_in(self.matmul_dtype, x.device):
+        with self.dense_matmuls(x.device):
             pi_gate, pi_mag = self._paths(x)
             pi_gate, pi_mag = pi_gate.float(), pi_mag.float()
             gate = pi_gate > 0

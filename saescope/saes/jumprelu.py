@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.sparse import BLOCK_ELEMENTS, MATMUL_DTYPES, DenseJumpReLU, SparseJumpReLU, _native_bf16_matmul
+from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
 # Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
 # (folders such as sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on
@@ -172,6 +172,22 @@ class JumpReLUSAE(SAE):
     arch: ClassVar[str] = "jumprelu"
     extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
     sweep_knob: ClassVar[str] = "target_l0"
+    knob_names: ClassVar[tuple[str, ...]] = (
+        "l0_coefficient",
+        "bandwidth",
+        "threshold_init",
+        "l0_penalty",
+        "target_l0",
+        "freq_coefficient",
+        "freq_target",
+        "init_l0",
+        "unit_decoder",
+        "init_norm",
+        "threshold_lr",
+        "relative_threshold",
+        "revive_coefficient",
+        "dead_tokens",
+    )
 
     @classmethod
     def sweep_knob_for(cls, knobs: dict[str, Any]) -> str:
@@ -191,23 +207,20 @@ class JumpReLUSAE(SAE):
         freq_coefficient: float = DEFAULT_FREQ_COEFFICIENT,
         freq_target: float = DEFAULT_FREQ_TARGET,
         init_l0: float | None = None,
-        matmul_dtype: str = "auto",
         unit_decoder: bool = True,
         init_norm: float | None = None,
         threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         relative_threshold: bool = False,
-        pre_encoder_bias: bool | None = None,
-        transcoder: str = "none",
+        **common: Any,
     ) -> None:
-        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
+        """`common`: matmul_dtype, pre_encoder_bias and transcoder, as for every family (`SAE`)."""
+        super().__init__(d_in, d_sae, **common)
         if l0_penalty not in L0_PENALTIES:
             raise SaescopeError(f"unknown l0_penalty {l0_penalty!r}; use one of {list(L0_PENALTIES)}")
         if l0_penalty != "l0" and not (target_l0 is not None and target_l0 > 0):
             raise SaescopeError(f"l0_penalty={l0_penalty!r} needs target_l0 > 0, e.g. target_l0=64")
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
         for name, value in (("bandwidth", bandwidth), ("threshold_init", threshold_init)):
             if not value > 0:
                 raise SaescopeError(f"{name} must be > 0, got {value!r}")
@@ -229,7 +242,6 @@ class JumpReLUSAE(SAE):
         self.freq_coefficient = float(freq_coefficient)
         self.freq_target = float(freq_target)
         self.init_l0 = float(init_l0)
-        self.matmul_dtype = matmul_dtype
         self.unit_decoder = bool(unit_decoder)
         if init_norm is None:
             init_norm = 1.0 if unit_decoder else FREE_INIT_NORM
@@ -254,25 +266,6 @@ class JumpReLUSAE(SAE):
         self.dead_tokens = int(dead_tokens)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {
-            "l0_coefficient": self.l0_coefficient,
-            "bandwidth": self.bandwidth,
-            "threshold_init": self.threshold_init,
-            "l0_penalty": self.l0_penalty,
-            "target_l0": self.target_l0,
-            "freq_coefficient": self.freq_coefficient,
-            "freq_target": self.freq_target,
-            "init_l0": self.init_l0,
-            "matmul_dtype": self.matmul_dtype,
-            "unit_decoder": self.unit_decoder,
-            "init_norm": self.init_norm,
-            "threshold_lr": self.threshold_lr,
-            "relative_threshold": self.relative_threshold,
-            "revive_coefficient": self.revive_coefficient,
-            "dead_tokens": self.dead_tokens,
-        }
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -324,11 +317,6 @@ class JumpReLUSAE(SAE):
             return self.freq_target
         return max(self.freq_target, FREQ_ABOVE_MEAN * self.target_l0 / self.d_sae)
 
-    def uses_bf16(self, device: torch.device) -> bool:
-        if self.matmul_dtype == "auto":
-            return _native_bf16_matmul(device.type)
-        return self.matmul_dtype == "bfloat16"
-
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
         """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
         penalty is lambda * L0 ("l0", Gemma Scope), lambda * mean over tokens of
@@ -363,9 +351,9 @@ class JumpReLUSAE(SAE):
         return loss_output(loss, mse, y, token_l0, latent_counts > 0, penalty)
 
     def _train_forward(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x_hat and the L0 counts by the path `step_path` names. With `auto` the step is sparse
-        (`SparseJumpReLU`) unless a probe of the batch finds more than DENSE_ABOVE of the entries
-        active or in the window; then it is dense (`DenseJumpReLU`)."""
+        """x_hat and the L0 counts by the path `step_path` names. With `auto` the step
+        (`JumpReLUStep`) is sparse unless a probe of the batch finds more than DENSE_ABOVE of the
+        entries active or in the window; then it is dense."""
         args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
         path = step_path()
         if path == "plain":
@@ -375,8 +363,7 @@ class JumpReLUSAE(SAE):
                 x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth, self.pre_encoder_bias
             )
             path = "dense" if share > DENSE_ABOVE else "sparse"
-        step = DenseJumpReLU if path == "dense" else SparseJumpReLU
-        return step.apply(*args, self.uses_bf16(x.device))
+        return JumpReLUStep.apply(*args, self.uses_bf16(x.device), path == "dense")
 
     def revival(self, x: Tensor) -> Tensor:
         """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre):

@@ -29,6 +29,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """BatchTopK with nested-prefix reconstruction losses."""
 
     arch: ClassVar[str] = "matryoshka"
+    knob_names: ClassVar[tuple[str, ...]] = (*BatchTopKSAE.knob_names, "prefixes")
 
     def __init__(self, d_in: int, d_sae: int, *, prefixes: int = DEFAULT_PREFIXES, **batchtopk_knobs: Any) -> None:
         super().__init__(d_in, d_sae, **batchtopk_knobs)
@@ -40,9 +41,6 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         ):
             raise SaescopeError(f"prefixes must be an integer in 1..{d_sae.bit_length()}, got {prefixes!r}")
         self.prefixes = prefixes
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {"prefixes": self.prefixes}
 
     def prefix_sizes(self) -> list[int]:
         return [self.d_sae >> j for j in reversed(range(self.prefixes))]

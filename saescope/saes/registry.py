@@ -8,7 +8,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.saes.atm import ATMSAE
-from saescope.saes.base import SAE
+from saescope.saes.base import SAE, SHARED_KNOBS
 from saescope.saes.batchtopk import BatchTopKSAE
 from saescope.saes.gated import GatedSAE
 from saescope.saes.jumprelu import JumpReLUSAE
@@ -48,7 +48,8 @@ def make_sae(arch: str, d_in: int, d_sae: int, **knobs: Any) -> SAE:
     try:
         return cls(d_in, d_sae, **knobs)
     except TypeError as e:
-        raise SaescopeError(f"bad option for {arch} SAE: {e}; see {cls.__name__}.__init__ for valid knobs") from None
+        valid = ", ".join(sorted({*cls.knob_names, *SHARED_KNOBS}))
+        raise SaescopeError(f"bad option for {arch} SAE: {e}; valid knobs: {valid}") from None
 
 
 def sae_from_state(arch: str, d_in: int, d_sae: int, knobs: dict[str, Any], state: dict[str, torch.Tensor]) -> SAE:

@@ -17,7 +17,6 @@ than one rounding step.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ClassVar
 
 import torch
@@ -26,31 +25,26 @@ from torch import Tensor
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
 from saescope.saes.jumprelu import JumpReLUSAE
-from saescope.saes.sparse import MATMUL_DTYPES, _native_bf16_matmul
 
 # On inputs scaled to E||x||^2 = 1, a coefficient of a few units gives L0 in the tens to
 # hundreds after a short run (the compare reproduction sweeps 1 to 10).
 DEFAULT_L1_COEFFICIENT = 3.0
 
 
-def check_l1_knobs(sparsity_coefficient: float | None, matmul_dtype: str) -> None:
-    """The knobs ReLU/L1 and Gated share, validated once for both."""
-    if sparsity_coefficient is not None and not sparsity_coefficient >= 0:
-        raise SaescopeError(f"sparsity_coefficient must be >= 0, got {sparsity_coefficient!r}")
-    if matmul_dtype not in MATMUL_DTYPES:
-        raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
-
-
-def matmuls_in(matmul_dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for a dense step when asked, or by default where it is native."""
-    bf16 = _native_bf16_matmul(device.type) if matmul_dtype == "auto" else matmul_dtype == "bfloat16"
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def l1_coefficient(value: float | None, default: float) -> float:
+    """The sparsity coefficient of an L1 family (ReLU, Gated, ATM): `default` when not given, else >= 0."""
+    if value is None:
+        return default
+    if not value >= 0:
+        raise SaescopeError(f"sparsity_coefficient must be >= 0, got {value!r}")
+    return float(value)
 
 
 class ReLUSAE(SAE):
     """f = ReLU(pre); loss = ||y - y_hat||^2 + lambda * sum_i f_i ||W_dec[i]||."""
 
     arch: ClassVar[str] = "relu"
+    knob_names: ClassVar[tuple[str, ...]] = ("sparsity_coefficient", "unit_decoder")
 
     def __init__(
         self,
@@ -59,30 +53,17 @@ class ReLUSAE(SAE):
         *,
         sparsity_coefficient: float | None = None,
         unit_decoder: bool = False,
-        matmul_dtype: str = "auto",
-        pre_encoder_bias: bool | None = None,
-        transcoder: str = "none",
+        **common: Any,
     ) -> None:
-        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
-        check_l1_knobs(sparsity_coefficient, matmul_dtype)
-        self.matmul_dtype = matmul_dtype
-        self.sparsity_coefficient = (
-            DEFAULT_L1_COEFFICIENT if sparsity_coefficient is None else float(sparsity_coefficient)
-        )
+        super().__init__(d_in, d_sae, **common)
+        self.sparsity_coefficient = l1_coefficient(sparsity_coefficient, DEFAULT_L1_COEFFICIENT)
         self.unit_decoder = bool(unit_decoder)
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {
-            "sparsity_coefficient": self.sparsity_coefficient,
-            "unit_decoder": self.unit_decoder,
-            "matmul_dtype": self.matmul_dtype,
-        }
 
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
 
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
-        with matmuls_in(self.matmul_dtype, x.device):
+        with self.dense_matmuls(x.device):
             f = self.pre_acts(x).relu()
             y_hat = (f @ self.W_dec).float() + self.b_dec
             f = f.float()

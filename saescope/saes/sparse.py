@@ -11,12 +11,12 @@ The products are torch's embedding-bag kernels (fused on CPU and CUDA): `gather_
 sparse-dense product that reads only the rows it needs, `gather_dot` a sampled dense-dense
 product (one dot product per entry).
 
-JumpReLU's hand-written step (`SparseJumpReLU`) picks, with one comparison per element of the
+JumpReLU's hand-written step (`JumpReLUStep`) picks, with one comparison per element of the
 encoder matmul, the entries that are active or inside the estimator's window, and runs every
 other product on those alone; its gradients are the recipe's straight-through estimators, equal
 to the plain autograd reference in saescope/saes/jumprelu.py up to float rounding. Right after
 the recipe's init about half of all latents fire and index lists that long lose to dense
-products, so jumprelu.py sends such steps to `DenseJumpReLU` (the same estimators, dense).
+products, so jumprelu.py runs such steps dense (the same estimators on [tokens, d_sae] tensors).
 
 Optionally the encoder matmul runs in bfloat16. Its rounding (~1e-3 on unit-scale inputs) is
 larger than half the estimator's bandwidth, so every entry within 8 standard deviations of
@@ -27,9 +27,7 @@ clearly active latents keep the bfloat16 product's rounding.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +39,6 @@ BLOCK_ELEMENTS = 1 << 24
 
 _BF16_UNIT_ROUNDOFF = 2.0**-8
 _FP32_UNIT_ROUNDOFF = 2.0**-24
-
-MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def group_starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
@@ -198,21 +194,6 @@ def _bf16_above(v: Tensor) -> Tensor:
     return (v + v.abs() * 2.0**-7).to(torch.bfloat16)
 
 
-@functools.cache
-def _native_bf16_matmul(device_type: str) -> bool:
-    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
-    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
 def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in: int) -> Tensor:
     """Per latent, how far a bfloat16 product x @ W_c can plausibly sit from the float32 one,
     for rows whose largest 2-norm is x_l2 and largest entry x_inf.
@@ -229,15 +210,26 @@ def _bf16_margin(x_l2: Tensor, x_inf: Tensor, w_l2: Tensor, w_inf: Tensor, d_in:
 
 
 # ---- JumpReLU's training step ------------------------------------------------------------------
+class Needs(NamedTuple):
+    """Which of `JumpReLUStep`'s tensor inputs want a gradient (its ctx.needs_input_grad)."""
+
+    x: bool
+    W_enc: bool
+    b_enc: bool
+    W_dec: bool
+    b_dec: bool
+    theta: bool
+
+
 @torch.no_grad()
 def _bias_grads(
-    g: Tensor, colsum: Tensor, W_enc: Tensor, need_b_enc: bool, need_b_dec: bool, pre_encoder_bias: bool
+    g: Tensor, colsum: Tensor, W_enc: Tensor, needs: Needs, pre_encoder_bias: bool
 ) -> tuple[Tensor | None, Tensor | None]:
     """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
     gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
-    grad_b_enc = colsum if need_b_enc else None
+    grad_b_enc = colsum if needs.b_enc else None
     grad_b_dec = None
-    if need_b_dec:
+    if needs.b_dec:
         grad_b_dec = g.sum(0)
         if pre_encoder_bias:
             grad_b_dec = grad_b_dec - W_enc @ colsum
@@ -300,125 +292,109 @@ def select_entries(
     return rows[keep], cols[keep], pre[keep], active[keep], window[keep]
 
 
-class SparseJumpReLU(torch.autograd.Function):
+class JumpReLUStep(torch.autograd.Function):
     """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active latents
-    (the differentiable L0): `reference_forward` of saescope/saes/jumprelu.py, with its
-    straight-through gradients, computed on the entries that are active or in the window only."""
+    (the differentiable L0): `reference_forward` of saescope/saes/jumprelu.py, whose arguments it
+    takes, then `bf16` and `dense`, with its straight-through gradients written out by hand.
+
+    Sparse (`dense` false): after the encoder matmul, only the entries active or in the window
+    (`select_entries`) enter any product. Dense: [n, d_sae] tensors, the cheaper way while a large
+    share of entries is active or in the window (the recipe's init, or a wide bandwidth); its
+    pre-activations are float32, so which entries are active or in the window is decided exactly as
+    the sparse path decides, and with `bf16` the four products that only carry values (decoding and
+    the backward products) run in bfloat16, ~4x faster on AMX, with the rounding of a bfloat16
+    matmul (~0.4%) in those values and gradients."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        W_enc: Tensor,
-        b_enc: Tensor,
-        W_dec: Tensor,
-        b_dec: Tensor,
-        theta: Tensor,
-        eps: float,
-        pre_encoder_bias: bool,
-        bf16: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        n, d_sae = x.shape[0], W_enc.shape[1]
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, eps, pre_encoder_bias, bf16, dense):
         xc = x - b_dec if pre_encoder_bias else x
-        rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, eps, bf16)
-        f = pre * active
-        x_hat = gather_sum(cols, W_dec, group_starts(rows, n), f) + b_dec
-        fired = active.to(x.dtype)
-        token_l0 = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, fired)
-        latent_counts = torch.zeros(d_sae, dtype=x.dtype, device=x.device).index_add_(0, cols, fired)
-        ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
-        ctx.eps, ctx.pre_encoder_bias = eps, pre_encoder_bias
-        return x_hat, token_l0, latent_counts
+        ctx.eps, ctx.pre_encoder_bias, ctx.bf16, ctx.dense = eps, pre_encoder_bias, bf16, dense
+        decoded, token_l0, latent_counts = (_dense_forward if dense else _sparse_forward)(
+            ctx, xc, W_enc, b_enc, W_dec, theta
+        )
+        return decoded + b_dec, token_l0, latent_counts
 
     @staticmethod
     def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
-        xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
-        eps = ctx.eps
-        n, d_sae = xc.shape[0], W_enc.shape[1]
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
-        g = grad_x_hat.contiguous()
-
-        # Latent-major order: the products below then reuse one decoder/encoder row per group
-        # and stream the small [n, d_in] matrices, which stay in cache.
-        order = sort_order(cols)
-        rows_t, cols_t = rows[order], cols[order]
-        starts_t = group_starts(cols_t, d_sae)
-        grad_f = gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
-        grad_pre = grad_f * active[order]
-
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
-        if need_theta:
-            win = window[order]
-            wc, wr = cols_t[win], rows_t[win]
-            jump = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, wc, grad_f[win])
-            step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
-            step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
-            grad_theta = -(theta / eps) * jump - step / eps
-        if need_W_dec:
-            grad_W_dec = gather_sum(rows_t, g, starts_t, f[order])
-        if need_W_enc:
-            grad_W_enc = gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
-        colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
-        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
-        if need_x:
-            grad_pre_rows = torch.empty_like(grad_pre)
-            grad_pre_rows[order] = grad_pre
-            grad_x = gather_sum(cols, W_enc.t().contiguous(), group_starts(rows, n), grad_pre_rows)
-        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
+        """Gradients to (x, W_enc, b_enc, W_dec, b_dec, theta); none to the four options."""
+        needs = Needs(*ctx.needs_input_grad[:6])
+        step = _dense_backward if ctx.dense else _sparse_backward
+        return *step(ctx, needs, grad_x_hat.contiguous(), grad_token_l0, grad_latent_counts), None, None, None, None
 
 
-class DenseJumpReLU(torch.autograd.Function):
-    """The same function and gradients as `SparseJumpReLU`, with dense [n, d_sae] tensors: the
-    cheaper way while a large share of entries is active or in the window (the recipe's init, or a
-    wide bandwidth). The pre-activations are float32, so which entries are active or in the window
-    is decided exactly as the sparse path decides; with `bf16` the four products that only carry
-    values (decoding and the backward products) run in bfloat16, ~4x faster on AMX, with the
-    rounding of a bfloat16 matmul (~0.4%) in those values and gradients."""
+Grads = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        W_enc: Tensor,
-        b_enc: Tensor,
-        W_dec: Tensor,
-        b_dec: Tensor,
-        theta: Tensor,
-        eps: float,
-        pre_encoder_bias: bool,
-        bf16: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        xc = x - b_dec if pre_encoder_bias else x
-        pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
-        active = pre > theta
-        f = pre * active
-        x_hat = bf16_mm(f, W_dec, bf16) + b_dec
-        fired = active.to(x.dtype)
-        ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
-        ctx.eps, ctx.pre_encoder_bias, ctx.bf16 = eps, pre_encoder_bias, bf16
-        return x_hat, fired.sum(1), fired.sum(0)
 
-    @staticmethod
-    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
-        xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
-        eps = ctx.eps
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
-        g = grad_x_hat.contiguous()
-        bf16 = ctx.bf16
-        grad_f = bf16_mm(g, W_dec.t(), bf16)
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
-        if need_theta:
-            window = ((pre - theta).abs() < eps / 2).to(g.dtype)
-            jump = (window * grad_f).sum(0)
-            step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
-            grad_theta = -(theta / eps) * jump - step / eps
-        grad_pre = grad_f.mul_(pre > theta)
-        if need_W_dec:
-            grad_W_dec = bf16_mm(f.t(), g, bf16)
-        if need_W_enc:
-            grad_W_enc = bf16_mm(xc.t(), grad_pre, bf16)
-        colsum = grad_pre.sum(0)
-        grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, need_b_enc, need_b_dec, ctx.pre_encoder_bias)
-        if need_x:
-            grad_x = bf16_mm(grad_pre, W_enc.t(), bf16)
-        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, None, None, None
+def _sparse_forward(
+    ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Decoded (without b_dec) and the counts, from the entries active or in the window."""
+    n, d_sae = xc.shape[0], W_enc.shape[1]
+    rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, ctx.eps, ctx.bf16)
+    f = pre * active
+    fired = active.to(xc.dtype)
+    token_l0 = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, rows, fired)
+    latent_counts = torch.zeros(d_sae, dtype=xc.dtype, device=xc.device).index_add_(0, cols, fired)
+    ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
+    return gather_sum(cols, W_dec, group_starts(rows, n), f), token_l0, latent_counts
+
+
+def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
+    xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
+    eps, n, d_sae = ctx.eps, xc.shape[0], W_enc.shape[1]
+    # Latent-major order: the products below then reuse one decoder/encoder row per group
+    # and stream the small [n, d_in] matrices, which stay in cache.
+    order, rows_t, cols_t, starts_t = latent_major(rows, cols, d_sae)
+    grad_f = gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
+    grad_pre = grad_f * active[order]
+    grad_x = grad_W_enc = grad_W_dec = grad_theta = None
+    if needs.theta:
+        win = window[order]
+        wc, wr = cols_t[win], rows_t[win]
+        jump = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, wc, grad_f[win])
+        step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
+        step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
+        grad_theta = -(theta / eps) * jump - step / eps
+    if needs.W_dec:
+        grad_W_dec = gather_sum(rows_t, g, starts_t, f[order])
+    if needs.W_enc:
+        grad_W_enc = gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
+    colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
+    grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, needs, ctx.pre_encoder_bias)
+    if needs.x:
+        grad_pre_rows = torch.empty_like(grad_pre)
+        grad_pre_rows[order] = grad_pre
+        grad_x = gather_sum(cols, W_enc.t().contiguous(), group_starts(rows, n), grad_pre_rows)
+    return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta
+
+
+def _dense_forward(
+    ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
+    active = pre > theta
+    f = pre * active
+    fired = active.to(xc.dtype)
+    ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
+    return bf16_mm(f, W_dec, ctx.bf16), fired.sum(1), fired.sum(0)
+
+
+def _dense_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
+    xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
+    eps, bf16 = ctx.eps, ctx.bf16
+    grad_f = bf16_mm(g, W_dec.t(), bf16)
+    grad_x = grad_W_enc = grad_W_dec = grad_theta = None
+    if needs.theta:
+        window = ((pre - theta).abs() < eps / 2).to(g.dtype)
+        jump = (window * grad_f).sum(0)
+        step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
+        grad_theta = -(theta / eps) * jump - step / eps
+    grad_pre = grad_f.mul_(pre > theta)
+    if needs.W_dec:
+        grad_W_dec = bf16_mm(f.t(), g, bf16)
+    if needs.W_enc:
+        grad_W_enc = bf16_mm(xc.t(), grad_pre, bf16)
+    grad_b_enc, grad_b_dec = _bias_grads(g, grad_pre.sum(0), W_enc, needs, ctx.pre_encoder_bias)
+    if needs.x:
+        grad_x = bf16_mm(grad_pre, W_enc.t(), bf16)
+    return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import SAE, LossOutput, loss_output
-from saescope.saes.sparse import MATMUL_DTYPES, _native_bf16_matmul, dense_pre, exact_pre, gather_pre, sparse_decode
+from saescope.saes.sparse import dense_pre, exact_pre, gather_pre, sparse_decode
 
 DEFAULT_K = 32
 DEFAULT_AUX_K = 512
@@ -58,6 +58,7 @@ class TopKSAE(SAE):
     arch: ClassVar[str] = "topk"
     sweep_knob: ClassVar[str] = "k"
     sweep_type: ClassVar[type] = int
+    knob_names: ClassVar[tuple[str, ...]] = ("k", "aux_k", "aux_coefficient", "dead_tokens")
 
     def __init__(
         self,
@@ -68,11 +69,9 @@ class TopKSAE(SAE):
         aux_k: int = DEFAULT_AUX_K,
         aux_coefficient: float = DEFAULT_AUX_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
-        matmul_dtype: str = "auto",
-        pre_encoder_bias: bool | None = None,
-        transcoder: str = "none",
+        **common: Any,
     ) -> None:
-        super().__init__(d_in, d_sae, pre_encoder_bias=pre_encoder_bias, transcoder=transcoder)
+        super().__init__(d_in, d_sae, **common)
         self.k = as_k(k, d_sae)
         if isinstance(aux_k, bool) or not isinstance(aux_k, int) or aux_k < 1:
             raise SaescopeError(
@@ -81,26 +80,9 @@ class TopKSAE(SAE):
         self.aux_k = aux_k
         if not aux_coefficient >= 0 or not dead_tokens >= 0:
             raise SaescopeError("aux_coefficient and dead_tokens must be >= 0")
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise SaescopeError(f"unknown matmul_dtype {matmul_dtype!r}; use one of {list(MATMUL_DTYPES)}")
         self.aux_coefficient = float(aux_coefficient)
         self.dead_tokens = int(dead_tokens)
-        self.matmul_dtype = matmul_dtype
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
-
-    def knobs(self) -> dict[str, Any]:
-        return super().knobs() | {
-            "k": self.k,
-            "aux_k": self.aux_k,
-            "aux_coefficient": self.aux_coefficient,
-            "dead_tokens": self.dead_tokens,
-            "matmul_dtype": self.matmul_dtype,
-        }
-
-    def uses_bf16(self, device: torch.device) -> bool:
-        if self.matmul_dtype == "auto":
-            return _native_bf16_matmul(device.type)
-        return self.matmul_dtype == "bfloat16"
 
     # ---- inference -------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:

@@ -3,6 +3,8 @@ dead-latent revival, BatchTopK's inference threshold, save/load round trips."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from saescope.release import interop
 from saescope.saes import (
     ARCHITECTURES,
     ATMSAE,
+    SAE,
     BatchTopKSAE,
     GatedSAE,
     JumpReLUSAE,
@@ -398,3 +401,20 @@ def test_per_dimension_folding_gives_the_trained_sae_on_raw_activations(arch):
         torch.testing.assert_close(released(x_raw), sae(x) * s + m, atol=5e-3, rtol=1e-4)
     with pytest.raises(SaescopeError, match="positive"):
         sae.folded(torch.zeros(D_IN), m)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_knobs_are_the_keyword_arguments(arch):
+    """`knobs()` rebuilds the SAE: every keyword argument of the family's constructors (its own and
+    its parents') is a knob, under its own name, and nothing else is."""
+    cls = ARCHITECTURES[arch]
+    keywords = {
+        p.name
+        for c in cls.__mro__
+        if "__init__" in vars(c) and issubclass(c, SAE)
+        for p in inspect.signature(c.__init__).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    sae = make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch)))
+    assert set(sae.knobs()) - {"transcoder"} == keywords - {"transcoder"}
+    assert make_sae(arch, D_IN, D_SAE, **sae.knobs()).knobs() == sae.knobs()

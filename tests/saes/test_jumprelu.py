@@ -9,7 +9,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
 from saescope.saes.jumprelu import FREE_INIT_NORM, PATH_VARIABLE, reference_forward
-from saescope.saes.sparse import DenseJumpReLU, SparseJumpReLU
+from saescope.saes.sparse import JumpReLUStep
 
 
 @pytest.fixture(autouse=True)
@@ -110,8 +110,7 @@ def test_each_forced_path_equals_the_reference(monkeypatch, path):
     """SAESCOPE_JUMPRELU_PATH picks the step; `plain` is the reference itself, never a fast step."""
     monkeypatch.setenv(PATH_VARIABLE, path)
     if path == "plain":
-        for fast in (SparseJumpReLU, DenseJumpReLU):
-            monkeypatch.setattr(fast, "apply", lambda *a: pytest.fail("a fast step ran on the plain path"))
+        monkeypatch.setattr(JumpReLUStep, "apply", lambda *a: pytest.fail("a fast step ran on the plain path"))
     sae = _sae(matmul_dtype="float32", freq_coefficient=0.5, freq_target=0.02)
     x = _x().requires_grad_()
     out = sae.loss(x, sparsity_scale=0.7)
@@ -133,13 +132,13 @@ def test_threshold_gradient_formulas():
     sae = _sae(matmul_dtype="float32")
     x = _x()
     eps = sae.bandwidth
-    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, False)
+    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, False, False)  # sparse
     with torch.no_grad():
         pre = sae.pre_acts(x)
         window = (pre - sae.threshold).abs() < eps / 2
     assert window.sum() > 50
 
-    x_hat, token_l0, counts = SparseJumpReLU.apply(*args)
+    x_hat, token_l0, counts = JumpReLUStep.apply(*args)
     w = torch.randn(x.shape[0])
     (token_l0 * w).sum().backward()
     expected = -(window * w[:, None]).sum(0) / eps
@@ -147,7 +146,7 @@ def test_threshold_gradient_formulas():
     assert sae.W_enc.grad.abs().max() == 0 and sae.b_enc.grad.abs().max() == 0
 
     sae.zero_grad()
-    x_hat, token_l0, counts = SparseJumpReLU.apply(*args)
+    x_hat, token_l0, counts = JumpReLUStep.apply(*args)
     g = torch.randn_like(x_hat)
     (x_hat * g).sum().backward()
     dL_df = g @ sae.W_dec.detach().t()
@@ -173,8 +172,8 @@ def test_bfloat16_matmul_decides_exactly_like_float32():
         ).sum()
     assert flips > 0, "test data too easy: bf16 rounding flips no decision"
 
-    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True)
-    _, token_l0, counts = SparseJumpReLU.apply(*args)
+    args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True, False)  # sparse
+    _, token_l0, counts = JumpReLUStep.apply(*args)
     assert torch.equal(token_l0, (pre32 > t).sum(1).float())
     assert torch.equal(counts, (pre32 > t).sum(0).float())
     token_l0.sum().backward()
