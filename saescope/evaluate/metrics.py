@@ -244,9 +244,14 @@ def model_metrics(text: HeldOutText, sae: SAE, site: Site, clean_ce: float, zero
     ce, kl = text.loss_with(site, splice)
     counted = [~keep for _ids, _am, keep, _count in text.batches]
     text_l0 = sum(n[m].sum().item() for n, m in zip(l0, counted)) / max(1, sum(m.sum().item() for m in counted))
+    return _spliced_metrics(text, ce, kl, clean_ce, zero_ce, text_l0=text_l0)
+
+
+def _spliced_metrics(text: HeldOutText, ce: float, kl: float, clean_ce: float, zero_ce: float, **extra: float) -> dict:
+    """The language-model numbers of one splice (an SAE's or a transcoder's) on the held-out text."""
     return {
         "eval_text_tokens": text.tokens,
-        "text_l0": text_l0,
+        **extra,
         "ce_clean": clean_ce,
         "ce_spliced": ce,
         "ce_zero_ablation": zero_ce,
@@ -270,15 +275,7 @@ def transcoder_metrics(
 
     with capture(text.model, [in_site], grab, stop_after=False):
         ce, kl = text.loss_with(out_site, splice)
-    return {
-        "eval_text_tokens": text.tokens,
-        "ce_clean": clean_ce,
-        "ce_spliced": ce,
-        "ce_zero_ablation": zero_ce,
-        "delta_loss": ce - clean_ce,
-        "kl_div": kl,
-        "ce_loss_recovered": (zero_ce - ce) / (zero_ce - clean_ce) if zero_ce != clean_ce else float("nan"),
-    }
+    return _spliced_metrics(text, ce, kl, clean_ce, zero_ce)
 
 
 def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
