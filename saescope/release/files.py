@@ -1,4 +1,5 @@
-"""Reading the files an SAE folder holds, whatever tool wrote them: `.npz`, safetensors and JSON.
+"""Reading the files an SAE folder holds, whatever tool wrote them: `.npz`, safetensors and JSON
+(saescope/io.py's reader, with advice for SAE folders).
 
 Every reader here turns a missing, damaged or foreign file into one `SaescopeError` line naming it,
 because an SAE folder is often someone else's download and a traceback from deep inside numpy or
@@ -8,7 +9,6 @@ safetensors does not say which file to replace. Nothing is unpickled: `.npz` fil
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from saescope.errors import SaescopeError
+from saescope.io import read_json
+
+# What to do about a file of an SAE folder that is missing or unreadable: the folder was read as
+# the wrong format, or it is not an SAE; and about a trained SAE's own config.json or metrics.json.
+FOLDER_FIX = "is it an SAE folder of that format? (try without --format)"
+TRAINED_FIX = "train or evaluate that SAE again, or move its folder out"
 
 
 def _exists(path: Path) -> None:
     if not path.is_file():
-        raise SaescopeError(
-            f"{path.parent} has no {path.name}: is it an SAE folder of that format? (try without --format)"
-        )
+        raise SaescopeError(f"{path.parent} has no {path.name}: {FOLDER_FIX}")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -50,30 +54,24 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise SaescopeError(f"{path} is not an SAE: not a readable safetensors file ({e})") from e
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    _exists(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SaescopeError(f"{path} is not a readable JSON config ({type(e).__name__}); is the folder an SAE?") from e
-    if not isinstance(data, dict):
-        raise SaescopeError(f"{path} holds JSON {type(data).__name__}, not an SAE config object")
-    return data
+def folder_json(path: Path) -> dict[str, Any]:
+    """A JSON file of an SAE folder that any tool may have written (cfg.json, config.json)."""
+    return read_json(path, FOLDER_FIX)
 
 
 def read_json_with(path: Path, *keys: str) -> dict[str, Any]:
     """A JSON object that must hold `keys` (a trained SAE's config.json or metrics.json): a damaged
     or foreign one is a one-line error instead of a KeyError deep inside a job."""
-    data = read_json(path)
+    data = read_json(path, TRAINED_FIX)
     missing = [k for k in keys if k not in data]
     if missing:
         raise SaescopeError(
-            f"{path} lacks {', '.join(missing)}: it was not written by saescope train/evaluate "
-            f"or is damaged; train or evaluate that SAE again, or move its folder out"
+            f"{path} lacks {', '.join(missing)}: it was not written by saescope train/evaluate or is damaged; "
+            + TRAINED_FIX
         )
     return data
 
 
 def optional_json(path: Path) -> dict[str, Any]:
     """A side file (metrics.json, a config.json beside params.npz) that a folder may lack."""
-    return read_json(path) if path.exists() else {}
+    return folder_json(path) if path.exists() else {}

@@ -15,7 +15,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from saescope.outputs import strict_json
-from saescope.release.files import optional_json, read_json, read_npz, read_safetensors
+from saescope.release.files import folder_json, optional_json, read_npz, read_safetensors
 from saescope.release.hooks import hf_hook, model_type_of, site_from_names
 from saescope.release.loaded import LoadedSAE, build_sae, gemma_scope_arrays, native_meta, without_pre_encoder_bias
 from saescope.saes.base import SAE
@@ -39,7 +39,7 @@ def read_gemma_scope(path: Path) -> LoadedSAE:
 def read_saescope(path: Path) -> LoadedSAE:
     """A trained folder: `sae.safetensors` (Gemma Scope names, folded) + `config.json`."""
     folder = path if path.is_dir() else path.parent
-    meta = read_json(folder / "config.json")
+    meta = folder_json(folder / "config.json")
     params = read_safetensors(folder / "sae.safetensors")
     sae = build_sae(
         meta.get("architecture", "jumprelu"), params, knobs=meta.get("knobs"), where=str(folder / "sae.safetensors")

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
-from saescope.release.files import optional_json, read_json, read_safetensors
+from saescope.release.files import folder_json, optional_json, read_safetensors
 from saescope.release.hooks import hf_hook, model_type_of, site_from_names, tl_hook
 from saescope.release.loaded import LoadedSAE, build_sae, gemma_scope_arrays, native_meta, without_pre_encoder_bias
 from saescope.saes.base import SAE
@@ -38,7 +38,7 @@ def read_saelens(path: Path) -> LoadedSAE:
     """`cfg.json` + `sae_weights.safetensors` as SAELens saves them (v6 schema, or the flat pre-6
     one). A "standard" ReLU SAE is loaded as JumpReLU with threshold 0, the same function."""
     folder = path if path.is_dir() else path.parent
-    cfg = read_json(folder / "cfg.json")
+    cfg = folder_json(folder / "cfg.json")
     flat = {("hook_name" if k == "hook_point" else k): v for k, v in cfg.items() if k != "metadata"}
     info = flat | dict(cfg.get("metadata") or {})
     arch = cfg.get("architecture", "standard")

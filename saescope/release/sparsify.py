@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from saescope.errors import SaescopeError
 from saescope.outputs import strict_json
-from saescope.release.files import optional_json, read_json, read_safetensors
+from saescope.release.files import folder_json, optional_json, read_safetensors
 from saescope.release.hooks import site_from_names
 from saescope.release.loaded import LoadedSAE, build_sae, gemma_scope_arrays, native_meta
 from saescope.saes.base import SAE
@@ -28,7 +28,7 @@ def read_sparsify(path: Path) -> LoadedSAE:
     transcode, skip_connection) + `sae.safetensors` (encoder.weight [d_sae, d_in], encoder.bias,
     W_dec [d_sae, d_in], b_dec, W_skip [d_out, d_in])."""
     folder = path if path.is_dir() else path.parent
-    cfg = read_json(folder / "cfg.json")
+    cfg = folder_json(folder / "cfg.json")
     if "d_in" not in cfg or "k" not in cfg:
         raise SaescopeError(f"{folder / 'cfg.json'} is not a sparsify config (no d_in and k); pass --format")
     if cfg.get("activation", "topk") != "topk":
