@@ -33,8 +33,9 @@ import numpy as np
 from saescope import distributed
 from saescope.activations.store import ShardColumn
 from saescope.io import write_json_atomic
+from saescope.train.job import TrainConfig
 from saescope.train.normalize import estimate_scale
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.trainer import Trainer
 
 
 def make_store(path: Path, d_in: int, sites: int, rows: int, shard_rows: int) -> None:

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from saescope.evaluate.metrics import EvalConfig, evaluate
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.job import TrainConfig
+from saescope.train.trainer import Trainer
 
 # The default run's schedule before this study: Gemma Scope 2's per-token quadratic penalty
 # toward L0 64 (lambda 3e-3), the recipe's threshold init and bandwidth (0.001), no frequency

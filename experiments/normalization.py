@@ -23,7 +23,8 @@ from saescope.evaluate.metrics import EvalConfig, HeldOutText, evaluate, load_tr
 from saescope.models.loading import load_model
 from saescope.models.sites import Site
 from saescope.run import RunConfig
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.job import TrainConfig
+from saescope.train.trainer import Trainer
 
 
 def train_and_evaluate(base: RunConfig, store: Path, out: Path, normalize: str, sites: str) -> dict:

@@ -34,7 +34,8 @@ from saescope.release.export import EXPORT_FORMATS
 from saescope.release.formats import release
 from saescope.release.interop import FORMATS
 from saescope.run import RunConfig, run, summary_table, write_readme_table
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.job import TrainConfig
+from saescope.train.trainer import Trainer
 
 
 @dataclass

@@ -39,8 +39,9 @@ from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
 from saescope.saelens_baseline import require_saelens, train_saelens
 from saescope.saes.registry import ARCHITECTURES, sweep_knobs
+from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.schedule import Schedule
-from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
+from saescope.train.trainer import Trainer
 
 DEFAULT_SWEEPS = "jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,gated=0.3/1/3,relu=1/3/10"
 DEFAULT_MATCHED_L0 = "16,32,64"

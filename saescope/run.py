@@ -21,7 +21,8 @@ from saescope.config import RUN_FOLDER, option, part, rescaled, save_config
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate, summary_rows
 from saescope.release.formats import release
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.job import TrainConfig
+from saescope.train.trainer import Trainer
 
 # The short schedule (200 steps instead of a million) needs the larger learning rate and shorter
 # warm-up; `saescope compare` trains on it too.

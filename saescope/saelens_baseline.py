@@ -68,7 +68,8 @@ from saescope.errors import SaescopeError
 from saescope.io import read_json, write_json_atomic
 from saescope.release.loaded import build_sae
 from saescope.saes.base import SAE
-from saescope.train.trainer import Trainer, sae_key
+from saescope.train.job import sae_key
+from saescope.train.trainer import Trainer
 
 # SAELens architecture -> the family name the baseline's SAEs carry in config.json and the tables.
 FAMILIES = {"jumprelu": "saelens-jumprelu", "topk": "saelens-topk"}

@@ -28,8 +28,9 @@ from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
 from saescope.saes.skip_transcoder import SkipTranscoder
+from saescope.train.job import TrainConfig
 from saescope.train.normalize import estimate_standardization
-from saescope.train.trainer import TrainConfig, Trainer, lr_at
+from saescope.train.trainer import Trainer, lr_at
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from saescope.compare import CompareConfig
 from saescope.config import choices, from_namespace, save_config
 from saescope.evaluate.metrics import EvalConfig
 from saescope.run import RUN_SCALE, RunConfig
+from saescope.train.job import TrainConfig
 from saescope.train.schedule import Schedule
-from saescope.train.trainer import TrainConfig
 
 
 @pytest.fixture(scope="module")

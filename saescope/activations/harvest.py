@@ -29,7 +29,7 @@ from saescope import distributed
 from saescope.activations.documents import dataset_fingerprint, iter_documents
 from saescope.activations.packing import pack_documents
 from saescope.activations.remote import file_url_path, is_url
-from saescope.activations.sensitivity import SENSITIVITY_FILE, write_sensitivity
+from saescope.activations.sensitivity import SENSITIVITY_FILE, SENSITIVITY_TOKENS, write_sensitivity
 from saescope.activations.store import STORE_DTYPES, TOKEN_FIELDS, ShardColumn, ShardFile, disk_errors, new_staging
 from saescope.config import STORE_FOLDER, device_option, option, validate
 from saescope.errors import SaescopeError
@@ -368,6 +368,7 @@ def _finish(cfg: HarvestConfig, columns: dict[str, ShardColumn], model, tokenize
             columns = {name: _merge_ranks(col, world) for name, col in columns.items()}
     if distributed.rank() == 0:
         if not (Path(cfg.store) / SENSITIVITY_FILE).exists():
+            print(f"saescope: measuring each site's loss sensitivity on {SENSITIVITY_TOKENS:,} tokens")
             write_sensitivity(Path(cfg.store), model, tokenizer, sites, cfg.dataset, cfg.text_field, cfg.context_len)
         info_path = Path(cfg.store) / "store.json"
         info = read_json(info_path)

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from saescope import distributed
+from saescope.train.job import TrainConfig
 from saescope.train.normalize import estimate_scale
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

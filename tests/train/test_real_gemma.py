@@ -9,7 +9,8 @@ import pytest
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.evaluate.metrics import EvalConfig, evaluate
-from saescope.train.trainer import TrainConfig, Trainer
+from saescope.train.job import TrainConfig
+from saescope.train.trainer import Trainer
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ from tinymodels import tiny_model
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
+from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.normalize import first_rows
-from saescope.train.trainer import TrainConfig, Trainer, parse_knobs
+from saescope.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
