@@ -312,4 +312,7 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
     png = plot(rows, Path(out, "compare.png"), title)
     print(text)
     print(f"saescope: plot written to {png}")
+    from saescope.evaluate.splitting import print_splitting  # the table when the run has several widths
+
+    print_splitting(out)
     return rows

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from saescope.browse import lens
+from saescope.browse import family, lens
 from saescope.browse.db import FeatureDB, LatentRow, connect
 from saescope.browse.stats import TokenText
 from saescope.browse.suite import adjacent, list_saes
@@ -86,6 +86,7 @@ class OnDemand:
             for j in range(len(latents)):
                 items = lens.pairs(i[j], v[j])
                 out[j]["adjacent"].append({"sae": other.name, "layer": other.site.layer, "items": items})
+        family.attach(self, name, latents, out)  # parent and children across widths
         return out
 
     # ---- computing and storing the lens -------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote, urlencode
 
-from saescope.browse import plots
+from saescope.browse import family, plots
 from saescope.browse.db import Examples, FeatureDB, LatentRow
 from saescope.browse.lens import LENS_KINDS
 
@@ -333,7 +333,7 @@ def latent_page(db: FeatureDB, row: LatentRow, links: Links) -> str:
             if topic_names
             else ""
         )
-        + f"<h2>Similar latents (decoder cosine)</h2><p>same SAE: {same}</p>{adj}"
+        + f"<h2>Similar latents (decoder cosine)</h2><p>same SAE: {same}</p>{adj}{family.section(row, links)}"
     )
     if not len(ex):
         body += '<p class="note">This latent never fired on the held-out tokens (dead).</p>'
