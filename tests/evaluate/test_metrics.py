@@ -135,7 +135,8 @@ def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch,
 def test_text_file_evaluation_and_l0_on_the_spliced_tokens(setup, tiny_tokenizer, tmp_path):
     """`evaluate --text FILE` measures on that file from its start; model_metrics' text L0 counts
     the SAE's active latents on exactly the tokens whose loss it measures (BOS and pad left out)."""
-    from saescope.evaluate.metrics import metrics_file, model_metrics
+    from saescope.evaluate.metrics import Reference, metrics_file, model_metrics
+    from saescope.evaluate.position import Tally
 
     model, store = setup
     path = tmp_path / "other.txt"
@@ -147,8 +148,9 @@ def test_text_file_evaluation_and_l0_on_the_spliced_tokens(setup, tiny_tokenizer
     sae = make_sae("jumprelu", 64, 96).folded(1.0)
     with torch.no_grad():
         sae.threshold.uniform_(0.0, 0.6)
-    clean, _ = text.loss_with(None, None)
-    m = model_metrics(text, sae, Site(1, "res"), clean, clean + 1.0)
+    tally = Tally(text.groups)
+    clean, _ = text.loss_with(None, None, tally)
+    m = model_metrics(text, sae, Site(1, "res"), Reference.measure(text, (clean, tally), Site(1, "res")))
     seen = []
     text.loss_with(Site(1, "res"), lambda x: seen.append(x.float().clone()) or x)
     real = [~keep for _ids, _am, keep, _count in text.batches]
