@@ -9,6 +9,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[test]'
+	# sae-bench's result dataclasses and reader check our SAEBench files in the tests; its declared
+	# dependencies would replace torch, numpy and datasets (README, Evaluation suite), so without them
+	$(PY) -m pip install -q --no-deps sae-bench==0.6.0
 	touch $@
 
 install: $(VENV)/.installed

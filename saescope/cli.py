@@ -27,7 +27,8 @@ from saescope.config import (
     read_config,
 )
 from saescope.errors import SaescopeError
-from saescope.evaluate.metrics import EvalConfig, evaluate, metrics_file, summary_rows
+from saescope.evaluate.metrics import metrics_file, summary_rows
+from saescope.evaluate.suite import SUITE_HELP, SuiteConfig, position_summary, run_suite
 from saescope.memory import keep_freed_memory
 from saescope.outputs import check_outside_stores, check_writable
 from saescope.release.export import EXPORT_FORMATS
@@ -95,9 +96,10 @@ def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def cmd_evaluate(cfg: EvalConfig) -> None:
-    evaluate(cfg)
+def cmd_evaluate(cfg: SuiteConfig) -> None:
+    run_suite(cfg)
     print(summary_table(cfg.out, cfg.text))
+    print(position_summary(cfg))
 
 
 @dataclass
@@ -244,7 +246,7 @@ JOBS: dict[str, tuple[type, object, str]] = {
     "sites": (SitesConfig, cmd_sites, "list a model's sites and their widths"),
     "harvest": (HarvestConfig, cmd_harvest, "store activations of many sites from one forward pass per batch"),
     "train": (TrainConfig, cmd_train, "train SAEs for many sites, widths and sparsities from one read of a store"),
-    "evaluate": (EvalConfig, cmd_evaluate, "L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents per SAE"),
+    "evaluate": (SuiteConfig, cmd_evaluate, SUITE_HELP),
     "table": (TableConfig, cmd_table, "print a run's metrics table (and write it into a README)"),
     "release": (ReleaseConfig, cmd_release, "write evaluated SAEs in Gemma Scope's layout with suite.json"),
     "release-push": (
