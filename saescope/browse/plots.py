@@ -6,6 +6,7 @@ Every label passes through `html.escape`, because SAE and token names reach thes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -48,8 +49,21 @@ def bars(
     )
 
 
-def lines(series: dict[str, list[tuple[float, float]]], title: str, width: int = 360, height: int = 180) -> str:
-    """One line per series (x = layer), with a legend; skips non-finite points."""
+def lines(
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    width: int = 360,
+    height: int = 180,
+    ticks: Sequence[str] = (),
+) -> str:
+    """One line per series, with a legend; skips non-finite points. x is a layer, or with `ticks`
+    the index of its label (token-position buckets)."""
+
+    def name_x(x: float, first: bool = False) -> str:
+        if ticks:
+            return ticks[int(x)] if int(x) < len(ticks) else ""
+        return f"layer {x:g}" if first else f"{x:g}"
+
     pts = [(x, y) for s in series.values() for x, y in s if math.isfinite(y)]
     if not pts:
         return ""
@@ -68,8 +82,8 @@ def lines(series: dict[str, list[tuple[float, float]]], title: str, width: int =
         f'<text x="5" y="13" class="ptitle">{escape(title)}</text>',
         f'<text x="{left - 3}" y="{top + 4}" class="axis" text-anchor="end">{escape(_fmt(y1))}</text>',
         f'<text x="{left - 3}" y="{height - bottom}" class="axis" text-anchor="end">{escape(_fmt(y0))}</text>',
-        f'<text x="{left}" y="{height - 6}" class="axis">layer {x0:g}</text>',
-        f'<text x="{width - right}" y="{height - 6}" class="axis" text-anchor="end">{x1:g}</text>',
+        f'<text x="{left}" y="{height - 6}" class="axis">{escape(name_x(x0, True))}</text>',
+        f'<text x="{width - right}" y="{height - 6}" class="axis" text-anchor="end">{escape(name_x(x1))}</text>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" class="frame"/>',
     ]
     for k, (name, s) in enumerate(series.items()):
@@ -79,7 +93,7 @@ def lines(series: dict[str, list[tuple[float, float]]], title: str, width: int =
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.6"/>')
         parts += [
             f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.2" fill="{color}"><title>{escape(name)} '
-            f"layer {x:g}: {escape(_fmt(y))}</title></circle>"
+            f"{escape(name_x(x, True))}: {escape(_fmt(y))}</title></circle>"
             for x, y in good
         ]
         parts.append(

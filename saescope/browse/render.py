@@ -13,19 +13,11 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote, urlencode
 
-from saescope.browse import family, plots
+from saescope.browse import evalview, family, plots
 from saescope.browse.db import Examples, FeatureDB, LatentRow
+from saescope.browse.evalview import METRICS, fmt
 from saescope.browse.lens import LENS_KINDS
 
-METRICS = {
-    "l0": "L0",
-    "fvu": "FVU",
-    "delta_loss": "delta loss",
-    "ce_loss_recovered": "CE recovered",
-    "kl_div": "KL",
-    "dead_latents": "dead",
-    "dense_latents": "dense",
-}
 SORTS = {"freq_desc": "frequency DESC", "freq_asc": "frequency ASC", "index": "latent ASC", "max_act": "max_act DESC"}
 
 
@@ -84,14 +76,6 @@ def error_page(status: int, message: str, links: Links) -> str:
         f'<h1>{status}</h1><p class="error">{e(message)}</p><p><a href="{e(links.home())}">back to the suite</a></p>',
         links,
     )
-
-
-def fmt(v: object) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
 
 
 def _shade(value: float, lo: float, hi: float) -> str:
@@ -160,24 +144,13 @@ def sae_page(
     if query:
         hits = {latent for _, latent, _, _ in db.search(query, sae=name, limit=s.d_sae)}
         rows = [r for r in rows if r[0] in hits]
-    freqs = [r[1] for r in db.latent_table(name, "latent ASC")]
-    edges = [-6 + 0.25 * i for i in range(25)]
-    counts = [0] * 24
-    for f in freqs:
-        if f > 0:
-            counts[min(max(int((math.log10(f) + 6) / 0.25), 0), 23)] += 1
-    dead = sum(1 for f in freqs if f == 0)
+    histogram, dead = evalview.frequency_histogram([r[1] for r in db.latent_table(name, "latent ASC")])
     lensed = db.lens_count(name)
     pending = (
         ""
         if lensed == s.d_sae or s.kind not in LENS_KINDS
         else f'<p class="note" id="lens-pending">Top logits of {lensed} of {s.d_sae} latents so far: the rest are '
         f"computed in the background, and on a latent's first view.</p>"
-    )
-    metrics = "".join(
-        f"<tr><th>{e(METRICS.get(k, k))}</th><td class=num>{e(fmt(v))}</td></tr>"
-        for k, v in s.metrics.items()
-        if k in METRICS or k == "browse_rows"
     )
     table = []
     for latent, freq, max_act, snippet, logit_summary in rows:
@@ -205,9 +178,8 @@ def sae_page(
     body = (
         f"<h1>{e(name)}</h1><p>site <b>{e(s.kind)}</b>, layer <b>{s.layer}</b>, {s.d_sae} latents, "
         f"d_in {s.d_in}; {dead} latents never fired on the held-out tokens.</p>"
-        f'<div class="cols"><div><table>{metrics}</table></div><div>'
-        f"{plots.bars(counts, edges[0], edges[-1], 'latents per log10 firing frequency', width=420)}</div></div>"
-        f"<h2>Latents ({len(rows)})</h2>{pending}{search}"
+        f'<div class="cols"><div><table>{evalview.metrics_table(s.metrics)}</table></div><div>{histogram}</div></div>'
+        f"{evalview.breakdown_section(s.metrics)}<h2>Latents ({len(rows)})</h2>{pending}{search}"
         f'<p><input class="filter" data-table="latents" type="search" placeholder="filter this table"></p>'
         f'<table id="latents"><thead><tr><th class=sortable>latent</th><th class=sortable>frequency</th>'
         f"<th class=sortable>max act</th><th class=sortable>top example</th><th class=sortable>top logits</th>"

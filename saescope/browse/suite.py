@@ -29,12 +29,13 @@ class SuiteSAE:
         return f"{stat.st_size}:{stat.st_mtime_ns}"
 
     def metrics(self) -> dict:
-        """The scalar evaluation metrics, if `saescope evaluate` has run."""
+        """The scalar evaluation metrics and the loss by position and topic, if `saescope evaluate`
+        has run (not the per-latent lists, which the latent rows hold)."""
         path = self.folder / "metrics.json"
         if not path.exists():
             return {}
         data = json.loads(path.read_text())
-        return {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+        return {k: v for k, v in data.items() if not isinstance(v, (list, dict)) or k in ("by_position", "by_topic")}
 
 
 def list_saes(run: str | Path) -> list[SuiteSAE]:
