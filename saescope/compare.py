@@ -4,7 +4,9 @@ Every family and sparsity level is trained in one Trainer, so each batch is read
 once and every SAE sees exactly the same tokens in the same order; then `saescope evaluate`
 measures them all on the same held-out rows and text. The result is the sparsity-fidelity
 frontier the seed papers plot: delta LM loss against L0 and FVU against L0, one line per family
-(OUT/compare.md, OUT/compare.json, OUT/compare.png).
+(OUT/compare.md, OUT/compare.json, OUT/compare.png), and beside it the Gemma Scope paper's delta LM
+loss by token position (a table per SAE; a third panel with each family's SAE nearest the middle
+matched L0).
 
 Sweeps name each family's own sparsity knob (`saescope.saes.registry.sweep_knobs`): the target L0
 for jumprelu (lambda with `--family-knobs jumprelu.l0_penalty=l0`, the Gemma Scope objective), the
@@ -33,6 +35,7 @@ from typing import Literal
 from saescope.config import STORE_FOLDER, device_option, option, part, rescaled, same_as, save_config
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.evaluate.position import POSITION_LABELS, curve, position_table
 from saescope.io import read_json, write_json_atomic
 from saescope.run import RUN_SCHEDULE
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
@@ -160,6 +163,7 @@ def collect(out: str | Path) -> list[dict]:
                 "ce_loss_recovered": m.get("ce_loss_recovered"),
                 "dead_fraction": m.get("dead_fraction"),
                 "name": folder.name,
+                "by_position": m.get("by_position"),
             }
         )
     return sorted(rows, key=lambda r: (r["family"], r["l0"]))
@@ -230,15 +234,43 @@ def matched_table(matched: list[dict], targets: list[float]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Delta LM loss vs L0 and FVU vs L0, one line per family, log-scaled L0."""
+def nearest_l0(rows: list[dict], target: float) -> list[dict]:
+    """Per family, its SAE whose L0 is nearest `target` (in log L0) and that has a by-position curve."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["by_position"] and r["l0"] > 0:
+            gap = abs(math.log(r["l0"] / target))
+            if r["family"] not in best or gap < abs(math.log(best[r["family"]]["l0"] / target)):
+                best[r["family"]] = r
+    return [best[f] for f in sorted(best)]
+
+
+def position_panel(ax, rows: list[dict], target: float) -> None:
+    """Delta LM loss by token position, one line per family at its SAE nearest L0 `target`."""
+    for r in nearest_l0(rows, target):
+        values = [float("nan") if v is None else v for v in curve(r)]
+        ax.plot(range(len(values)), values, "o-", label=f"{r['family']} (L0 {r['l0']:.0f})")
+    ax.set_xticks(range(len(POSITION_LABELS)), POSITION_LABELS)
+    ax.set_xlabel("token position in its document")
+    ax.set_ylabel("delta LM loss (nats)")
+    ax.set_title(f"by position, near L0 {target:g}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot(rows: list[dict], path: str | Path, title: str = "", at_l0: float | None = None) -> Path:
+    """Delta LM loss vs L0 and FVU vs L0, one line per family, log-scaled L0; beside them delta
+    LM loss by token position at L0 `at_l0` (default: the median L0), when evaluate measured it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves = any(r["by_position"] for r in rows)
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(16 if curves else 11, 4.2))
+    if curves:
+        position_panel(axes[2], rows, at_l0 or sorted(r["l0"] for r in rows)[len(rows) // 2])
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
@@ -303,13 +335,15 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
         table(rows)
         + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n"
         + matched_table(matched, targets)
+        + "\n\nDelta LM loss by token position (index in its document, BOS at 0):\n\n"
+        + position_table([(f"{r['family']} {r['value']:g} (L0 {r['l0']:.1f})", r) for r in rows])
     )
     Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
     write_json_atomic(
         Path(out, "compare.json"),
         {"title": title, "rows": rows, "matched_l0": {"targets": targets, "families": matched}},
     )
-    png = plot(rows, Path(out, "compare.png"), title)
+    png = plot(rows, Path(out, "compare.png"), title, targets[len(targets) // 2])
     print(text)
     print(f"saescope: plot written to {png}")
     from saescope.evaluate.splitting import print_splitting  # the table when the run has several widths

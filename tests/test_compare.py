@@ -152,7 +152,11 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert all(np.isfinite(r["fvu"]) and np.isfinite(r["delta_loss"]) for r in rows)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     families = sorted({r["family"] for r in rows})
-    assert (tmp_path / "compare.md").read_text().count("\n| ") == len(rows) + 1 + len(families) + 1
+    md = (tmp_path / "compare.md").read_text()
+    assert md.count("\n| ") == len(rows) + 1 + len(families) + 1 + len(rows) + 1  # + the by-position table
+    by_position = md.split("Delta LM loss by token position")[1]
+    assert "| pos 1 | pos 2-4 |" in by_position and "| topk 8 (L0 " in by_position
+    assert all(len(r["by_position"]) == 6 for r in rows)
     matched = json.loads((tmp_path / "compare.json").read_text())["matched_l0"]
     assert matched["targets"] == [5.0, 6.0] and [m["family"] for m in matched["families"]] == families
     topk_matched = next(m for m in matched["families"] if m["family"] == "topk")
