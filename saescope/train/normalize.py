@@ -61,10 +61,8 @@ def estimate_standardization(store: ActivationStore, site: str, rows: int) -> tu
 
 
 # w_d^SENSITIVITY_POWER weights a standardised dimension's squared error. 1 makes the MSE the
-# diagonal second-order estimate of the loss change; it over-weights the few most sensitive
-# dimensions of a short run's SAE. Default run's schedule, delta LM loss at L0 ~64 for powers
-# 0 / 0.25 / 0.5 / 1 (experiments/sensitivity.py): res.6 0.370 / 0.317 / 0.288 / 0.292,
-# res.17 1.277 / - / 1.242 / 1.455; 0.5 is at least as good as 0 on all nine sites measured.
+# diagonal second-order estimate of the loss change but over-weights the few most sensitive
+# dimensions of a short run's SAE; 0.5 measured best (README, "Loss-sensitivity weighting").
 SENSITIVITY_POWER = 0.5
 # A dimension the loss does not depend on keeps this share of the mean weight: a zero weight would
 # fold into an infinite decoder column.
