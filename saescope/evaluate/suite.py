@@ -92,12 +92,13 @@ def check_text(path: str) -> None:
 
 class Context:
     """What the parts share, each built on first use: the store, the model, the core evaluation,
-    and per input site the probing documents' activations (one site kept at a time)."""
+    the SAEs' input sites, and per layer its sites' probing activations or held-out rows."""
 
-    def __init__(self, cfg: SuiteConfig):
+    def __init__(self, cfg: SuiteConfig, folders: list[Path]):
         self.cfg, self.store = cfg, finished_store(cfg)
         self.info = self.store.info
-        self._site_data: dict = {}
+        self.sites = sorted({input_site(read_json(f / "config.json")) for f in folders})
+        self._layer_data: dict = {}
 
     @functools.cached_property
     def model(self) -> tuple:
@@ -112,11 +113,14 @@ class Context:
     def settings(self, text: bool) -> dict:
         return cache.settings(self.cfg, self.info, text)
 
-    def per_site(self, what: str, site: Site, build: Callable[[], object]) -> object:
-        """`build()` for (what, site); only the last one asked for is kept (a site's data can be large)."""
-        if (what, site.name) not in self._site_data:
-            self._site_data = {(what, site.name): build()}
-        return self._site_data[(what, site.name)]
+    def per_layer(self, what: str, layer: int, build: Callable[[], object]) -> object:
+        """`build()` for (what, layer), kept while `layer` is the layer asked for: a layer's data can
+        be large, and the parts work through the sites layer by layer."""
+        if any(other != layer for _, other in self._layer_data):
+            self._layer_data = {}
+        if (what, layer) not in self._layer_data:
+            self._layer_data[(what, layer)] = build()
+        return self._layer_data[(what, layer)]
 
     @functools.cached_property
     def topic_documents(self) -> list:
@@ -230,10 +234,11 @@ def probing_results(ctx: Context, part: str, site: Site, saes: dict) -> dict[str
     docs = ctx.topic_documents
     if not docs:
         return {name: {"not_applicable": "the corpus documents carry no topic"} for name in saes}
-    site_documents = external("probing", "site_documents")
+    sites_documents = external("probing", "sites_documents")
     model, tokenizer = ctx.model
-    acts = ctx.per_site("acts", site, lambda: site_documents(model, tokenizer, site, docs, PROBE_TOKENS))
-    return {name: fn(acts, sae) for name, sae in saes.items()}
+    layer = sorted(s for s in ctx.sites if s.layer == site.layer)  # one forward reads every site of a layer
+    acts = ctx.per_layer("acts", site.layer, lambda: sites_documents(model, tokenizer, layer, docs, PROBE_TOKENS))
+    return {name: fn(acts[site], sae) for name, sae in saes.items()}
 
 
 def absorption_results(ctx: Context, _part: str, site: Site, saes: dict) -> dict[str, dict]:
@@ -246,33 +251,41 @@ def absorption_results(ctx: Context, _part: str, site: Site, saes: dict) -> dict
     return {name: {"first_letter": letters[name], "topic": topics[name]} for name in saes}
 
 
-def run_per_sae(ctx: Context, folders: list[Path], part: str, measure: Callable, bar: tqdm) -> dict[str, dict]:
-    """`part` of every SAE: cached results reused, the rest measured an input site at a time."""
+def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], measure: Callable, bar: tqdm) -> dict:
+    """`parts` of every SAE, {part: {sae: index entry}}: cached results reused, the rest measured an
+    input site at a time, all of `parts` on one site before the next (probing and tpp share the
+    layer's document activations, read in one forward; a layer's data is dropped when the next starts)."""
     settings = ctx.settings(text=False)
-    index, stale = {}, defaultdict(list)
-    for folder in folders:
-        key = cache.key([folder], part, settings)
-        found = cache.cached(folder / EVAL / f"{part}.json", key)
-        if found is not None:
-            index[folder.name] = entry(part, found["result"])
-            bar.update()
-        else:
-            stale[input_site(read_json(folder / "config.json"))].append((folder, key))
-    for site, members in stale.items():
-        bar.set_postfix_str(f"{part} {site.name}")
-        saes = {f.name: load_trained(f, ctx.device)[0] for f, _ in members}
-        results = measure(ctx, part, site, saes)
-        for folder, key in members:
-            result = results[folder.name]
-            if "not_available" in result:
-                index[folder.name] = result
+    index: dict[str, dict] = {part: {} for part in parts}
+    stale: dict[Site, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for part in parts:
+        for folder in folders:
+            key = cache.key([folder], part, settings)
+            found = cache.cached(folder / EVAL / f"{part}.json", key)
+            if found is not None:
+                index[part][folder.name] = entry(part, found["result"])
+                bar.update()
             else:
-                (folder / EVAL).mkdir(exist_ok=True)
-                write_json_atomic(folder / EVAL / f"{part}.json", {"key": key, "result": result})
-                write_saebench(ctx, folder, part, result)
-                index[folder.name] = entry(part, result)
-            bar.update()
+                stale[input_site(read_json(folder / "config.json"))][part].append((folder, key))
+    for site in sorted(stale, key=lambda s: (s.layer, s.kind)):
+        for part, members in stale[site].items():
+            bar.set_postfix_str(f"{part} {site.name}")
+            results = measure(ctx, part, site, {f.name: load_trained(f, ctx.device)[0] for f, _ in members})
+            for folder, key in members:
+                index[part][folder.name] = store_result(ctx, folder, part, key, results[folder.name])
+                bar.update()
     return index
+
+
+def store_result(ctx: Context, folder: Path, part: str, key: dict, result: dict) -> dict:
+    """Write one measured result (and its SAEBench file); its index entry. Not-available results are
+    not stored: the module may be there next time."""
+    if "not_available" in result:
+        return result
+    (folder / EVAL).mkdir(exist_ok=True)
+    write_json_atomic(folder / EVAL / f"{part}.json", {"key": key, "result": result})
+    write_saebench(ctx, folder, part, result)
+    return entry(part, result)
 
 
 # ---- splitting: pairs of widths ----------------------------------------------------------------------
@@ -319,7 +332,7 @@ def split_pair(ctx: Context, narrow: Path, wide: Path, measure: Callable) -> dic
     """feature_splitting of one pair on held-out rows of their input site (read once per site)."""
     eval_rows = external("splitting", "eval_rows")
     site = input_site(read_json(narrow / "config.json"))
-    rows = ctx.per_site("rows", site, lambda: eval_rows(ctx.store, site.name, ctx.cfg.eval_shards))
+    rows = ctx.per_layer(site.name, site.layer, lambda: eval_rows(ctx.store, site.name, ctx.cfg.eval_shards))
     small, large = load_trained(narrow, ctx.device)[0], load_trained(wide, ctx.device)[0]
     return measure(small, large, rows) | {"narrow": narrow.name, "wide": wide.name}
 
@@ -334,19 +347,16 @@ def run_suite(cfg: SuiteConfig) -> dict[str, dict]:
     if cfg.text:
         check_text(cfg.text)
     folders = trained_folders(cfg.out)
-    ctx = Context(cfg)
+    ctx = Context(cfg, folders)
     index: dict[str, dict] = {f.name: {} for f in folders}
     with tqdm(total=len(folders) * len(parts), desc="evaluate", unit="part", dynamic_ncols=True) as bar:
         for name, found in run_core(ctx, folders, parts, bar).items():
             index[name] |= found
-        for part, measure in (
-            ("probing", probing_results),
-            ("tpp", probing_results),
-            ("absorption", absorption_results),
-        ):
-            if part in parts:
-                for name, found in run_per_sae(ctx, folders, part, measure, bar).items():
-                    index[name][part] = found
+        for group, measure in ((["probing", "tpp"], probing_results), (["absorption"], absorption_results)):
+            if wanted := [p for p in group if p in parts]:
+                for part, entries in run_per_sae(ctx, folders, wanted, measure, bar).items():
+                    for name, found in entries.items():
+                        index[name][part] = found
         if "splitting" in parts:
             for name, found in run_splitting(ctx, folders, bar).items():
                 index[name]["splitting"] = found

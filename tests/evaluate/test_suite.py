@@ -12,6 +12,7 @@ from saescope.evaluate import suite
 from saescope.evaluate.metrics import Evaluation
 from saescope.evaluate.position import POSITION_LABELS
 from saescope.evaluate.suite import run_suite
+from saescope.models.sites import Site
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,16 @@ def test_text_file_gets_the_same_breakdowns_without_topics(run_dir, tmp_path):
     assert m["suite"]["topics"] == m["by_topic"]
     for path in run_dir.glob("saes/*/saebench/core/*.json"):  # SAEBench's core file is the corpus text's only
         assert json.loads(path.read_text())["eval_config"]["dataset"] != str(text)
+
+
+def test_probing_and_tpp_read_each_layer_once(run_dir, monkeypatch):
+    """The document activations of a layer come from one forward, shared by probing and TPP."""
+    probing = pytest.importorskip("saescope.evaluate.probing")
+    calls = []
+    real = probing.sites_documents
+    monkeypatch.setattr(probing, "sites_documents", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    for path in run_dir.glob("saes/*/eval/*.json"):
+        path.unlink()
+    index = run_suite(config(run_dir, suite="probing,tpp"))
+    assert calls == [[Site(1, "res")]]
+    assert all("file" in entry["probing"] and "file" in entry["tpp"] for entry in index.values())
