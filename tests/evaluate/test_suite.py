@@ -113,3 +113,14 @@ def test_probing_and_tpp_read_each_layer_once(run_dir, monkeypatch):
     index = run_suite(config(run_dir, suite="probing,tpp"))
     assert calls == [[Site(1, "res")]]
     assert all("file" in entry["probing"] and "file" in entry["tpp"] for entry in index.values())
+
+
+def test_absorption_on_a_model_too_small_for_the_probe_gate_is_not_applicable(run_dir):
+    """The tiny model's first-letter and topic probes fail SAEBench's F1 gate: every SAE records
+    why, as a result (cached like any other), and no SAEBench absorption file is written."""
+    pytest.importorskip("saescope.evaluate.absorption")
+    index = run_suite(config(run_dir, suite="absorption"))
+    for name, entry in index.items():
+        assert "probe" in entry["absorption"]["not_applicable"]
+        assert json.loads((run_dir / "saes" / name / "eval" / "absorption.json").read_text())["result"]
+        assert not (run_dir / "saes" / name / "saebench" / "absorption").exists()
