@@ -54,9 +54,9 @@ class EvalConfig:
     eval_dtype: Literal[tuple(DTYPES)] = option("bfloat16", "model dtype for the model-based metrics")
     text: str = option(
         "",
-        "evaluate delta LM loss, KL and CE recovered on this text (a .txt/.jsonl/.parquet file or "
-        "dataset, e.g. one unlike the training corpus) instead of the held-out corpus text; "
-        "results go to each SAE's metrics.<name>.json beside metrics.json",
+        "evaluate delta LM loss, KL, CE recovered and their breakdowns by token position and topic on this "
+        "text (a .txt/.jsonl/.parquet file or dataset, e.g. one unlike the training corpus) instead of the "
+        "held-out corpus text; results go to each SAE's metrics.<name>.json beside metrics.json",
     )
     device: str = device_option()
 
