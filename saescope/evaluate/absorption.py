@@ -1,0 +1,418 @@
+"""Feature absorption (Chanin et al. 2024, arXiv 2409.14507) as SAEBench 0.6.0 measures it, and the
+same arithmetic on topic probes.
+
+First letter (`absorption`): the tokenizer's single tokens that are ASCII letters after an optional
+leading space, seeded, capped at `max_words`, split 80/20. Each is read at its own token after a newline
+and ten examples `{w} has the first letter: {W}` of its own split (the rest of the template follows the
+word, so causal attention keeps it out of the activation). A one-vs-rest logistic probe per letter is
+fit on the train words; a letter counts when its test F1 is above 0.6, and the method needs 20 such
+letters (SAEBench's `min_GT_probe_f1`, `min_feats_for_eval`: a mean over fewer is a mean over the few
+letters the model spells best), else every SAE gets `not_applicable` with the count. Per SAE, an L1
+probe on the latents ranks each letter's latents; k-sparse probes keep the first k (1..10) after which
+F1 gains no more than 0.03 (the main latents); `word_absorption` then scores each test word the probe
+fires on: how much of the probe projection probe-aligned latents other than the main ones carry.
+
+Topics (`topic_absorption`): the same steps with the embedded corpus' topics as classes and documents
+(mean-pooled over their first tokens, BOS aside; split 80/20 per topic) as units, as SAEBench's sparse
+probing pools them. Per-token topic probes fail the gate on Gemma 3 270M (a "the" carries no topic),
+and the arithmetic is linear, so pooled codes and activations split a document's projection exactly.
+
+Deviations, for a 2-core CPU: the words of one forward batch share their examples (the prefix runs once
+and its key/value cache serves the batch: a word costs one token, not ~80); the test words' activations
+serve absorption too (SAEBench prompts them again); probes on activations and k-sparse probes are fit
+by L-BFGS; the L1 probe takes SAEBench's number of Adam steps on the full batch. A latent's part of the
+projection is its activation times its decoder row's dot product with the unit probe: SAEBench writes
+activation x cosine, the same for unit-norm rows, which folded SAEs with per-dimension scales lack.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saescope.activations.documents import load_documents
+from saescope.models.sites import Site, StopForward, capture, family_of, run_to_sites
+from saescope.saes.base import SAE
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TEMPLATE = "{word} has the first letter:"
+TRAIN_FRACTION = 0.8
+MIN_PROBE_F1 = 0.6  # min_GT_probe_f1
+MIN_LETTERS = 20  # min_feats_for_eval
+MIN_TOPICS = 6  # half the corpus' 12 topics: a mean over fewer is one or two topics' story
+MAX_K = 10  # max_k_value
+F1_JUMP = 0.03  # f1_jump_threshold
+L1_DECAY, L1_EPOCHS, L1_BATCH = 0.01, 50, 4096  # k_sparse_probe_*
+PROBE_L2 = 1e-4  # SAEBench's probe weight decay
+FRACTION_COS = 0.1  # ABSORPTION_FRACTION_PROBE_COS_THRESHOLD
+FULL_COS = 0.025  # FULL_ABSORPTION_PROBE_COS_THRESHOLD
+PROJECTION_SHARE = 0.4  # ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD
+MAX_ABSORBERS = 3  # ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS
+EPS = 1e-8  # a main latent below this has not fired
+
+
+@dataclass
+class Labelled:
+    """One task's site activations and class indices, split: computed once per site, shared by its SAEs."""
+
+    classes: list[str]
+    x: tuple[Tensor, Tensor]  # train and test rows [n, d]
+    y: tuple[Tensor, Tensor]  # class per unit: a row, or a document when `doc` maps rows to documents
+    doc: tuple[Tensor | None, Tensor | None] = (None, None)
+
+
+def alpha_words(tokenizer) -> list[tuple[str, int]]:
+    """(text, token id) of every vocabulary token that is ASCII letters after an optional leading space."""
+    words = []
+    for token, tid in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        text = tokenizer.convert_tokens_to_string([token])
+        text = " " + text if token.startswith("▁") and not text.startswith(" ") else text  # SAEBench's fix
+        if text.removeprefix(" ").isascii() and text.removeprefix(" ").isalpha():
+            words.append((text, tid))
+    return words
+
+
+def split_words(words: list, seed: int, max_words: int) -> tuple[list, list]:
+    """A seeded sample of at most `max_words`, cut 80/20 into disjoint train and test lists."""
+    chosen = random.Random(seed).sample(words, min(max_words, len(words)))
+    cut = int(len(chosen) * TRAIN_FRACTION)
+    return chosen[:cut], chosen[cut:]
+
+
+def _letter(word: str) -> int:
+    return LETTERS.index(word.strip()[0].lower())
+
+
+def cached_rows(model: nn.Module, site: Site, prefix: list[int], last: list[int]) -> Tensor:
+    """Site activations [len(last), d] at token t of `prefix + [t]`, for each t in `last`.
+
+    The prefix runs once and its key/value cache, repeated over the batch, serves every t; with
+    causal attention that is the same as running each sequence whole."""
+    from transformers import DynamicCache
+
+    inner = model.get_submodule(family_of(model).layers.rsplit(".", 1)[0])
+    key = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"  # 5.x / 4.x
+    cache = DynamicCache(config=model.config) if key == "cache" else DynamicCache()
+    device, seen = next(model.parameters()).device, {}
+
+    def run(ids: list[list[int]]) -> None:
+        try:
+            inner(input_ids=torch.tensor(ids, device=device), use_cache=True, **{key: cache})
+        except StopForward:
+            pass
+
+    with capture(model, [site], lambda _s, x: seen.__setitem__("x", x)), torch.inference_mode():
+        run([prefix])
+        cache.batch_repeat_interleave(len(last))
+        run([[t] for t in last])
+    return seen["x"][:, -1].float().cpu()
+
+
+def _letter_rows(model, tokenizer, site: Site, words: list, rng: random.Random, batch: int, icl: int) -> Tensor:
+    """Activations at each word after `icl` examples drawn from the same list, never from its batch."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    newline, tail, *answers = tokenizer(
+        ["\n", TEMPLATE.format(word="")] + [" " + c.upper() for c in LETTERS], add_special_tokens=False
+    ).input_ids
+    rows = []
+    for i in range(0, len(words), batch):
+        chunk = words[i : i + batch]
+        taken = {tid for _, tid in chunk}
+        pool = [w for w in words if w[1] not in taken]
+        examples = rng.sample(pool, min(icl, len(pool)))
+        body = [t for text, tid in examples for t in (tid, *tail, *answers[_letter(text)], *newline)]
+        rows.append(cached_rows(model, site, bos + newline + body, [tid for _, tid in chunk]))
+    return torch.cat(rows)
+
+
+def split_documents(seed: int, per_topic: int) -> tuple[list, list, list[str]]:
+    """Up to `per_topic` seeded documents of each topic of the embedded corpus, each topic cut 80/20."""
+    by_topic = defaultdict(list)
+    for doc in load_documents("wiki"):
+        if doc.topic:
+            by_topic[doc.topic].append(doc)
+    rng, train, test = random.Random(seed), [], []
+    for topic in sorted(by_topic):
+        chosen = rng.sample(by_topic[topic], min(per_topic, len(by_topic[topic])))
+        cut = int(len(chosen) * TRAIN_FRACTION)
+        train, test = train + chosen[:cut], test + chosen[cut:]
+    return train, test, sorted(by_topic)
+
+
+def _token_rows(model, tokenizer, site: Site, docs: list, tokens: int, batch: int) -> tuple[Tensor, Tensor]:
+    """Per-token site activations of each document's first `tokens` tokens (BOS left out: its norm is
+    another scale), with each row's document index."""
+    rows, doc, seen, device = [], [], {}, next(model.parameters()).device
+    for i in range(0, len(docs), batch):
+        ids = [tokenizer(d.text, truncation=True, max_length=tokens).input_ids for d in docs[i : i + batch]]
+        width = max(map(len, ids))
+        padded = torch.tensor([s + [0] * (width - len(s)) for s in ids])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+        run_to_sites(model, padded.to(device), mask.to(device), [site], lambda _s, x: seen.__setitem__("x", x.cpu()))
+        keep = mask.bool() & (torch.arange(width) > 0)
+        rows.append(seen["x"][keep].float())
+        doc += [i + j for j, s in enumerate(ids) for _ in range(len(s) - 1)]
+    return torch.cat(rows), torch.tensor(doc, dtype=torch.long)
+
+
+def fit_logistic(x: Tensor, y: Tensor, l2: float, iterations: int = 100) -> tuple[Tensor, Tensor]:
+    """One-vs-rest logistic probes, balanced class weights, half `l2` x squared raw weights added to the mean
+    loss: weights [C, d] and biases [C]. x is [n, d] for all C probes or [C, n, d] one each; y [n, C] in {0, 1}.
+
+    L-BFGS sees x centred and divided by one number, so the geometry stays the raw space's (per-dimension
+    scaling tilts probes toward low-variance dimensions no decoder row points along). SAEBench's weight
+    decay barely binds: as its 50 Adam epochs do, the iteration budget regularises."""
+    xs = (x if x.ndim == 3 else x.unsqueeze(0)).double()
+    mean = xs.mean(1, keepdim=True)
+    scale = (xs - mean).pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)  # [C or 1]
+    z, y = (xs - mean) / scale[:, None, None], y.double()
+    n, classes = y.shape
+    weight = torch.where(y > 0, n / (2 * y.sum(0).clamp_min(1)), n / (2 * (n - y.sum(0)).clamp_min(1)))
+    w = torch.zeros(classes, z.shape[-1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = (z[0] @ w.T if len(z) == 1 else torch.einsum("cnd,cd->nc", z, w)) + b
+        penalty = 0.5 * l2 * (w / scale[:, None]).pow(2).sum()
+        loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight) + penalty
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    raw = w.detach() / scale[:, None]
+    return raw.float(), (b.detach() - (raw * mean.squeeze(1)).sum(-1)).float()
+
+
+def f1_scores(scores: Tensor, y: Tensor) -> Tensor:
+    """F1 of each column of `scores` [n, C] read as positive above 0, against y [n, C] (0 with no positive)."""
+    pred, true = scores > 0, y > 0
+    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+    return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float()
+
+
+def pooled(rows: Tensor, doc: Tensor | None) -> Tensor:
+    """Rows averaged per document (rows as they are without documents): a topic's unit is a document."""
+    if doc is None:
+        return rows
+    n = int(doc.max()) + 1
+    total = torch.zeros(n, rows.shape[1]).index_add_(0, doc, rows.float())
+    return total / torch.bincount(doc, minlength=n).clamp_min(1).unsqueeze(1)
+
+
+def sae_codes(sae: SAE, x: Tensor, doc: Tensor | None = None, chunk: int = 4096) -> Tensor:
+    """Latent activations, dense [n, d_sae], encoded per row and then pooled like the activations."""
+    with torch.no_grad():
+        parts = [sae.encode(x[i : i + chunk].to(sae.W_enc.device)).float().cpu() for i in range(0, len(x), chunk)]
+    return pooled(torch.cat(parts), doc)
+
+
+def l1_probe(codes: Tensor, y: Tensor) -> Tensor:
+    """SAEBench's L1-penalised multi-probe on the latents, weights [C, d_sae]: it ranks each class's latents.
+
+    BCE with positives weighted by negatives/positives, L1 0.01 (mean over probes), Adam from lr 1e-2
+    decaying to 1e-5, weight decay 1e-6; full batch for SAEBench's number of steps (50 epochs of 4096)."""
+    steps = L1_EPOCHS * math.ceil(len(y) / L1_BATCH)
+    w, b = torch.zeros(y.shape[1], codes.shape[1], requires_grad=True), torch.zeros(y.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=1e-2, weight_decay=1e-6)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(1e-5 / 1e-2) ** (1 / steps))
+    pos_weight = (len(y) - y.sum(0)) / y.sum(0).clamp_min(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(codes @ w.T + b, y, pos_weight=pos_weight)
+        (loss + L1_DECAY * w.abs().sum(-1).mean()).backward()
+        opt.step()
+        sched.step()
+    return w.detach()
+
+
+def main_latents(codes_train: Tensor, y_train: Tensor, codes_test: Tensor, y_test: Tensor, ranks: Tensor) -> list:
+    """Each class's main latents: the top k by L1 weight, k grown while the k-sparse probe's test F1 gains
+    more than 0.03 (SAEBench's feature-split rule; k=1 always counts)."""
+    top = ranks.topk(min(MAX_K, ranks.shape[1]), dim=1).indices
+    f1s = []
+    for k in range(1, top.shape[1] + 1):
+        w, b = fit_logistic(torch.stack([codes_train[:, i] for i in top[:, :k]]), y_train, 1 / len(y_train))
+        test = torch.stack([codes_test[:, i] for i in top[:, :k]])  # [C, n, k]: each class its own latents
+        f1s.append(f1_scores(torch.einsum("cnk,ck->nc", test, w) + b, y_test))
+    table, mains = torch.stack(f1s, 1), []
+    for c in range(len(top)):
+        best, keep = -math.inf, 0
+        while keep < table.shape[1] and table[c, keep] > best + F1_JUMP:
+            best, keep = table[c, keep].item(), keep + 1
+        mains.append(top[c, :keep].tolist())
+    return mains
+
+
+def word_absorption(x: Tensor, codes: Tensor, w_dec: Tensor, probe: Tensor, main: list[int]) -> tuple[Tensor, Tensor]:
+    """Absorption fraction [n] and full absorption (bool [n]) of rows x [n, d] with latents codes [n, m].
+
+    A latent's projection is code x (decoder row . unit probe). Fraction (SAEBench's rules): 0 unless the
+    main latents' projection falls short of the activation's and the top 3 other latents with cosine
+    >= 0.1 and a positive projection carry >= 40% of it; then 1 if the main latents give nothing, else
+    absorbed / (absorbed + main), absorbed = min(those latents, the shortfall). Full: every main latent
+    below 1e-8, the top projecting latent has cosine >= 0.025 and carries >= 40% of a positive projection."""
+    p = probe.float() / probe.norm()
+    along = w_dec.float() @ p
+    cos = along / w_dec.float().norm(dim=1).clamp_min(1e-12)
+    proj, act = codes.float() * along, x.float() @ p
+    is_main = torch.zeros(len(along), dtype=torch.bool)
+    is_main[main] = True
+    main_proj = proj[:, is_main].sum(1)
+    others = torch.where(~is_main & (cos >= FRACTION_COS) & (proj > 0), proj, torch.zeros(()))
+    absorbers = others.topk(min(MAX_ABSORBERS, len(along)), dim=1).values.sum(1)
+    absorbed = torch.minimum(absorbers, act - main_proj)
+    fraction = torch.where(main_proj <= 0, 1.0, (absorbed / (absorbed + main_proj)).clamp(0, 1))
+    counts = (act > 0) & (main_proj < act) & (absorbers >= PROJECTION_SHARE * act)
+    top_proj, top = proj.max(1)
+    silent = (codes[:, is_main] < EPS).all(1)
+    full = silent & (cos[top] >= FULL_COS) & (act > 0) & (top_proj >= PROJECTION_SHARE * act)
+    return torch.where(counts, fraction, 0.0), full
+
+
+def _class_result(fraction: Tensor, full: Tensor, main: list[int]) -> dict:
+    """SAEBench's per-letter numbers: sums over the probe's true positives, divided by their count."""
+    n = len(fraction)
+    return {
+        "mean_absorption_fraction": fraction.sum().item() / n,
+        "full_absorption_rate": full.sum().item() / n,
+        "num_full_absorption": int(full.sum()),
+        "num_probe_true_positives": n,
+        "num_split_features": len(main),
+    }
+
+
+def _metrics(details: list[dict]) -> dict:
+    """SAEBench's `mean` category: means and sample standard deviations over the classes that passed."""
+    names = {
+        "absorption_fraction_score": "mean_absorption_fraction",
+        "full_absorption_score": "full_absorption_rate",
+        "num_split_features": "num_split_features",
+    }
+    mean = {}
+    for name, key in names.items():
+        values = [d[key] for d in details]
+        mean[f"mean_{name}"] = statistics.mean(values)
+        mean[f"std_dev_{name}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean}
+
+
+def score_sae(sae: SAE, data: Labelled, probes: tuple[Tensor, Tensor], passing: list[int], label: str) -> dict:
+    """One SAE's absorption on a site's shared data and probes, for the classes that passed the gate."""
+    y_train, y_test = (F.one_hot(y, len(data.classes)).float() for y in data.y)
+    codes_train, codes_test = (sae_codes(sae, x, doc) for x, doc in zip(data.x, data.doc))
+    keep = torch.tensor(passing)
+    ranks = l1_probe(codes_train, y_train)[keep]
+    mains = main_latents(codes_train, y_train[:, keep], codes_test, y_test[:, keep], ranks)
+    x_test = pooled(data.x[1], data.doc[1])
+    fires = x_test @ probes[0].T + probes[1] > 0
+    w_dec, details = sae.W_dec.detach().float().cpu(), []
+    for c, main in zip(passing, mains):
+        rows = (data.y[1] == c) & fires[:, c]
+        fraction, full = word_absorption(x_test[rows], codes_test[rows], w_dec, probes[0][c], main)
+        details.append({label: data.classes[c], **_class_result(fraction, full, main)})
+    return {"eval_result_metrics": _metrics(details), "eval_result_details": details}
+
+
+def _unfit(sae: SAE, width: int) -> str | None:
+    """Why an SAE cannot be scored on this site's activations, if it cannot."""
+    if getattr(sae, "transcoder", "none") != "none" or hasattr(sae, "affine_skip_connection"):
+        return "a transcoder's decoder writes another site, so no probe on its input site measures its latents"
+    if sae.W_dec.shape[1] != width:
+        return f"the SAE reads width {sae.W_dec.shape[1]} but the site has {width}"
+    return None
+
+
+def evaluate_task(
+    data: Labelled, saes: dict[str, SAE], unit: str, min_classes: int, config: dict, min_f1: float = MIN_PROBE_F1
+) -> dict:
+    """Fit the site's probes once, gate them by test F1, then score every SAE of the site."""
+    classes = len(data.classes)
+    (x_train, x_test), (y_train, y_test) = (pooled(x, doc) for x, doc in zip(data.x, data.doc)), data.y
+    probes = fit_logistic(x_train, F.one_hot(y_train, classes).float(), PROBE_L2)
+    f1 = f1_scores(x_test @ probes[0].T + probes[1], F.one_hot(y_test, classes).float())
+    passing = [c for c in range(classes) if f1[c] > min_f1]
+    common = {
+        "eval_type_id": "absorption_first_letter" if unit == "letter" else f"absorption_{unit}",
+        "eval_config": config,
+        f"{unit}s_passing": len(passing),
+        "probe_f1": {name: round(f1[c].item(), 4) for c, name in enumerate(data.classes)},
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+    }
+    short = f"{len(passing)} of {classes} {unit} probes pass test F1 > {min_f1}; the method needs {min_classes}"
+    short = short if len(passing) < max(min_classes, 1) else None
+    label = "first_letter" if unit == "letter" else unit
+    out = {}
+    for name, sae in saes.items():
+        why = short or _unfit(sae, x_train.shape[1])
+        out[name] = common | ({"not_applicable": why} if why else score_sae(sae, data, probes, passing, label))
+    return out
+
+
+def _config(model, seed: int, min_classes: int, batch: int, **task) -> dict:
+    """SAEBench's AbsorptionEvalConfig fields with the values used here, and the task's own settings."""
+    return {
+        "model_name": getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        "random_seed": seed,
+        "f1_jump_threshold": F1_JUMP,
+        "max_k_value": MAX_K,
+        "llm_batch_size": batch,
+        "llm_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "k_sparse_probe_l1_decay": L1_DECAY,
+        "k_sparse_probe_batch_size": L1_BATCH,
+        "k_sparse_probe_num_epochs": L1_EPOCHS,
+        "min_GT_probe_f1": MIN_PROBE_F1,
+        "min_feats_for_eval": min_classes,
+        **task,
+    }
+
+
+def absorption(
+    model,
+    tokenizer,
+    site: Site,
+    saes: dict[str, SAE],
+    seed: int = 0,
+    max_words: int = 8000,
+    batch_words: int = 64,
+    icl_examples: int = 10,
+    min_letters: int = MIN_LETTERS,
+) -> dict[str, dict]:
+    """First-letter absorption of every SAE of `site`, by SAE name (SAEBench's `absorption_first_letter`
+    fields, or `not_applicable` with the number of letters that passed the probe gate)."""
+    train, test = split_words(alpha_words(tokenizer), seed, max_words)
+    rng, y = random.Random(seed + 1), [torch.tensor([_letter(w) for w, _ in s]) for s in (train, test)]
+    x = [_letter_rows(model, tokenizer, site, s, rng, batch_words, icl_examples) for s in (train, test)]
+    task = {"prompt_template": TEMPLATE, "prompt_token_pos": -6, "max_words": max_words}  # -6: the word
+    config = _config(model, seed, min_letters, batch_words, icl_examples=icl_examples, **task)
+    return evaluate_task(Labelled(list(LETTERS), tuple(x), tuple(y)), saes, "letter", min_letters, config)
+
+
+def topic_absorption(
+    model,
+    tokenizer,
+    site: Site,
+    saes: dict[str, SAE],
+    seed: int = 0,
+    docs_per_topic: int = 60,
+    tokens_per_doc: int = 64,
+    batch_docs: int = 8,
+    min_topics: int = MIN_TOPICS,
+) -> dict[str, dict]:
+    """The same on the embedded corpus' topics, a document's tokens pooled into one unit, by SAE name."""
+    train, test, topics = split_documents(seed, docs_per_topic)
+    x, doc = zip(*(_token_rows(model, tokenizer, site, docs, tokens_per_doc, batch_docs) for docs in (train, test)))
+    y = tuple(torch.tensor([topics.index(d.topic) for d in docs]) for docs in (train, test))
+    data = Labelled(topics, x, y, doc)
+    config = _config(model, seed, min_topics, batch_docs, docs_per_topic=docs_per_topic, tokens_per_doc=tokens_per_doc)
+    return evaluate_task(data, saes, "topic", min_topics, config)
