@@ -235,11 +235,18 @@ def model_metrics(
     }
 
 
-def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
+def sae_config(folder: Path, *keys: str) -> dict:
+    """A trained SAE's config.json; damaged, or lacking what every job reads or `keys`, is one line."""
     from saescope.release.files import read_json_with
-    from saescope.release.formats import SAE_CONFIG_KEYS, load
+    from saescope.release.formats import SAE_CONFIG_KEYS
 
-    return load(folder).to(device), read_json_with(folder / "config.json", *SAE_CONFIG_KEYS)
+    return read_json_with(folder / "config.json", *SAE_CONFIG_KEYS, *keys)
+
+
+def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
+    from saescope.release.formats import load
+
+    return load(folder).to(device), sae_config(folder)
 
 
 def trained_folders(out: str | Path) -> list[Path]:

@@ -50,11 +50,13 @@ from saescope.evaluate.metrics import (
     finished_store,
     load_trained,
     metrics_file,
+    sae_config,
     trained_folders,
 )
 from saescope.evaluate.position import BREAKDOWNS, position_table
-from saescope.io import read_json, write_json_atomic
+from saescope.io import write_json_atomic
 from saescope.models.sites import Site
+from saescope.release.files import read_json_with
 
 PARTS = ("core", "position", "topics", "probing", "tpp", "absorption", "splitting")
 GROUPINGS = {"position": "position", "topics": "topic"}  # suite part -> position.py grouping
@@ -97,7 +99,7 @@ class Context:
     def __init__(self, cfg: SuiteConfig, folders: list[Path]):
         self.cfg, self.store = cfg, finished_store(cfg)
         self.info = self.store.info
-        self.sites = sorted({input_site(read_json(f / "config.json")) for f in folders})
+        self.sites = sorted({input_site(sae_config(f)) for f in folders})
         self._layer_data: dict = {}
 
     @functools.cached_property
@@ -209,7 +211,7 @@ def write_saebench(ctx: Context, folder: Path, part: str, result: dict) -> None:
         result = result.get("first_letter", {})
     if "not_applicable" in result or not result:
         return
-    meta = read_json(folder / "config.json")
+    meta = sae_config(folder)
     model = str(ctx.info.get("model"))
     if part == "probing":
         fields = saebench.probing_fields(result | {"max_tokens": PROBE_TOKENS}, ctx.cfg, model)
@@ -266,7 +268,7 @@ def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], measure: Ca
                 index[part][folder.name] = entry(part, found["result"])
                 bar.update()
             else:
-                stale[input_site(read_json(folder / "config.json"))][part].append((folder, key))
+                stale[input_site(sae_config(folder))][part].append((folder, key))
     for site in sorted(stale, key=lambda s: (s.layer, s.kind)):
         for part, members in stale[site].items():
             bar.set_postfix_str(f"{part} {site.name}")
@@ -301,7 +303,7 @@ def run_splitting(ctx: Context, folders: list[Path], bar: tqdm) -> dict[str, dic
         bar.update(len(folders))
         return {f.name: {"not_available": width_pairs if isinstance(width_pairs, str) else measure} for f in folders}
     by_name = {f.name: f for f in folders}
-    pairs = width_pairs({name: read_json(f / "config.json") for name, f in by_name.items()})
+    pairs = width_pairs({name: sae_config(f, "sparsity_coefficient") for name, f in by_name.items()})
     index: dict[str, dict] = {name: {"pairs": []} for name in by_name}
     settings = ctx.settings(text=False)
     for narrow, wide in pairs:
@@ -331,7 +333,7 @@ def run_splitting(ctx: Context, folders: list[Path], bar: tqdm) -> dict[str, dic
 def split_pair(ctx: Context, narrow: Path, wide: Path, measure: Callable) -> dict:
     """feature_splitting of one pair on held-out rows of their input site (read once per site)."""
     eval_rows = external("splitting", "eval_rows")
-    site = input_site(read_json(narrow / "config.json"))
+    site = input_site(sae_config(narrow))
     rows = ctx.per_layer(site.name, site.layer, lambda: eval_rows(ctx.store, site.name, ctx.cfg.eval_shards))
     small, large = load_trained(narrow, ctx.device)[0], load_trained(wide, ctx.device)[0]
     return measure(small, large, rows) | {"narrow": narrow.name, "wide": wide.name}
@@ -362,12 +364,12 @@ def run_suite(cfg: SuiteConfig) -> dict[str, dict]:
                 index[name]["splitting"] = found
     for folder in folders:
         path = folder / metrics_file(cfg.text)
-        metrics = read_json(path)
+        metrics = read_json_with(path)
         write_json_atomic(path, metrics | {"suite": metrics.get("suite", {}) | index[folder.name]})
     return index
 
 
 def position_summary(cfg: EvalConfig) -> str:
     """The by-position delta loss of every evaluated SAE of the run, as a markdown table."""
-    rows = [(f.name, read_json(f / metrics_file(cfg.text))) for f in trained_folders(cfg.out)]
+    rows = [(f.name, read_json_with(f / metrics_file(cfg.text))) for f in trained_folders(cfg.out)]
     return f"\nDelta LM loss by token position (index in its document, BOS at 0):\n\n{position_table(rows)}"
