@@ -126,9 +126,9 @@ class Context:
 
     @functools.cached_property
     def topic_documents(self) -> list:
-        """The probing documents: a seeded sample of each topic of the harvested corpus."""
-        sample = external("probing", "sample_topic_documents")
-        return sample(load_documents(self.info["dataset"], self.info.get("text_field", "text")))
+        """The probing documents: a seeded sample of each topic of the embedded corpus (whatever the
+        run harvested: its 12 topics are the labels, and a hub corpus would have to be read whole)."""
+        return external("probing", "sample_topic_documents")(load_documents("wiki"))
 
     @functools.cached_property
     def device(self):
@@ -235,7 +235,7 @@ def probing_results(ctx: Context, part: str, site: Site, saes: dict) -> dict[str
         return {name: {"not_available": fn} for name in saes}
     docs = ctx.topic_documents
     if not docs:
-        return {name: {"not_applicable": "the corpus documents carry no topic"} for name in saes}
+        return {name: {"not_applicable": "the embedded corpus' documents carry no topic"} for name in saes}
     sites_documents = external("probing", "sites_documents")
     model, tokenizer = ctx.model
     layer = sorted(s for s in ctx.sites if s.layer == site.layer)  # one forward reads every site of a layer
