@@ -9,4 +9,5 @@ TMP=$(mktemp -d)
 (cd "$TMP" && apt-get download dict-devil >/dev/null && dpkg-deb -x dict-devil_*.deb pkg)
 zcat "$TMP"/pkg/usr/share/dictd/devil.dict.dz > runs/devils_dictionary.txt
 rm -rf "$TMP"
-saescope evaluate --out "$RUN" --text runs/devils_dictionary.txt --eval-sequences 8 --eval-context-len 256
+saescope evaluate --out "$RUN" --text runs/devils_dictionary.txt --eval-sequences 8 --eval-context-len 256 \
+  --suite core,position,topics
