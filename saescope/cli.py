@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.job in ("train", "run"):  # before a run's harvest stage, which can take minutes
             refuse_changed_training(cfg if args.job == "train" else cfg.part(TrainConfig), args.force)
         fn(cfg)
+        distributed.barrier()  # no rank leaves gloo while a peer still uses it (that can abort the peer)
     except SaescopeError as e:
         where = f"[rank {os.environ.get('RANK')}] " if many else ""
         print(f"saescope: error: {where}{e}", file=sys.stderr)

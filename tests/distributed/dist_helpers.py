@@ -117,6 +117,7 @@ def grads_worker(rank: int, world: int, port: int, cfg: TrainConfig, out_file: s
     grads = first_step_grads(cfg)
     if rank == 0:
         torch.save(grads, out_file)
+    distributed.barrier()  # as the command does before leaving the group
     distributed.teardown()
 
 
