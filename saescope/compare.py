@@ -34,8 +34,9 @@ from typing import Literal
 
 from saescope.config import STORE_FOLDER, device_option, option, part, rescaled, same_as, save_config
 from saescope.errors import SaescopeError
-from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.evaluate.metrics import EvalConfig
 from saescope.evaluate.position import POSITION_LABELS, curve, position_table
+from saescope.evaluate.suite import SuiteConfig, run_suite
 from saescope.io import read_json, write_json_atomic
 from saescope.run import RUN_SCHEDULE
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
@@ -48,6 +49,12 @@ from saescope.train.trainer import Trainer
 
 DEFAULT_SWEEPS = "jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,gated=0.3/1/3,relu=1/3/10"
 DEFAULT_MATCHED_L0 = "16,32,64"
+SUITE_COLUMNS = {  # row key: the suite part and headline number in metrics.json, and its heading
+    "probing_top1": ("probing", "sae_top_1_test_accuracy", "sparse probing top-1"),
+    "absorption": ("absorption", "first_letter_absorption_fraction", "absorption"),
+    "full_absorption": ("absorption", "first_letter_full_absorption", "full absorption"),
+    "topic_absorption": ("absorption", "topic_absorption_fraction", "topic absorption"),
+}
 
 
 @dataclass
@@ -80,6 +87,7 @@ class CompareConfig(Schedule):
     )
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = same_as(EvalConfig, "eval_context_len")
+    suite: str = same_as(SuiteConfig, "suite")
     device: str = device_option()
 
 
@@ -146,7 +154,8 @@ def parse_targets(text: str) -> list[float]:
 
 
 def collect(out: str | Path) -> list[dict]:
-    """One row per evaluated SAE of a compare run: family, sweep value, L0, FVU, delta loss."""
+    """One row per evaluated SAE of a compare run: family, sweep value, L0, FVU, delta loss, and the
+    suite's headline numbers (None where a part was not run or does not apply)."""
     rows = []
     for folder in sorted(Path(out, "saes").glob("*")):
         if not (folder / "metrics.json").exists():
@@ -165,20 +174,22 @@ def collect(out: str | Path) -> list[dict]:
                 "name": folder.name,
                 "by_position": m.get("by_position"),
             }
+            | {key: m.get("suite", {}).get(part, {}).get(name) for key, (part, name, _) in SUITE_COLUMNS.items()}
         )
     return sorted(rows, key=lambda r: (r["family"], r["l0"]))
 
 
 def table(rows: list[dict]) -> str:
     """A markdown table of the rows (sorted by family, then L0)."""
-    lines = [
-        "| family | sweep value | L0 | FVU | delta LM loss | KL | CE recovered | dead |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    suite = [key for key in SUITE_COLUMNS if any(r[key] is not None for r in rows)]
+    heads = ["family", "sweep value", "L0", "FVU", "delta LM loss", "KL", "CE recovered", "dead"]
+    heads += [SUITE_COLUMNS[key][2] for key in suite]
+    lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * (len(heads) - 1)]
     for r in rows:
         lines.append(
             f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r['delta_loss'])} | "
             f"{_f(r['kl_div'])} | {_f(r['ce_loss_recovered'], 3)} | {_f(r['dead_fraction'], 3)} |"
+            + "".join(f" {_f(r[key], 3)} |" for key in suite)
         )
     return "\n".join(lines)
 
@@ -210,15 +221,16 @@ def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> floa
 
 
 def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
-    """Per family: delta LM loss and FVU at each target L0 (None where it cannot be read off)."""
+    """Per family: delta LM loss, FVU and the suite's numbers at each target L0 (None where they cannot
+    be read off)."""
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
     out = []
     for family, points in sorted(by_family.items()):
         entry: dict = {"family": family}
-        for key in ("delta_loss", "fvu"):
-            measured = [(r["l0"], r[key]) for r in points if r[key] is not None]
+        for key in ("delta_loss", "fvu", *SUITE_COLUMNS):
+            measured = [(r["l0"], r[key]) for r in points if r.get(key) is not None]
             entry[key] = [interpolate_log_l0(measured, t) for t in targets]
         out.append(entry)
     return out
@@ -231,6 +243,12 @@ def matched_table(matched: list[dict], targets: list[float]) -> str:
     for m in matched:
         cells = [_f(v) for v in m["delta_loss"]] + [_f(v) for v in m["fvu"]]
         lines.append(f"| {m['family']} | " + " | ".join(cells) + " |")
+    suite = [key for key in SUITE_COLUMNS if any(v is not None for m in matched for v in m.get(key, ()))]
+    if suite:  # the evaluation suite's numbers at the same L0 targets, a table of their own
+        heads = [f"{SUITE_COLUMNS[key][2]} @ L0 {t:g}" for key in suite for t in targets]
+        lines += ["", "| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        for m in matched:
+            lines.append(f"| {m['family']} | " + " | ".join(_f(v, 3) for key in suite for v in m[key]) + " |")
     return "\n".join(lines)
 
 
@@ -319,7 +337,7 @@ def compare(cfg: CompareConfig) -> list[dict]:
     trainer.train()
     if baseline:
         train_saelens(trainer, baseline)
-    evaluate(part(cfg, EvalConfig))
+    run_suite(part(cfg, SuiteConfig))
     return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE", targets)
 
 

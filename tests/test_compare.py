@@ -93,12 +93,16 @@ def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
 
 def test_matched_l0_table_per_family():
     rows = [
-        {"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8},
-        {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4},
+        {"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8, "absorption": 0.3},
+        {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4, "absorption": 0.1},
         {"family": "jumprelu", "l0": 20.0, "fvu": 0.3, "delta_loss": None},
         {"family": "jumprelu", "l0": 80.0, "fvu": 0.1, "delta_loss": 0.5},
     ]
     matched = matched_l0(rows, [16.0, 32.0, 64.0])
+    assert [m.pop("absorption") for m in matched] == [[None] * 3, [0.3, pytest.approx(0.2), 0.1]]
+    assert all(
+        m.pop(key) == [None] * 3 for m in matched for key in ("probing_top1", "full_absorption", "topic_absorption")
+    )
     assert matched == [
         {
             "family": "jumprelu",
@@ -112,6 +116,12 @@ def test_matched_l0_table_per_family():
         {"family": "topk", "delta_loss": [0.8, pytest.approx(0.6), 0.4], "fvu": [0.2, pytest.approx(0.15), 0.1]},
     ]
     text = matched_table(matched, [16.0, 32.0, 64.0])
+    assert "absorption" not in text  # no suite numbers: no second table
+    matched[1] |= {"absorption": [0.3, 0.2, 0.1], "probing_top1": [None] * 3}
+    matched[0] |= {"absorption": [None] * 3, "probing_top1": [None] * 3}
+    suite_table = matched_table(matched, [16.0, 32.0, 64.0]).split("\n\n")[1].splitlines()
+    assert suite_table[0] == "| family | absorption @ L0 16 | absorption @ L0 32 | absorption @ L0 64 |"
+    assert suite_table[2:] == ["| jumprelu | - | - | - |", "| topk | 0.300 | 0.200 | 0.100 |"]
     assert text.splitlines()[0] == (
         "| family | delta LM loss @ L0 16 | delta LM loss @ L0 32 | delta LM loss @ L0 64 | "
         "FVU @ L0 16 | FVU @ L0 32 | FVU @ L0 64 |"
@@ -153,7 +163,10 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     families = sorted({r["family"] for r in rows})
     md = (tmp_path / "compare.md").read_text()
-    assert md.count("\n| ") == len(rows) + 1 + len(families) + 1 + len(rows) + 1  # + the by-position table
+    tables = (len(rows) + 1) + 2 * (len(families) + 1) + (len(rows) + 1)  # per SAE, matched x 2, by position
+    assert md.count("\n| ") == tables
+    assert "sparse probing top-1 @ L0 5" in md and all(0 <= r["probing_top1"] <= 1 for r in rows)
+    assert all(r["absorption"] is None for r in rows)  # the tiny model spells no letter: not applicable
     by_position = md.split("Delta LM loss by token position")[1]
     assert "| pos 1 | pos 2-4 |" in by_position and "| topk 8 (L0 " in by_position
     assert all(len(r["by_position"]) == 6 for r in rows)

@@ -1,21 +1,23 @@
 """Feature absorption (Chanin et al. 2024, arXiv 2409.14507) as SAEBench 0.6.0 measures it, and the
 same arithmetic on topic probes.
 
-First letter (`absorption`): the tokenizer's single tokens that are ASCII letters after an optional
+First letter (`letter_data`): the tokenizer's single tokens that are ASCII letters after an optional
 leading space, seeded, capped at `max_words`, split 80/20. Each is read at its own token after a newline
 and ten examples `{w} has the first letter: {W}` of its own split (the rest of the template follows the
-word, so causal attention keeps it out of the activation). A one-vs-rest logistic probe per letter is
-fit on the train words; a letter counts when its test F1 is above 0.6, and the method needs 20 such
-letters (SAEBench's `min_GT_probe_f1`, `min_feats_for_eval`: a mean over fewer is a mean over the few
-letters the model spells best), else every SAE gets `not_applicable` with the count. Per SAE, an L1
-probe on the latents ranks each letter's latents; k-sparse probes keep the first k (1..10) after which
-F1 gains no more than 0.03 (the main latents); `word_absorption` then scores each test word the probe
-fires on: how much of the probe projection probe-aligned latents other than the main ones carry.
+word, so causal attention keeps it out of the activation), at every site in one pass. A one-vs-rest
+logistic probe per letter is fit on the train words; a letter counts when its test F1 is above 0.6, and
+the method needs 20 such letters (SAEBench's `min_GT_probe_f1`, `min_feats_for_eval`: a mean over fewer
+is a mean over the few letters the model spells best), else every SAE gets `not_applicable` with the
+count. Per SAE (`evaluate_task`), an L1 probe on the latents ranks each letter's latents; k-sparse probes
+keep the first k (1..10) after which F1 gains no more than 0.03 (the main latents); `word_absorption`
+then scores each test word the probe fires on: how much of the probe projection probe-aligned latents
+other than the main ones carry.
 
-Topics (`topic_absorption`): the same steps with the embedded corpus' topics as classes and documents
-(mean-pooled over their first tokens, BOS aside; split 80/20 per topic) as units, as SAEBench's sparse
-probing pools them. Per-token topic probes fail the gate on Gemma 3 270M (a "the" carries no topic),
-and the arithmetic is linear, so pooled codes and activations split a document's projection exactly.
+Topics (`topic_data`): the same steps with the corpus' topics as classes and the sparse-probing
+documents as units (probing.py's documents and train/test split; a document is the mean of its tokens
+but BOS, as SAEBench's sparse probing pools them). Per-token topic probes fail the gate on Gemma 3 270M
+(a "the" carries no topic), and the arithmetic is linear, so pooled codes and activations split a
+document's projection exactly.
 
 Deviations, for a 2-core CPU: the words of one forward batch share their examples (the prefix runs once
 and its key/value cache serves the batch: a word costs one token, not ~80); the test words' activations
@@ -31,15 +33,15 @@ import inspect
 import math
 import random
 import statistics
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saescope.activations.documents import load_documents
-from saescope.models.sites import Site, StopForward, capture, family_of, run_to_sites
+from saescope.evaluate.probing import TEST_FRACTION, DocumentActivations, split_documents
+from saescope.models.sites import Site, StopForward, capture, family_of
 from saescope.saes.base import SAE
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -61,12 +63,17 @@ EPS = 1e-8  # a main latent below this has not fired
 
 @dataclass
 class Labelled:
-    """One task's site activations and class indices, split: computed once per site, shared by its SAEs."""
+    """One task's units at a site (a word's activation, or a document's mean) and class indices, split:
+    made once per site, shared by its SAEs. `latents(sae)` gives the units' SAE codes when a unit is
+    not one row (a document's codes are the mean of its tokens'); without it each row is encoded."""
 
     classes: list[str]
-    x: tuple[Tensor, Tensor]  # train and test rows [n, d]
-    y: tuple[Tensor, Tensor]  # class per unit: a row, or a document when `doc` maps rows to documents
-    doc: tuple[Tensor | None, Tensor | None] = (None, None)
+    x: tuple[Tensor, Tensor]  # train and test units [n, d]
+    y: tuple[Tensor, Tensor]  # class per unit
+    latents: Callable[[SAE], tuple[Tensor, Tensor]] | None = None
+
+    def codes(self, sae: SAE) -> tuple[Tensor, Tensor]:
+        return self.latents(sae) if self.latents else (sae_codes(sae, self.x[0]), sae_codes(sae, self.x[1]))
 
 
 def alpha_words(tokenizer) -> list[tuple[str, int]]:
@@ -91,8 +98,8 @@ def _letter(word: str) -> int:
     return LETTERS.index(word.strip()[0].lower())
 
 
-def cached_rows(model: nn.Module, site: Site, prefix: list[int], last: list[int]) -> Tensor:
-    """Site activations [len(last), d] at token t of `prefix + [t]`, for each t in `last`.
+def cached_rows(model: nn.Module, sites: list[Site], prefix: list[int], last: list[int]) -> dict[Site, Tensor]:
+    """Each site's activations [len(last), d] at token t of `prefix + [t]`, for each t in `last`.
 
     The prefix runs once and its key/value cache, repeated over the batch, serves every t; with
     causal attention that is the same as running each sequence whole."""
@@ -109,14 +116,16 @@ def cached_rows(model: nn.Module, site: Site, prefix: list[int], last: list[int]
         except StopForward:
             pass
 
-    with capture(model, [site], lambda _s, x: seen.__setitem__("x", x)), torch.inference_mode():
+    with capture(model, sites, seen.__setitem__), torch.inference_mode():
         run([prefix])
         cache.batch_repeat_interleave(len(last))
         run([[t] for t in last])
-    return seen["x"][:, -1].float().cpu()
+    return {site: seen[site][:, -1].float().cpu() for site in sites}
 
 
-def _letter_rows(model, tokenizer, site: Site, words: list, rng: random.Random, batch: int, icl: int) -> Tensor:
+def _letter_rows(
+    model, tokenizer, sites: list[Site], words: list, rng: random.Random, batch: int, icl: int
+) -> dict[Site, Tensor]:
     """Activations at each word after `icl` examples drawn from the same list, never from its batch."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     newline, tail, *answers = tokenizer(
@@ -129,38 +138,8 @@ def _letter_rows(model, tokenizer, site: Site, words: list, rng: random.Random, 
         pool = [w for w in words if w[1] not in taken]
         examples = rng.sample(pool, min(icl, len(pool)))
         body = [t for text, tid in examples for t in (tid, *tail, *answers[_letter(text)], *newline)]
-        rows.append(cached_rows(model, site, bos + newline + body, [tid for _, tid in chunk]))
-    return torch.cat(rows)
-
-
-def split_documents(seed: int, per_topic: int) -> tuple[list, list, list[str]]:
-    """Up to `per_topic` seeded documents of each topic of the embedded corpus, each topic cut 80/20."""
-    by_topic = defaultdict(list)
-    for doc in load_documents("wiki"):
-        if doc.topic:
-            by_topic[doc.topic].append(doc)
-    rng, train, test = random.Random(seed), [], []
-    for topic in sorted(by_topic):
-        chosen = rng.sample(by_topic[topic], min(per_topic, len(by_topic[topic])))
-        cut = int(len(chosen) * TRAIN_FRACTION)
-        train, test = train + chosen[:cut], test + chosen[cut:]
-    return train, test, sorted(by_topic)
-
-
-def _token_rows(model, tokenizer, site: Site, docs: list, tokens: int, batch: int) -> tuple[Tensor, Tensor]:
-    """Per-token site activations of each document's first `tokens` tokens (BOS left out: its norm is
-    another scale), with each row's document index."""
-    rows, doc, seen, device = [], [], {}, next(model.parameters()).device
-    for i in range(0, len(docs), batch):
-        ids = [tokenizer(d.text, truncation=True, max_length=tokens).input_ids for d in docs[i : i + batch]]
-        width = max(map(len, ids))
-        padded = torch.tensor([s + [0] * (width - len(s)) for s in ids])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
-        run_to_sites(model, padded.to(device), mask.to(device), [site], lambda _s, x: seen.__setitem__("x", x.cpu()))
-        keep = mask.bool() & (torch.arange(width) > 0)
-        rows.append(seen["x"][keep].float())
-        doc += [i + j for j, s in enumerate(ids) for _ in range(len(s) - 1)]
-    return torch.cat(rows), torch.tensor(doc, dtype=torch.long)
+        rows.append(cached_rows(model, sites, bos + newline + body, [tid for _, tid in chunk]))
+    return {site: torch.cat([r[site] for r in rows]) for site in sites}
 
 
 def fit_logistic(x: Tensor, y: Tensor, l2: float, iterations: int = 100) -> tuple[Tensor, Tensor]:
@@ -200,20 +179,11 @@ def f1_scores(scores: Tensor, y: Tensor) -> Tensor:
     return (2 * tp / (2 * tp + fp + fn).clamp_min(1)).float()
 
 
-def pooled(rows: Tensor, doc: Tensor | None) -> Tensor:
-    """Rows averaged per document (rows as they are without documents): a topic's unit is a document."""
-    if doc is None:
-        return rows
-    n = int(doc.max()) + 1
-    total = torch.zeros(n, rows.shape[1]).index_add_(0, doc, rows.float())
-    return total / torch.bincount(doc, minlength=n).clamp_min(1).unsqueeze(1)
-
-
-def sae_codes(sae: SAE, x: Tensor, doc: Tensor | None = None, chunk: int = 4096) -> Tensor:
-    """Latent activations, dense [n, d_sae], encoded per row and then pooled like the activations."""
+def sae_codes(sae: SAE, x: Tensor, chunk: int = 4096) -> Tensor:
+    """Latent activations of each row, dense [n, d_sae]."""
     with torch.no_grad():
         parts = [sae.encode(x[i : i + chunk].to(sae.W_enc.device)).float().cpu() for i in range(0, len(x), chunk)]
-    return pooled(torch.cat(parts), doc)
+    return torch.cat(parts)
 
 
 def l1_probe(codes: Tensor, y: Tensor) -> Tensor:
@@ -309,11 +279,11 @@ def _metrics(details: list[dict]) -> dict:
 def score_sae(sae: SAE, data: Labelled, probes: tuple[Tensor, Tensor], passing: list[int], label: str) -> dict:
     """One SAE's absorption on a site's shared data and probes, for the classes that passed the gate."""
     y_train, y_test = (F.one_hot(y, len(data.classes)).float() for y in data.y)
-    codes_train, codes_test = (sae_codes(sae, x, doc) for x, doc in zip(data.x, data.doc))
+    codes_train, codes_test = data.codes(sae)
     keep = torch.tensor(passing)
     ranks = l1_probe(codes_train, y_train)[keep]
     mains = main_latents(codes_train, y_train[:, keep], codes_test, y_test[:, keep], ranks)
-    x_test = pooled(data.x[1], data.doc[1])
+    x_test = data.x[1]
     fires = x_test @ probes[0].T + probes[1] > 0
     w_dec, details = sae.W_dec.detach().float().cpu(), []
     for c, main in zip(passing, mains):
@@ -337,13 +307,13 @@ def evaluate_task(
 ) -> dict:
     """Fit the site's probes once, gate them by test F1, then score every SAE of the site."""
     classes = len(data.classes)
-    (x_train, x_test), (y_train, y_test) = (pooled(x, doc) for x, doc in zip(data.x, data.doc)), data.y
+    (x_train, x_test), (y_train, y_test) = data.x, data.y
     probes = fit_logistic(x_train, F.one_hot(y_train, classes).float(), PROBE_L2)
     f1 = f1_scores(x_test @ probes[0].T + probes[1], F.one_hot(y_test, classes).float())
     passing = [c for c in range(classes) if f1[c] > min_f1]
     common = {
         "eval_type_id": "absorption_first_letter" if unit == "letter" else f"absorption_{unit}",
-        "eval_config": config,
+        "eval_config": config | {"min_feats_for_eval": min_classes},
         f"{unit}s_passing": len(passing),
         "probe_f1": {name: round(f1[c].item(), 4) for c, name in enumerate(data.classes)},
         "n_train": len(y_train),
@@ -359,60 +329,53 @@ def evaluate_task(
     return out
 
 
-def _config(model, seed: int, min_classes: int, batch: int, **task) -> dict:
+def _config(seed: int, **task) -> dict:
     """SAEBench's AbsorptionEvalConfig fields with the values used here, and the task's own settings."""
     return {
-        "model_name": getattr(model.config, "_name_or_path", "") or model.config.model_type,
         "random_seed": seed,
         "f1_jump_threshold": F1_JUMP,
         "max_k_value": MAX_K,
-        "llm_batch_size": batch,
-        "llm_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "k_sparse_probe_l1_decay": L1_DECAY,
         "k_sparse_probe_batch_size": L1_BATCH,
         "k_sparse_probe_num_epochs": L1_EPOCHS,
         "min_GT_probe_f1": MIN_PROBE_F1,
-        "min_feats_for_eval": min_classes,
         **task,
     }
 
 
-def absorption(
-    model,
-    tokenizer,
-    site: Site,
-    saes: dict[str, SAE],
-    seed: int = 0,
-    max_words: int = 8000,
-    batch_words: int = 64,
-    icl_examples: int = 10,
-    min_letters: int = MIN_LETTERS,
-) -> dict[str, dict]:
-    """First-letter absorption of every SAE of `site`, by SAE name (SAEBench's `absorption_first_letter`
-    fields, or `not_applicable` with the number of letters that passed the probe gate)."""
+def letter_data(
+    model, tokenizer, sites: list[Site], seed: int = 0, max_words: int = 8000, batch_words: int = 64, icl: int = 10
+) -> tuple[dict[Site, Labelled], dict]:
+    """The first-letter task at every site from one pass over the words (each site's rows, float32,
+    cost words x width x 4 bytes), and its config."""
     train, test = split_words(alpha_words(tokenizer), seed, max_words)
-    rng, y = random.Random(seed + 1), [torch.tensor([_letter(w) for w, _ in s]) for s in (train, test)]
-    x = [_letter_rows(model, tokenizer, site, s, rng, batch_words, icl_examples) for s in (train, test)]
-    task = {"prompt_template": TEMPLATE, "prompt_token_pos": -6, "max_words": max_words}  # -6: the word
-    config = _config(model, seed, min_letters, batch_words, icl_examples=icl_examples, **task)
-    return evaluate_task(Labelled(list(LETTERS), tuple(x), tuple(y)), saes, "letter", min_letters, config)
+    rng, y = random.Random(seed + 1), tuple(torch.tensor([_letter(w) for w, _ in s]) for s in (train, test))
+    x = [_letter_rows(model, tokenizer, sites, s, rng, batch_words, icl) for s in (train, test)]
+    config = _config(
+        seed,
+        model_name=getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        llm_batch_size=batch_words,
+        llm_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        prompt_template=TEMPLATE,
+        prompt_token_pos=-6,  # the word, five tokens before the template's end
+        max_words=max_words,
+        icl_examples=icl,
+    )
+    return {site: Labelled(list(LETTERS), (x[0][site], x[1][site]), y) for site in sites}, config
 
 
-def topic_absorption(
-    model,
-    tokenizer,
-    site: Site,
-    saes: dict[str, SAE],
-    seed: int = 0,
-    docs_per_topic: int = 60,
-    tokens_per_doc: int = 64,
-    batch_docs: int = 8,
-    min_topics: int = MIN_TOPICS,
-) -> dict[str, dict]:
-    """The same on the embedded corpus' topics, a document's tokens pooled into one unit, by SAE name."""
-    train, test, topics = split_documents(seed, docs_per_topic)
-    x, doc = zip(*(_token_rows(model, tokenizer, site, docs, tokens_per_doc, batch_docs) for docs in (train, test)))
-    y = tuple(torch.tensor([topics.index(d.topic) for d in docs]) for docs in (train, test))
-    data = Labelled(topics, x, y, doc)
-    config = _config(model, seed, min_topics, batch_docs, docs_per_topic=docs_per_topic, tokens_per_doc=tokens_per_doc)
-    return evaluate_task(data, saes, "topic", min_topics, config)
+def topic_data(acts: DocumentActivations, seed: int = 0) -> tuple[Labelled, dict]:
+    """The topic task on the sparse-probing documents of one site, with their train/test split: a
+    unit is a document, its activation and codes the means over its tokens."""
+    train, test, _ = split_documents(acts.topics, seed)
+    topics = sorted(train)
+    index = [torch.cat([part[t] for t in topics]).sort().values for part in (train, test)]
+    y = tuple(torch.tensor([topics.index(acts.topics[i]) for i in idx.tolist()]) for idx in index)
+    x = (acts.pooled[index[0]], acts.pooled[index[1]])
+
+    def latents(sae: SAE) -> tuple[Tensor, Tensor]:
+        codes = acts.latents(sae)
+        return codes[index[0]], codes[index[1]]
+
+    config = _config(seed, documents=len(acts.topics), context_length=acts.context_length, test_fraction=TEST_FRACTION)
+    return Labelled(topics, x, y, latents), config

@@ -62,6 +62,9 @@ PARTS = ("core", "position", "topics", "probing", "tpp", "absorption", "splittin
 GROUPINGS = {"position": "position", "topics": "topic"}  # suite part -> position.py grouping
 EVAL = "eval"  # per-SAE folder of the parts' results
 PROBE_TOKENS = 256  # tokens per document the probes read (probing.site_documents' cap)
+LETTER_WORDS = 8000  # absorption.letter_data's default word cap
+SUITE_MEMORY = 8 * 2**30  # bytes of site activations held at once: the probing documents' (in the model's
+# dtype, every token up to PROBE_TOKENS counted) and, apart, the first-letter words' (float32)
 SUITE_HELP = (
     "the evaluation suite per SAE: L0, FVU, delta LM loss, KL, CE recovered, dead/dense latents, the same by token "
     "position and topic, sparse probing, TPP, absorption, feature splitting (each part cached)"
@@ -93,14 +96,15 @@ def check_text(path: str) -> None:
 
 
 class Context:
-    """What the parts share, each built on first use: the store, the model, the core evaluation,
-    the SAEs' input sites, and per layer its sites' probing activations or held-out rows."""
+    """What the parts share, each built on first use: the store, the model, the core evaluation, and
+    the sites' probing documents and first-letter words, read for a group of sites in one pass."""
 
     def __init__(self, cfg: SuiteConfig, folders: list[Path]):
         self.cfg, self.store = cfg, finished_store(cfg)
         self.info = self.store.info
-        self.sites = sorted({input_site(sae_config(f)) for f in folders})
-        self._layer_data: dict = {}
+        self.widths = {input_site(meta): meta["d_in"] for meta in map(sae_config, folders)}
+        self.sites = sorted(self.widths)  # the sites still to read (run_per_sae narrows it to the stale ones)
+        self._held: dict[str, tuple[tuple[Site, ...], dict]] = {}
 
     @functools.cached_property
     def model(self) -> tuple:
@@ -115,14 +119,15 @@ class Context:
     def settings(self, text: bool) -> dict:
         return cache.settings(self.cfg, self.info, text)
 
-    def per_layer(self, what: str, layer: int, build: Callable[[], object]) -> object:
-        """`build()` for (what, layer), kept while `layer` is the layer asked for: a layer's data can
-        be large, and the parts work through the sites layer by layer."""
-        if any(other != layer for _, other in self._layer_data):
-            self._layer_data = {}
-        if (what, layer) not in self._layer_data:
-            self._layer_data[(what, layer)] = build()
-        return self._layer_data[(what, layer)]
+    def held(self, what: str, site: Site, bytes_per_dim: int, read: Callable[[list[Site]], dict]) -> object:
+        """`read(group)[site]` for the group of `self.sites` holding `site`: consecutive sites whose
+        data (`bytes_per_dim` x width each) fits SUITE_MEMORY together, so one model pass serves a
+        group (all 54 sites of the default run) and a group's data is dropped when the next is read."""
+        group = next(g for g in site_groups(self.sites, self.widths, bytes_per_dim) if site in g)
+        if self._held.get(what, ((),))[0] != group:
+            self._held.pop(what, None)
+            self._held[what] = (group, read(list(group)))
+        return self._held[what][1][site]
 
     @functools.cached_property
     def topic_documents(self) -> list:
@@ -130,11 +135,44 @@ class Context:
         run harvested: its 12 topics are the labels, and a hub corpus would have to be read whole)."""
         return external("probing", "sample_topic_documents")(load_documents("wiki"))
 
+    def documents(self, site: Site):
+        """The site's per-token activations on the probing documents (probing.DocumentActivations)."""
+        model, tokenizer = self.model
+        docs, size = self.topic_documents, next(model.parameters()).element_size()
+        read = external("probing", "sites_documents")
+        return self.held(
+            "documents", site, len(docs) * PROBE_TOKENS * size, lambda g: read(model, tokenizer, g, docs, PROBE_TOKENS)
+        )
+
+    def letters(self, site: Site) -> tuple:
+        """The site's first-letter task and its config (absorption.letter_data)."""
+        model, tokenizer = self.model
+        read = external("absorption", "letter_data")
+
+        def per_site(group: list[Site]) -> dict:
+            data, config = read(model, tokenizer, group)
+            return {s: (data[s], config) for s in group}
+
+        return self.held("letters", site, LETTER_WORDS * 4, per_site)
+
     @functools.cached_property
     def device(self):
         from saescope.models.loading import resolve_device
 
         return resolve_device(self.cfg.device)
+
+
+def site_groups(sites: list[Site], widths: dict[Site, int], bytes_per_dim: int) -> list[tuple[Site, ...]]:
+    """`sites` in order, cut into consecutive groups whose data fits SUITE_MEMORY (one site at least)."""
+    groups: list[list[Site]] = [[]]
+    used = 0
+    for site in sites:
+        size = widths[site] * bytes_per_dim
+        if groups[-1] and used + size > SUITE_MEMORY:
+            groups, used = groups + [[]], 0
+        groups[-1].append(site)
+        used += size
+    return [tuple(g) for g in groups]
 
 
 def input_site(meta: dict) -> Site:
@@ -229,34 +267,41 @@ def entry(part: str, result: dict) -> dict:
 
 
 def probing_results(ctx: Context, part: str, site: Site, saes: dict) -> dict[str, dict]:
-    """sparse_probing or tpp of every SAE of one input site, on that site's shared document activations."""
+    """sparse_probing or tpp of every SAE of one input site, on that site's document activations."""
     fn = external("probing", {"probing": "sparse_probing", "tpp": "tpp"}[part])
     if isinstance(fn, str):
         return {name: {"not_available": fn} for name in saes}
-    docs = ctx.topic_documents
-    if not docs:
-        return {name: {"not_applicable": "the embedded corpus' documents carry no topic"} for name in saes}
-    sites_documents = external("probing", "sites_documents")
-    model, tokenizer = ctx.model
-    layer = sorted(s for s in ctx.sites if s.layer == site.layer)  # one forward reads every site of a layer
-    acts = ctx.per_layer("acts", site.layer, lambda: sites_documents(model, tokenizer, layer, docs, PROBE_TOKENS))
-    return {name: fn(acts[site], sae) for name, sae in saes.items()}
+    if not ctx.topic_documents:
+        return {name: {"not_applicable": NO_TOPICS} for name in saes}
+    acts = ctx.documents(site)
+    return {name: fn(acts, sae) for name, sae in saes.items()}
 
 
 def absorption_results(ctx: Context, _part: str, site: Site, saes: dict) -> dict[str, dict]:
-    """First-letter and topic absorption of every SAE of one input site (each fits its probes once)."""
-    first, topic = external("absorption", "absorption"), external("absorption", "topic_absorption")
-    if isinstance(first, str) or isinstance(topic, str):
-        return {name: {"not_available": first if isinstance(first, str) else topic} for name in saes}
-    model, tokenizer = ctx.model
-    letters, topics = first(model, tokenizer, site, saes), topic(model, tokenizer, site, saes)
+    """First-letter and topic absorption of every SAE of one input site (each task's probes fit once)."""
+    score, topic_data, min_letters, min_topics = (
+        external("absorption", name) for name in ("evaluate_task", "topic_data", "MIN_LETTERS", "MIN_TOPICS")
+    )
+    if missing := next((why for why in (score, topic_data) if isinstance(why, str)), None):
+        return {name: {"not_available": missing} for name in saes}
+    data, config = ctx.letters(site)
+    letters = score(data, saes, "letter", min_letters, config)
+    if ctx.topic_documents:
+        data, config = topic_data(ctx.documents(site))
+        topics = score(data, saes, "topic", min_topics, config)
+    else:
+        topics = {name: {"not_applicable": NO_TOPICS} for name in saes}
     return {name: {"first_letter": letters[name], "topic": topics[name]} for name in saes}
 
 
-def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], measure: Callable, bar: tqdm) -> dict:
-    """`parts` of every SAE, {part: {sae: index entry}}: cached results reused, the rest measured an
-    input site at a time, all of `parts` on one site before the next (probing and tpp share the
-    layer's document activations, read in one forward; a layer's data is dropped when the next starts)."""
+MEASURES = {"probing": probing_results, "tpp": probing_results, "absorption": absorption_results}
+NO_TOPICS = "the embedded corpus' documents carry no topic"
+
+
+def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], bar: tqdm) -> dict:
+    """`parts` (of MEASURES) of every SAE, {part: {sae: index entry}}: cached results reused, the rest
+    measured an input site at a time, every part on one site before the next, so the documents and
+    words read for a group of sites (one forward pass) serve all parts of the group."""
     settings = ctx.settings(text=False)
     index: dict[str, dict] = {part: {} for part in parts}
     stale: dict[Site, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -269,10 +314,12 @@ def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], measure: Ca
                 bar.update()
             else:
                 stale[input_site(sae_config(folder))][part].append((folder, key))
-    for site in sorted(stale, key=lambda s: (s.layer, s.kind)):
+    ctx.sites = sorted(stale)  # a pass reads only the sites with something left to measure
+    for site in ctx.sites:
         for part, members in stale[site].items():
             bar.set_postfix_str(f"{part} {site.name}")
-            results = measure(ctx, part, site, {f.name: load_trained(f, ctx.device)[0] for f, _ in members})
+            saes = {f.name: load_trained(f, ctx.device)[0] for f, _ in members}
+            results = MEASURES[part](ctx, part, site, saes)
             for folder, key in members:
                 index[part][folder.name] = store_result(ctx, folder, part, key, results[folder.name])
                 bar.update()
@@ -331,10 +378,8 @@ def run_splitting(ctx: Context, folders: list[Path], bar: tqdm) -> dict[str, dic
 
 
 def split_pair(ctx: Context, narrow: Path, wide: Path, measure: Callable) -> dict:
-    """feature_splitting of one pair on held-out rows of their input site (read once per site)."""
-    eval_rows = external("splitting", "eval_rows")
-    site = input_site(sae_config(narrow))
-    rows = ctx.per_layer(site.name, site.layer, lambda: eval_rows(ctx.store, site.name, ctx.cfg.eval_shards))
+    """feature_splitting of one pair on held-out rows of their input site."""
+    rows = external("splitting", "eval_rows")(ctx.store, input_site(sae_config(narrow)).name, ctx.cfg.eval_shards)
     small, large = load_trained(narrow, ctx.device)[0], load_trained(wide, ctx.device)[0]
     return measure(small, large, rows) | {"narrow": narrow.name, "wide": wide.name}
 
@@ -354,11 +399,10 @@ def run_suite(cfg: SuiteConfig) -> dict[str, dict]:
     with tqdm(total=len(folders) * len(parts), desc="evaluate", unit="part", dynamic_ncols=True) as bar:
         for name, found in run_core(ctx, folders, parts, bar).items():
             index[name] |= found
-        for group, measure in ((["probing", "tpp"], probing_results), (["absorption"], absorption_results)):
-            if wanted := [p for p in group if p in parts]:
-                for part, entries in run_per_sae(ctx, folders, wanted, measure, bar).items():
-                    for name, found in entries.items():
-                        index[name][part] = found
+        if wanted := [p for p in parts if p in MEASURES]:
+            for part, entries in run_per_sae(ctx, folders, wanted, bar).items():
+                for name, found in entries.items():
+                    index[name][part] = found
         if "splitting" in parts:
             for name, found in run_splitting(ctx, folders, bar).items():
                 index[name]["splitting"] = found

@@ -1,6 +1,6 @@
 """Absorption (saescope/evaluate/absorption.py): SAEBench's arithmetic on hand-computed rows, the
-whole pipeline on a planted absorbed feature, the probe gate, the word and document splits, the
-cached-prefix forward, and one run on the real Gemma 3 270M."""
+whole pipeline on a planted absorbed feature, the probe gate, the word split, the topic task on the
+probing documents, the cached-prefix forward of several sites, and one run on the real Gemma 3 270M."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from tinymodels import tiny_model
 
 from saescope.evaluate import absorption as A
+from saescope.evaluate.probing import DocumentActivations, split_documents
 from saescope.models.sites import Site, run_to_sites
 from saescope.saes.registry import make_sae
 from saescope.saes.relu import ReLUSAE
@@ -194,35 +195,53 @@ def test_word_split_is_seeded_capped_and_disjoint(tiny_tokenizer):
     assert sum(map(len, A.split_words(words, seed=0, max_words=10**6))) == len(words)
 
 
-def test_document_split_is_per_topic_seeded_and_disjoint():
-    train, test, topics = A.split_documents(seed=0, per_topic=10)
-    assert len(topics) == 12 and len(train) == 12 * 8 and len(test) == 12 * 2
-    assert not {d.doc_id for d in train} & {d.doc_id for d in test}
-    assert all(sum(d.topic == t for d in test) == 2 for t in topics)
-    assert [d.doc_id for d in A.split_documents(0, 10)[1]] == [d.doc_id for d in test]
+def test_topic_task_uses_the_probing_documents_split_and_pooled_codes():
+    """A document is one unit: its activation and its codes are the means over its tokens, and the
+    train/test split is sparse probing's (so both evaluations read the same documents)."""
+    g = torch.Generator().manual_seed(0)
+    topics = [t for t in "abc" for _ in range(10)]
+    lengths = torch.randint(1, 5, (len(topics),), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    tokens = torch.randn(int(offsets[-1]), 6, generator=g)
+    acts = DocumentActivations(Site(1, "res"), tokens, offsets, topics, list(range(len(topics))))
+    data, config = A.topic_data(acts, seed=3)
+    train, test, _ = split_documents(topics, seed=3)
+    assert data.classes == ["a", "b", "c"] and config["documents"] == 30
+    assert (len(data.y[0]), len(data.y[1])) == (sum(map(len, train.values())), sum(map(len, test.values())))
+    first_test = min(int(i) for part in test.values() for i in part)
+    row = (sorted(int(i) for part in test.values() for i in part)).index(first_test)
+    mean = tokens[offsets[first_test] : offsets[first_test + 1]].mean(0)
+    torch.testing.assert_close(data.x[1][row], mean)
+    assert data.y[1][row] == "abc".index(topics[first_test])
+    sae = make_sae("relu", 6, 8)
+    codes = sae.encode(tokens[offsets[first_test] : offsets[first_test + 1]]).detach().mean(0)
+    torch.testing.assert_close(data.codes(sae)[1][row], codes, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["gemma3_text", "llama", "gpt2"])
 def test_cached_prefix_equals_whole_sequences(family):
     # The tiny Gemma's sliding window (16) is shorter than the prefix: its cache must still agree.
-    model, site = tiny_model(family), Site(1, "res")
+    model, sites = tiny_model(family), [Site(0, "mlp"), Site(1, "res")]
     prefix, last = list(range(5, 30)), [40, 41, 42]
-    got = A.cached_rows(model, site, prefix, last)
+    got = A.cached_rows(model, sites, prefix, last)
     seen = {}
     ids = torch.tensor([prefix + [t] for t in last])
-    run_to_sites(model, ids, None, [site], lambda _s, x: seen.__setitem__("x", x))
-    torch.testing.assert_close(got, seen["x"][:, -1], rtol=1e-4, atol=1e-4)
+    run_to_sites(model, ids, None, sites, seen.__setitem__)
+    for site in sites:
+        torch.testing.assert_close(got[site], seen[site][:, -1], rtol=1e-4, atol=1e-4)
 
 
-def test_public_functions_on_a_tiny_model(tiny_tokenizer):
-    model, site = tiny_model("gemma3_text"), Site(1, "res")
-    saes = {"s": make_sae("relu", 64, 32)}
-    out = A.absorption(model, tiny_tokenizer, site, saes, seed=0, max_words=300, min_letters=27)["s"]
+def test_letters_of_every_site_come_from_one_pass(tiny_tokenizer):
+    model, sites = tiny_model("gemma3_text"), [Site(0, "res"), Site(1, "res")]
+    data, config = A.letter_data(model, tiny_tokenizer, sites, seed=0, max_words=300)
+    one, _ = A.letter_data(model, tiny_tokenizer, sites[1:], seed=0, max_words=300)
+    torch.testing.assert_close(data[sites[1]].x[1], one[sites[1]].x[1])
+    assert not torch.equal(data[sites[0]].x[0], data[sites[1]].x[0])
+    out = A.evaluate_task(data[sites[1]], {"s": make_sae("relu", 64, 32)}, "letter", 27, config)["s"]
     assert out["not_applicable"].endswith("the method needs 27") and isinstance(out["letters_passing"], int)
     assert out["eval_type_id"] == "absorption_first_letter" and (out["n_train"], out["n_test"]) == (240, 60)
     assert out["eval_config"]["min_GT_probe_f1"] == 0.6 and out["eval_config"]["prompt_token_pos"] == -6
-    topics = A.topic_absorption(model, tiny_tokenizer, site, saes, docs_per_topic=5, tokens_per_doc=16, min_topics=13)
-    assert topics["s"]["not_applicable"].endswith("the method needs 13") and topics["s"]["n_test"] == 12
+    assert out["eval_config"]["min_feats_for_eval"] == 27
 
 
 @pytest.mark.slow
@@ -230,8 +249,11 @@ def test_real_gemma3_letters_passing(gemma):
     model, tok = gemma
     site = Site(6, "res")
     start = time.perf_counter()
-    out = A.absorption(model, tok, site, {"random": make_sae("jumprelu", 640, 2048).folded(1.0)})["random"]
+    data, config = A.letter_data(model, tok, [site])
+    out = A.evaluate_task(data[site], {"random": make_sae("jumprelu", 640, 2048).folded(1.0)}, "letter", 20, config)
     seconds = time.perf_counter() - start
-    print(f"\nGemma 3 270M {site.name}: {out['letters_passing']} of 26 letters pass the probe gate ({seconds:.0f} s)")
-    assert out["letters_passing"] >= 15  # 23 at res.6 with the default 8000 words
-    assert ("not_applicable" in out) == (out["letters_passing"] < A.MIN_LETTERS)
+    print(
+        f"\nGemma 3 270M {site.name}: {out['random']['letters_passing']} of 26 letters pass the gate ({seconds:.0f} s)"
+    )
+    assert out["random"]["letters_passing"] >= 15  # 23 at res.6 with the default 8000 words
+    assert ("not_applicable" in out["random"]) == (out["random"]["letters_passing"] < A.MIN_LETTERS)

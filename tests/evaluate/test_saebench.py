@@ -9,7 +9,6 @@ draw; an empty stand-in module is enough. Without sae-bench these tests skip."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import types
@@ -86,10 +85,10 @@ def test_absorption_file_loads_with_saebench(run_dir, tiny_model_dir, monkeypatc
     """Absorption with the probe gate lowered to F1 > 0 (the tiny model spells no letter well enough
     for SAEBench's 0.6), so that there are letters to write."""
     module = pytest.importorskip("saescope.evaluate.absorption")
-    monkeypatch.setattr(module, "evaluate_task", functools.partial(module.evaluate_task, min_f1=0.0))
-    folder = run_dir / "saes" / "res.1__w128__c8"
+    folder, site = run_dir / "saes" / "res.1__w128__c8", Site(1, "res")
     model, tokenizer = load_model(str(tiny_model_dir), "float32", "cpu")
-    result = module.absorption(model, tokenizer, Site(1, "res"), {"s": load(folder)}, max_words=400, min_letters=1)
+    data, config = module.letter_data(model, tokenizer, [site], max_words=400)
+    result = module.evaluate_task(data[site], {"s": load(folder)}, "letter", 1, config, min_f1=0.0)
     meta = json.loads((folder / "config.json").read_text())
     path = saebench.write(folder, "absorption", meta, *saebench.absorption_fields(result["s"]), "eval/absorption.json")
     assert validate("absorption", path).eval_result_details

@@ -102,17 +102,36 @@ def test_text_file_gets_the_same_breakdowns_without_topics(run_dir, tmp_path):
         assert json.loads(path.read_text())["eval_config"]["dataset"] != str(text)
 
 
-def test_probing_and_tpp_read_each_layer_once(run_dir, monkeypatch):
-    """The document activations of a layer come from one forward, shared by probing and TPP."""
+def test_probing_tpp_and_absorption_read_the_model_once(run_dir, monkeypatch):
+    """The probing documents come from one forward pass shared by probing, TPP and topic absorption,
+    and the first-letter words from one more, for all the sites of a group."""
     probing = pytest.importorskip("saescope.evaluate.probing")
+    absorption = pytest.importorskip("saescope.evaluate.absorption")
     calls = []
-    real = probing.sites_documents
-    monkeypatch.setattr(probing, "sites_documents", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    for module, name in ((probing, "sites_documents"), (absorption, "letter_data")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _n=name, _r=real, **k: calls.append((_n, a[2])) or _r(*a, **k))
     for path in run_dir.glob("saes/*/eval/*.json"):
         path.unlink()
-    index = run_suite(config(run_dir, suite="probing,tpp"))
-    assert calls == [[Site(1, "res")]]
+    index = run_suite(config(run_dir, suite="probing,tpp,absorption"))
+    assert sorted(calls) == [("letter_data", [Site(1, "res")]), ("sites_documents", [Site(1, "res")])]
     assert all("file" in entry["probing"] and "file" in entry["tpp"] for entry in index.values())
+
+
+def test_sites_are_read_in_groups_that_fit_the_memory_budget(run_dir, monkeypatch):
+    ctx = suite.Context(config(run_dir), sorted((run_dir / "saes").iterdir()))
+    ctx.sites = [Site(layer, "res") for layer in range(5)]
+    ctx.widths = dict.fromkeys(ctx.sites, 100)
+    monkeypatch.setattr(suite, "SUITE_MEMORY", 2500)  # two sites of 100 x 10 bytes per group
+    reads = []
+
+    def read(group):
+        reads.append(group)
+        return {site: site.layer for site in group}
+
+    assert [ctx.held("x", site, 10, read) for site in ctx.sites + ctx.sites[:1]] == [0, 1, 2, 3, 4, 0]
+    assert [[s.layer for s in g] for g in reads] == [[0, 1], [2, 3], [4], [0, 1]]
+    assert suite.site_groups(ctx.sites, ctx.widths, 10**6) == [(s,) for s in ctx.sites]  # too big: one site a pass
 
 
 def test_absorption_on_a_model_too_small_for_the_probe_gate_is_not_applicable(run_dir):
