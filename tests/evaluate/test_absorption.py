@@ -246,14 +246,20 @@ def test_letters_of_every_site_come_from_one_pass(tiny_tokenizer):
 
 @pytest.mark.slow
 def test_real_gemma3_letters_passing(gemma):
+    """res.2 is where a probe fit that did not standardise each dimension passed 0 letters (Gemma's
+    residual stream has a few dimensions ~1000x the median's scale); 22 pass with it."""
     model, tok = gemma
-    site = Site(6, "res")
+    sites = [Site(2, "res"), Site(6, "res")]
     start = time.perf_counter()
-    data, config = A.letter_data(model, tok, [site])
-    out = A.evaluate_task(data[site], {"random": make_sae("jumprelu", 640, 2048).folded(1.0)}, "letter", 20, config)
+    data, config = A.letter_data(model, tok, sites)
+    sae = {"random": make_sae("jumprelu", 640, 2048).folded(1.0)}
+    out = {site: A.evaluate_task(data[site], sae, "letter", 20, config)["random"] for site in sites}
     seconds = time.perf_counter() - start
     print(
-        f"\nGemma 3 270M {site.name}: {out['random']['letters_passing']} of 26 letters pass the gate ({seconds:.0f} s)"
+        "\nGemma 3 270M letters passing the gate:",
+        {s.name: out[s]["letters_passing"] for s in sites},
+        f"{seconds:.0f} s",
     )
-    assert out["random"]["letters_passing"] >= 15  # 23 at res.6 with the default 8000 words
-    assert ("not_applicable" in out["random"]) == (out["random"]["letters_passing"] < A.MIN_LETTERS)
+    for result in out.values():
+        assert result["letters_passing"] >= 18  # 22 at res.2 and res.6 with the default 8000 words
+        assert ("not_applicable" in result) == (result["letters_passing"] < A.MIN_LETTERS)
