@@ -28,7 +28,8 @@ from saescope.config import (
 )
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import metrics_file, summary_rows
-from saescope.evaluate.suite import SUITE_HELP, SuiteConfig, position_summary, run_suite
+from saescope.evaluate.report import suite_summary
+from saescope.evaluate.suite import SUITE_HELP, SuiteConfig, run_suite
 from saescope.memory import keep_freed_memory
 from saescope.outputs import check_outside_stores, check_writable
 from saescope.release.export import EXPORT_FORMATS
@@ -98,8 +99,7 @@ def refuse_changed_training(cfg: TrainConfig, force: bool) -> None:
 
 def cmd_evaluate(cfg: SuiteConfig) -> None:
     run_suite(cfg)
-    print(summary_table(cfg.out, cfg.text))
-    print(position_summary(cfg))
+    print(suite_summary(cfg))
 
 
 @dataclass

@@ -36,6 +36,7 @@ from saescope.config import STORE_FOLDER, device_option, option, part, rescaled,
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig
 from saescope.evaluate.position import POSITION_LABELS, curve, position_table
+from saescope.evaluate.report import SUITE_NUMBERS, suite_numbers
 from saescope.evaluate.suite import SuiteConfig, run_suite
 from saescope.io import read_json, write_json_atomic
 from saescope.run import RUN_SCHEDULE
@@ -49,11 +50,8 @@ from saescope.train.trainer import Trainer
 
 DEFAULT_SWEEPS = "jumprelu=16/32/64,topk=16/32/64,batchtopk=16/32/64,gated=0.3/1/3,relu=1/3/10"
 DEFAULT_MATCHED_L0 = "16,32,64"
-SUITE_COLUMNS = {  # row key: the suite part and headline number in metrics.json, and its heading
-    "probing_top1": ("probing", "sae_top_1_test_accuracy", "sparse probing top-1"),
-    "absorption": ("absorption", "first_letter_absorption_fraction", "absorption"),
-    "full_absorption": ("absorption", "first_letter_full_absorption", "full absorption"),
-    "topic_absorption": ("absorption", "topic_absorption_fraction", "topic absorption"),
+SUITE_COLUMNS = {
+    key: SUITE_NUMBERS[key] for key in ("probing_top1", "absorption", "full_absorption", "topic_absorption")
 }
 
 
@@ -174,7 +172,7 @@ def collect(out: str | Path) -> list[dict]:
                 "name": folder.name,
                 "by_position": m.get("by_position"),
             }
-            | {key: m.get("suite", {}).get(part, {}).get(name) for key, (part, name, _) in SUITE_COLUMNS.items()}
+            | {key: value for key, value in suite_numbers(m).items() if key in SUITE_COLUMNS}
         )
     return sorted(rows, key=lambda r: (r["family"], r["l0"]))
 

@@ -53,7 +53,7 @@ from saescope.evaluate.metrics import (
     sae_config,
     trained_folders,
 )
-from saescope.evaluate.position import BREAKDOWNS, position_table
+from saescope.evaluate.position import BREAKDOWNS
 from saescope.io import write_json_atomic
 from saescope.models.sites import Site
 from saescope.release.files import read_json_with
@@ -411,9 +411,3 @@ def run_suite(cfg: SuiteConfig) -> dict[str, dict]:
         metrics = read_json_with(path)
         write_json_atomic(path, metrics | {"suite": metrics.get("suite", {}) | index[folder.name]})
     return index
-
-
-def position_summary(cfg: EvalConfig) -> str:
-    """The by-position delta loss of every evaluated SAE of the run, as a markdown table."""
-    rows = [(f.name, read_json_with(f / metrics_file(cfg.text))) for f in trained_folders(cfg.out)]
-    return f"\nDelta LM loss by token position (index in its document, BOS at 0):\n\n{position_table(rows)}"

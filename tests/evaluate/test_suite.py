@@ -11,6 +11,7 @@ from saescope.cli import main
 from saescope.evaluate import suite
 from saescope.evaluate.metrics import Evaluation
 from saescope.evaluate.position import POSITION_LABELS
+from saescope.evaluate.report import suite_summary
 from saescope.evaluate.suite import run_suite
 from saescope.models.sites import Site
 
@@ -114,6 +115,8 @@ def test_probing_tpp_and_absorption_read_the_model_once(run_dir, monkeypatch):
     for path in run_dir.glob("saes/*/eval/*.json"):
         path.unlink()
     index = run_suite(config(run_dir, suite="probing,tpp,absorption"))
+    printed = suite_summary(config(run_dir))
+    assert (run_dir / "suite.md").read_text().strip() in printed and "| res | 3 | " in printed
     assert sorted(calls) == [("letter_data", [Site(1, "res")]), ("sites_documents", [Site(1, "res")])]
     assert all("file" in entry["probing"] and "file" in entry["tpp"] for entry in index.values())
 
