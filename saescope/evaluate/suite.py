@@ -315,11 +315,12 @@ def run_per_sae(ctx: Context, folders: list[Path], parts: list[str], bar: tqdm) 
             else:
                 stale[input_site(sae_config(folder))][part].append((folder, key))
     ctx.sites = sorted(stale)  # a pass reads only the sites with something left to measure
-    for site in ctx.sites:
+    for site in ctx.sites:  # each SAE loaded once for all parts: its document latents are encoded once
+        folders_here = {f.name: f for members in stale[site].values() for f, _ in members}
+        loaded = {name: load_trained(f, ctx.device)[0] for name, f in folders_here.items()}
         for part, members in stale[site].items():
             bar.set_postfix_str(f"{part} {site.name}")
-            saes = {f.name: load_trained(f, ctx.device)[0] for f, _ in members}
-            results = MEASURES[part](ctx, part, site, saes)
+            results = MEASURES[part](ctx, part, site, {f.name: loaded[f.name] for f, _ in members})
             for folder, key in members:
                 index[part][folder.name] = store_result(ctx, folder, part, key, results[folder.name])
                 bar.update()

@@ -105,16 +105,23 @@ def test_text_file_gets_the_same_breakdowns_without_topics(run_dir, tmp_path):
 
 def test_probing_tpp_and_absorption_read_the_model_once(run_dir, monkeypatch):
     """The probing documents come from one forward pass shared by probing, TPP and topic absorption,
-    and the first-letter words from one more, for all the sites of a group."""
+    and the first-letter words from one more, for all the sites of a group; each SAE's document
+    latents are encoded once for the three."""
     probing = pytest.importorskip("saescope.evaluate.probing")
     absorption = pytest.importorskip("saescope.evaluate.absorption")
     calls = []
     for module, name in ((probing, "sites_documents"), (absorption, "letter_data")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _n=name, _r=real, **k: calls.append((_n, a[2])) or _r(*a, **k))
+    widths = []  # what the document activations pool: the site's activations, or one SAE's latents
+    real_pool = probing.DocumentActivations.pool
+    monkeypatch.setattr(
+        probing.DocumentActivations, "pool", lambda self, fn, w: widths.append(w) or real_pool(self, fn, w)
+    )
     for path in run_dir.glob("saes/*/eval/*.json"):
         path.unlink()
     index = run_suite(config(run_dir, suite="probing,tpp,absorption"))
+    assert sorted(widths) == [64, 128, 128, 256]  # each SAE encoded once for probing, TPP and topic absorption
     printed = suite_summary(config(run_dir))
     assert (run_dir / "suite.md").read_text().strip() in printed and "| res | 3 | " in printed
     assert sorted(calls) == [("letter_data", [Site(1, "res")]), ("sites_documents", [Site(1, "res")])]
