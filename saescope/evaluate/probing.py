@@ -296,7 +296,7 @@ def _probe_accuracies(x: Tensor, task: ProbeTask, ks: list[int], prefix: str) ->
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """The probes' matrices are tiny (documents x rank): more threads only add synchronisation,
     which on a busy 2-core machine made the fits of one SAE 9-50x slower (measured)."""
     threads = torch.get_num_threads()
@@ -330,7 +330,7 @@ def sparse_probing(acts: DocumentActivations, sae: nn.Module, ks: Sequence[int] 
     llm_ks = sorted({k for k in ks if k <= raw.shape[1]})
     sae_ks = sorted({k for k in ks if k <= latents.shape[1]})
     per_topic = {}
-    with _one_thread():
+    with one_thread():
         for topic, task in tasks.items():
             llm, _ = _probe_accuracies(raw, task, llm_ks, "llm")
             sae_acc, ranking = _probe_accuracies(latents, task, sae_ks, "sae")
@@ -385,7 +385,7 @@ def tpp(acts: DocumentActivations, sae: nn.Module, n_latents: int = 20, seed: in
         return refusal
     raw, latents = acts.pooled.double(), acts.latents(sae).double()
     decoder = sae.W_dec.detach().double().cpu()
-    with _one_thread():
+    with one_thread():
         scores = _tpp(raw, latents, decoder, tasks, n_latents)
     return {**_setup(acts, seed), "n_latents": n_latents, **scores, "skipped_topics": skipped}
 
