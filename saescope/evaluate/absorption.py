@@ -143,36 +143,36 @@ def _letter_rows(
 
 
 def fit_logistic(x: Tensor, y: Tensor, l2: float, iterations: int = 100) -> tuple[Tensor, Tensor]:
-    """One-vs-rest logistic probes on standardised features, balanced class weights, half `l2` x squared
-    weights added to the mean loss; returned in raw units: weights [C, d] and biases [C]. x is [n, d] for
-    all C probes or [C, n, d] one each; y [n, C] in {0, 1}.
+    """One-vs-rest logistic probes, balanced class weights, half `l2` x squared raw weights added to the mean
+    loss: weights [C, d] and biases [C]. x is [n, d] for all C probes or [C, n, d] one each; y [n, C] in {0, 1}.
 
-    Each dimension is centred and divided by its standard deviation (as sparse probing's `fit_probe`
-    does, and as Adam's per-weight steps on raw activations, SAEBench's optimiser, in effect do). A
-    single scale left Gemma's residual stream, a few dimensions ~1000x the median's, badly conditioned:
-    res.1 and res.2 had 0 of 26 letter probes passing after 100 L-BFGS iterations, 22 with this (res.6:
-    23 and 22). SAEBench's weight decay barely binds: as its 50 Adam epochs do, the iteration budget
-    regularises. float32: float64 took twice as long for the same letters passing and F1s to 3 digits."""
-    xs = (x if x.ndim == 3 else x.unsqueeze(0)).float()
+    L-BFGS sees x centred and divided by one number, so the geometry stays the raw space's (per-dimension
+    scaling tilts probes toward low-variance dimensions no decoder row points along). SAEBench's weight
+    decay barely binds: as its 50 Adam epochs do, the iteration budget regularises. Standardising each
+    dimension instead converges faster where a few dimensions dwarf the rest (Gemma's res.1 and res.2:
+    22 of 26 letters pass against 0) but tilts every probe off the decoder: at res.6 no decoder row
+    came within cosine 0.1 of any letter's probe, so no latent could count as absorbing (measured).
+    float64: in float32 the unconverged path moved res.6's absorption from 0.082 to 0.070."""
+    xs = (x if x.ndim == 3 else x.unsqueeze(0)).double()
     mean = xs.mean(1, keepdim=True)
-    scale = (xs - mean).pow(2).mean(1).sqrt().clamp_min(1e-12)  # [C or 1, d]
-    z, y = (xs - mean) / scale[:, None], y.float()
+    scale = (xs - mean).pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)  # [C or 1]
+    z, y = (xs - mean) / scale[:, None, None], y.double()
     n, classes = y.shape
     weight = torch.where(y > 0, n / (2 * y.sum(0).clamp_min(1)), n / (2 * (n - y.sum(0)).clamp_min(1)))
-    w = torch.zeros(classes, z.shape[-1], requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
+    w = torch.zeros(classes, z.shape[-1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
 
     def closure() -> Tensor:
         opt.zero_grad()
         logits = (z[0] @ w.T if len(z) == 1 else torch.einsum("cnd,cd->nc", z, w)) + b
-        penalty = 0.5 * l2 * w.pow(2).sum()
+        penalty = 0.5 * l2 * (w / scale[:, None]).pow(2).sum()
         loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight) + penalty
         loss.backward()
         return loss
 
     opt.step(closure)
-    raw = w.detach() / scale
+    raw = w.detach() / scale[:, None]
     return raw.float(), (b.detach() - (raw * mean.squeeze(1)).sum(-1)).float()
 
 
@@ -312,7 +312,7 @@ def evaluate_task(
     """Fit the site's probes once, gate them by test F1, then score every SAE of the site."""
     classes = len(data.classes)
     (x_train, x_test), (y_train, y_test) = data.x, data.y
-    with one_thread():  # a full-width fit on one thread: 0.3 s against 1.1 s on two (measured)
+    with one_thread():  # a full-width fit on one thread: 0.7 s against 1.2 s on two (measured)
         probes = fit_logistic(x_train, F.one_hot(y_train, classes).float(), PROBE_L2)
     f1 = f1_scores(x_test @ probes[0].T + probes[1], F.one_hot(y_test, classes).float())
     passing = [c for c in range(classes) if f1[c] > min_f1]

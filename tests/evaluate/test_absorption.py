@@ -246,8 +246,9 @@ def test_letters_of_every_site_come_from_one_pass(tiny_tokenizer):
 
 @pytest.mark.slow
 def test_real_gemma3_letters_passing(gemma):
-    """res.2 is where a probe fit that did not standardise each dimension passed 0 letters (Gemma's
-    residual stream has a few dimensions ~1000x the median's scale); 22 pass with it."""
+    """Letters passing SAEBench's gate at res.6 (23 with the default 8000 words), read in one pass
+    with res.2 (0: a few dimensions ~1000x the median's leave 100 iterations unconverged; the result
+    says so instead of a number)."""
     model, tok = gemma
     sites = [Site(2, "res"), Site(6, "res")]
     start = time.perf_counter()
@@ -260,6 +261,6 @@ def test_real_gemma3_letters_passing(gemma):
         {s.name: out[s]["letters_passing"] for s in sites},
         f"{seconds:.0f} s",
     )
+    assert out[sites[1]]["letters_passing"] >= 15
     for result in out.values():
-        assert result["letters_passing"] >= 18  # 22 at res.2 and res.6 with the default 8000 words
         assert ("not_applicable" in result) == (result["letters_passing"] < A.MIN_LETTERS)
