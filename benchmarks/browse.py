@@ -29,15 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
-
-
-def cpu() -> str:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+from machine import cpu  # benchmarks/machine.py, beside this script
 
 
 def cold_copy(run: Path) -> Path:

@@ -15,24 +15,16 @@ are what count; this machine is noisy, so the three are timed back to back.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu  # benchmarks/machine.py, beside this script
+
 from saescope.evaluate.metrics import EvalConfig, evaluate, trained_folders
 from saescope.evaluate.suite import SuiteConfig, run_suite
 from saescope.io import read_json
-
-
-def cpu() -> str:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
 
 
 def fresh_copy(run: Path) -> Path:
