@@ -59,6 +59,7 @@ FULL_COS = 0.025  # FULL_ABSORPTION_PROBE_COS_THRESHOLD
 PROJECTION_SHARE = 0.4  # ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD
 MAX_ABSORBERS = 3  # ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS
 EPS = 1e-8  # a main latent below this has not fired
+MAX_WORDS = 8000  # vocabulary words sampled for the first-letter task
 
 
 @dataclass
@@ -349,7 +350,7 @@ def _config(seed: int, **task) -> dict:
 
 
 def letter_data(
-    model, tokenizer, sites: list[Site], seed: int = 0, max_words: int = 8000, batch_words: int = 64, icl: int = 10
+    model, tokenizer, sites: list[Site], seed: int = 0, max_words: int = MAX_WORDS, batch_words: int = 64, icl: int = 10
 ) -> tuple[dict[Site, Labelled], dict]:
     """The first-letter task at every site from one pass over the words (each site's rows, float32,
     cost words x width x 4 bytes), and its config."""

@@ -62,7 +62,6 @@ PARTS = ("core", "position", "topics", "probing", "tpp", "absorption", "splittin
 GROUPINGS = {"position": "position", "topics": "topic"}  # suite part -> position.py grouping
 EVAL = "eval"  # per-SAE folder of the parts' results
 PROBE_TOKENS = 256  # tokens per document the probes read (probing.site_documents' cap)
-LETTER_WORDS = 8000  # absorption.letter_data's default word cap
 SUITE_MEMORY = 8 * 2**30  # bytes of site activations held at once: the probing documents' (in the model's
 # dtype, every token up to PROBE_TOKENS counted) and, apart, the first-letter words' (float32)
 SUITE_HELP = (
@@ -153,7 +152,7 @@ class Context:
             data, config = read(model, tokenizer, group)
             return {s: (data[s], config) for s in group}
 
-        return self.held("letters", site, LETTER_WORDS * 4, per_site)
+        return self.held("letters", site, external("absorption", "MAX_WORDS") * 4, per_site)  # float32 rows
 
     @functools.cached_property
     def device(self):
