@@ -235,6 +235,7 @@ def test_letters_of_every_site_come_from_one_pass(tiny_tokenizer):
     model, sites = tiny_model("gemma3_text"), [Site(0, "res"), Site(1, "res")]
     data, config = A.letter_data(model, tiny_tokenizer, sites, seed=0, max_words=300)
     one, _ = A.letter_data(model, tiny_tokenizer, sites[1:], seed=0, max_words=300)
+    assert all(task.fitted is not None for task in data.values())  # every site's probes fit in the read
     torch.testing.assert_close(data[sites[1]].x[1], one[sites[1]].x[1])
     assert not torch.equal(data[sites[0]].x[0], data[sites[1]].x[0])
     out = A.evaluate_task(data[sites[1]], {"s": make_sae("relu", 64, 32)}, "letter", 27, config)["s"]
@@ -242,6 +243,29 @@ def test_letters_of_every_site_come_from_one_pass(tiny_tokenizer):
     assert out["eval_type_id"] == "absorption_first_letter" and (out["n_train"], out["n_test"]) == (240, 60)
     assert out["eval_config"]["min_GT_probe_f1"] == 0.6 and out["eval_config"]["prompt_token_pos"] == -6
     assert out["eval_config"]["min_feats_for_eval"] == 27
+
+
+def test_probes_fit_side_by_side_equal_one_after_another():
+    # Three tasks fit at once on a thread each give the weights one single-threaded fit after another
+    # gives, to the bit; torch's thread count is restored; a fitted task is not fit again.
+    tasks = []
+    for seed in range(3):
+        (x_train, y_train), (x_test, y_test) = (_planted_data(60, 0, seed=2 * seed + i) for i in range(2))
+        tasks.append(A.Labelled(["a", "b", "c"], (x_train, x_test), (y_train, y_test)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = [A.fit_logistic(t.x[0], torch.nn.functional.one_hot(t.y[0], 3).float(), A.PROBE_L2) for t in tasks]
+        torch.set_num_threads(2)  # two fits side by side
+        A.fit_probes(tasks)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for task, (w, b) in zip(tasks, alone):
+        assert torch.equal(task.fitted[0], w) and torch.equal(task.fitted[1], b)
+    first = tasks[0].fitted
+    A.fit_probes(tasks)
+    assert tasks[0].probes() is first
 
 
 @pytest.mark.slow
