@@ -63,13 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     evaluate(EvalConfig(out=str(out), store=str(store), eval_sequences=args.eval_sequences))
     lines = ["| variant | L0 | delta LM loss | KL | FVU | dead | dense |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in names:
-        m = json.loads((out / "saes" / name.replace(" ", "_") / "metrics.json").read_text())
-        lines.append(
-            f"| {name} | {m['l0']:.1f} | {m['delta_loss']:.3f} | {m['kl_div']:.3f} | {m['fvu']:.3f} | "
-            f"{m['dead_latents']} | {m['dense_latents']} |"
-        )
+        lines.append(f"| {name} | {metric_cells(out / 'saes' / name.replace(' ', '_'))} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def metric_cells(folder: Path) -> str:
+    """L0 | delta LM loss | KL | FVU | dead | dense of an evaluated SAE folder, as table cells."""
+    m = json.loads((folder / "metrics.json").read_text())
+    cells = f"{m['l0']:.1f} | {m['delta_loss']:.3f} | {m['kl_div']:.3f} | {m['fvu']:.3f}"
+    return f"{cells} | {m['dead_latents']} | {m['dense_latents']}"
 
 
 if __name__ == "__main__":
