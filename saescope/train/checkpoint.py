@@ -9,6 +9,7 @@ its own `checkpoint.g<i>of<n>.pt`, so a resume must use the same grouping.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -38,11 +39,22 @@ def refuse_other_layouts(out: Path, layout: Layout) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    """Written aside and renamed, so a run killed while saving still has its previous checkpoint."""
+    """Written aside and renamed, so a run killed while saving still has its previous checkpoint.
+    A write that fails (torch.save reports a full disk as a RuntimeError, not an OSError) is one
+    line; the half-written file goes and the previous checkpoint stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise SaescopeError(
+            f"could not write checkpoint {path} ({free / 2**20:.0f} MiB free on its disk; {str(e).splitlines()[0]}): "
+            "free disk space or choose another --out, then run the same command again: it resumes from "
+            + ("the previous checkpoint" if path.exists() else "the start")
+        ) from e
 
 
 def load(path: Path, device: torch.device, keys: set[str]) -> dict | None:
