@@ -371,30 +371,37 @@ def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, g
 def _dense_forward(
     ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Keeps for the backward which entries are active and in the window (bytes, not the float32
+    pre-activations) and each bfloat16 operand cast once: at a default run's scale the step is
+    bound by passes over [tokens, d_sae] tensors, not by its products."""
     pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
-    active = pre > theta
-    f = pre * active
-    fired = active.to(xc.dtype)
-    ctx.save_for_backward(xc, W_enc, W_dec, theta, pre, f)
-    return bf16_mm(f, W_dec, ctx.bf16), fired.sum(1), fired.sum(0)
+    # Float masks, cast once: multiplying or summing a bool tensor casts it again every time.
+    active = (pre > theta).to(xc.dtype)
+    window = ((pre - theta).abs_() < ctx.eps / 2).to(xc.dtype)
+    f = pre.mul_(active)
+    dtype = torch.bfloat16 if ctx.bf16 else xc.dtype
+    f_m, W_dec_m = f.to(dtype), W_dec.to(dtype)
+    ctx.save_for_backward(xc, W_enc, W_dec_m, theta, f_m, active, window)
+    return (f_m @ W_dec_m).to(xc.dtype), active.sum(1), active.sum(0)
 
 
 def _dense_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
-    xc, W_enc, W_dec, theta, pre, f = ctx.saved_tensors
-    eps, bf16 = ctx.eps, ctx.bf16
-    grad_f = bf16_mm(g, W_dec.t(), bf16)
+    xc, W_enc, W_dec_m, theta, f_m, active, window = ctx.saved_tensors
+    eps, dtype = ctx.eps, W_dec_m.dtype
+    g_m = g.to(dtype)
+    grad_f = (g_m @ W_dec_m.t()).to(g.dtype)
     grad_x = grad_W_enc = grad_W_dec = grad_theta = None
     if needs.theta:
-        window = ((pre - theta).abs() < eps / 2).to(g.dtype)
         jump = (window * grad_f).sum(0)
         step = grad_token_l0 @ window + window.sum(0) * grad_latent_counts
         grad_theta = -(theta / eps) * jump - step / eps
-    grad_pre = grad_f.mul_(pre > theta)
+    grad_pre = grad_f.mul_(active)
+    grad_pre_m = grad_pre.to(dtype)
     if needs.W_dec:
-        grad_W_dec = bf16_mm(f.t(), g, bf16)
+        grad_W_dec = (f_m.t() @ g_m).to(g.dtype)
     if needs.W_enc:
-        grad_W_enc = bf16_mm(xc.t(), grad_pre, bf16)
+        grad_W_enc = (xc.to(dtype).t() @ grad_pre_m).to(g.dtype)
     grad_b_enc, grad_b_dec = _bias_grads(g, grad_pre.sum(0), W_enc, needs, ctx.pre_encoder_bias)
     if needs.x:
-        grad_x = bf16_mm(grad_pre, W_enc.t(), bf16)
+        grad_x = (grad_pre_m @ W_enc.to(dtype).t()).to(g.dtype)
     return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta

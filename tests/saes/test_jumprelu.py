@@ -196,6 +196,20 @@ def test_bfloat16_gradients_with_wide_window():
     _assert_close(_grads(sae, out.loss), _grads(sae, ref_loss), rtol=3e-2)
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_bfloat16_paths_decide_in_float32_and_match_the_reference(monkeypatch, path):
+    """Either fast path with bfloat16 products: the same L0 and L0-term threshold gradient as
+    float32 (decisions come from float32 pre-activations), the rest to bfloat16 precision."""
+    monkeypatch.setenv(PATH_VARIABLE, path)
+    sae = _sae(matmul_dtype="bfloat16", freq_coefficient=0.5, freq_target=0.02)
+    x = _x(n=1024).requires_grad_()
+    out = sae.loss(x, sparsity_scale=0.7)
+    ref_loss, ref_l0 = reference_loss(sae, x, sparsity_scale=0.7)
+    assert out.l0 == ref_l0
+    torch.testing.assert_close(out.loss, ref_loss, rtol=2e-3, atol=0)
+    _assert_close(_grads(sae, out.loss, x), _grads(sae, ref_loss, x), rtol=3e-2)
+
+
 def test_no_active_latents_gives_zero_sparse_gradients():
     sae = _sae(matmul_dtype="float32")
     with torch.no_grad():
