@@ -227,6 +227,20 @@ E = D | dict(knobs=EK)
 ROUNDS[13] = {"E: C with the revival term": E, "E16": E | dict(l0_coefficients=[16])}
 
 
+# The default run's own schedule (200 steps of 1024 tokens at lr 3e-3, loss-sensitivity weighting)
+# and its JumpReLU knobs spelled out, without momentum (R); then Adam beta1 on the weights and
+# biases only (thresholds keep 0, `SAE.momentum_free`), and with half the batch (2x steps).
+# Store: a default run's (`--store runs/default/activations`), sites res.6, res.12, res.17, mlp.6, att.6.
+RK = "l0_penalty=mean-quadratic,l0_coefficient=0.03,bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"
+R = dict(normalize="sensitivity", train_tokens=204_800, lr=3e-3, l0_warmup_steps=0, lr_decay=0.2, knobs=RK)
+ROUNDS[14] = {
+    "R: the default run's schedule, no momentum": R,
+    "R, beta1 0.3 on weights": R | dict(adam_beta1=0.3),
+    "R, beta1 0.5 on weights": R | dict(adam_beta1=0.5),
+    "R, beta1 0.5 on weights, batch 512": R | dict(adam_beta1=0.5, batch_size=512),
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", default="runs/exp6/activations")

@@ -31,6 +31,7 @@ RUN_SCHEDULE = {
     "batch_size": 1024,  # the recipe's 4096 leaves too few steps for a short run
     "lr": 3e-3,  # the recipe's 7e-5 is for billions of tokens
     "lr_warmup_steps": 10,
+    "adam_beta1": 0.5,  # on weights and biases; JumpReLU thresholds take none (README, round 14)
 }
 RUN_SCALE = RUN_SCHEDULE | {
     "tokens": 114_688,  # 6 training shards + 1 held-out shard of 16384

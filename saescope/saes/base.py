@@ -228,6 +228,9 @@ class SAE(nn.Module, ABC):
         or slower than the rest (none by default)."""
         return {}
 
+    # Parameters Adam moves without momentum whatever --adam-beta1 says (none by default).
+    momentum_free: ClassVar[tuple[str, ...]] = ()
+
     # ---- knobs, folding and release --------------------------------------------------
     def knobs(self) -> dict[str, Any]:
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""

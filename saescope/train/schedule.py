@@ -31,7 +31,9 @@ class Schedule:
     lr_decay: float = option(
         0.2, "share of the run at its end over which the learning rate falls linearly to 0 (the recipe: none)"
     )
-    adam_beta1: float = option(0.0, "Adam beta1")
+    adam_beta1: float = option(
+        0.0, "Adam beta1 of weights and biases (JumpReLU thresholds always take 0: momentum overshoots the target L0)"
+    )
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(
         1e-8,

@@ -71,6 +71,20 @@ def test_threshold_lr_trains_thresholds_at_a_multiple_of_the_schedule(store, tmp
     assert len(Trainer(cfg_for(store, tmp_path / "plain")).opt.param_groups) == 1
 
 
+def test_adam_beta1_moves_weights_with_momentum_and_thresholds_without(store, tmp_path):
+    """--adam-beta1 applies to weights and biases; JumpReLU thresholds keep beta1 0 in their own
+    group, and a TopK SAE has no such parameter."""
+    trainer = Trainer(cfg_for(store, tmp_path / "m", adam_beta1=0.5, train_tokens=256 * 2))
+    trainer.train()
+    groups = {g["betas"][0]: g for g in trainer.opt.param_groups}
+    assert sorted(groups) == [0.0, 0.5] and groups[0.5]["betas"][1] == 0.999
+    assert {id(p) for p in groups[0.0]["params"]} == {id(sae.threshold) for sae in trainer.saes.values()}
+    moved = trainer.opt.state[next(iter(trainer.saes.values())).W_enc]["exp_avg"]
+    assert moved.abs().max() > 0  # the weights' first moment is kept
+    topk = Trainer(cfg_for(store, tmp_path / "k", arch="topk", l0_coefficients=[8], knobs="", adam_beta1=0.5))
+    assert [g["betas"][0] for g in topk.opt.param_groups] == [0.5]
+
+
 def test_data_init_starts_jumprelu_at_the_requested_l0(store, tmp_path):
     """saescope's default JumpReLU starts at its target L0: the very first training step already
     runs at about that L0 (no dense phase), on the store's rows after standardisation, and every
