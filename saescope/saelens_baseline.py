@@ -24,8 +24,8 @@ saescope), the device, and seeding (SAE i of the baseline is initialised after
 `torch.manual_seed(seed * 100_003 + i)`, as the Trainer seeds its SAE i).
 
 SAELens defaults that are kept, where saescope differs: Adam betas (0.9, 0.999) (compare uses
-beta1 0.5, and 0 for JumpReLU thresholds) with torch's eps 1e-8; gradient-norm clipping at 1.0; linear LR warm-up from lr/steps
-(saescope: cosine from 0.1 lr), constant after it; float32, no autocast; decoder rows
+beta1 0.5, and 0 for JumpReLU thresholds) with torch's eps 1e-8; gradient-norm clipping at 1.0;
+linear LR warm-up from lr/steps (saescope: cosine from 0.1 lr), constant after it; float32, no autocast; decoder rows
 initialised at norm 0.1 with the encoder their transpose, biases zero; b_dec subtracted from the
 input (`apply_b_dec_to_input`); no unit-norm decoder constraint; `dead_feature_window` 1000 steps.
 JumpReLU: `jumprelu_init_threshold` 0.01, `jumprelu_bandwidth` 0.05, the "step" L0 loss
