@@ -184,8 +184,9 @@ def test_many_saes_share_one_read_and_learn(store, tmp_path):
 
 
 # The recipe's JumpReLU, and saescope's defaults (thresholds from the data, mean-quadratic and
-# frequency penalties, standardised sites, lr decay): a resumed run must not initialise again.
-DEFAULTS = dict(knobs="", normalize="standardize", l0_coefficients=[8.0, 16.0])
+# frequency penalties, standardised sites, lr decay, the run's momentum on weights only): a resumed
+# run must not initialise again, and its Adam groups come back with their own betas.
+DEFAULTS = dict(knobs="", normalize="standardize", l0_coefficients=[8.0, 16.0], adam_beta1=0.5)
 
 
 @pytest.mark.parametrize("kw", [{}, DEFAULTS], ids=["recipe", "saescope-defaults"])
