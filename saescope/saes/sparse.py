@@ -175,13 +175,13 @@ def dense_pre(xc: Tensor, W_enc: Tensor, b_enc: Tensor, bf16: bool) -> Tensor:
     """The one dense product: pre-activations of every latent (no grad), optionally with the
     matmul in bfloat16 (4-5x faster where the CPU has AMX); returned in float32."""
     with torch.no_grad():
-        return bf16_mm(xc, W_enc, True) + b_enc if bf16 else torch.addmm(b_enc, xc, W_enc)
+        return bf16_mm(xc, W_enc) + b_enc if bf16 else torch.addmm(b_enc, xc, W_enc)
 
 
 # ---- bfloat16 products and the bounds on their rounding -------------------------------------
-def bf16_mm(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
-    """a @ b, in bfloat16 (result float32) where the hardware multiplies it natively."""
-    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(torch.float32) if bf16 else a @ b
+def bf16_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b with both operands rounded to bfloat16 (result float32)."""
+    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(torch.float32)
 
 
 def _bf16_below(v: Tensor) -> Tensor:
@@ -371,9 +371,9 @@ def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, g
 def _dense_forward(
     ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Keeps for the backward which entries are active and in the window (bytes, not the float32
-    pre-activations) and each bfloat16 operand cast once: at a default run's scale the step is
-    bound by passes over [tokens, d_sae] tensors, not by its products."""
+    """Keeps for the backward the masks of active and in-window entries (not the pre-activations
+    and codes) and each bfloat16 operand cast once: at a default run's scale the step is bound by
+    passes over [tokens, d_sae] tensors, not by its products."""
     pre = torch.addmm(b_enc, xc, W_enc)  # float32 always: it decides who is active / in the window
     # Float masks, cast once: multiplying or summing a bool tensor casts it again every time.
     active = (pre > theta).to(xc.dtype)
