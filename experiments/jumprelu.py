@@ -230,7 +230,8 @@ ROUNDS[13] = {"E: C with the revival term": E, "E16": E | dict(l0_coefficients=[
 # The default run's own schedule (200 steps of 1024 tokens at lr 3e-3, loss-sensitivity weighting)
 # and its JumpReLU knobs spelled out, without momentum (R); then Adam beta1 on the weights and
 # biases only (thresholds keep 0, `SAE.momentum_free`), and with half the batch (2x steps).
-# Store: a default run's (`--store runs/default/activations`), sites res.6, res.12, res.17, mlp.6, att.6.
+# Store: a default run's (`saescope run --out runs/default_new`, then --store runs/default_new/activations),
+# sites res.6, res.12, res.17, mlp.6, att.6 (README, round 14).
 RK = "l0_penalty=mean-quadratic,l0_coefficient=0.03,bandwidth=0.03,freq_coefficient=0.3,freq_target=0.05"
 R = dict(normalize="sensitivity", train_tokens=204_800, lr=3e-3, l0_warmup_steps=0, lr_decay=0.2, knobs=RK)
 ROUNDS[14] = {
