@@ -144,7 +144,7 @@ class SAE(nn.Module, ABC):
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
         if transcoder == "none":
-            self.W_enc = nn.Parameter(W_dec.t().clone())
+            self.W_enc = nn.Parameter(W_dec.t().contiguous())
         else:
             W_enc = nn.init.kaiming_uniform_(torch.empty(d_sae, d_in))
             self.W_enc = nn.Parameter((W_enc / W_enc.norm(dim=1, keepdim=True)).t().contiguous())
