@@ -35,6 +35,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
+from saescope.memory import keep_freed_memory
 from saescope.saes import JumpReLUSAE, jumprelu, make_sae, sweep_knobs
 
 LR = 7e-5
@@ -338,6 +339,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every saescope job does (saescope/memory.py): no page faults per step
     if args.compare_fvu:
         compare_fvu(args)
     else:

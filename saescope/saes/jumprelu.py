@@ -131,11 +131,14 @@ PATH_VARIABLE = "SAESCOPE_JUMPRELU_PATH"
 PATHS = ("auto", "sparse", "dense", "plain")
 
 # Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs
-# more than the dense one (index lists of that size and scattered reads lose to three matmuls;
-# the forced-path rows of benchmarks/train_step.py measure both). With the recipe's init (theta =
-# 0.001 on unit-scale inputs) about half of all latents fire at first; with saescope's data init
-# and 0.03 bandwidth, 5-7% of entries are active or in the window at L0 64 of 2048.
-DENSE_ABOVE = 0.05
+# more than the dense one (index lists of that size and scattered reads lose to three matmuls).
+# The forced-path rows of benchmarks/train_step.py put the crossover near 2.5% where the dense
+# products run in bfloat16 (AMX: at 1024 x 2048 both paths cost the same at 2.4%, dense won by 35%
+# at 6.6%; at 4096 x 16384 sparse won by 40% at 1.3%, dense by 17% at 2.8%) and near 6% in float32
+# (dense won by 7% at 6.6%, lost by 40% at 2.8%). With the recipe's init (theta = 0.001 on
+# unit-scale inputs) about half of all latents fire at first; with saescope's data init and 0.03
+# bandwidth, 5-7% of entries are active or in the window at L0 64 of 2048.
+DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
 _PROBE_ROWS = 128
 
 
@@ -357,18 +360,18 @@ class JumpReLUSAE(SAE):
 
     def _train_forward(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_hat and the L0 counts by the path `step_path` names. With `auto` the step
-        (`JumpReLUStep`) is sparse unless a probe of the batch finds more than DENSE_ABOVE of the
-        entries active or in the window; then it is dense."""
+        (`JumpReLUStep`) is sparse unless a probe of the batch finds more than DENSE_ABOVE (for the
+        dtype of its products) of the entries active or in the window; then it is dense."""
         args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
-        path = step_path()
+        path, bf16 = step_path(), self.uses_bf16(x.device)
         if path == "plain":
             return reference_forward(*args)
         if path == "auto":
             share = dense_share(
                 x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth, self.pre_encoder_bias
             )
-            path = "dense" if share > DENSE_ABOVE else "sparse"
-        return JumpReLUStep.apply(*args, self.uses_bf16(x.device), path == "dense")
+            path = "dense" if share > DENSE_ABOVE["bfloat16" if bf16 else "float32"] else "sparse"
+        return JumpReLUStep.apply(*args, bf16, path == "dense")
 
     def revival(self, x: Tensor) -> Tensor:
         """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre):

@@ -138,9 +138,9 @@ def test_jumprelu_dense_and_sparse_paths_give_the_same_gradients(monkeypatch):
         sae.threshold.uniform_(0.0, 0.3)
     x = _x().requires_grad_(True)
     names = (*PARAMS, "threshold")
-    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", 2.0)  # never dense
+    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "sparse")
     sparse = _grads(sae, sae.loss(x).loss, names)
-    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", -1.0)  # always dense
+    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "dense")
     dense = _grads(sae, sae.loss(x).loss, names)
     _close(sparse, dense)
     assert sparse["threshold"].abs().sum() > 0
@@ -150,7 +150,7 @@ def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_and_rounds_only_valu
     """The dense path's bfloat16 products carry values only: the pre-activations stay float32, so
     the L0 counts are identical and every gradient is within bfloat16 matmul rounding."""
     torch.manual_seed(0)
-    monkeypatch.setattr(jumprelu, "DENSE_ABOVE", -1.0)  # always dense
+    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "dense")
     out, grads = {}, {}
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
@@ -169,7 +169,29 @@ def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_and_rounds_only_valu
 def test_jumprelu_takes_the_dense_path_right_after_init():
     sae = JumpReLUSAE(D_IN, D_SAE)  # theta = 0.001: about half of the latents fire
     share = jumprelu.dense_share(_x(), sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
-    assert share > jumprelu.DENSE_ABOVE
+    assert share > max(jumprelu.DENSE_ABOVE.values())
+
+
+def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(monkeypatch):
+    x = _x()
+    seen, step = {}, jumprelu.JumpReLUStep.apply
+
+    def spy(*args):
+        seen["dense"] = args[-1]
+        return step(*args)
+
+    monkeypatch.setattr(jumprelu.JumpReLUStep, "apply", spy)
+    middle = sum(jumprelu.DENSE_ABOVE.values()) / 2  # above bfloat16's switch, below float32's
+    for dtype, dense in (("bfloat16", True), ("float32", False)):
+        sae = JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype=dtype)
+        with torch.no_grad():  # each latent active or in the window on `middle` of the tokens
+            pre = sae.pre_acts(x)
+            sae.threshold.copy_(pre.quantile(1 - middle, dim=0) + sae.bandwidth / 2)
+        share = jumprelu.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+        assert jumprelu.DENSE_ABOVE["bfloat16"] < share < jumprelu.DENSE_ABOVE["float32"]
+        seen.clear()
+        sae.loss(x)
+        assert seen["dense"] is dense, dtype
 
 
 def test_relu_l1_is_weighted_by_decoder_row_norms():
