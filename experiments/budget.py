@@ -25,9 +25,9 @@ from saescope.run import RunConfig
 from saescope.train.job import TrainConfig
 from saescope.train.trainer import Trainer
 
-# The default run's schedule as this table was measured: before it took Adam beta1 0.5 (round 14 of
-# experiments/jumprelu.py), so that a re-run reproduces the README's rows.
-BASE = dataclasses.asdict(RunConfig().part(TrainConfig)) | {"adam_beta1": 0.0}
+# The default run's schedule as this table was measured: before it took Adam beta1 0.5 and batches
+# of 512 (round 14 of experiments/jumprelu.py), so that a re-run reproduces the README's rows.
+BASE = dataclasses.asdict(RunConfig().part(TrainConfig)) | {"adam_beta1": 0.0, "batch_size": 1024}
 VARIANTS = {
     "default (204,800 tokens, batch 1024, width 2048)": {},
     "2x tokens": {"train_tokens": 2 * BASE["train_tokens"]},
