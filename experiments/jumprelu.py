@@ -241,6 +241,17 @@ ROUNDS[14] = {
     "R, beta1 0.5 on weights, batch 512": R | dict(adam_beta1=0.5, batch_size=512),
 }
 
+# The default run's schedule since round 14 (R2: R with beta1 0.5 on the weights and batches of 512)
+# against the revival term on dead latents: on batches of 512 the default run's att SAEs lost up to 76
+# of 2048 latents (README, round 15; same store and sites as round 14, plus att.7 and att.9).
+R2 = R | dict(adam_beta1=0.5, batch_size=512)
+ROUNDS[15] = {
+    "R2: the default run's schedule": R2,
+    "R2, revive 1e-3": R2 | dict(knobs=f"{RK},revive_coefficient=0.001"),
+    "R2, revive 1e-2": R2 | dict(knobs=f"{RK},revive_coefficient=0.01"),
+    "R2, revive 1e-3 after 10k silent tokens": R2 | dict(knobs=f"{RK},revive_coefficient=0.001,dead_tokens=10000"),
+}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
