@@ -131,13 +131,10 @@ PATH_VARIABLE = "SAESCOPE_JUMPRELU_PATH"
 PATHS = ("auto", "sparse", "dense", "plain")
 
 # Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs
-# more than the dense one (index lists of that size and scattered reads lose to three matmuls).
-# The forced-path rows of benchmarks/train_step.py put the crossover near 2.5% where the dense
-# products run in bfloat16 (AMX: at 1024 x 2048 both paths cost the same at 2.4%, dense won by 35%
-# at 6.6%; at 4096 x 16384 sparse won by 40% at 1.3%, dense by 17% at 2.8%) and near 6% in float32
-# (dense won by 7% at 6.6%, lost by 40% at 2.8%). With the recipe's init (theta = 0.001 on
-# unit-scale inputs) about half of all latents fire at first; with saescope's data init and 0.03
-# bandwidth, 3.6-7.3% of entries are active or in the window at L0 64 of 2048 (the default run).
+# more than the dense one (index lists of that size and scattered reads lose to three matmuls): the
+# forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and near 6% in
+# float32 (README, "SAE families", has the measurements). With the recipe's init (theta = 0.001 on
+# unit-scale inputs) about half of all latents fire at first.
 DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
 _PROBE_ROWS = 128
 
