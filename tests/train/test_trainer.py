@@ -137,13 +137,8 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
     )
     assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.preset == "gemma-scope"
     for sae in Trainer(cfg).saes.values():
-        assert (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient) == (
-            "l0",
-            1e-3,
-            1e-3,
-            0.0,
-            0.0,
-        )
+        knobs = (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient)
+        assert knobs + (sae.revive_coefficient,) == ("l0", 1e-3, 1e-3, 0.0, 0.0, 0.0)
         assert torch.all(sae.threshold == 1e-3)
     argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
     args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
