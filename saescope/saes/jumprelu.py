@@ -189,6 +189,7 @@ class JumpReLUSAE(SAE):
         "relative_threshold",
         "revive_coefficient",
         "dead_tokens",
+        "revive_bias",
     )
 
     @classmethod
@@ -214,6 +215,7 @@ class JumpReLUSAE(SAE):
         threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
+        revive_bias: bool = True,
         relative_threshold: bool = False,
         **common: Any,
     ) -> None:
@@ -266,6 +268,7 @@ class JumpReLUSAE(SAE):
         self.relative_threshold = bool(relative_threshold)
         self.revive_coefficient = float(revive_coefficient)
         self.dead_tokens = int(dead_tokens)
+        self.revive_bias = bool(revive_bias)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 
@@ -384,13 +387,15 @@ class JumpReLUSAE(SAE):
         pulled toward the data by this term alone, can grow by about lr * sqrt(d_in) in norm per
         step, and once it fires again its activations wreck the reconstruction: on mlp.6 at target
         14 (free rows) training FVU reached 3.0 at step 150 and 72% of latents ended dead, against
-        FVU 0.28 and 28% dead without the term."""
+        FVU 0.28 and 28% dead without the term. b_enc has the same flaw at low targets: hundreds of
+        latents revived at once on att.6 at target 14 (width 4096) took training FVU to 1.39 and left
+        85% dead; with revive_bias=false only the thresholds move (README, head-to-head)."""
         dead = (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
         if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
             return torch.zeros((), device=x.device)
         with torch.no_grad():
             proj = self.encoder_input(x) @ self.W_enc[:, dead]
-        pre = proj + self.b_enc[dead]
+        pre = proj + (self.b_enc[dead] if self.revive_bias else self.b_enc[dead].detach())
         theta = self.threshold[dead]
         if self.relative_threshold:  # in the encoder's units, without a gradient to W_enc
             theta = theta * self.W_enc[:, dead].norm(dim=0).detach()

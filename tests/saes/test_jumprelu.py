@@ -333,6 +333,21 @@ def test_revival_lowers_thresholds_of_dead_latents_only():
     assert make_sae("jumprelu", 8, 16).revival(torch.randn(4, 8)) == 0
 
 
+def test_revival_without_bias_moves_thresholds_only():
+    """revive_bias=false: the same term, but b_enc gets no gradient from it, so a dead latent
+    starts firing on its highest pre-activations first instead of on every token at once."""
+    sae = _sae(revive_coefficient=0.01, dead_tokens=100, revive_bias=False, matmul_dtype="float32")
+    x = torch.randn(64, sae.d_in)
+    with torch.no_grad():
+        sae.threshold[:3] = 1e3
+    sae.tokens_since_fired[:3] = 101
+    sae.train()
+    sae.revival(x).backward()
+    assert (sae.threshold.grad[:3] > 0).all() and not sae.threshold.grad[3:].any()
+    assert sae.b_enc.grad is None and sae.W_enc.grad is None
+    assert make_sae("jumprelu", 8, 16, revive_bias=False).knobs()["revive_bias"] is False
+
+
 def test_init_follows_recipe():
     """With unit rows (the recipe, and the default) the decoder starts at unit norm; free rows
     start at FREE_INIT_NORM unless init_norm says otherwise, encoder their transpose either way."""
