@@ -252,6 +252,34 @@ ROUNDS[15] = {
     "R2, revive 1e-3 after 10k silent tokens": R2 | dict(knobs=f"{RK},revive_coefficient=0.001,dead_tokens=10000"),
 }
 
+# The default run's schedule since round 15 (R3: R2 with latents revived after 10,000 silent tokens)
+# against the optimiser's remaining knobs on its short schedule: the learning rate either way, more
+# momentum on the weights, a wider window, twice the steps on the same tokens, a longer decay, and a
+# stronger pull to the target (attention SAEs ended training at L0 ~50 for a target of 64)
+# (same store and sites as round 15; README, round 16).
+R3K = f"{RK},revive_coefficient=0.001,dead_tokens=10000"
+R3 = R2 | dict(knobs=R3K)
+ROUNDS[16] = {
+    "R3: the default run's schedule": R3,
+    "R3, lr 4e-3": R3 | dict(lr=4e-3),
+    "R3, lr 2e-3": R3 | dict(lr=2e-3),
+    "R3, beta1 0.8 on weights": R3 | dict(adam_beta1=0.8),
+    "R3, bandwidth 0.05": R3 | dict(knobs=f"{R3K},bandwidth=0.05"),
+    "R3, batch 256": R3 | dict(batch_size=256),
+    "R3, lr decay over the last 50%": R3 | dict(lr_decay=0.5),
+    "R3, mean-quadratic lambda 0.1": R3 | dict(knobs=f"{R3K},l0_coefficient=0.1"),
+    "R3, lambda 0.1 and lr decay over the last 50%": R3 | dict(knobs=f"{R3K},l0_coefficient=0.1", lr_decay=0.5),
+}
+
+# Where the default run's fixed compute buys the most: `res` SAEs gained 18-22% from twice the tokens
+# and `mlp` / `att` less (README, "What more compute buys"); what do `mlp` and `att` lose on half
+# the tokens, and `res` gain on twice them, on R3 (same store and sites; README, round 17)?
+ROUNDS[17] = {
+    "R3: the default run's schedule": R3,
+    "R3, half the tokens": R3 | dict(train_tokens=102_400),
+    "R3, twice the tokens": R3 | dict(train_tokens=409_600),
+}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
