@@ -280,6 +280,13 @@ ROUNDS[17] = {
     "R3, twice the tokens": R3 | dict(train_tokens=409_600),
 }
 
+# The revival term on thresholds only (revive_bias=false): on the head-to-head's low targets moving
+# b_enc broke att.6 (README); does the gentler term keep the default run's latents alive too?
+ROUNDS[18] = {
+    "R3: the default run's schedule": R3,
+    "R3, revival on thresholds only": R3 | dict(knobs=f"{R3K},revive_bias=false"),
+}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
