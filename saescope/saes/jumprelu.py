@@ -389,7 +389,9 @@ class JumpReLUSAE(SAE):
         14 (free rows) training FVU reached 3.0 at step 150 and 72% of latents ended dead, against
         FVU 0.28 and 28% dead without the term. b_enc has the same flaw at low targets: hundreds of
         latents revived at once on att.6 at target 14 (width 4096) took training FVU to 1.39 and left
-        85% dead; with revive_bias=false only the thresholds move (README, head-to-head)."""
+        85% dead. With revive_bias=false only the thresholds move: that held low targets, but at the
+        default run's scale it revived almost nothing, since a threshold stops at 0 (README,
+        head-to-head and round 18)."""
         dead = (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
         if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
             return torch.zeros((), device=x.device)

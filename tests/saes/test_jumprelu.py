@@ -334,8 +334,8 @@ def test_revival_lowers_thresholds_of_dead_latents_only():
 
 
 def test_revival_without_bias_moves_thresholds_only():
-    """revive_bias=false: the same term, but b_enc gets no gradient from it, so a dead latent
-    starts firing on its highest pre-activations first instead of on every token at once."""
+    """revive_bias=false: the same term, but only the dead latents' thresholds get its gradient;
+    b_enc and the encoder get none."""
     sae = _sae(revive_coefficient=0.01, dead_tokens=100, revive_bias=False, matmul_dtype="float32")
     x = torch.randn(64, sae.d_in)
     with torch.no_grad():
