@@ -91,6 +91,14 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def flag_knob(name: str, value: Any) -> bool:
+    """A true/false knob: `--knobs name=maybe` reaches an SAE as the string 'maybe', which bool()
+    would take for true."""
+    if not isinstance(value, bool):
+        raise SaescopeError(f"{name} is true or false, got {value!r}; pass e.g. {name}=false")
+    return value
+
+
 class SAE(nn.Module, ABC):
     """A sparse autoencoder `x -> act(x @ W_enc + b_enc) @ W_dec + b_dec`.
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput, loss_output
+from saescope.saes.base import SAE, LossOutput, flag_knob, loss_output
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
 # Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
@@ -246,7 +246,7 @@ class JumpReLUSAE(SAE):
         self.freq_coefficient = float(freq_coefficient)
         self.freq_target = float(freq_target)
         self.init_l0 = float(init_l0)
-        self.unit_decoder = bool(unit_decoder)
+        self.unit_decoder = flag_knob("unit_decoder", unit_decoder)
         if init_norm is None:
             init_norm = 1.0 if unit_decoder else FREE_INIT_NORM
         if not init_norm > 0 or (unit_decoder and init_norm != 1):
@@ -265,10 +265,10 @@ class JumpReLUSAE(SAE):
         if not threshold_lr > 0:
             raise SaescopeError(f"threshold_lr is a factor on the learning rate, > 0; got {threshold_lr!r}")
         self.threshold_lr = float(threshold_lr)
-        self.relative_threshold = bool(relative_threshold)
+        self.relative_threshold = flag_knob("relative_threshold", relative_threshold)
         self.revive_coefficient = float(revive_coefficient)
         self.dead_tokens = int(dead_tokens)
-        self.revive_bias = bool(revive_bias)
+        self.revive_bias = flag_knob("revive_bias", revive_bias)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 

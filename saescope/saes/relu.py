@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput, loss_output
+from saescope.saes.base import SAE, LossOutput, flag_knob, loss_output
 from saescope.saes.jumprelu import JumpReLUSAE
 
 # On inputs scaled to E||x||^2 = 1, a coefficient of a few units gives L0 in the tens to
@@ -57,7 +57,7 @@ class ReLUSAE(SAE):
     ) -> None:
         super().__init__(d_in, d_sae, **common)
         self.sparsity_coefficient = l1_coefficient(sparsity_coefficient, DEFAULT_L1_COEFFICIENT)
-        self.unit_decoder = bool(unit_decoder)
+        self.unit_decoder = flag_knob("unit_decoder", unit_decoder)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()

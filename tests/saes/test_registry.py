@@ -6,6 +6,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.saes import ARCHITECTURES, JumpReLUSAE, make_sae, sae_from_params, sae_from_state
+from saescope.train.job import parse_knobs
 
 
 def test_registry_names_the_jumprelu_family():
@@ -50,3 +51,20 @@ def test_sae_from_params_builds_a_folded_sae():
     sae = sae_from_params("jumprelu", {k: np.asarray(v) for k, v in params.items()})
     assert not sae.pre_encoder_bias
     np.testing.assert_array_equal(sae.params_npz()["threshold"], params["threshold"])
+
+
+@pytest.mark.parametrize(
+    "arch, name",
+    [
+        ("jumprelu", "unit_decoder"),
+        ("jumprelu", "relative_threshold"),
+        ("jumprelu", "revive_bias"),
+        ("relu", "unit_decoder"),
+    ],
+)
+def test_a_flag_knob_that_is_not_true_or_false_is_refused(arch, name):
+    """`--knobs revive_bias=flase` reaches the SAE as the string 'flase', which bool() would take
+    for true; it is a one-line error instead, and `false` still parses."""
+    with pytest.raises(SaescopeError, match=f"{name} is true or false, got 'flase'"):
+        make_sae(arch, 8, 16, **parse_knobs(f"{name}=flase"))
+    assert getattr(make_sae(arch, 8, 16, **parse_knobs(f"{name}=false")), name) is False
