@@ -245,11 +245,12 @@ ROUNDS[14] = {
 # against the revival term on dead latents: on batches of 512 the default run's att SAEs lost up to 76
 # of 2048 latents (README, round 15; same store and sites as round 14, plus att.7 and att.9).
 R2 = R | dict(adam_beta1=0.5, batch_size=512)
+R3K = f"{RK},revive_coefficient=0.001,dead_tokens=10000"  # round 15's winner, the default since
 ROUNDS[15] = {
     "R2: the default run's schedule": R2,
     "R2, revive 1e-3": R2 | dict(knobs=f"{RK},revive_coefficient=0.001"),
     "R2, revive 1e-2": R2 | dict(knobs=f"{RK},revive_coefficient=0.01"),
-    "R2, revive 1e-3 after 10k silent tokens": R2 | dict(knobs=f"{RK},revive_coefficient=0.001,dead_tokens=10000"),
+    "R2, revive 1e-3 after 10k silent tokens": R2 | dict(knobs=R3K),
 }
 
 # The default run's schedule since round 15 (R3: R2 with latents revived after 10,000 silent tokens)
@@ -257,7 +258,6 @@ ROUNDS[15] = {
 # momentum on the weights, a wider window, twice the steps on the same tokens, a longer decay, and a
 # stronger pull to the target (attention SAEs ended training at L0 ~50 for a target of 64)
 # (same store and sites as round 15; README, round 16).
-R3K = f"{RK},revive_coefficient=0.001,dead_tokens=10000"
 R3 = R2 | dict(knobs=R3K)
 ROUNDS[16] = {
     "R3: the default run's schedule": R3,
