@@ -1,4 +1,5 @@
-"""What the JumpReLU revival term costs a real training step: the default run's 54 SAEs from its
+"""What the JumpReLU revival costs a real training step (the term and the trainer's floor under the
+dead latents' Adam moments, both off with revive_coefficient 0): the default run's 54 SAEs from its
 last checkpoint (where some latents are silent past `dead_tokens`, so the term has work to do),
 stepped on its own batches, alternating two steps with the term and two without, so that machine
 noise hits both alike. Prints the CPU and the ratio of the medians.

@@ -239,6 +239,14 @@ class SAE(nn.Module, ABC):
     # Parameters Adam moves without momentum whatever --adam-beta1 says (none by default).
     momentum_free: ClassVar[tuple[str, ...]] = ()
 
+    # Each per-latent parameter and the axis its latents lie along (`stale_latents`).
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+
+    def stale_latents(self) -> Tensor | None:
+        """Indices of latents whose Adam second moments the trainer lifts to their tensor's mean
+        after each step (`floor_stale_moments`), or None: none by default."""
+        return None
+
     # ---- knobs, folding and release --------------------------------------------------
     def knobs(self) -> dict[str, Any]:
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""

@@ -24,10 +24,11 @@ from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 # Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
 # (folders such as sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on
 # inputs scaled to E||x||^2 = 1 those gave average L0 of tens to low hundreds, so 1e-3 is the
-# recipe's middle. The two penalties toward a target L0 have the linear one's slope at L0 = 1.25 T
-# times lambda / (lambda of these defaults): measured by experiments/jumprelu.py (README).
+# recipe's middle. The penalties toward a target L0 have slope lambda at L0 = 1.25 T. Mean-quadratic
+# takes 0.1: with 0.03 short runs ended below the target (att.6 at 54 for 64) and lost more; 0.1
+# held it (experiments/jumprelu.py round 16, README).
 L0_PENALTIES = ("l0", "quadratic", "mean-quadratic")
-DEFAULT_L0_COEFFICIENTS = {"l0": 1e-3, "quadratic": 3e-3, "mean-quadratic": 0.03}
+DEFAULT_L0_COEFFICIENTS = {"l0": 1e-3, "quadratic": 3e-3, "mean-quadratic": 0.1}
 # saescope's defaults, each measured against the recipe's in experiments/jumprelu.py (README,
 # "JumpReLU defaults"); `--preset gemma-scope` restores the recipe (l0, bandwidth and threshold
 # 0.001, no data init, no frequency penalty, no revival).
@@ -190,6 +191,7 @@ class JumpReLUSAE(SAE):
         "revive_coefficient",
         "dead_tokens",
         "revive_bias",
+        "floor_moments",
     )
 
     @classmethod
@@ -216,6 +218,7 @@ class JumpReLUSAE(SAE):
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         revive_bias: bool = True,
+        floor_moments: bool = True,
         relative_threshold: bool = False,
         **common: Any,
     ) -> None:
@@ -269,6 +272,7 @@ class JumpReLUSAE(SAE):
         self.revive_coefficient = float(revive_coefficient)
         self.dead_tokens = int(dead_tokens)
         self.revive_bias = flag_knob("revive_bias", revive_bias)
+        self.floor_moments = flag_knob("floor_moments", floor_moments)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 
@@ -392,7 +396,7 @@ class JumpReLUSAE(SAE):
         85% dead. With revive_bias=false only the thresholds move: that held low targets, but at the
         default run's scale it revived almost nothing, since a threshold stops at 0 (README,
         head-to-head and round 18)."""
-        dead = (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
+        dead = self.dead_latents()
         if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
             return torch.zeros((), device=x.device)
         with torch.no_grad():
@@ -402,6 +406,26 @@ class JumpReLUSAE(SAE):
         if self.relative_threshold:  # in the encoder's units, without a gradient to W_enc
             theta = theta * self.W_enc[:, dead].norm(dim=0).detach()
         return self.revive_coefficient * (theta - pre).relu().sum(1).mean()
+
+    latent_axes: ClassVar[dict[str, int]] = SAE.latent_axes | {"threshold": 0}
+
+    def stale_latents(self) -> Tensor | None:
+        """The dead latents, while the revival term acts and floor_moments is on.
+
+        Why: a latent with no gradient for many steps keeps Adam second moments near 0 (or, for
+        its threshold and b_enc, the revival term's tiny ones), so the first real gradients once it
+        fires again move each of its entries by up to ~30x lr (beta2 0.999), and its encoder column
+        by far more than a live latent's. Revived latents then fired with huge activations: on
+        att.6 at target 14 (width 4096) training FVU jumped to 5-14 and 90% of latents ended dead.
+        Floored at their tensor's mean, revived latents take ordinary steps: 4% dead, delta loss
+        0.047 -> 0.020 (README, "Reviving without the jolt")."""
+        if self.revive_coefficient == 0 or not self.floor_moments:
+            return None
+        return self.dead_latents()
+
+    def dead_latents(self) -> Tensor:
+        """Latents silent for more than dead_tokens training tokens."""
+        return (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
 
     def extra_arrays(self) -> dict[str, Tensor]:
         return {"threshold": self.effective_threshold().detach().clamp(min=0.0)}

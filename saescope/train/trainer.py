@@ -288,8 +288,13 @@ class Trainer:
         for sae, wait in pending:
             wait()
             sae.remove_parallel_decoder_grad()
+            if isinstance(getattr(sae, "tokens_since_fired", None), torch.Tensor):
+                # fired on any rank = fired: every rank then revives and floors the same latents
+                dist.all_reduce(sae.tokens_since_fired, op=dist.ReduceOp.MIN, group=self.layout.data_group)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        for sae in self.saes.values():
+            floor_stale_moments(self.opt, sae)
         for sae in self.saes.values():
             sae.normalize_decoder()
         return {"l0": sum(l0s) / len(l0s), "fvu": sum(fvus) / len(fvus), "per_sae": per_sae}
@@ -358,6 +363,21 @@ class Trainer:
                     **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
                 },
             )
+
+
+@torch.no_grad()
+def floor_stale_moments(opt: torch.optim.Adam, sae: SAE) -> None:
+    """Lift Adam's second moments of `sae.stale_latents()` to at least the mean of their tensor,
+    along each per-latent parameter's latent axis, so that the latents' first gradients after a
+    long silence take ordinary-sized steps (`JumpReLUSAE.stale_latents` says why)."""
+    stale = sae.stale_latents()
+    if stale is None or stale.numel() == 0:
+        return
+    for name, axis in sae.latent_axes.items():
+        state = opt.state.get(getattr(sae, name))
+        if state and "exp_avg_sq" in state:
+            v = state["exp_avg_sq"]
+            v.index_copy_(axis, stale, v.index_select(axis, stale).clamp(min=v.mean()))
 
 
 def train(cfg: TrainConfig) -> dict[str, SAE]:

@@ -12,9 +12,10 @@ from tinymodels import tiny_model
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.errors import SaescopeError
+from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.normalize import first_rows
-from saescope.train.trainer import Trainer
+from saescope.train.trainer import Trainer, floor_stale_moments
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +293,29 @@ def test_the_sae_config_keeps_the_exact_sweep_value(store, tmp_path):
         assert meta["sparsity_coefficient"] == {"c0.3": 0.30000001, "c3": 3.0}[folder.name.rsplit("__", 1)[1]]
     with pytest.raises(SaescopeError, match=r"share the folder \S+__w128__c0\.3"):
         Trainer(cfg_for(store, tmp_path / "same", arch="relu", knobs="", l0_coefficients=[0.3, 0.30000001]))
+
+
+@pytest.mark.parametrize("floor", [True, False], ids=["floored", "unfloored"])
+def test_a_revived_latent_takes_an_ordinary_adam_step(floor):
+    """A latent with no gradient for 50 steps has Adam second moments of ~0; while it is dead,
+    floor_stale_moments lifts them to their tensor's mean, so its first gradient moves its encoder
+    column about as far as a live latent's. Without the floor the same gradient moves it ~7x further."""
+    torch.manual_seed(0)
+    sae = make_sae("jumprelu", 16, 8, floor_moments=floor)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.0, 0.999))
+    sae.tokens_since_fired[0] = sae.dead_tokens + 1  # latent 0 is dead, the others fire
+    for _ in range(50):
+        for p in sae.parameters():
+            p.grad = torch.randn_like(p)
+        sae.W_enc.grad[:, 0] = 0
+        opt.step()
+        floor_stale_moments(opt, sae)
+    assert (sae.stale_latents() is not None) == floor
+    sae.tokens_since_fired[0] = 0  # it fires again, with a gradient like everyone else's
+    before = sae.W_enc.detach().clone()
+    for p in sae.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    moved = (sae.W_enc.detach() - before).norm(dim=0)
+    ratio = (moved[0] / moved[1:].mean()).item()
+    assert ratio < 1.5 if floor else ratio > 4
