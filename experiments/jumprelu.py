@@ -287,6 +287,20 @@ ROUNDS[18] = {
     "R3, revival on thresholds only": R3 | dict(knobs=f"{R3K},revive_bias=false"),
 }
 
+# The default since this session (R4: R3 with mean-quadratic lambda 0.1, and dead latents' Adam second
+# moments floored, README "Reviving without the jolt"): its default run left att.12 and att.17 with 34
+# and 40 latents firing on more than 10% of held-out tokens (R3's run: up to 22). Which change did it,
+# and does a firmer frequency penalty undo it (same store; att.17; README, round 19)?
+R4K = f"{R3K},l0_coefficient=0.1,floor_moments=true"
+R4 = R3 | dict(knobs=R4K)
+ROUNDS[19] = {
+    "R4: the default run's schedule": R4,
+    "R4, lambda 0.03": R4 | dict(knobs=f"{R4K},l0_coefficient=0.03"),
+    "R4, no floor": R4 | dict(knobs=f"{R4K},floor_moments=false"),
+    "R4, frequency penalty 1": R4 | dict(knobs=f"{R4K},freq_coefficient=1"),
+    "R4, frequency penalty 3": R4 | dict(knobs=f"{R4K},freq_coefficient=3"),
+}
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
