@@ -21,6 +21,11 @@ frontier at common L0 targets (`--matched-l0`, default 16, 32, 64): delta LM los
 interpolated linearly in log(L0) between the two measured SAEs around the target, and "-" where
 the target lies outside the family's measured L0 range (no extrapolation: a frontier's slope
 beyond its last point is not known).
+
+With `--seeds N` the whole comparison runs N times (seeds SEED..SEED+N-1: every SAE's
+initialisation and the order of the rows), each in OUT/seed<k> with its own tables and plot, and
+OUT/compare.md gives each family's mean and range over the seeds at every matched L0: a gap between
+two families means something only where it is larger than their ranges.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +87,11 @@ class CompareConfig(Schedule):
     matched_l0: str = option(
         DEFAULT_MATCHED_L0,
         "L0 targets of the matched-L0 table (delta LM loss and FVU interpolated linearly in log L0), comma-separated",
+    )
+    seeds: int = option(
+        1,
+        "run the whole comparison with seeds SEED..SEED+N-1, each in OUT/seed<k>; OUT/compare.md then "
+        "gives each family's mean and range over them at every matched L0",
     )
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = same_as(EvalConfig, "eval_context_len")
@@ -316,11 +326,13 @@ def plot(rows: list[dict], path: str | Path, title: str = "", at_l0: float | Non
 
 
 def compare(cfg: CompareConfig) -> list[dict]:
-    """Train, evaluate, tabulate and plot; returns the table rows."""
+    """Train, evaluate, tabulate and plot; returns the table rows (of every seed, with --seeds)."""
     families = parse_sweeps(cfg.sweeps, cfg.family_knobs)
     targets = parse_targets(cfg.matched_l0)
     baseline = parse_baseline(cfg.baseline, cfg.baseline_sweeps)
     save_config(cfg, Path(cfg.out) / "config.json")  # `saescope compare --config` re-runs it
+    if cfg.seeds > 1:
+        return compare_seeds(cfg, targets)
     trainer = Trainer(
         part(
             cfg,
@@ -337,6 +349,64 @@ def compare(cfg: CompareConfig) -> list[dict]:
         train_saelens(trainer, baseline)
     run_suite(part(cfg, SuiteConfig))
     return report(cfg.out, f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE", targets)
+
+
+def compare_seeds(cfg: CompareConfig, targets: list[float]) -> list[dict]:
+    """Each seed's comparison in OUT/seed<k> (one already reported is kept: an interrupted run
+    resumes), then the matched-L0 table over seeds in OUT/compare.md and .json."""
+    rows, matched = [], []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        sub = replace(cfg, seed=seed, seeds=1, out=str(Path(cfg.out) / f"seed{seed}"))
+        if not Path(sub.out, "compare.json").exists():
+            compare(sub)
+        rows += collect(sub.out)
+        matched.append(read_json(Path(sub.out, "compare.json"))["matched_l0"]["families"])
+    spread = seed_spread(matched)
+    title = f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE, seeds {cfg.seed}-{seed}"
+    text = (
+        f"Matched L0 over {cfg.seeds} seeds: mean [min - max] (each seed's tables in OUT/seed<k>/compare.md):\n\n"
+        + spread_table(spread, targets)
+    )
+    Path(cfg.out, "compare.md").write_text(f"{title}\n\n{text}\n")
+    write_json_atomic(
+        Path(cfg.out, "compare.json"), {"title": title, "seeds": cfg.seeds, "targets": targets, "families": spread}
+    )
+    print(text)
+    return rows
+
+
+def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
+    """Per family, for delta LM loss and FVU at each target: {mean, min, max} over the seeds, or None
+    where a seed could not read it off (the target outside that seed's L0 range)."""
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for families in per_seed:
+        for m in families:
+            by_family[m["family"]].append(m)
+    out = []
+    for family, seeds in sorted(by_family.items()):
+        entry: dict = {"family": family}
+        for key in ("delta_loss", "fvu"):
+            entry[key] = []
+            for values in zip(*(m[key] for m in seeds)):
+                if len(seeds) < len(per_seed) or any(v is None for v in values):
+                    entry[key].append(None)
+                else:
+                    entry[key].append({"mean": sum(values) / len(values), "min": min(values), "max": max(values)})
+        out.append(entry)
+    return out
+
+
+def spread_table(spread: list[dict], targets: list[float]) -> str:
+    """A markdown table: one row per family, delta LM loss then FVU at each target, mean [min - max]."""
+
+    def cell(s: dict | None) -> str:
+        return "-" if s is None else f"{s['mean']:.4f} [{s['min']:.4f} - {s['max']:.4f}]"
+
+    heads = [f"delta LM loss @ L0 {t:g}" for t in targets] + [f"FVU @ L0 {t:g}" for t in targets]
+    lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for m in spread:
+        lines.append(f"| {m['family']} | " + " | ".join(cell(s) for s in m["delta_loss"] + m["fvu"]) + " |")
+    return "\n".join(lines)
 
 
 def report(out: str | Path, title: str = "", targets: list[float] | None = None) -> list[dict]:

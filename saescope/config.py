@@ -194,6 +194,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "top_k",
             "max_rows",
             "width",
+            "seeds",
         )
     },
     **{

@@ -22,6 +22,8 @@ from saescope.compare import (
     matched_table,
     parse_sweeps,
     parse_targets,
+    seed_spread,
+    spread_table,
 )
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
@@ -379,3 +381,59 @@ def test_baseline_options_fail_in_one_line_before_training(tmp_path, monkeypatch
     assert "--baseline-sweeps" in attempt(baseline="saelens", baseline_sweeps="topk=4.5")
     monkeypatch.setitem(sys.modules, "sae_lens", None)  # what a missing install looks like to import
     assert "pip install sae-lens" in attempt(baseline="saelens")
+
+
+def test_seed_spread_is_mean_and_range_over_seeds_and_none_where_a_seed_has_no_value():
+    per_seed = [
+        [{"family": "topk", "delta_loss": [0.4, 0.2], "fvu": [0.3, None]}],
+        [
+            {"family": "topk", "delta_loss": [0.6, 0.1], "fvu": [0.1, 0.2]},
+            {"family": "relu", "delta_loss": [1, 1], "fvu": [1, 1]},
+        ],
+    ]
+    relu, topk = seed_spread(per_seed)
+    assert relu == {"family": "relu", "delta_loss": [None, None], "fvu": [None, None]}  # one seed only
+    assert topk["delta_loss"][0] == pytest.approx({"mean": 0.5, "min": 0.4, "max": 0.6})
+    assert topk["delta_loss"][1] == pytest.approx({"mean": 0.15, "min": 0.1, "max": 0.2})
+    assert topk["fvu"][1] is None
+    assert "| topk | 0.5000 [0.4000 - 0.6000] |" in spread_table([topk], [16, 32])
+
+
+def test_compare_over_seeds_reports_each_seed_and_the_spread_and_resumes(store, tmp_path):
+    cfg = CompareConfig(
+        store=str(store),
+        out=str(tmp_path),
+        site="res.1",
+        width=64,
+        sweeps="jumprelu=4/8,topk=4/8",
+        train_tokens=256 * 4,
+        batch_size=256,
+        lr_warmup_steps=1,
+        eval_sequences=2,
+        eval_context_len=32,
+        device="cpu",
+        matched_l0="5,6",
+        suite="core",
+        seed=3,
+        seeds=2,
+    )
+    compare(cfg)
+    seeds = [json.loads((tmp_path / f"seed{k}" / "compare.json").read_text()) for k in (3, 4)]
+    configs = [
+        json.loads(p.read_text()) for k in (3, 4) for p in (tmp_path / f"seed{k}" / "saes").glob("*/config.json")
+    ]
+    assert {c["seed"] for c in configs} == {3, 4}
+    spread = json.loads((tmp_path / "compare.json").read_text())
+    assert spread["seeds"] == 2 and spread["targets"] == [5.0, 6.0]
+    assert all(next(f for f in spread["families"] if f["family"] == "topk")["delta_loss"])  # k 4 and 8 bracket 5, 6
+    for family in spread["families"]:
+        per_seed = [next(m for m in s["matched_l0"]["families"] if m["family"] == family["family"]) for s in seeds]
+        for i, stats in enumerate(family["delta_loss"]):
+            values = [m["delta_loss"][i] for m in per_seed]
+            assert (stats is None) == any(v is None for v in values)
+            if stats:
+                assert stats == pytest.approx({"mean": sum(values) / 2, "min": min(values), "max": max(values)})
+    assert "Matched L0 over 2 seeds" in (tmp_path / "compare.md").read_text()
+    before = (tmp_path / "seed3" / "compare.json").stat().st_mtime_ns
+    compare(cfg)  # finished seeds are kept, not trained again
+    assert (tmp_path / "seed3" / "compare.json").stat().st_mtime_ns == before
