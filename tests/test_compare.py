@@ -136,23 +136,22 @@ def test_matched_l0_table_per_family():
             parse_targets(bad)
 
 
+def tiny_compare(store, out, **kw) -> CompareConfig:
+    """A comparison on the tiny store's res.1, width 64, evaluated at L0 5 and 6."""
+    base = dict(site="res.1", width=64, batch_size=256, eval_sequences=2, eval_context_len=32, matched_l0="5,6")
+    return CompareConfig(store=str(store), out=str(out), device="cpu", **{**base, **kw})
+
+
 def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_path):
-    cfg = CompareConfig(
-        store=str(store),
-        out=str(tmp_path),
-        site="res.1",
-        width=64,
+    cfg = tiny_compare(
+        store,
+        tmp_path,
         sweeps="jumprelu=4/8,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
         family_knobs="jumprelu.bandwidth=0.05",
         train_tokens=256 * 12,
-        batch_size=256,
         lr=3e-3,
         lr_warmup_steps=2,
         l0_warmup_steps=4,
-        eval_sequences=2,
-        eval_context_len=32,
-        device="cpu",
-        matched_l0="5,6",
     )
     rows = compare(cfg)
     assert sorted(r["family"] for r in rows) == ["batchtopk", "gated", "jumprelu", "jumprelu", "relu", "topk", "topk"]
@@ -400,19 +399,12 @@ def test_seed_spread_is_mean_and_range_over_seeds_and_none_where_a_seed_has_no_v
 
 
 def test_compare_over_seeds_reports_each_seed_and_the_spread_and_resumes(store, tmp_path):
-    cfg = CompareConfig(
-        store=str(store),
-        out=str(tmp_path),
-        site="res.1",
-        width=64,
+    cfg = tiny_compare(
+        store,
+        tmp_path,
         sweeps="jumprelu=4/8,topk=4/8",
         train_tokens=256 * 4,
-        batch_size=256,
         lr_warmup_steps=1,
-        eval_sequences=2,
-        eval_context_len=32,
-        device="cpu",
-        matched_l0="5,6",
         suite="core",
         seed=3,
         seeds=2,
