@@ -22,14 +22,13 @@ from saescope.compare import (
     matched_table,
     parse_sweeps,
     parse_targets,
-    seed_spread,
-    spread_table,
 )
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
 from saescope.release.formats import release
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
 from saescope.saes.skip_transcoder import SkipTranscoder
+from saescope.seed_spread import seed_spread, spread_table
 from saescope.train.job import TrainConfig
 from saescope.train.normalize import estimate_standardization
 from saescope.train.trainer import Trainer, lr_at

@@ -46,18 +46,15 @@ DEFAULT_FREQ_TARGET = 0.05
 # fought the L0 target (a real-model test ended at L0 45 for a target of 100).
 FREQ_ABOVE_MEAN = 1.5
 
-# A latent that has not fired for this many tokens counts as dead, and the revival term pulls its
-# threshold down and its pre-activations up until it fires again (TopK's AuxK plays that role there).
-# Reviving after 10,000 silent tokens kept all but 6-9 of 2048 attention latents alive where 54-75
-# died, at the same delta loss within noise (experiments/jumprelu.py round 15, README).
+# A latent silent for this many tokens is dead, and the revival term pulls it back (TopK: AuxK).
+# After 10,000 tokens it kept all but 6-9 of 2048 attention latents alive where 54-75 died, at the
+# same delta loss within noise (experiments/jumprelu.py round 15, README).
 DEFAULT_DEAD_TOKENS = 10_000
 DEFAULT_REVIVE_COEFFICIENT = 1e-3
 
-# Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: they
-# reconstruct better for their L0 than unit rows or free rows from norm 1 (experiments/jumprelu.py
-# rounds 7 and 9), but hold a target L0 only with faster thresholds (threshold_lr, round 11), and
-# those left attention SAEs at low targets with half their latents dead (README), so the defaults
-# keep unit rows.
+# Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: better for
+# their L0 than unit rows (rounds 7, 9), but they hold a target only with faster thresholds, which
+# left attention SAEs at low targets half dead (round 11, README), so the defaults keep unit rows.
 FREE_INIT_NORM = 0.1
 
 
@@ -380,22 +377,12 @@ class JumpReLUSAE(SAE):
         return JumpReLUStep.apply(*args, bf16, path == "dense")
 
     def revival(self, x: Tensor) -> Tensor:
-        """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre):
-        a latent silent for dead_tokens tokens gets its threshold lowered and its pre-activations
-        raised until it fires (Anthropic's pre-activation loss, on dead latents only). Without it a
-        latent whose pre-activations all fall below its threshold minus half the window gets no
-        gradient at all, and at low targets 10-20% of latents ended dead.
-
-        Only the threshold and b_enc get this gradient, not W_enc: Adam moves every entry of a
-        parameter by about lr whatever the size of its gradient, so a dead latent's encoder column,
-        pulled toward the data by this term alone, can grow by about lr * sqrt(d_in) in norm per
-        step, and once it fires again its activations wreck the reconstruction: on mlp.6 at target
-        14 (free rows) training FVU reached 3.0 at step 150 and 72% of latents ended dead, against
-        FVU 0.28 and 28% dead without the term. b_enc has the same flaw at low targets: hundreds of
-        latents revived at once on att.6 at target 14 (width 4096) took training FVU to 1.39 and left
-        85% dead. With revive_bias=false only the thresholds move: that held low targets, but at the
-        default run's scale it revived almost nothing, since a threshold stops at 0 (README,
-        head-to-head and round 18)."""
+        """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre): a
+        dead latent's threshold falls and its b_enc rises until it fires (Anthropic's pre-activation
+        loss, on dead latents only); without it 10-20% of latents ended dead at low targets. Not
+        W_enc: pulled by this term alone, a dead column grew ~lr * sqrt(d_in) per Adam step and
+        wrecked the reconstruction once it fired (mlp.6, target 14: FVU 3.0, 72% dead).
+        revive_bias=false moves only the thresholds, which stop at 0 (README, round 18)."""
         dead = self.dead_latents()
         if self.revive_coefficient == 0 or not self.training or dead.numel() == 0:
             return torch.zeros((), device=x.device)
@@ -410,15 +397,7 @@ class JumpReLUSAE(SAE):
     latent_axes: ClassVar[dict[str, int]] = SAE.latent_axes | {"threshold": 0}
 
     def stale_latents(self) -> Tensor | None:
-        """The dead latents, while the revival term acts and floor_moments is on.
-
-        Why: a latent with no gradient for many steps keeps Adam second moments near 0 (or, for
-        its threshold and b_enc, the revival term's tiny ones), so the first real gradients once it
-        fires again move each of its entries by up to ~30x lr (beta2 0.999), and its encoder column
-        by far more than a live latent's. Revived latents then fired with huge activations: on
-        att.6 at target 14 (width 4096) training FVU jumped to 5-14 and 90% of latents ended dead.
-        Floored at their tensor's mean, revived latents take ordinary steps: 4% dead, delta loss
-        0.047 -> 0.020 (README, "Reviving without the jolt")."""
+        """The dead latents, while the revival term acts and floor_moments is on (`floor_stale_moments`)."""
         if self.revive_coefficient == 0 or not self.floor_moments:
             return None
         return self.dead_latents()

@@ -1,0 +1,44 @@
+"""Mean and range over seeds of `saescope compare`'s matched-L0 numbers (`--seeds`).
+
+One seed's frontier moves with its initialisation and the order of its rows (our TopK moved by up to
+0.041 nats on res.6 with nothing else changed, README), so a gap between two families is evidence
+only where it exceeds both families' range over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
+    """Per family, for delta LM loss and FVU at each target: {mean, min, max} over the seeds, or None
+    where a seed could not read it off (the target outside that seed's L0 range)."""
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for families in per_seed:
+        for m in families:
+            by_family[m["family"]].append(m)
+    out = []
+    for family, seeds in sorted(by_family.items()):
+        entry: dict = {"family": family}
+        for key in ("delta_loss", "fvu"):
+            entry[key] = []
+            for values in zip(*(m[key] for m in seeds)):
+                if len(seeds) < len(per_seed) or any(v is None for v in values):
+                    entry[key].append(None)
+                else:
+                    entry[key].append({"mean": sum(values) / len(values), "min": min(values), "max": max(values)})
+        out.append(entry)
+    return out
+
+
+def spread_table(spread: list[dict], targets: list[float]) -> str:
+    """A markdown table: one row per family, delta LM loss then FVU at each target, mean [min - max]."""
+
+    def cell(s: dict | None) -> str:
+        return "-" if s is None else f"{s['mean']:.4f} [{s['min']:.4f} - {s['max']:.4f}]"
+
+    heads = [f"delta LM loss @ L0 {t:g}" for t in targets] + [f"FVU @ L0 {t:g}" for t in targets]
+    lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for m in spread:
+        lines.append(f"| {m['family']} | " + " | ".join(cell(s) for s in m["delta_loss"] + m["fvu"]) + " |")
+    return "\n".join(lines)
