@@ -295,7 +295,6 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         for sae in self.saes.values():
             floor_stale_moments(self.opt, sae)
-        for sae in self.saes.values():
             sae.normalize_decoder()
         return {"l0": sum(l0s) / len(l0s), "fvu": sum(fvus) / len(fvus), "per_sae": per_sae}
 
