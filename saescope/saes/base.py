@@ -242,6 +242,11 @@ class SAE(nn.Module, ABC):
     # Each per-latent parameter and the axis its latents lie along (`stale_latents`).
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
+    def dead_latents(self) -> Tensor:
+        """Latents silent for more than dead_tokens training tokens, in the families that count
+        silence (a `tokens_since_fired` buffer and a `dead_tokens` knob: JumpReLU, TopK)."""
+        return (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
+
     def stale_latents(self) -> Tensor | None:
         """Indices of latents whose Adam second moments the trainer lifts to their tensor's mean
         after each step (`floor_stale_moments`), or None: none by default."""

@@ -402,10 +402,6 @@ class JumpReLUSAE(SAE):
             return None
         return self.dead_latents()
 
-    def dead_latents(self) -> Tensor:
-        """Latents silent for more than dead_tokens training tokens."""
-        return (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
-
     def extra_arrays(self) -> dict[str, Tensor]:
         return {"threshold": self.effective_threshold().detach().clamp(min=0.0)}
 

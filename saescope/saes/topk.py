@@ -133,9 +133,6 @@ class TopKSAE(SAE):
         aux = self.aux_loss(xc, pre, (y - y_hat).detach(), bf16)
         return loss_output(loss + aux, mse, y, token_l0, fired, torch.zeros((), device=x.device))
 
-    def dead_latents(self) -> Tensor:
-        return (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
-
     def aux_loss(self, xc: Tensor, pre: Tensor, error: Tensor, bf16: bool) -> Tensor:
         """AuxK: the dead latents' top aux_k pre-activations per token reconstruct the error of
         the main reconstruction (detached), through the decoder without b_dec."""
