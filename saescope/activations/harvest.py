@@ -175,9 +175,9 @@ def _open_or_create(
         old = read_store_info(info_path)
         if old.get("dataset_fingerprint", info["dataset_fingerprint"]) != info["dataset_fingerprint"]:
             raise SaescopeError(
-                f"--dataset {cfg.dataset} changed since store {root} was harvested from it (its "
-                f"sha256 differs), so the token index would point at other text: restore the "
-                f"dataset or harvest into another --out"
+                f"--dataset {cfg.dataset} changed since store {root} was harvested from it (then "
+                f"{old['dataset_fingerprint']}, now {info['dataset_fingerprint']}), so the token index would "
+                f"point at other text: restore the dataset or harvest into another --out"
             )
         changed = [k for k in (*KEYS_THAT_MUST_MATCH, "sites") if old.get(k) != info[k]]
         if changed:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from saescope.activations.documents import load_documents
+from saescope.activations.documents import check_store_text, load_documents
 from saescope.activations.store import ActivationStore
 from saescope.browse.db import Examples, connect, db_path, pack_examples
 from saescope.browse.suite import SuiteSAE, list_saes
@@ -253,6 +253,7 @@ def compute_stats(
         raise SaescopeError(f"site {missing[0]} is not in store {store.path}: harvest it before browsing its SAEs")
 
     info = store.info
+    check_store_text(info, store.path)
     topic_of_row, topics, doc_rows = _topics(info, data)
     _write_meta(con, info, data, topics, topic_of_row)
     con.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", doc_rows)

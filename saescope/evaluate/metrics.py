@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from saescope.activations.documents import Document, iter_documents
+from saescope.activations.documents import Document, check_store_text, iter_documents
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.packing import pack_documents
 from saescope.activations.store import ActivationStore
@@ -265,6 +265,7 @@ def finished_store(cfg: EvalConfig) -> ActivationStore:
             f"store {store.path} is not a finished harvest: run the same `saescope harvest` again "
             f"to finish it, then evaluate"
         )
+    check_store_text(store.info, store.path)
     return store
 
 

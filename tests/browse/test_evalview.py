@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,13 +20,15 @@ def client(browse_run):
     return TestClient(create_app(browse_run), base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
-def test_sae_page_plots_loss_by_position_and_tables_topics(client):
+def test_sae_page_plots_loss_by_position_and_tables_topics(client, browse_run):
     page = client.get(f"/sae/{RES}").text
     assert "By token position" in page and "delta LM loss by token position" in page and "FVU by token position" in page
     assert "<polyline" in page.split("By token position")[1].split("<h2>Latents")[0]
     for label in POSITION_LABELS:
         assert f"<td>{label}</td>" in page
-    assert "By topic" in page and "<td>History</td>" in page
+    topics = json.loads((browse_run / "saes" / RES / "metrics.json").read_text())["by_topic"]
+    assert "By topic" in page and len(topics) >= 2
+    assert all(f"<td>{html.escape(topic)}</td>" in page for topic in topics)
 
 
 def group(tokens: int, value: float | None) -> dict:
