@@ -53,8 +53,8 @@ DEFAULT_DEAD_TOKENS = 10_000
 DEFAULT_REVIVE_COEFFICIENT = 1e-3
 
 # Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: better for
-# their L0 than unit rows (rounds 7, 9), but they hold a target only with faster thresholds, which
-# left attention SAEs at low targets half dead (round 11, README), so the defaults keep unit rows.
+# their L0 than unit rows at L0 64 and up (rounds 7, 9), but they hold a target only with faster
+# thresholds and lose at low L0 on res.6 (README), so the defaults keep unit rows.
 FREE_INIT_NORM = 0.1
 
 
