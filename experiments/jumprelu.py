@@ -47,7 +47,10 @@ BEFORE = dict(
 RECIPE_KNOBS = "init_l0=0,bandwidth=0.001,freq_coefficient=0"
 # The decoder-row and threshold knobs as every round was measured, put before each JumpReLU
 # variant's own knobs (the last value of a key wins), so that a table does not move if a default does.
-PINNED = "unit_decoder=true,init_norm=1,threshold_lr=1,revive_coefficient=0,dead_tokens=50000,floor_moments=false"
+PINNED = (
+    "unit_decoder=true,init_norm=1,threshold_lr=1,revive_coefficient=0,dead_tokens=50000,floor_moments=false,"
+    "jolt_clip=0"
+)
 Q = "l0_penalty=quadratic,l0_coefficient=0.003"
 MQ = "l0_penalty=mean-quadratic,l0_coefficient=0.03"
 TOPK = dict(arch="topk", l0_coefficients=[64], knobs="dead_tokens=50000", l0_warmup_steps=0, lr_decay=0.2)

@@ -135,7 +135,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adam_eps": 1e-8,
         "normalize": "scalar",
         "l0_coefficients": [1e-3],
-        "knobs": "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0,revive_coefficient=0",
+        "knobs": (
+            "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0,revive_coefficient=0,"
+            "jolt_clip=0"
+        ),
     },
 }
 

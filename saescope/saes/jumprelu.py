@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput, flag_knob, loss_output
+from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, non_negative_knob
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
 # Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
@@ -36,9 +36,8 @@ DEFAULT_L0_PENALTY = "mean-quadratic"
 DEFAULT_TARGET_L0 = 64.0
 DEFAULT_BANDWIDTH = 0.03
 DEFAULT_FREQ_COEFFICIENT = 0.3
-# Gemma Scope reports latents firing on more than 10% of tokens as "high frequency"; the penalty
-# charges from half that share, so that latents stay clear of it on text they were not trained on
-# (attention sites kept 50-170 such latents on held-out text with 0.1).
+# Gemma Scope calls latents firing on > 10% of tokens "high frequency"; the penalty charges from half that
+# share, so latents stay clear of it on unseen text (attention sites kept 50-170 such latents with 0.1).
 DEFAULT_FREQ_TARGET = 0.05
 
 # The frequency penalty never charges below this multiple of the target's mean firing share
@@ -52,9 +51,8 @@ FREQ_ABOVE_MEAN = 1.5
 DEFAULT_DEAD_TOKENS = 10_000
 DEFAULT_REVIVE_COEFFICIENT = 1e-3
 
-# Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: better for
-# their L0 than unit rows at L0 64 and up (rounds 7, 9), but they hold a target only with faster
-# thresholds and lose at low L0 on res.6 (README), so the defaults keep unit rows.
+# Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: better than unit rows
+# from L0 64 up (rounds 7, 9), but they need faster thresholds and lose at low L0 on res.6 (README).
 FREE_INIT_NORM = 0.1
 
 
@@ -189,6 +187,7 @@ class JumpReLUSAE(SAE):
         "dead_tokens",
         "revive_bias",
         "floor_moments",
+        "jolt_clip",
     )
 
     @classmethod
@@ -216,6 +215,7 @@ class JumpReLUSAE(SAE):
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         revive_bias: bool = True,
         floor_moments: bool = True,
+        jolt_clip: float = DEFAULT_JOLT_CLIP,
         relative_threshold: bool = False,
         **common: Any,
     ) -> None:
@@ -270,6 +270,7 @@ class JumpReLUSAE(SAE):
         self.dead_tokens = int(dead_tokens)
         self.revive_bias = flag_knob("revive_bias", revive_bias)
         self.floor_moments = flag_knob("floor_moments", floor_moments)
+        self.jolt_clip = non_negative_knob("jolt_clip", jolt_clip)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
 

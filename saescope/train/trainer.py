@@ -291,6 +291,8 @@ class Trainer:
             if isinstance(getattr(sae, "tokens_since_fired", None), torch.Tensor):
                 # fired on any rank = fired: every rank then revives and floors the same latents
                 dist.all_reduce(sae.tokens_since_fired, op=dist.ReduceOp.MIN, group=self.layout.data_group)
+        for sae in self.saes.values():
+            clip_jolts(self.opt, sae)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         for sae in self.saes.values():
@@ -383,6 +385,34 @@ def floor_stale_moments(opt: torch.optim.Adam, sae: SAE) -> None:
         if state and "exp_avg_sq" in state:
             v = state["exp_avg_sq"]
             v.index_copy_(axis, stale, v.index_select(axis, stale).clamp(min=v.mean()))
+
+
+@torch.no_grad()
+def clip_jolts(opt: torch.optim.Adam, sae: SAE) -> None:
+    """Scale each latent's gradient (along `SAE.latent_axes`) down to at most `sae.jolt_clip` times
+    the RMS its Adam second moments expect, before the step; second moments below their tensor's
+    mean count as the mean, so a rarely firing latent is judged against the ordinary ones.
+
+    Why: one token that many latents reconstruct together can cost hundreds of times a batch's
+    usual error; Adam, whose second moments barely move in one step, turns that gradient into steps
+    of ~15-30x lr on those latents, the next batches break too, and the SAE diverges: the default
+    run's att.5 went from training FVU 0.34 to 1.1, then 7, then 7,400 within 14 steps, and ended at
+    L0 9 with 1,901 of 2,048 latents dead (README, "Clipping jolts")."""
+    if not sae.jolt_clip:
+        return
+    for name, axis in sae.latent_axes.items():
+        p = getattr(sae, name)
+        state = opt.state.get(p)
+        if p.grad is None or not state or "exp_avg_sq" not in state:
+            continue
+        beta2 = next(g["betas"][1] for g in opt.param_groups if any(q is p for q in g["params"]))
+        v = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+        ratio = p.grad.float().pow(2) / v.clamp(min=v.mean().clamp(min=torch.finfo(v.dtype).tiny))
+        others = [d for d in range(p.dim()) if d != axis]
+        rms = (ratio.mean(dim=others) if others else ratio).sqrt()
+        shape = [1] * p.dim()
+        shape[axis] = -1
+        p.grad.mul_((sae.jolt_clip / rms).clamp(max=1).view(shape).to(p.grad.dtype))
 
 
 def train(cfg: TrainConfig) -> dict[str, SAE]:

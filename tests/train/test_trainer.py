@@ -15,7 +15,7 @@ from saescope.errors import SaescopeError
 from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.normalize import first_rows
-from saescope.train.trainer import Trainer, floor_stale_moments
+from saescope.train.trainer import Trainer, clip_jolts, floor_stale_moments
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def store(tmp_path_factory, tiny_tokenizer):
     return harvest(cfg, tiny_model("gemma3_text"), tiny_tokenizer)
 
 
-# The recipe's JumpReLU (linear L0 penalty, unit decoder rows, one Adam group, no revival term).
-RECIPE_KNOBS = "l0_penalty=l0,unit_decoder=true,threshold_lr=1,revive_coefficient=0"
+# The recipe's JumpReLU (linear L0 penalty, unit decoder rows, one Adam group, no revival term, no clipping).
+RECIPE_KNOBS = "l0_penalty=l0,unit_decoder=true,threshold_lr=1,revive_coefficient=0,jolt_clip=0"
 
 
 def cfg_for(store, out, **kw) -> TrainConfig:
@@ -139,7 +139,7 @@ def test_gemma_scope_preset_is_the_recipe(store, tmp_path):
     assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.preset == "gemma-scope"
     for sae in Trainer(cfg).saes.values():
         knobs = (sae.l0_penalty, sae.l0_coefficient, sae.bandwidth, sae.init_l0, sae.freq_coefficient)
-        assert knobs + (sae.revive_coefficient,) == ("l0", 1e-3, 1e-3, 0.0, 0.0, 0.0)
+        assert knobs + (sae.revive_coefficient, sae.jolt_clip) == ("l0", 1e-3, 1e-3, 0.0, 0.0, 0.0, 0.0)
         assert torch.all(sae.threshold == 1e-3)
     argv = ["train", "--preset", "gemma-scope", "--lr", "1e-3"]
     args = build_parser({"train": preset_values(TrainConfig, "gemma-scope")}).parse_args(argv)
@@ -319,3 +319,30 @@ def test_a_revived_latent_takes_an_ordinary_adam_step(floor):
     moved = (sae.W_enc.detach() - before).norm(dim=0)
     ratio = (moved[0] / moved[1:].mean()).item()
     assert ratio < 1.5 if floor else ratio > 4
+
+
+@pytest.mark.parametrize("clip", [3.0, 0.0], ids=["clipped", "unclipped"])
+def test_a_gradient_spike_moves_its_latent_an_ordinary_step(clip):
+    """After 300 ordinary steps, a gradient 30x the usual on latent 0 (one token many latents
+    reconstruct badly) moves its encoder column ~10x as far as the others' with plain Adam
+    (beta1 0.5); clipped to 3x the RMS its second moments expect, ~2.5x as far, and the other
+    latents' gradients are left as they were."""
+    torch.manual_seed(0)
+    sae = make_sae("jumprelu", 16, 8, jolt_clip=clip)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    for _ in range(300):
+        for p in sae.parameters():
+            p.grad = torch.randn_like(p)
+        clip_jolts(opt, sae)
+        opt.step()
+    before = sae.W_enc.detach().clone()
+    for p in sae.parameters():
+        p.grad = torch.randn_like(p)
+    sae.W_enc.grad[:, 0] *= 30
+    others = sae.W_enc.grad[:, 1:].clone()
+    clip_jolts(opt, sae)
+    assert torch.equal(sae.W_enc.grad[:, 1:], others)
+    opt.step()
+    moved = (sae.W_enc.detach() - before).norm(dim=0)
+    ratio = (moved[0] / moved[1:].mean()).item()
+    assert ratio < 3.5 if clip else ratio > 6
