@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from saescope.errors import SaescopeError
 from saescope.saes.skip_transcoder import SkipTranscoder
 
-# A latent's gradient is scaled down, before Adam's step, to at most this multiple of the RMS its
-# second moments expect (`clip_jolts` in the trainer). JumpReLU's default: 3 touched ~1.4% of the
-# latent slices per step and left res.6 and att.11 as they were (training FVU 0.162 / 0.278 against
-# 0.163 / 0.279), and kept att.5 of the default run from diverging (README, "Clipping jolts").
+# JumpReLU's default `jolt_clip`: a latent's gradients are scaled down before Adam's step once its
+# decoder row's exceeds this multiple of the norm its second moments expect (`clip_jolts` in the
+# trainer says why; README, "Clipping jolts").
 DEFAULT_JOLT_CLIP = 3.0
 
 
@@ -98,6 +97,7 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def non_negative_knob(name: str, value: Any) -> float:
+    """A number knob where 0 turns the part off; a string from `--knobs` that is not a number is refused."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise SaescopeError(f"{name} is a number >= 0, got {value!r}; pass e.g. {name}=0 to turn it off")
     return float(value)

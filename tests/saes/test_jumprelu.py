@@ -457,3 +457,10 @@ def test_relative_threshold_is_in_encoder_units_and_releases_absolute():
     assert not released.relative_threshold
     with torch.no_grad():
         torch.testing.assert_close(released.encode(x), relative.encode(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, "often", True])
+def test_a_jolt_clip_that_is_not_a_non_negative_number_is_refused(bad):
+    with pytest.raises(SaescopeError, match="jolt_clip is a number >= 0"):
+        make_sae("jumprelu", 8, 16, jolt_clip=bad)
+    assert make_sae("jumprelu", 8, 16, jolt_clip=0).jolt_clip == 0.0
