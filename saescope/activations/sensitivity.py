@@ -34,9 +34,10 @@ SENSITIVITY_FILE = "sensitivity.safetensors"
 SENSITIVITY_TOKENS = 2048
 
 
-def loss_sensitivity(model, batches, sites: list[Site]) -> dict[str, torch.Tensor]:
+def loss_sensitivity(model, batches, sites: list[Site], full: bool = False) -> dict[str, torch.Tensor]:
     """E[(dL/dx_d)^2] per dimension of each site over the scored tokens of `batches` (the LM loss
-    at the true next token; BOS, EOS and padding neither scored nor averaged over)."""
+    at the true next token; BOS, EOS and padding neither scored nor averaged over); with `full`,
+    the whole matrix E[g g^T] (experiments/fisher.py), g the gradient at the site."""
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     count = 0
@@ -56,7 +57,8 @@ def loss_sensitivity(model, batches, sites: list[Site]) -> dict[str, torch.Tenso
             F.cross_entropy(logits[scored], ids[:, 1:][scored], reduction="sum").backward()
         mask = batch.train_mask.to(device)
         for name, probe in probes.items():
-            sums[name] = sums.get(name, 0) + probe.grad[mask].double().pow(2).sum(0)
+            g = probe.grad[mask].double()
+            sums[name] = sums.get(name, 0) + (g.T @ g if full else g.pow(2).sum(0))
         count += int(mask.sum())
     if not count:
         raise SaescopeError("no tokens to measure the loss sensitivity on: the dataset is empty")

@@ -47,6 +47,19 @@ def test_sensitivity_is_the_mean_squared_loss_gradient_at_each_site(tiny_tokeniz
         assert float(expected.max()) > 0
 
 
+def test_the_full_matrix_has_the_diagonal_on_its_diagonal_and_is_a_gram_matrix(tiny_tokenizer):
+    model = tiny_model("gemma3_text")
+    batch = next(iter(pack_documents(iter_documents("wiki"), tiny_tokenizer, 64, 2, max_tokens=128)))
+    site = Site(1, "res")
+    diagonal = loss_sensitivity(model, [batch], [site])[site.name]
+    full = loss_sensitivity(model, [batch], [site], full=True)[site.name]
+    assert full.shape == (len(diagonal), len(diagonal))
+    torch.testing.assert_close(torch.diagonal(full), diagonal, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(full, full.T)
+    assert float(torch.linalg.eigvalsh(full.double()).min()) > -1e-6 * float(full.abs().max())
+    assert float((full - torch.diag(diagonal)).abs().max()) > 0  # not diagonal: tokens' gradients correlate
+
+
 def test_harvest_writes_it_and_a_harvest_run_again_adds_it_to_an_older_store(tmp_path, tiny_tokenizer):
     cfg = HarvestConfig(
         sites="res,mlp",
