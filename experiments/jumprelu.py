@@ -305,6 +305,41 @@ ROUNDS[19] = {
 }
 
 
+# The default since the corpus went into sha256 order (R5: R4 with the jolt clip): its default run kept
+# 1-6 latents per attention SAE silent on the held-out shard, most of which had fired in the last
+# 10,000 training tokens, so the revival term never saw them. Does a shorter silence before revival,
+# or a stronger pull, leave none (store: that run's; att.5, att.6, att.11; README, round 20)?
+R5K = f"{R4K},jolt_clip=3"
+R5 = R3 | dict(knobs=R5K)
+W14 = dict(widths=[4096], l0_coefficients=[14], train_tokens=245_760)
+ROUNDS[20] = {
+    "R5: the default run's schedule": R5,
+    "R5, dead after 5,000 silent tokens": R5 | dict(knobs=f"{R5K},dead_tokens=5000"),
+    "R5, dead after 2,500 silent tokens": R5 | dict(knobs=f"{R5K},dead_tokens=2500"),
+    "R5, revive 3e-3": R5 | dict(knobs=f"{R5K},revive_coefficient=0.003"),
+    "R5, dead after 2,500, revive 3e-3": R5 | dict(knobs=f"{R5K},dead_tokens=2500,revive_coefficient=0.003"),
+    "R5, dead after 2,500, revive 1e-2": R5 | dict(knobs=f"{R5K},dead_tokens=2500,revive_coefficient=0.01"),
+    "R5, dead after 1,000, revive 1e-2": R5 | dict(knobs=f"{R5K},dead_tokens=1000,revive_coefficient=0.01"),
+    # the head-to-head's lowest target on its store, where a revival that moves b_enc once broke att.6
+    "R5 at width 4096, target 14, 245,760 tokens": R5 | W14,
+    "R5 at width 4096, target 14, dead after 2,500, revive 1e-2": R5
+    | W14
+    | dict(knobs=f"{R5K},dead_tokens=2500,revive_coefficient=0.01"),
+    "R5 at width 4096, target 14, dead after 1,000, revive 1e-2": R5
+    | W14
+    | dict(knobs=f"{R5K},dead_tokens=1000,revive_coefficient=0.01"),
+    # silence measured in mean gaps between a latent's firings (d_sae / T tokens): 2,500 tokens is 78
+    # gaps at L0 64 of 2048 and 8.5 at L0 14 of 4096; 78 gaps there are 23,400 tokens
+    "R5 at width 4096, target 14, dead after 23,400, revive 1e-2": R5
+    | W14
+    | dict(knobs=f"{R5K},dead_tokens=23400,revive_coefficient=0.01"),
+    "R5 at width 4096, target 14, dead after 23,400, revive 3e-3": R5
+    | W14
+    | dict(knobs=f"{R5K},dead_tokens=23400,revive_coefficient=0.003"),
+    "R5 at width 4096, target 14, dead after 23,400": R5 | W14 | dict(knobs=f"{R5K},dead_tokens=23400"),
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", default="runs/exp6/activations")
