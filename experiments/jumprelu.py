@@ -340,6 +340,20 @@ ROUNDS[20] = {
 }
 
 
+# The head-to-head on the sha256-order store (README) has our JumpReLU behind our TopK on mlp.6 at every
+# L0, with the highest FVU of the four families at L0 64 (0.078 against TopK's 0.067). Which of the
+# JumpReLU-only parts costs reconstruction there: the frequency penalty, or the estimator's window
+# (same store and scale as the head-to-head; README, round 21)?
+W64 = dict(widths=[4096], l0_coefficients=[64], train_tokens=245_760)
+ROUNDS[21] = {
+    "R5 at width 4096, target 64": R5 | W64,
+    "R5 (w4096, T64), no frequency penalty": R5 | W64 | dict(knobs=f"{R5K},freq_coefficient=0"),
+    "R5 (w4096, T64), bandwidth 0.01": R5 | W64 | dict(knobs=f"{R5K},bandwidth=0.01"),
+    "R5 (w4096, T64), bandwidth 0.1": R5 | W64 | dict(knobs=f"{R5K},bandwidth=0.1"),
+    "TopK k=64 on R5's schedule": R5 | W64 | dict(arch="topk", knobs="dead_tokens=50000"),
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", default="runs/exp6/activations")
