@@ -354,6 +354,17 @@ ROUNDS[21] = {
 }
 
 
+# Free decoder rows (from norm 0.1, thresholds at 10x lr) matched SAELens' JumpReLU at L0 64 on res.6
+# in the head-to-head's setting and lost below it (README, "JumpReLU defaults"). At the default run's
+# scale (width 2048, target 64) do they lower res.17, the site above the issue's ceiling (default
+# run's store; README, round 22)?
+FREE_ROWS = f"{FREE},threshold_lr=10"
+ROUNDS[22] = {
+    "R5: the default run's schedule": R5,
+    "R5, free rows from 0.1, threshold lr x10": R5 | dict(knobs=f"{R5K},{FREE_ROWS}"),
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", default="runs/exp6/activations")
