@@ -47,12 +47,16 @@ def full_fisher(store: ActivationStore, sites: list[str]) -> dict[str, torch.Ten
     return loss_sensitivity(model, batches, [Site.parse(name) for name in sites], full=True)
 
 
-def transform(fisher: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, power: float) -> torch.Tensor:
-    """B = C^(power/2), C = S F S, eigenvalues floored at SENSITIVITY_FLOOR of their mean, scaled so
-    that E||x_s B||^2 = 1 on `rows` (standardised)."""
+def standardised(fisher: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """C = S F S: the Fisher in the units of the standardised rows x_s = (x - mean) / scale."""
     s = scale.double()
-    c = s[:, None] * fisher * s[None, :]
-    values, vectors = torch.linalg.eigh(c)
+    return s[:, None] * fisher.double() * s[None, :]
+
+
+def transform(fisher: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, power: float) -> torch.Tensor:
+    """B = C^(power/2), eigenvalues floored at SENSITIVITY_FLOOR of their mean, scaled so that
+    E||x_s B||^2 = 1 on `rows` (standardised)."""
+    values, vectors = torch.linalg.eigh(standardised(fisher, scale))
     values = values.clamp(min=SENSITIVITY_FLOOR * float(values.mean()))
     b = vectors @ torch.diag(values ** (power / 2)) @ vectors.T
     return (b / (rows.double() @ b).pow(2).sum(1).mean().sqrt()).float()
@@ -61,8 +65,7 @@ def transform(fisher: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, pow
 def structure(fisher: torch.Tensor, scale: torch.Tensor) -> str:
     """How far C is from diagonal: the share of its squared Frobenius norm off the diagonal, and the
     share of its trace in its top 10 eigenvalues against that in its top 10 diagonal entries."""
-    s = scale.double()
-    c = s[:, None] * fisher * s[None, :]
+    c = standardised(fisher, scale)
     values = torch.linalg.eigvalsh(c).flip(0)
     diag = torch.diag(c).sort(descending=True).values
     off = 1 - float(diag.pow(2).sum() / c.pow(2).sum())

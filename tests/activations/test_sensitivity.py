@@ -57,7 +57,7 @@ def test_the_full_matrix_has_the_diagonal_on_its_diagonal_and_is_a_gram_matrix(t
     torch.testing.assert_close(torch.diagonal(full), diagonal, rtol=1e-4, atol=1e-12)
     torch.testing.assert_close(full, full.T)
     assert float(torch.linalg.eigvalsh(full.double()).min()) > -1e-6 * float(full.abs().max())
-    assert float((full - torch.diag(diagonal)).abs().max()) > 0  # not diagonal: tokens' gradients correlate
+    assert float((full - torch.diag(diagonal)).abs().max()) > 0  # not diagonal: the dimensions' gradients correlate
 
 
 def test_harvest_writes_it_and_a_harvest_run_again_adds_it_to_an_older_store(tmp_path, tiny_tokenizer):
