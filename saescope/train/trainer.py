@@ -407,9 +407,11 @@ def clip_jolts(opt: torch.optim.Adam, sae: SAE) -> None:
     norm = torch.linalg.vector_norm(sae.W_dec.grad.float(), dim=1)
     scale = sae.jolt_clip * (expected / (1 - beta2 ** float(state["step"]))).sqrt() / norm
     clipped = (scale < 1).nonzero().squeeze(1)  # only these latents' slices are written
+    if not len(clipped):
+        return
     for name, axis in sae.latent_axes.items():
         g = getattr(sae, name).grad
-        if g is not None and len(clipped):
+        if g is not None:
             shape = [-1 if d == axis else 1 for d in range(g.dim())]
             g.index_copy_(axis, clipped, g.index_select(axis, clipped) * scale[clipped].view(shape).to(g.dtype))
 
