@@ -1,0 +1,28 @@
+# Round 23: settings of saescope's JumpReLU (and one of SAELens') tried in the head-to-head's setting
+# (compare_sites.sh: the sha256-order 120,000-token store, width 4096, 245,760 tokens, batch 512,
+# lr 3e-3, seed 0, 16 x 256 held-out tokens), saescope's JumpReLU alone at targets 14/32/64/96; the
+# peers' numbers are those of runs/h2h_<site>, trained on the same rows. Matched-L0 tables in
+# runs/v23/<name>/compare.md. Run from the repository with the virtual environment active:
+#   bash experiments/h2h_variants.sh            # every row;  bash experiments/h2h_variants.sh mlp_f10  # one
+set -e
+STORE=${STORE:-runs/exp6/activations}
+FREE=jumprelu.unit_decoder=false,jumprelu.init_norm=0.1,jumprelu.threshold_lr=10
+declare -A ROWS=(
+  [lr6_t05]="res.6 --lr 6e-3 --family-knobs jumprelu.threshold_lr=0.5"
+  [b09]="res.6 --adam-beta1 0.9"
+  [decay1]="res.6 --lr-decay 1.0"
+  [fr_i64]="res.6 --family-knobs $FREE,jumprelu.init_l0=64"
+  [fr_i100]="res.6 --family-knobs $FREE,jumprelu.init_l0=100"
+  [nofreq]="res.6 --family-knobs jumprelu.freq_coefficient=0"
+  [res_f10]="res.6 --family-knobs jumprelu.freq_target=0.1"
+  [mlp_f10]="mlp.6 --family-knobs jumprelu.freq_target=0.1"
+  [att_f10]="att.6 --family-knobs jumprelu.freq_target=0.1"
+  [mlp_s1]="mlp.6 --seed 1"
+  [mlp_f10_s1]="mlp.6 --seed 1 --family-knobs jumprelu.freq_target=0.1"
+)
+for NAME in ${@:-${!ROWS[@]}}; do
+  read -r SITE ARGS <<< "${ROWS[$NAME]}"
+  # shellcheck disable=SC2086
+  saescope compare --store "$STORE" --out "runs/v23/$NAME" --site "$SITE" --width 4096 --sweeps jumprelu=14/32/64/96 \
+    --train-tokens 245760 --suite core --eval-sequences 16 --eval-context-len 256 $ARGS
+done
