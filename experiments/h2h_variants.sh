@@ -15,6 +15,8 @@ declare -A ROWS=(
   [fr_i100]="res.6 --family-knobs $FREE,jumprelu.init_l0=100"
   [nofreq]="res.6 --family-knobs jumprelu.freq_coefficient=0"
   [res_f10]="res.6 --family-knobs jumprelu.freq_target=0.1"
+  [noclipj]="res.6 --family-knobs jumprelu.jolt_clip=0"
+  [norevive]="res.6 --family-knobs jumprelu.revive_coefficient=0"
   [mlp_f10]="mlp.6 --family-knobs jumprelu.freq_target=0.1"
   [att_f10]="att.6 --family-knobs jumprelu.freq_target=0.1"
   [mlp_s1]="mlp.6 --seed 1"
