@@ -22,17 +22,19 @@ def main() -> None:
     args = parser.parse_args()
     # SAELens' trainer calls torch.nn.utils.clip_grad_norm_ after each backward; saescope never does.
     torch.nn.utils.clip_grad_norm_ = lambda *a, **k: torch.zeros(())
-    saescope_main(
-        ["compare", "--store", args.store, "--out", args.out, "--site", args.site, "--width", "4096"]
-        + ["--sweeps", "topk=16", "--train-tokens", "245760", "--suite", "core", "--baseline", "saelens"]
-        + [
-            "--baseline-sweeps",
-            "jumprelu=0.0003/0.001/0.003/0.01",
-            "--eval-sequences",
-            "16",
-            "--eval-context-len",
-            "256",
-        ]
+    raise SystemExit(
+        saescope_main(
+            ["compare", "--store", args.store, "--out", args.out, "--site", args.site, "--width", "4096"]
+            + ["--sweeps", "topk=16", "--train-tokens", "245760", "--suite", "core", "--baseline", "saelens"]
+            + [
+                "--baseline-sweeps",
+                "jumprelu=0.0003/0.001/0.003/0.01",
+                "--eval-sequences",
+                "16",
+                "--eval-context-len",
+                "256",
+            ]
+        )
     )
 
 
