@@ -17,6 +17,7 @@ declare -A ROWS=(
   [res_f10]="res.6 --family-knobs jumprelu.freq_target=0.1"
   [noclipj]="res.6 --family-knobs jumprelu.jolt_clip=0"
   [norevive]="res.6 --family-knobs jumprelu.revive_coefficient=0"
+  [revive1e4]="res.6 --family-knobs jumprelu.revive_coefficient=1e-4"
   [mlp_f10]="mlp.6 --family-knobs jumprelu.freq_target=0.1"
   [att_f10]="att.6 --family-knobs jumprelu.freq_target=0.1"
   [mlp_s1]="mlp.6 --seed 1"
