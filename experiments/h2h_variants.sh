@@ -1,4 +1,4 @@
-# Round 23: settings of saescope's JumpReLU (and one of SAELens') tried in the head-to-head's setting
+# Rounds 23-24: settings of saescope's JumpReLU (and one of SAELens') tried in the head-to-head's setting
 # (compare_sites.sh: the sha256-order 120,000-token store, width 4096, 245,760 tokens, batch 512,
 # lr 3e-3, seed 0, 16 x 256 held-out tokens), saescope's JumpReLU alone at targets 14/32/64/96; the
 # peers' numbers are those of runs/h2h_<site>, trained on the same rows. Matched-L0 tables in
@@ -7,24 +7,40 @@
 set -e
 STORE=${STORE:-runs/exp6/activations}
 FREE=jumprelu.unit_decoder=false,jumprelu.init_norm=0.1,jumprelu.threshold_lr=10
+# Rows name a site, the JumpReLU knobs (- for none) and other compare flags. Round 24's rows (r24_*) weaken
+# the revival pull below target 64 (revive_power=1.5: a tenth of it at target 14).
+R24=jumprelu.revive_power=1.5
 declare -A ROWS=(
-  [lr6_t05]="res.6 --lr 6e-3 --family-knobs jumprelu.threshold_lr=0.5"
-  [b09]="res.6 --adam-beta1 0.9"
-  [decay1]="res.6 --lr-decay 1.0"
-  [fr_i64]="res.6 --family-knobs $FREE,jumprelu.init_l0=64"
-  [fr_i100]="res.6 --family-knobs $FREE,jumprelu.init_l0=100"
-  [nofreq]="res.6 --family-knobs jumprelu.freq_coefficient=0"
-  [res_f10]="res.6 --family-knobs jumprelu.freq_target=0.1"
-  [noclipj]="res.6 --family-knobs jumprelu.jolt_clip=0"
-  [norevive]="res.6 --family-knobs jumprelu.revive_coefficient=0"
-  [revive1e4]="res.6 --family-knobs jumprelu.revive_coefficient=1e-4"
-  [mlp_f10]="mlp.6 --family-knobs jumprelu.freq_target=0.1"
-  [att_f10]="att.6 --family-knobs jumprelu.freq_target=0.1"
-  [mlp_s1]="mlp.6 --seed 1"
-  [mlp_f10_s1]="mlp.6 --seed 1 --family-knobs jumprelu.freq_target=0.1"
+  [lr6_t05]="res.6 jumprelu.threshold_lr=0.5 --lr 6e-3"
+  [b09]="res.6 - --adam-beta1 0.9"
+  [decay1]="res.6 - --lr-decay 1.0"
+  [fr_i64]="res.6 $FREE,jumprelu.init_l0=64"
+  [fr_i100]="res.6 $FREE,jumprelu.init_l0=100"
+  [nofreq]="res.6 jumprelu.freq_coefficient=0"
+  [res_f10]="res.6 jumprelu.freq_target=0.1"
+  [noclipj]="res.6 jumprelu.jolt_clip=0"
+  [norevive]="res.6 jumprelu.revive_coefficient=0"
+  [revive1e4]="res.6 jumprelu.revive_coefficient=1e-4"
+  [res_rv4_s1]="res.6 jumprelu.revive_coefficient=1e-4 --seed 1"
+  [mlp_rv4]="mlp.6 jumprelu.revive_coefficient=1e-4"
+  [mlp_rv4_s1]="mlp.6 jumprelu.revive_coefficient=1e-4 --seed 1"
+  [att_rv4]="att.6 jumprelu.revive_coefficient=1e-4"
+  [mlp_f10]="mlp.6 jumprelu.freq_target=0.1"
+  [att_f10]="att.6 jumprelu.freq_target=0.1"
+  [mlp_s1]="mlp.6 - --seed 1"
+  [att_s1]="att.6 - --seed 1"
+  [mlp_f10_s1]="mlp.6 jumprelu.freq_target=0.1 --seed 1"
+  [r24_res]="res.6 $R24"
+  [r24_res_s1]="res.6 $R24 --seed 1"
+  [r24_mlp]="mlp.6 $R24"
+  [r24_mlp_s1]="mlp.6 $R24 --seed 1"
+  [r24_att]="att.6 $R24"
+  [r24_att_s1]="att.6 $R24 --seed 1"
+  [r24_free]="res.6 $R24,$FREE"
 )
 for NAME in ${@:-${!ROWS[@]}}; do
-  read -r SITE ARGS <<< "${ROWS[$NAME]}"
+  read -r SITE KNOBS ARGS <<< "${ROWS[$NAME]}"
+  [ "$KNOBS" = - ] || ARGS="--family-knobs $KNOBS $ARGS"
   # shellcheck disable=SC2086
   saescope compare --store "$STORE" --out "runs/v23/$NAME" --site "$SITE" --width 4096 --sweeps jumprelu=14/32/64/96 \
     --train-tokens 245760 --suite core --eval-sequences 16 --eval-context-len 256 $ARGS

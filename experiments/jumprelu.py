@@ -48,8 +48,8 @@ RECIPE_KNOBS = "init_l0=0,bandwidth=0.001,freq_coefficient=0"
 # The decoder-row and threshold knobs as every round was measured, put before each JumpReLU
 # variant's own knobs (the last value of a key wins), so that a table does not move if a default does.
 PINNED = (
-    "unit_decoder=true,init_norm=1,threshold_lr=1,revive_coefficient=0,dead_tokens=50000,floor_moments=false,"
-    "jolt_clip=0"
+    "unit_decoder=true,init_norm=1,threshold_lr=1,revive_coefficient=0,revive_power=0,dead_tokens=50000,"
+    "floor_moments=false,jolt_clip=0"
 )
 Q = "l0_penalty=quadratic,l0_coefficient=0.003"
 MQ = "l0_penalty=mean-quadratic,l0_coefficient=0.03"

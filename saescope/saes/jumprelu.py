@@ -21,12 +21,10 @@ from saescope.errors import SaescopeError
 from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, non_negative_knob
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
-# Sparsity penalties and their default lambda. Gemma Scope's released sweeps were named by lambda
-# (folders such as sparsity_coefficient_0p0005 and 0p001 in google/gemma-scope-2b-pt-res); on
-# inputs scaled to E||x||^2 = 1 those gave average L0 of tens to low hundreds, so 1e-3 is the
-# recipe's middle. The penalties toward a target L0 have slope lambda at L0 = 1.25 T. Mean-quadratic
-# takes 0.1: with 0.03 short runs ended below the target (att.6 at 54 for 64) and lost more; 0.1
-# held it (experiments/jumprelu.py round 16, README).
+# Sparsity penalties and their default lambda. Gemma Scope's sweeps were named by lambda (folders such as
+# sparsity_coefficient_0p001 in google/gemma-scope-2b-pt-res): on inputs with E||x||^2 = 1, L0 of tens to
+# low hundreds, so 1e-3 is the recipe's middle. The target penalties have slope lambda at L0 = 1.25 T;
+# mean-quadratic takes 0.1, as 0.03 ended short runs below the target and lost more (round 16, README).
 L0_PENALTIES = ("l0", "quadratic", "mean-quadratic")
 DEFAULT_L0_COEFFICIENTS = {"l0": 1e-3, "quadratic": 3e-3, "mean-quadratic": 0.1}
 # saescope's defaults, each measured against the recipe's in experiments/jumprelu.py (README,
@@ -45,11 +43,13 @@ DEFAULT_FREQ_TARGET = 0.05
 # fought the L0 target (a real-model test ended at L0 45 for a target of 100).
 FREQ_ABOVE_MEAN = 1.5
 
-# A latent silent for this many tokens is dead, and the revival term pulls it back (TopK: AuxK).
-# After 10,000 tokens it kept all but 6-9 of 2048 attention latents alive where 54-75 died, at the
-# same delta loss within noise (experiments/jumprelu.py round 15, README).
+# A latent silent for this many tokens is dead, and the revival term pulls it back (TopK: AuxK): it kept all
+# but 6-9 of 2048 attention latents alive where 54-75 died, at the same delta loss (round 15, README).
 DEFAULT_DEAD_TOKENS = 10_000
 DEFAULT_REVIVE_COEFFICIENT = 1e-3
+# revive_power > 0 weakens the pull below target L0 64 by (T / 64) ** revive_power: at 1.5, L0 16 cost res.6
+# and mlp.6 less in two seeds each but att.6 more at L0 16 and 32, so the default keeps one pull (round 24).
+DEFAULT_REVIVE_POWER = 0.0
 
 # Free decoder rows (unit_decoder=false) start at this norm, encoder their transpose: better than unit rows
 # from L0 64 up (rounds 7, 9), but they need faster thresholds and lose at low L0 on res.6 (README).
@@ -128,11 +128,9 @@ def reference_forward(
 PATH_VARIABLE = "SAESCOPE_JUMPRELU_PATH"
 PATHS = ("auto", "sparse", "dense", "plain")
 
-# Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs
-# more than the dense one (index lists of that size and scattered reads lose to three matmuls): the
-# forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and near 6% in
-# float32 (README, "SAE families", has the measurements). With the recipe's init (theta = 0.001 on
-# unit-scale inputs) about half of all latents fire at first.
+# Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs more than
+# the dense one: the forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and
+# near 6% in float32 (README, "SAE families"). With the recipe's init about half of all latents fire at first.
 DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
 _PROBE_ROWS = 128
 
@@ -161,11 +159,9 @@ def step_path() -> str:
 class JumpReLUSAE(SAE):
     """f = pre * H(pre - theta) with a learned threshold theta per latent (Gemma Scope).
 
-    The threshold is a parameter in its own units, not exp(log_threshold): Adam moves a
-    parameter by about lr per step, so at the recipe's lr a log-parameterised threshold
-    starting at 0.001 can only double in 10k steps, which is the "L0 will not come down"
-    complaint peers' users file. It is projected back to >= 0 before each training forward.
-    """
+    The threshold is a parameter in its own units, not exp(log_threshold): Adam moves a parameter by about lr
+    per step, so at the recipe's lr a log-threshold from 0.001 only doubles in 10k steps ("L0 will not come
+    down", as peers' users report). It is projected back to >= 0 before each training forward."""
 
     arch: ClassVar[str] = "jumprelu"
     extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
@@ -184,6 +180,7 @@ class JumpReLUSAE(SAE):
         "threshold_lr",
         "relative_threshold",
         "revive_coefficient",
+        "revive_power",
         "dead_tokens",
         "revive_bias",
         "floor_moments",
@@ -212,6 +209,7 @@ class JumpReLUSAE(SAE):
         init_norm: float | None = None,
         threshold_lr: float = 1.0,
         revive_coefficient: float = DEFAULT_REVIVE_COEFFICIENT,
+        revive_power: float = DEFAULT_REVIVE_POWER,
         dead_tokens: int = DEFAULT_DEAD_TOKENS,
         revive_bias: bool = True,
         floor_moments: bool = True,
@@ -258,15 +256,14 @@ class JumpReLUSAE(SAE):
         with torch.no_grad():  # SAELens starts its rows at 0.1: pre-activations 10x smaller at first
             self.W_dec.mul_(self.init_norm)
             self.W_enc.mul_(self.init_norm)
-        if not revive_coefficient >= 0 or not dead_tokens > 0:
-            raise SaescopeError(
-                f"revive_coefficient must be >= 0 and dead_tokens > 0, got {revive_coefficient!r} and {dead_tokens!r}"
-            )
+        if not dead_tokens > 0:
+            raise SaescopeError(f"dead_tokens is a silence in tokens, > 0; got {dead_tokens!r}")
         if not threshold_lr > 0:
             raise SaescopeError(f"threshold_lr is a factor on the learning rate, > 0; got {threshold_lr!r}")
         self.threshold_lr = float(threshold_lr)
         self.relative_threshold = flag_knob("relative_threshold", relative_threshold)
-        self.revive_coefficient = float(revive_coefficient)
+        self.revive_coefficient = non_negative_knob("revive_coefficient", revive_coefficient)
+        self.revive_power = non_negative_knob("revive_power", revive_power)
         self.dead_tokens = int(dead_tokens)
         self.revive_bias = flag_knob("revive_bias", revive_bias)
         self.floor_moments = flag_knob("floor_moments", floor_moments)
@@ -378,7 +375,7 @@ class JumpReLUSAE(SAE):
         return JumpReLUStep.apply(*args, bf16, path == "dense")
 
     def revival(self, x: Tensor) -> Tensor:
-        """revive_coefficient * mean over tokens of sum over dead latents of relu(theta - pre): a
+        """revive_pull() * mean over tokens of sum over dead latents of relu(theta - pre): a
         dead latent's threshold falls and its b_enc rises until it fires (Anthropic's pre-activation
         loss, on dead latents only); without it 10-20% of latents ended dead at low targets. Not
         W_enc: pulled by this term alone, a dead column grew ~lr * sqrt(d_in) per Adam step and
@@ -393,7 +390,13 @@ class JumpReLUSAE(SAE):
         theta = self.threshold[dead]
         if self.relative_threshold:  # in the encoder's units, without a gradient to W_enc
             theta = theta * self.W_enc[:, dead].norm(dim=0).detach()
-        return self.revive_coefficient * (theta - pre).relu().sum(1).mean()
+        return self.revive_pull() * (theta - pre).relu().sum(1).mean()
+
+    def revive_pull(self) -> float:
+        """revive_coefficient, times (target / 64) ** revive_power below the default target: a revived
+        latent spends a larger share of a small target's L0 (README, round 24)."""
+        below = min(1.0, self.target_l0 / DEFAULT_TARGET_L0) if self.l0_penalty != "l0" else 1.0
+        return self.revive_coefficient * below**self.revive_power
 
     latent_axes: ClassVar[dict[str, int]] = SAE.latent_axes | {"threshold": 0}
 

@@ -333,6 +333,29 @@ def test_revival_lowers_thresholds_of_dead_latents_only():
     assert make_sae("jumprelu", 8, 16).revival(torch.randn(4, 8)) == 0
 
 
+def test_revival_pull_shrinks_below_the_default_target():
+    """With revive_power the revival term's coefficient is revive_coefficient from target 64 up and
+    (T / 64) ** revive_power of it below (at 1.5 a ~10x weaker pull at target 14); the default (0) and
+    the recipe's penalty (no target) keep the coefficient as given."""
+    x = torch.randn(64, 48)
+    terms = {}
+    for target, power in ((14, 1.5), (64, 1.5), (96, 1.5), (14, 0.0)):
+        sae = _sae(target_l0=target, revive_power=power, revive_coefficient=0.01, dead_tokens=100)
+        with torch.no_grad():
+            sae.threshold[:3] = 1e3
+        sae.tokens_since_fired[:3] = 101
+        sae.train()
+        terms[target, power] = sae.revival(x)
+    assert terms[14, 1.5] > 0
+    torch.testing.assert_close(terms[14, 1.5], terms[64, 1.5] * (14 / 64) ** 1.5)
+    torch.testing.assert_close(terms[96, 1.5], terms[64, 1.5])
+    torch.testing.assert_close(terms[14, 0.0], terms[64, 1.5])
+    assert _sae(l0_penalty="l0", revive_coefficient=0.01, revive_power=1.5).revive_pull() == 0.01
+    assert _sae(target_l0=14, revive_coefficient=0.01).revive_pull() == 0.01
+    with pytest.raises(SaescopeError, match="revive_power"):
+        _sae(revive_power=-1)
+
+
 def test_revival_without_bias_moves_thresholds_only():
     """revive_bias=false: the same term, but only the dead latents' thresholds get its gradient;
     b_enc and the encoder get none."""
