@@ -7,6 +7,7 @@
 set -e
 STORE=${STORE:-runs/exp6/activations}
 FREE=jumprelu.unit_decoder=false,jumprelu.init_norm=0.1,jumprelu.threshold_lr=10
+FREE03=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.threshold_lr=3
 # Rows name a site, the JumpReLU knobs (- for none) and other compare flags. Round 24's rows (r24_*) weaken
 # the revival pull below target 64 (revive_power=1.5: a tenth of it at target 14).
 R24=jumprelu.revive_power=1.5
@@ -37,6 +38,9 @@ declare -A ROWS=(
   [r24_att]="att.6 $R24"
   [r24_att_s1]="att.6 $R24 --seed 1"
   [r24_free]="res.6 $R24,$FREE"
+  [fr03]="res.6 $FREE03"
+  [mlp_fr03]="mlp.6 $FREE03"
+  [att_fr03]="att.6 $FREE03"
 )
 for NAME in ${@:-${!ROWS[@]}}; do
   read -r SITE KNOBS ARGS <<< "${ROWS[$NAME]}"
