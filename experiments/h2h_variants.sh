@@ -41,6 +41,8 @@ declare -A ROWS=(
   [fr03]="res.6 $FREE03"
   [mlp_fr03]="mlp.6 $FREE03"
   [att_fr03]="att.6 $FREE03"
+  [fr03_s1]="res.6 $FREE03 --seed 1"
+  [mlp_fr03_s1]="mlp.6 $FREE03 --seed 1"
 )
 for NAME in ${@:-${!ROWS[@]}}; do
   read -r SITE KNOBS ARGS <<< "${ROWS[$NAME]}"
