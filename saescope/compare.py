@@ -49,7 +49,7 @@ from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
 from saescope.saelens_baseline import require_saelens, train_saelens
 from saescope.saes.registry import ARCHITECTURES, sweep_knobs
-from saescope.seed_spread import seed_spread, spread_table
+from saescope.seed_spread import FRONTIER, seed_spread, shown, spread_table
 from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.schedule import Schedule
 from saescope.train.trainer import Trainer
@@ -176,6 +176,7 @@ def collect(out: str | Path) -> list[dict]:
                 "value": meta["sparsity_coefficient"],
                 "l0": m["l0"],
                 "fvu": m["fvu"],
+                "fvu_weighted": m.get("fvu_weighted"),
                 "delta_loss": m.get("delta_loss"),
                 "kl_div": m.get("kl_div"),
                 "ce_loss_recovered": m.get("ce_loss_recovered"),
@@ -191,12 +192,13 @@ def collect(out: str | Path) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """A markdown table of the rows (sorted by family, then L0)."""
     suite = [key for key in SUITE_COLUMNS if any(r[key] is not None for r in rows)]
-    heads = ["family", "sweep value", "L0", "FVU", "delta LM loss", "KL", "CE recovered", "dead"]
+    heads = ["family", "sweep value", "L0", "FVU", "weighted FVU", "delta LM loss", "KL", "CE recovered", "dead"]
     heads += [SUITE_COLUMNS[key][2] for key in suite]
     lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * (len(heads) - 1)]
     for r in rows:
         lines.append(
-            f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r['delta_loss'])} | "
+            f"| {r['family']} | {r['value']:g} | {r['l0']:.1f} | {r['fvu']:.4f} | {_f(r.get('fvu_weighted'))} | "
+            f"{_f(r['delta_loss'])} | "
             f"{_f(r['kl_div'])} | {_f(r['ce_loss_recovered'], 3)} | {_f(r['dead_fraction'], 3)} |"
             + "".join(f" {_f(r[key], 3)} |" for key in suite)
         )
@@ -230,15 +232,15 @@ def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> floa
 
 
 def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
-    """Per family: delta LM loss, FVU and the suite's numbers at each target L0 (None where they cannot
-    be read off)."""
+    """Per family: the FRONTIER numbers and the suite's at each target L0 (None where they cannot be
+    read off)."""
     by_family: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
     out = []
     for family, points in sorted(by_family.items()):
         entry: dict = {"family": family}
-        for key in ("delta_loss", "fvu", *SUITE_COLUMNS):
+        for key in (*FRONTIER, *SUITE_COLUMNS):
             measured = [(r["l0"], r[key]) for r in points if r.get(key) is not None]
             entry[key] = [interpolate_log_l0(measured, t) for t in targets]
         out.append(entry)
@@ -246,12 +248,12 @@ def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
 
 
 def matched_table(matched: list[dict], targets: list[float]) -> str:
-    """A markdown table: one row per family, delta LM loss then FVU at each target L0."""
-    heads = [f"delta LM loss @ L0 {t:g}" for t in targets] + [f"FVU @ L0 {t:g}" for t in targets]
+    """A markdown table: one row per family, delta LM loss, FVU and weighted FVU at each target L0."""
+    keys = shown(matched)
+    heads = [f"{FRONTIER[key]} @ L0 {t:g}" for key in keys for t in targets]
     lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for m in matched:
-        cells = [_f(v) for v in m["delta_loss"]] + [_f(v) for v in m["fvu"]]
-        lines.append(f"| {m['family']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m['family']} | " + " | ".join(_f(v) for key in keys for v in m[key]) + " |")
     suite = [key for key in SUITE_COLUMNS if any(v is not None for m in matched for v in m.get(key, ()))]
     if suite:  # the evaluation suite's numbers at the same L0 targets, a table of their own
         heads = [f"{SUITE_COLUMNS[key][2]} @ L0 {t:g}" for key in suite for t in targets]

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+# What a matched-L0 table reads off each family's frontier, and the heading of its columns: delta LM loss,
+# FVU, and FVU weighted as the SAE was trained (`fvu_weighted`, saescope/evaluate/rows.py).
+FRONTIER = {"delta_loss": "delta LM loss", "fvu": "FVU", "fvu_weighted": "weighted FVU"}
+
 
 def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
-    """Per family, for delta LM loss and FVU at each target: {mean, min, max} over the seeds, or None
+    """Per family, for each FRONTIER number at each target: {mean, min, max} over the seeds, or None
     where a seed could not read it off (the target outside that seed's L0 range)."""
     by_family: dict[str, list[dict]] = defaultdict(list)
     for families in per_seed:
@@ -20,7 +24,7 @@ def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
     out = []
     for family, seeds in sorted(by_family.items()):
         entry: dict = {"family": family}
-        for key in ("delta_loss", "fvu"):
+        for key in FRONTIER:
             entry[key] = []
             for values in zip(*(m[key] for m in seeds)):
                 if len(seeds) < len(per_seed) or any(v is None for v in values):
@@ -32,13 +36,21 @@ def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
 
 
 def spread_table(spread: list[dict], targets: list[float]) -> str:
-    """A markdown table: one row per family, delta LM loss then FVU at each target, mean [min - max]."""
+    """A markdown table: one row per family, each FRONTIER number any family has at each target,
+    mean [min - max]."""
 
     def cell(s: dict | None) -> str:
         return "-" if s is None else f"{s['mean']:.4f} [{s['min']:.4f} - {s['max']:.4f}]"
 
-    heads = [f"delta LM loss @ L0 {t:g}" for t in targets] + [f"FVU @ L0 {t:g}" for t in targets]
+    keys = shown(spread)
+    heads = [f"{FRONTIER[key]} @ L0 {t:g}" for key in keys for t in targets]
     lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for m in spread:
-        lines.append(f"| {m['family']} | " + " | ".join(cell(s) for s in m["delta_loss"] + m["fvu"]) + " |")
+        lines.append(f"| {m['family']} | " + " | ".join(cell(s) for key in keys for s in m[key]) + " |")
     return "\n".join(lines)
+
+
+def shown(families: list[dict]) -> list[str]:
+    """The FRONTIER numbers that some family has at some target (SAEs evaluated before `fvu_weighted`
+    existed have none)."""
+    return [key for key in FRONTIER if any(v is not None for m in families for v in m.get(key, ()))]

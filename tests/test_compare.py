@@ -94,8 +94,8 @@ def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
 
 def test_matched_l0_table_per_family():
     rows = [
-        {"family": "topk", "l0": 16.0, "fvu": 0.2, "delta_loss": 0.8, "absorption": 0.3},
-        {"family": "topk", "l0": 64.0, "fvu": 0.1, "delta_loss": 0.4, "absorption": 0.1},
+        {"family": "topk", "l0": 16.0, "fvu": 0.2, "fvu_weighted": 0.4, "delta_loss": 0.8, "absorption": 0.3},
+        {"family": "topk", "l0": 64.0, "fvu": 0.1, "fvu_weighted": 0.2, "delta_loss": 0.4, "absorption": 0.1},
         {"family": "jumprelu", "l0": 20.0, "fvu": 0.3, "delta_loss": None},
         {"family": "jumprelu", "l0": 80.0, "fvu": 0.1, "delta_loss": 0.5},
     ]
@@ -104,6 +104,10 @@ def test_matched_l0_table_per_family():
     assert all(
         m.pop(key) == [None] * 3 for m in matched for key in ("probing_top1", "full_absorption", "topic_absorption")
     )
+    weighted = matched_table(matched, [16.0, 32.0, 64.0]).splitlines()
+    assert weighted[0].endswith("| weighted FVU @ L0 16 | weighted FVU @ L0 32 | weighted FVU @ L0 64 |")
+    assert weighted[2].endswith("| - | - | - |") and weighted[3].endswith("| 0.4000 | 0.3000 | 0.2000 |")
+    assert [m.pop("fvu_weighted") for m in matched] == [[None] * 3, [0.4, pytest.approx(0.3), 0.2]]
     assert matched == [
         {
             "family": "jumprelu",
@@ -117,7 +121,7 @@ def test_matched_l0_table_per_family():
         {"family": "topk", "delta_loss": [0.8, pytest.approx(0.6), 0.4], "fvu": [0.2, pytest.approx(0.15), 0.1]},
     ]
     text = matched_table(matched, [16.0, 32.0, 64.0])
-    assert "absorption" not in text  # no suite numbers: no second table
+    assert "absorption" not in text and "weighted" not in text  # no suite numbers, no weighted FVU: not shown
     matched[1] |= {"absorption": [0.3, 0.2, 0.1], "probing_top1": [None] * 3}
     matched[0] |= {"absorption": [None] * 3, "probing_top1": [None] * 3}
     suite_table = matched_table(matched, [16.0, 32.0, 64.0]).split("\n\n")[1].splitlines()
@@ -383,14 +387,14 @@ def test_baseline_options_fail_in_one_line_before_training(tmp_path, monkeypatch
 
 def test_seed_spread_is_mean_and_range_over_seeds_and_none_where_a_seed_has_no_value():
     per_seed = [
-        [{"family": "topk", "delta_loss": [0.4, 0.2], "fvu": [0.3, None]}],
+        [{"family": "topk", "delta_loss": [0.4, 0.2], "fvu": [0.3, None], "fvu_weighted": [None, None]}],
         [
-            {"family": "topk", "delta_loss": [0.6, 0.1], "fvu": [0.1, 0.2]},
-            {"family": "relu", "delta_loss": [1, 1], "fvu": [1, 1]},
+            {"family": "topk", "delta_loss": [0.6, 0.1], "fvu": [0.1, 0.2], "fvu_weighted": [None, None]},
+            {"family": "relu", "delta_loss": [1, 1], "fvu": [1, 1], "fvu_weighted": [1, 1]},
         ],
     ]
     relu, topk = seed_spread(per_seed)
-    assert relu == {"family": "relu", "delta_loss": [None, None], "fvu": [None, None]}  # one seed only
+    assert relu == {"family": "relu", **dict.fromkeys(("delta_loss", "fvu", "fvu_weighted"), [None, None])}
     assert topk["delta_loss"][0] == pytest.approx({"mean": 0.5, "min": 0.4, "max": 0.6})
     assert topk["delta_loss"][1] == pytest.approx({"mean": 0.15, "min": 0.1, "max": 0.2})
     assert topk["fvu"][1] is None

@@ -306,7 +306,9 @@ class Evaluation:
             drop_last=False,
             device=self.device,
         )
-        metrics = store_metrics(sae, loader, site.name, out_site.name if out_site != site else None)
+        scale = meta.get("normalization_scale")  # a list with a per-dimension --normalize
+        scale = torch.tensor(scale) if isinstance(scale, list) and len(scale) == sae.d_in else None
+        metrics = store_metrics(sae, loader, site.name, out_site.name if out_site != site else None, scale)
         if out_site.name not in self.refs:
             self.refs[out_site.name] = Reference.measure(self.text, self.clean, out_site)
         source = site if out_site != site else None

@@ -53,6 +53,15 @@ def test_store_metrics_match_direct_computation(setup):
     np.testing.assert_allclose(m["firing_frequency"], freq, rtol=1e-6)
     assert m["dead_latents"] == int((freq == 0).sum()) and m["dense_latents"] == int((freq > 0.1).sum())
     assert sum(m["frequency_histogram"]["counts"]) == int((freq > 0).sum())
+    assert m["fvu_weighted"] == pytest.approx(m["fvu"], rel=1e-9)  # one scale for every dimension
+
+    # per-dimension scales: the FVU of x / scale against x_hat / scale, what the SAE was trained to lower
+    scale = torch.rand(64, generator=torch.Generator().manual_seed(1)) * 3 + 0.1
+    weighted = store_metrics(sae, loader, "res.1", scale=scale)
+    with torch.no_grad():
+        e, xc = (sae.decode(f) - x) / scale, (x - x.mean(0)) / scale
+    assert weighted["fvu_weighted"] == pytest.approx((e.pow(2).sum() / xc.pow(2).sum()).item(), rel=1e-5)
+    assert weighted["fvu"] == m["fvu"] and abs(weighted["fvu_weighted"] - m["fvu"]) > 1e-3
 
 
 def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, tiny_tokenizer):
