@@ -249,6 +249,13 @@ def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
     return load(folder).to(device), sae_config(folder)
 
 
+def trained_scale(meta: dict, d_in: int) -> torch.Tensor | None:
+    """The per-dimension scale a trained SAE's rows were divided by (config `normalization_scale`, a
+    list with a per-dimension --normalize); None for one number, which no FVU can tell from 1."""
+    scale = meta.get("normalization_scale")
+    return torch.tensor(scale) if isinstance(scale, list) and len(scale) == d_in else None
+
+
 def trained_folders(out: str | Path) -> list[Path]:
     """The SAE folders of a run, in name order; none is a one-line error."""
     folders = sorted(p for p in Path(out, "saes").glob("*") if (p / "config.json").exists())
@@ -306,9 +313,8 @@ class Evaluation:
             drop_last=False,
             device=self.device,
         )
-        scale = meta.get("normalization_scale")  # a list with a per-dimension --normalize
-        scale = torch.tensor(scale) if isinstance(scale, list) and len(scale) == sae.d_in else None
-        metrics = store_metrics(sae, loader, site.name, out_site.name if out_site != site else None, scale)
+        target = out_site.name if out_site != site else None
+        metrics = store_metrics(sae, loader, site.name, target, trained_scale(meta, sae.d_in))
         if out_site.name not in self.refs:
             self.refs[out_site.name] = Reference.measure(self.text, self.clean, out_site)
         source = site if out_site != site else None
