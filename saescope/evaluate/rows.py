@@ -4,13 +4,13 @@ L0, FVU (squared error over squared deviation from the dataset mean, both summed
 tokens), the same FVU with each dimension divided by the scale the SAE was trained under
 (`fvu_weighted`: with a per-dimension `--normalize` it is the training objective's own error, so it
 tells how well a trainer minimised its objective apart from what that objective values, and it is far
-steadier between seeds than delta LM loss on a few thousand held-out tokens: README, round 25), MSE, firing
-frequencies, dead latents (never fired), dense latents (firing on more than 10% of tokens) and a
-firing-frequency histogram; and the numbers SAEBench's core evaluation reports on
-the reconstruction's shape: mean L1 of the latents, mean cosine of x and x_hat, mean norms in and
-out and their mean ratio, the relative reconstruction bias (sum |x_hat|^2 / sum x . x_hat, 1 when
-the SAE neither shrinks nor inflates; Rajamanoharan et al. 2024, eq. 10) and the "legacy" explained
-variance (per token, against the mean of its batch of 4,096 rows).
+steadier between seeds than delta LM loss on a few thousand held-out tokens: README, round 25), MSE,
+firing frequencies, dead latents (never fired), dense latents (firing on more than 10% of tokens) and a
+firing-frequency histogram; and the numbers SAEBench's core evaluation reports on the reconstruction's
+shape: mean L1 of the latents, mean cosine of x and x_hat, mean norms in and out and their mean ratio,
+the relative reconstruction bias (sum |x_hat|^2 / sum x . x_hat, 1 when the SAE neither shrinks nor
+inflates; Rajamanoharan et al. 2024, eq. 10) and the "legacy" explained variance (per token, against
+the mean of its batch of 4,096 rows).
 """
 
 from __future__ import annotations
