@@ -1,4 +1,4 @@
-# Rounds 23-24: settings of saescope's JumpReLU (and one of SAELens') tried in the head-to-head's setting
+# Rounds 23-25: settings of saescope's JumpReLU (and one of SAELens') tried in the head-to-head's setting
 # (compare_sites.sh: the sha256-order 120,000-token store, width 4096, 245,760 tokens, batch 512,
 # lr 3e-3, seed 0, 16 x 256 held-out tokens), saescope's JumpReLU alone at targets 14/32/64/96; the
 # peers' numbers are those of runs/h2h_<site>, trained on the same rows. Matched-L0 tables in
@@ -11,6 +11,14 @@ FREE03=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.threshold_lr=
 # Rows name a site, the JumpReLU knobs (- for none) and other compare flags. Round 24's rows (r24_*) weaken
 # the revival pull below target 64 (revive_power=1.5: a tenth of it at target 14).
 R24=jumprelu.revive_power=1.5
+# Round 25's rows (r25_*) are read by their weighted FVU (compare.md), at targets 32/64 (14/32 for att.6);
+# the *_1ep rows train on a store where no row repeats, harvested first with
+#   saescope harvest --sites res,mlp,att --layers 6 --tokens 266240 --shard-rows 20480 --out runs/exp7/activations
+ONE_EPOCH="--store runs/exp7/activations"
+BW05=$FREE03,jumprelu.bandwidth=0.05
+FROM1=jumprelu.unit_decoder=false,jumprelu.init_norm=1.0,jumprelu.bandwidth=0.05
+FROM05=jumprelu.unit_decoder=false,jumprelu.init_norm=0.5,jumprelu.threshold_lr=2,jumprelu.bandwidth=0.05
+FROM03_T1=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.bandwidth=0.05
 declare -A ROWS=(
   [lr6_t05]="res.6 jumprelu.threshold_lr=0.5 --lr 6e-3"
   [b09]="res.6 - --adam-beta1 0.9"
@@ -43,6 +51,21 @@ declare -A ROWS=(
   [att_fr03]="att.6 $FREE03"
   [fr03_s1]="res.6 $FREE03 --seed 1"
   [mlp_fr03_s1]="mlp.6 $FREE03 --seed 1"
+  [r25_bw05]="res.6 $BW05 --sweeps jumprelu=32/64"
+  [r25_bw10]="res.6 $FREE03,jumprelu.bandwidth=0.1 --sweeps jumprelu=32/64"
+  [r25_tlr5]="res.6 jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.threshold_lr=5,jumprelu.bandwidth=0.05 --sweeps jumprelu=32/64"
+  [r25_b09]="res.6 $FREE03 --adam-beta1 0.9 --sweeps jumprelu=32/64"
+  [r25_nofreq]="res.6 $BW05,jumprelu.freq_coefficient=0 --sweeps jumprelu=32/64"
+  [r25_att]="att.6 $BW05 --sweeps jumprelu=14/32"
+  [r25_from1]="res.6 $FROM1 --sweeps jumprelu=32/64"
+  [r25_att_from1]="att.6 $FROM1 --sweeps jumprelu=14/32"
+  [r25_from05]="res.6 $FROM05 --sweeps jumprelu=32/64"
+  [r25_att_from05]="att.6 $FROM05 --sweeps jumprelu=14/32"
+  [r25_t1]="res.6 $FROM03_T1 --sweeps jumprelu=32/64"
+  [r25_att_t1]="att.6 $FROM03_T1 --sweeps jumprelu=14/32"
+  [r25_att_1ep]="att.6 $BW05 --sweeps jumprelu=14/32 $ONE_EPOCH"
+  [r25_att_def_1ep]="att.6 - $ONE_EPOCH"
+  [r25_res_def_1ep]="res.6 - $ONE_EPOCH"
 )
 for NAME in ${@:-${!ROWS[@]}}; do
   read -r SITE KNOBS ARGS <<< "${ROWS[$NAME]}"

@@ -28,12 +28,13 @@ from saescope.evaluate.rows import store_metrics
 TARGETS = (16.0, 32.0, 64.0)
 
 
-def measure(store: ActivationStore, run: Path) -> dict[str, list[tuple[float, float, float]]]:
-    """Per family of the run: (L0, FVU, weighted FVU) of each of its SAEs on the held-out shard."""
+def measure(store: ActivationStore, run: Path, split: str) -> dict[str, list[tuple[float, float, float]]]:
+    """Per family of the run: (L0, FVU, weighted FVU) of each of its SAEs on the held-out shard (split
+    "eval") or on the training shards ("train": how much better a repeated row fits than a new one)."""
     points: dict[str, list[tuple[float, float, float]]] = {}
     for folder in trained_folders(run):
         sae, meta = load_trained(folder, torch.device("cpu"))
-        loader = ShuffledLoader(store, [meta["hook"]], batch_size=4096, split="eval", drop_last=False)
+        loader = ShuffledLoader(store, [meta["hook"]], batch_size=4096, split=split, drop_last=False)
         m = store_metrics(sae, loader, meta["hook"], scale=trained_scale(meta, sae.d_in))
         points.setdefault(meta.get("family", meta["architecture"]), []).append((m["l0"], m["fvu"], m["fvu_weighted"]))
     return points
@@ -42,13 +43,14 @@ def measure(store: ActivationStore, run: Path) -> dict[str, list[tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="runs/exp6/activations")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval", help="held-out or training rows")
     parser.add_argument("runs", nargs="+", help="compare run folders (OUT of `saescope compare`)")
     args = parser.parse_args()
     store = ActivationStore(args.store)
     heads = [f"{what} @ L0 {t:g}" for what in ("weighted FVU", "FVU") for t in TARGETS]
     print("| run | family | " + " | ".join(heads) + " |\n|---|---|" + "---:|" * len(heads))
     for run in args.runs:
-        for family, points in sorted(measure(store, Path(run)).items()):
+        for family, points in sorted(measure(store, Path(run), args.split).items()):
             cells = [interpolate_log_l0([(p[0], p[column]) for p in points], t) for column in (2, 1) for t in TARGETS]
             print(f"| {run} | {family} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |")
 
