@@ -164,12 +164,15 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     topk = {r["value"]: r for r in rows if r["family"] == "topk"}
     assert topk[4.0]["l0"] <= 4 + 1e-6 and topk[8.0]["l0"] <= 8 + 1e-6
     assert all(np.isfinite(r["fvu"]) and np.isfinite(r["delta_loss"]) for r in rows)
+    # the per-dimension normalisation each SAE was trained under weights its held-out error
+    assert all(np.isfinite(r["fvu_weighted"]) and abs(r["fvu_weighted"] - r["fvu"]) > 1e-4 for r in rows)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     families = sorted({r["family"] for r in rows})
     md = (tmp_path / "compare.md").read_text()
     tables = (len(rows) + 1) + 2 * (len(families) + 1) + (len(rows) + 1)  # per SAE, matched x 2, by position
     assert md.count("\n| ") == tables
     assert "sparse probing top-1 @ L0 5" in md and all(0 <= r["probing_top1"] <= 1 for r in rows)
+    assert "| weighted FVU |" in md and "| weighted FVU @ L0 5 |" in md
     assert all(r["absorption"] is None for r in rows)  # the tiny model spells no letter: not applicable
     by_position = md.split("Delta LM loss by token position")[1]
     assert "| pos 1 | pos 2-4 |" in by_position and "| topk 8 (L0 " in by_position
