@@ -62,6 +62,7 @@ declare -A ROWS=(
   [r25_from05]="res.6 $FROM05 --sweeps jumprelu=32/64"
   [r25_att_from05]="att.6 $FROM05 --sweeps jumprelu=14/32"
   [r25_t1]="res.6 $FROM03_T1 --sweeps jumprelu=32/64"
+  [r25_quad]="res.6 $BW05,jumprelu.l0_penalty=quadratic --sweeps jumprelu=32/64"
   [r25_const]="res.6 $BW05,jumprelu.init_l0=0,jumprelu.threshold_init=0.03 --sweeps jumprelu=32/64"
   [r25_att_t1]="att.6 $FROM03_T1 --sweeps jumprelu=14/32"
   [r25_att_1ep]="att.6 $BW05 --sweeps jumprelu=14/32 $ONE_EPOCH"
