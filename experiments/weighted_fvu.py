@@ -21,7 +21,7 @@ import torch
 
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
-from saescope.compare import interpolate_log_l0
+from saescope.compare import family_of, interpolate_log_l0
 from saescope.evaluate.metrics import load_trained, trained_folders, trained_scale
 from saescope.evaluate.rows import store_metrics
 
@@ -35,8 +35,8 @@ def measure(store: ActivationStore, run: Path, split: str) -> dict[str, list[tup
     for folder in trained_folders(run):
         sae, meta = load_trained(folder, torch.device("cpu"))
         loader = ShuffledLoader(store, [meta["hook"]], batch_size=4096, split=split, drop_last=False)
-        m = store_metrics(sae, loader, meta["hook"], scale=trained_scale(meta, sae.d_in))
-        points.setdefault(meta.get("family", meta["architecture"]), []).append((m["l0"], m["fvu"], m["fvu_weighted"]))
+        m = store_metrics(sae, loader, meta["hook"], scale=trained_scale(meta, sae.d_in, folder))
+        points.setdefault(family_of(meta), []).append((m["l0"], m["fvu"], m["fvu_weighted"]))
     return points
 
 

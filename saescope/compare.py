@@ -162,6 +162,11 @@ def parse_targets(text: str) -> list[float]:
     return targets
 
 
+def family_of(meta: dict) -> str:
+    """The family a trained SAE's config.json names (its architecture in configs older than families)."""
+    return meta.get("family", meta["architecture"])
+
+
 def collect(out: str | Path) -> list[dict]:
     """One row per evaluated SAE of a compare run: family, sweep value, L0, FVU, delta loss, and the
     suite's headline numbers (None where a part was not run or does not apply)."""
@@ -172,7 +177,7 @@ def collect(out: str | Path) -> list[dict]:
         meta, m = read_json(folder / "config.json"), read_json(folder / "metrics.json")
         rows.append(
             {
-                "family": meta.get("family", meta["architecture"]),
+                "family": family_of(meta),
                 "value": meta["sparsity_coefficient"],
                 "l0": m["l0"],
                 "fvu": m["fvu"],

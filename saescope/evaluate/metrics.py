@@ -249,11 +249,20 @@ def load_trained(folder: Path, device: torch.device) -> tuple[SAE, dict]:
     return load(folder).to(device), sae_config(folder)
 
 
-def trained_scale(meta: dict, d_in: int) -> torch.Tensor | None:
+def trained_scale(meta: dict, d_in: int, folder: Path) -> torch.Tensor | None:
     """The per-dimension scale a trained SAE's rows were divided by (config `normalization_scale`, a
-    list with a per-dimension --normalize); None for one number, which no FVU can tell from 1."""
+    list with a per-dimension --normalize); None for one number, which no FVU can tell from 1. A list
+    that cannot be that scale is a one-line error, not a weighted FVU that silently is not one."""
     scale = meta.get("normalization_scale")
-    return torch.tensor(scale) if isinstance(scale, list) and len(scale) == d_in else None
+    if not isinstance(scale, list):
+        return None
+    tensor = torch.tensor(scale, dtype=torch.float64) if all(isinstance(v, int | float) for v in scale) else None
+    if tensor is None or len(scale) != d_in or not bool(torch.isfinite(tensor).all() and (tensor > 0).all()):
+        raise SaescopeError(
+            f"normalization_scale in {folder / 'config.json'} is not {d_in} positive numbers (the SAE's d_in): "
+            f"the config does not belong to this SAE; restore it from the run that trained it"
+        )
+    return tensor
 
 
 def trained_folders(out: str | Path) -> list[Path]:
@@ -314,7 +323,7 @@ class Evaluation:
             device=self.device,
         )
         target = out_site.name if out_site != site else None
-        metrics = store_metrics(sae, loader, site.name, target, trained_scale(meta, sae.d_in))
+        metrics = store_metrics(sae, loader, site.name, target, trained_scale(meta, sae.d_in, folder))
         if out_site.name not in self.refs:
             self.refs[out_site.name] = Reference.measure(self.text, self.clean, out_site)
         source = site if out_site != site else None

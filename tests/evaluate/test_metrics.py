@@ -10,7 +10,8 @@ from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
-from saescope.evaluate.metrics import EvalConfig, HeldOutText, store_metrics
+from saescope.errors import SaescopeError
+from saescope.evaluate.metrics import EvalConfig, HeldOutText, store_metrics, trained_scale
 from saescope.models.sites import Site
 from saescope.saes.registry import make_sae
 
@@ -62,6 +63,15 @@ def test_store_metrics_match_direct_computation(setup):
         e, xc = (sae.decode(f) - x) / scale, (x - x.mean(0)) / scale
     assert weighted["fvu_weighted"] == pytest.approx((e.pow(2).sum() / xc.pow(2).sum()).item(), rel=1e-5)
     assert weighted["fvu"] == m["fvu"] and abs(weighted["fvu_weighted"] - m["fvu"]) > 1e-3
+
+
+def test_trained_scale_is_the_configs_vector_or_a_one_line_error(tmp_path):
+    assert trained_scale({"normalization_scale": 2.5}, 3, tmp_path) is None  # one number: FVU is unchanged
+    assert trained_scale({}, 3, tmp_path) is None
+    assert trained_scale({"normalization_scale": [1, 2.0, 3]}, 3, tmp_path).tolist() == [1.0, 2.0, 3.0]
+    for bad in ([1.0, 2.0], [1.0, 0.0, 2.0], [1.0, float("nan"), 2.0], ["a", 1, 2]):
+        with pytest.raises(SaescopeError, match="normalization_scale in .*config.json is not 3 positive numbers"):
+            trained_scale({"normalization_scale": bad}, 3, tmp_path)
 
 
 def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, tiny_tokenizer):
