@@ -19,7 +19,24 @@ BW05=$FREE03,jumprelu.bandwidth=0.05
 FROM1=jumprelu.unit_decoder=false,jumprelu.init_norm=1.0,jumprelu.bandwidth=0.05
 FROM05=jumprelu.unit_decoder=false,jumprelu.init_norm=0.5,jumprelu.threshold_lr=2,jumprelu.bandwidth=0.05
 FROM03_T1=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.bandwidth=0.05
+# Round 26's rows (r26_*), read by weighted FVU at targets 16/32/64: SAELens' JumpReLU recipe in saescope's
+# code (free rows from 0.1, threshold 0.01, bandwidth 0.05, fixed lambda, no frequency penalty, revival or
+# clipping), then the steered L0 penalty (saescope/saes/l0_penalty.py) from that start and from ours.
+SL=jumprelu.unit_decoder=false,jumprelu.init_norm=0.1,jumprelu.init_l0=0,jumprelu.threshold_init=0.01,jumprelu.bandwidth=0.05,jumprelu.freq_coefficient=0,jumprelu.revive_coefficient=0,jumprelu.jolt_clip=0
+LAMBDAS="--sweeps jumprelu=0.0003/0.001/0.003"
+T3="--sweeps jumprelu=16/32/64"
+STEER03=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.threshold_lr=3,jumprelu.bandwidth=0.05,jumprelu.l0_penalty=steered
 declare -A ROWS=(
+  [r26_sl]="res.6 $SL,jumprelu.l0_penalty=l0 --adam-beta1 0.9 $LAMBDAS"
+  [r26_sl_b0]="res.6 $SL,jumprelu.l0_penalty=l0 $LAMBDAS"
+  [r26_slq]="res.6 $SL,jumprelu.l0_penalty=mean-quadratic $T3"
+  [r26_sls]="res.6 $SL,jumprelu.l0_penalty=steered $T3"
+  [r26_slt]="res.6 ${SL/jumprelu.init_l0=0,jumprelu.threshold_init=0.01,/},jumprelu.l0_penalty=steered,jumprelu.threshold_lr=3 $T3"
+  [r26_fr_bare]="res.6 $STEER03,jumprelu.freq_coefficient=0,jumprelu.revive_coefficient=0,jumprelu.jolt_clip=0 $T3"
+  [r26_fr_freq]="res.6 $STEER03,jumprelu.revive_coefficient=0,jumprelu.jolt_clip=0 $T3"
+  [r26_new]="res.6 $STEER03,jumprelu.freq_coefficient=0 $T3"
+  [r26_mlp_new]="mlp.6 $STEER03,jumprelu.freq_coefficient=0 $T3"
+  [r26_att_new]="att.6 $STEER03,jumprelu.freq_coefficient=0 $T3"
   [lr6_t05]="res.6 jumprelu.threshold_lr=0.5 --lr 6e-3"
   [b09]="res.6 - --adam-beta1 0.9"
   [decay1]="res.6 - --lr-decay 1.0"

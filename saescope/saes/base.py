@@ -259,6 +259,10 @@ class SAE(nn.Module, ABC):
         silence (a `tokens_since_fired` buffer and a `dead_tokens` knob: JumpReLU, TopK)."""
         return (self.tokens_since_fired > self.dead_tokens).nonzero().squeeze(1)
 
+    def after_step(self, l0: Tensor) -> None:
+        """Called by the trainer after each optimiser step with the mean L0 of the whole batch (over
+        every data rank), so that state a family steers by stays equal on all ranks; none by default."""
+
     # Per-latent gradient clipping against Adam's second moments (`clip_jolts`), 0 = off.
     jolt_clip: float = 0.0
 

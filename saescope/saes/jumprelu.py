@@ -19,14 +19,9 @@ from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
 from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, non_negative_knob
+from saescope.saes.l0_penalty import DEFAULT_L0_COEFFICIENTS, L0_PENALTIES, l0_term, steer_after_step
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
-# Sparsity penalties and their default lambda. Gemma Scope's sweeps were named by lambda (folders such as
-# sparsity_coefficient_0p001 in google/gemma-scope-2b-pt-res): on inputs with E||x||^2 = 1, L0 of tens to
-# low hundreds, so 1e-3 is the recipe's middle. The target penalties have slope lambda at L0 = 1.25 T;
-# mean-quadratic takes 0.1, as 0.03 ended short runs below the target and lost more (round 16, README).
-L0_PENALTIES = ("l0", "quadratic", "mean-quadratic")
-DEFAULT_L0_COEFFICIENTS = {"l0": 1e-3, "quadratic": 3e-3, "mean-quadratic": 0.1}
 # saescope's defaults, each measured against the recipe's in experiments/jumprelu.py (README,
 # "JumpReLU defaults"); `--preset gemma-scope` restores the recipe (l0, bandwidth and threshold
 # 0.001, no data init, no frequency penalty, no revival).
@@ -236,6 +231,8 @@ class JumpReLUSAE(SAE):
             )
         if (l0_coefficient is not None and l0_coefficient < 0) or freq_coefficient < 0:
             raise SaescopeError("l0_coefficient and freq_coefficient must be >= 0")
+        if l0_penalty == "steered" and l0_coefficient == 0:
+            raise SaescopeError("l0_penalty=steered scales its starting lambda by l0_coefficient; give one > 0")
         self.l0_coefficient = DEFAULT_L0_COEFFICIENTS[l0_penalty] if l0_coefficient is None else float(l0_coefficient)
         self.bandwidth = float(bandwidth)
         self.threshold_init = float(threshold_init)
@@ -270,6 +267,9 @@ class JumpReLUSAE(SAE):
         self.jolt_clip = non_negative_knob("jolt_clip", jolt_clip)
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.int64))
         self.threshold = nn.Parameter(torch.full((d_sae,), self.threshold_init))
+        # (base lambda, running L0 / target) of the steered penalty; in checkpoints, never in releases
+        steer = torch.tensor([self.l0_coefficient / self.target_l0, 1.0]) if l0_penalty == "steered" else None
+        self.register_buffer("l0_steer", steer)
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -328,14 +328,10 @@ class JumpReLUSAE(SAE):
 
     def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
         """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
-        penalty is lambda * L0 ("l0", Gemma Scope), lambda * mean over tokens of
-        (2 / T) * (L0_token - T)^2 ("quadratic", the Gemma Scope 2 form as SAELens implements it),
-        or lambda * (2 / T) * (mean L0 - T)^2 ("mean-quadratic", saescope's default: the batch's
-        mean L0 is held near T while each token keeps as many latents as it needs; the
-        per-token form pushes tokens that need few latents to fire more, and short runs then
-        grew ~100 latents firing on > 10% of tokens), plus freq_coefficient * sum over latents
-        of max(0, p - freq_line()) on each latent's batch firing share p (our choice for Gemma
-        Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only).
+        penalty is the L0 term of `l0_penalty` (saescope/saes/l0_penalty.py: lambda * L0 with a
+        fixed or a steered lambda, or a quadratic pull to the target L0), plus freq_coefficient * sum
+        over latents of max(0, p - freq_line()) on each latent's batch firing share p (our choice for
+        Gemma Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only).
 
         x_hat and the counts come from `_train_forward`."""
         with torch.no_grad():
@@ -343,13 +339,7 @@ class JumpReLUSAE(SAE):
         x_hat, token_l0, latent_counts = self._train_forward(x, self.effective_threshold())
         n = x.shape[0]
         mse = (x_hat - y).pow(2).sum(dim=1).mean()
-        T = self.target_l0
-        if self.l0_penalty == "l0":
-            penalty = self.l0_coefficient * token_l0.mean()
-        elif self.l0_penalty == "quadratic":
-            penalty = self.l0_coefficient * (2 / T * (token_l0 - T).pow(2)).mean()
-        else:
-            penalty = self.l0_coefficient * 2 / T * (token_l0.mean() - T).pow(2)
+        penalty = l0_term(self.l0_penalty, self.l0_coefficient, token_l0, self.target_l0, self.l0_steer)
         if self.freq_coefficient > 0:
             penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_line()).relu().sum()
         penalty = sparsity_scale * penalty
@@ -397,6 +387,11 @@ class JumpReLUSAE(SAE):
         latent spends a larger share of a small target's L0 (README, round 24)."""
         below = min(1.0, self.target_l0 / DEFAULT_TARGET_L0) if self.l0_penalty != "l0" else 1.0
         return self.revive_coefficient * below**self.revive_power
+
+    def after_step(self, l0: Tensor) -> None:
+        """The steered penalty moves its lambda by the whole batch's L0 (saescope/saes/l0_penalty.py)."""
+        if self.l0_penalty == "steered":
+            steer_after_step(self.l0_steer, l0, self.target_l0)
 
     latent_axes: ClassVar[dict[str, int]] = SAE.latent_axes | {"threshold": 0}
 

@@ -11,15 +11,13 @@ uninterrupted one with the same seed.
 
 Under torchrun (`saescope/distributed.py`) the ranks form SAE groups x data ranks. An SAE group
 owns a contiguous share of the suite (SAE i is initialised from seed i whoever owns it) and reads
-only its sites; its data ranks each take a slice of every global batch, scale their loss by
-their share of the batch's tokens and sum gradients, which equals the one-process gradient for
-any loss that is a mean over tokens (the recipe's MSE and L0 terms). The frequency penalty of
-Gemma Scope 2 (`freq_coefficient`) and the mean-quadratic L0 penalty (saescope's default, a
-function of the batch's mean L0) are computed on each rank's slice instead of the whole batch,
-as is BatchTopK's batch-wide top-k selection (SAE parallel is exact for every family); the
-dead-latent counters (TopK's AuxK, JumpReLU's revival) count each rank's slice; and
-logged FVU is the token-weighted mean of the slices' FVU. Each group's first rank writes the
-group's checkpoint, log and SAEs; groups never wait for each other until the end.
+only its sites; its data ranks each take a slice of every global batch, scale their loss by their
+share of the batch's tokens and sum gradients: the one-process gradient for any loss that is a mean
+over tokens (MSE, lambda * L0; the steered lambda moves by the whole batch's L0, `SAE.after_step`).
+The frequency penalty, the quadratic L0 penalties and BatchTopK's batch-wide top-k see each rank's
+slice instead (SAE parallel is exact for every family), the dead-latent counters count each slice,
+and logged FVU is the token-weighted mean of the slices'. Each group's first rank writes the group's
+checkpoint, log and SAEs; groups never wait for each other until the end.
 """
 
 from __future__ import annotations
@@ -128,12 +126,7 @@ class Trainer:
         # The fused kernel updates every parameter in one pass per tensor (6x faster than the
         # per-tensor loop for a default run's 54 SAEs on CPU; the same update up to float rounding).
         fused = self.device.type in ("cpu", "cuda") or None
-        return torch.optim.Adam(
-            params,
-            lr=cfg.lr,
-            eps=float(cfg.adam_eps),
-            fused=fused,
-        )
+        return torch.optim.Adam(params, lr=cfg.lr, eps=float(cfg.adam_eps), fused=fused)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -254,7 +247,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, cfg, self.total_steps) * group.get("lr_scale", 1.0)
         scale = sparsity_scale_at(self.step, cfg)
-        per_sae, l0s, fvus = {}, [], []
+        per_sae, l0s, fvus, batch_l0 = {}, [], [], []
         normalised: dict[str, torch.Tensor] = {}
         # Data ranks: each loss is a mean over this rank's rows; weighting it by the rank's share of
         # the global batch and summing over ranks gives the gradient of the global-batch mean.
@@ -278,6 +271,7 @@ class Trainer:
             else:
                 (out.loss * share).backward()
                 pending.append((sae, self._sum_grads_async(sae)))
+            batch_l0.append(out.l0 if share is None else out.l0 * share)
             per_sae[key] = {
                 "l0": round(out.l0.item(), 3),
                 "fvu": round(out.fvu.item(), 5),
@@ -295,9 +289,13 @@ class Trainer:
             clip_jolts(self.opt, sae)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        for sae in self.saes.values():
+        batch_l0 = torch.stack(batch_l0)
+        if share is not None:  # each rank's mean weighted by its rows: the whole batch's mean L0
+            dist.all_reduce(batch_l0, group=self.layout.data_group)
+        for sae, l0 in zip(self.saes.values(), batch_l0):
             floor_stale_moments(self.opt, sae)
             sae.normalize_decoder()
+            sae.after_step(l0)
         return {"l0": sum(l0s) / len(l0s), "fvu": sum(fvus) / len(fvus), "per_sae": per_sae}
 
     def _sum_grads_async(self, sae: SAE):

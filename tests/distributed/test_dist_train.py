@@ -154,12 +154,23 @@ def test_launcher_reports_a_failed_job(store, tmp_path):
     assert "a worker of the 2-process job failed" in result.stderr.strip().splitlines()[-1]
 
 
-def test_data_parallel_weights_equal_one_process_to_float_tolerance(store, tmp_path, one_thread):
-    """Entry by entry, with the recipe's optimiser, after the sparsity term has acted for 4 steps."""
-    cfg = short(store, tmp_path / "dp", parallel="data")
+@pytest.mark.parametrize("steered", [False, True], ids=["recipe", "steered"])
+def test_data_parallel_weights_equal_one_process_to_float_tolerance(store, tmp_path, one_thread, steered):
+    """Entry by entry, with the recipe's optimiser, after the sparsity term has acted for 4 steps;
+    steered: the L0 penalty's lambda, a checkpointed buffer, moves by the whole batch's L0 on every rank."""
+    recipe = train_cfg(store, tmp_path).knobs
+    kw = dict(knobs=recipe.replace("l0_penalty=l0", "l0_penalty=steered"), l0_coefficients=[4, 16]) if steered else {}
+    cfg = short(store, tmp_path / "dp", parallel="data", **kw)
     result = cli(*as_args(cfg), "--nproc", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    Trainer(short(store, tmp_path / "one")).train()
+    one = Trainer(short(store, tmp_path / "one", **kw))
+    one.train()
+    if steered:
+        steers = {k: sae.l0_steer for k, sae in one.saes.items()}
+        parallel_steers = torch.load(tmp_path / "dp" / "train" / "checkpoint.pt", weights_only=True)["saes"]
+        for key, steer in steers.items():
+            assert steer[1] != 1
+            torch.testing.assert_close(parallel_steers[key]["l0_steer"], steer, rtol=1e-4, atol=0)
     single, parallel = trained(tmp_path / "one"), trained(tmp_path / "dp")
     assert single.keys() == parallel.keys() and len(single) == 8
     for key, params in single.items():

@@ -9,6 +9,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
 from saescope.saes.jumprelu import FREE_INIT_NORM, PATH_VARIABLE, reference_forward
+from saescope.saes.l0_penalty import STEER_GAIN
 from saescope.saes.sparse import JumpReLUStep
 
 
@@ -34,8 +35,11 @@ def reference_loss(sae: JumpReLUSAE, x: torch.Tensor, sparsity_scale: float = 1.
         penalty = sae.l0_coefficient * token_l0.mean()
     elif sae.l0_penalty == "quadratic":
         penalty = sae.l0_coefficient * (2 / T * (token_l0 - T) ** 2).mean()
-    else:
+    elif sae.l0_penalty == "mean-quadratic":
         penalty = sae.l0_coefficient * 2 / T * (token_l0.mean() - T) ** 2
+    else:  # steered: lambda = base * (1 + gain * (running L0 ratio - 1)), a constant within the step
+        base, ratio = sae.l0_steer.tolist()
+        penalty = base * (1 + STEER_GAIN * (ratio - 1)) * token_l0.mean()
     penalty = penalty + sae.freq_coefficient * (counts / len(x) - sae.freq_line()).relu().sum()
     return mse + sparsity_scale * penalty, token_l0.mean()
 
@@ -86,14 +90,17 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: 
         {},
         {"l0_penalty": "quadratic", "target_l0": 6.0, "l0_coefficient": 0.01},
         {"l0_penalty": "mean-quadratic", "target_l0": 6.0, "l0_coefficient": 0.01},
+        {"l0_penalty": "steered", "target_l0": 6.0, "l0_coefficient": 0.05},
         {"freq_coefficient": 0.5, "freq_target": 0.02},
         {"pre_encoder_bias": False},
         {"bandwidth": 1e-3},
     ],
-    ids=["l0", "quadratic", "mean-quadratic", "freq", "no-pre-bias", "recipe-eps"],
+    ids=["default", "quadratic", "mean-quadratic", "steered", "freq", "no-pre-bias", "recipe-eps"],
 )
 def test_float32_gradients_equal_dense_reference(knobs):
     sae = _sae(matmul_dtype="float32", **knobs)
+    if sae.l0_steer is not None:  # a steered lambda some steps into training
+        sae.l0_steer.copy_(torch.tensor([0.004, 1.3]))
     x = _x().requires_grad_()
     out = sae.loss(x, sparsity_scale=0.7)
     ref_loss, ref_l0 = reference_loss(sae, x, sparsity_scale=0.7)
@@ -487,3 +494,23 @@ def test_a_jolt_clip_that_is_not_a_non_negative_number_is_refused(bad):
     with pytest.raises(SaescopeError, match="jolt_clip is a number >= 0"):
         make_sae("jumprelu", 8, 16, jolt_clip=bad)
     assert make_sae("jumprelu", 8, 16, jolt_clip=0).jolt_clip == 0.0
+
+
+def test_steered_lambda_starts_at_coefficient_over_target_and_steers_toward_it():
+    """Above the target lambda rises, below it falls, at the target nothing moves; the running ratio
+    follows the batches' L0; the state is a buffer (checkpointed) that other penalties do not have."""
+    sae = JumpReLUSAE(16, 256, l0_penalty="steered", target_l0=8.0, l0_coefficient=0.04)
+    assert sae.l0_steer.tolist() == pytest.approx([0.005, 1.0])
+    assert "l0_steer" in sae.state_dict() and "l0_steer" not in sae.release_form()[1]
+    assert "l0_steer" not in JumpReLUSAE(16, 256, l0_penalty="l0").state_dict()
+    sae.after_step(torch.tensor(8.0))
+    assert sae.l0_steer.tolist() == pytest.approx([0.005, 1.0])
+    sae.after_step(torch.tensor(16.0))
+    base, ratio = sae.l0_steer.tolist()
+    assert base > 0.005 and ratio == pytest.approx(1.1)
+    for _ in range(200):
+        sae.after_step(torch.tensor(2.0))
+    base, ratio = sae.l0_steer.tolist()
+    assert base < 0.005 * 0.2 and ratio == pytest.approx(0.25, abs=1e-3)
+    with pytest.raises(SaescopeError, match="l0_coefficient"):
+        JumpReLUSAE(16, 256, l0_penalty="steered", target_l0=8.0, l0_coefficient=0)
