@@ -137,7 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "l0_coefficients": [1e-3],
         "knobs": (
             "l0_penalty=l0,bandwidth=0.001,threshold_init=0.001,init_l0=0,freq_coefficient=0,revive_coefficient=0,"
-            "jolt_clip=0"
+            "jolt_clip=0,unit_decoder=true,threshold_lr=1"
         ),
     },
 }

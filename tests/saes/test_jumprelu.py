@@ -379,12 +379,12 @@ def test_revival_without_bias_moves_thresholds_only():
 
 
 def test_init_follows_recipe():
-    """With unit rows (the recipe, and the default) the decoder starts at unit norm; free rows
-    start at FREE_INIT_NORM unless init_norm says otherwise, encoder their transpose either way."""
-    sae = JumpReLUSAE(64, 256, threshold_init=0.002)
+    """With unit rows (the recipe) the decoder starts at unit norm; free rows (the default) start at
+    FREE_INIT_NORM unless init_norm says otherwise, encoder their transpose either way."""
+    sae = JumpReLUSAE(64, 256, threshold_init=0.002, unit_decoder=True)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(256))
-    free = JumpReLUSAE(64, 256, unit_decoder=False)
+    free = JumpReLUSAE(64, 256)
     assert not free.unit_decoder and torch.equal(free.W_enc, free.W_dec.t())
     torch.testing.assert_close(free.W_dec.norm(dim=1), torch.full((256,), FREE_INIT_NORM))
     assert torch.equal(sae.threshold, torch.full((256,), 0.002))

@@ -179,10 +179,11 @@ def test_many_saes_share_one_read_and_learn(store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == sorted(trainer.saes)
 
 
-# The recipe's JumpReLU, and saescope's defaults (thresholds from the data, mean-quadratic and
-# frequency penalties, the revival term, standardised sites, lr decay, the run's momentum on weights
-# only): a resumed run must not initialise again, its Adam groups come back with their own betas, and
-# the latents' silence counters carry over (dead after 2 steps here, so revival acts on both sides of the cut).
+# The recipe's JumpReLU, and saescope's defaults (thresholds from the data, the steered L0 penalty whose
+# lambda is checkpointed state, free decoder rows, the revival term, standardised sites, lr decay, the
+# run's momentum on weights only): a resumed run must not initialise again, its Adam groups come back with
+# their own betas, and the latents' silence counters carry over (dead after 2 steps here, so revival acts
+# on both sides of the cut).
 DEFAULTS = dict(knobs="dead_tokens=256", normalize="standardize", l0_coefficients=[2.0, 16.0], adam_beta1=0.5)
 
 
@@ -192,6 +193,7 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
     whole.train()
     if kw:  # some latents are silent past dead_tokens at the end, so the revival term was acting
         assert any((s.tokens_since_fired > s.dead_tokens).any() for s in whole.saes.values())
+        assert all(s.l0_penalty == "steered" and s.l0_steer[1] != 1 for s in whole.saes.values())
 
     class Killed(Exception):
         pass
