@@ -1,5 +1,5 @@
 """Integration: a short JumpReLU training of layer 6's residual (and MLP) SAE on the real Gemma 3 270M,
-with saescope's defaults (thresholds from the data at the target L0, mean-quadratic penalty)."""
+with saescope's defaults (thresholds from the data at the target L0, the steered L0 penalty, free rows)."""
 
 from __future__ import annotations
 
