@@ -85,6 +85,8 @@ DEFAULT_KNOBS = dict(
     bandwidth=jumprelu.DEFAULT_BANDWIDTH,
     freq_coefficient=jumprelu.DEFAULT_FREQ_COEFFICIENT,
     freq_target=jumprelu.DEFAULT_FREQ_TARGET,
+    unit_decoder=False,
+    threshold_lr=jumprelu.DEFAULT_THRESHOLD_LR,
 )
 
 
@@ -189,15 +191,14 @@ def benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x = sparse_activations(args.batch, args.d_in, seed=args.seed).to(device)
-    # The recipe's knobs (lambda * L0, bandwidth 0.001), which SAELens' step is also given.
-    base = JumpReLUSAE(
-        args.d_in, args.width, l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0
-    ).to(device)
+    # The recipe's knobs (lambda * L0, bandwidth 0.001, unit rows), which SAELens' step is also given.
+    recipe = dict(l0_penalty="l0", l0_coefficient=L0_COEFFICIENT, bandwidth=1e-3, freq_coefficient=0.0)
+    base = JumpReLUSAE(args.d_in, args.width, **recipe, unit_decoder=True, threshold_lr=1.0).to(device)
     calibrate_thresholds(base, x, args.l0_frac)
 
     def clone(**knobs) -> JumpReLUSAE:
         sae = JumpReLUSAE(args.d_in, args.width, **(base.knobs() | knobs)).to(device)
-        sae.load_state_dict(base.state_dict())
+        sae.load_state_dict(sae.state_dict() | base.state_dict())  # keeps its own steered lambda, if any
         return sae
 
     defaults = DEFAULT_KNOBS | {"target_l0": max(1.0, args.l0_frac * args.width)}
