@@ -59,8 +59,9 @@ def sae_from_state(arch: str, d_in: int, d_sae: int, knobs: dict[str, Any], stat
     expected = sae.state_dict()
     if set(state) != set(expected):
         raise SaescopeError(
-            f"checkpoint tensors {sorted(state)} do not match a {arch} SAE's {sorted(expected)}; "
-            "is it another architecture?"
+            f"checkpoint tensors {sorted(state)} do not match a {arch} SAE's {sorted(expected)}: another "
+            "architecture, or other knobs (defaults change between saescope versions); pass the run's --knobs "
+            "or delete the checkpoint to start over"
         )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):

@@ -10,6 +10,7 @@ from saescope.errors import SaescopeError
 from saescope.saes import JumpReLUSAE, make_sae
 from saescope.saes.jumprelu import FREE_INIT_NORM, PATH_VARIABLE, reference_forward
 from saescope.saes.l0_penalty import STEER_GAIN
+from saescope.saes.registry import sae_from_state
 from saescope.saes.sparse import JumpReLUStep
 
 
@@ -514,3 +515,11 @@ def test_steered_lambda_starts_at_coefficient_over_target_and_steers_toward_it()
     assert base < 0.005 * 0.2 and ratio == pytest.approx(0.25, abs=1e-3)
     with pytest.raises(SaescopeError, match="l0_coefficient"):
         JumpReLUSAE(16, 256, l0_penalty="steered", target_l0=8.0, l0_coefficient=0)
+
+
+def test_a_checkpoint_without_the_steered_state_is_a_one_line_error():
+    """A checkpoint written under the mean-quadratic default has no l0_steer: resuming it with today's
+    defaults names the mismatch and the way out instead of a torch traceback."""
+    old = JumpReLUSAE(16, 64, l0_penalty="mean-quadratic", target_l0=8.0).state_dict()
+    with pytest.raises(SaescopeError, match="other knobs.*--knobs or delete the checkpoint"):
+        sae_from_state("jumprelu", 16, 64, {"target_l0": 8.0}, old)
