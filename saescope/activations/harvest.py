@@ -50,7 +50,9 @@ class HarvestConfig:
     tokens: int = option(200_000, "training tokens to store (BOS/EOS/pad excluded)")
     context_len: int = option(1024, "tokens per sequence")
     forward_batch: int = option(8, "sequences per forward pass")
-    dtype: Literal[tuple(STORE_DTYPES)] = option("bfloat16", "model and store dtype")
+    dtype: Literal[tuple(STORE_DTYPES)] = option(
+        "bfloat16", "store dtype, and the model's where the hardware multiplies it (else float32: compute_dtype)"
+    )
     device: str = device_option()
     shard_rows: int = option(65536, "rows per shard file")
     store: str = option(STORE_FOLDER, "activation store folder", "--out")

@@ -51,7 +51,9 @@ class EvalConfig:
     eval_sequences: int = option(8, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
     eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
     eval_batch_size: int = option(4, "sequences per forward pass")
-    eval_dtype: Literal[tuple(DTYPES)] = option("bfloat16", "model dtype for the model-based metrics")
+    eval_dtype: Literal[tuple(DTYPES)] = option(
+        "bfloat16", "model dtype for the model-based metrics (bfloat16 runs float32 on CPUs without it: compute_dtype)"
+    )
     text: str = option(
         "",
         "evaluate delta LM loss, KL, CE recovered and their breakdowns by token position and topic on this "

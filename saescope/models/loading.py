@@ -7,6 +7,7 @@ under `$SAESCOPE_HOME/models/` and every later load reads that copy in seconds.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,36 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise SaescopeError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's instruction-set flags
+
+
+@functools.cache
+def native_bf16_matmul(device_type: str) -> bool:
+    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
+    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            flags = CPUINFO.read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def compute_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a model asked for in `dtype` runs in on `device`: as asked, except bfloat16 on a CPU
+    that does not multiply it natively, which runs in float32. There torch falls back to a slow generic
+    kernel: on a 2-core EPYC without AVX512-BF16, Gemma 3 270M's blocks ran 6.7x and a forward and
+    backward (the store's sensitivity pass, evaluation's gradients) ~80x slower than in float32
+    (benchmarks/harvest.py prints the ratio). Stored activations keep the asked dtype all the same."""
+    torch_dtype = resolve_dtype(dtype)
+    if torch_dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16_matmul("cpu"):
+        return torch.float32
+    return torch_dtype
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,12 +120,13 @@ def embedded_model_dir() -> Path:
 
 
 def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str = "auto"):
-    """Return `(model, tokenizer)` in eval mode, gradients off, on the chosen device and dtype."""
+    """Return `(model, tokenizer)` in eval mode, gradients off, on the chosen device, in `dtype` as
+    `compute_dtype` runs it there."""
     keep_freed_memory()  # every later forward reuses the pages of the one before
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    torch_dtype = compute_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(name)
     with _loading(name):
         model = AutoModelForCausalLM.from_pretrained(_model_path(name), dtype=torch_dtype)

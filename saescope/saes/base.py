@@ -17,10 +17,8 @@ from the plain transcoder.
 from __future__ import annotations
 
 import contextlib
-import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
+from saescope.models.loading import native_bf16_matmul
 from saescope.saes.skip_transcoder import SkipTranscoder
 
 # JumpReLU's default `jolt_clip`: a latent's gradients are scaled down before Adam's step once its
@@ -55,21 +54,6 @@ class LossOutput:
 TRANSCODER_KINDS = ("none", "plain", "skip")
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder")  # keyword arguments of `SAE` itself
-
-
-@functools.cache
-def native_bf16_matmul(device_type: str) -> bool:
-    """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
-    AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
 
 
 def batch_variance(y: Tensor) -> Tensor:
