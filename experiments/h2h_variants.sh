@@ -26,7 +26,13 @@ SL=jumprelu.unit_decoder=false,jumprelu.init_norm=0.1,jumprelu.init_l0=0,jumprel
 LAMBDAS="--sweeps jumprelu=0.0003/0.001/0.003"
 T3="--sweeps jumprelu=16/32/64"
 STEER03=jumprelu.unit_decoder=false,jumprelu.init_norm=0.3,jumprelu.threshold_lr=3,jumprelu.bandwidth=0.05,jumprelu.l0_penalty=steered
+# Round 27's rows (r27_*): the default (steered) JumpReLU on att.6 at target 64 with a small frequency penalty
+# (freq_coefficient F charging above freq_target P), read by weighted FVU, KL and dense/dead latents.
+ONE64="--sweeps jumprelu=64"
 declare -A ROWS=(
+  [r27_att_f003_10]="att.6 jumprelu.freq_coefficient=0.003,jumprelu.freq_target=0.1 $ONE64"
+  [r27_att_f01_10]="att.6 jumprelu.freq_coefficient=0.01,jumprelu.freq_target=0.1 $ONE64"
+  [r27_att_f003_05]="att.6 jumprelu.freq_coefficient=0.003 $ONE64"
   [r26_sl]="res.6 $SL,jumprelu.l0_penalty=l0 --adam-beta1 0.9 $LAMBDAS"
   [r26_sl_b0]="res.6 $SL,jumprelu.l0_penalty=l0 $LAMBDAS"
   [r26_slq]="res.6 $SL,jumprelu.l0_penalty=mean-quadratic $T3"
