@@ -1,5 +1,6 @@
-"""The training-step benchmark still runs with the current defaults (it builds every family and SAELens'
-step from the package's own knobs, so a new default or new SAE state can break it without breaking a test)."""
+"""The benchmarks still run with the current code: the training-step one builds every family and SAELens'
+step from the package's own knobs, and the harvest one loads the model by the package's dtype rule, so a
+new default, new SAE state or a loading change can break them without breaking another test."""
 
 from __future__ import annotations
 
@@ -17,4 +18,15 @@ def test_train_step_benchmark_runs_every_row_on_tiny_shapes():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("saescope defaults, path chosen", "plain dense loop", "topk", "SAELens"):
+        assert row in result.stdout, row
+
+
+def test_harvest_benchmark_runs_on_one_short_batch():
+    """On the real model; on a CPU without native bfloat16 it also times the emulated forward."""
+    args = ["--batches", "1", "--batch-size", "1", "--context-len", "128", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "harvest.py"), *args], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("ours vs naive (a)", "ours vs bare  (b)", "sensitivity pass"):
         assert row in result.stdout, row
