@@ -253,7 +253,7 @@ def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
 
 
 def matched_table(matched: list[dict], targets: list[float]) -> str:
-    """A markdown table: one row per family, delta LM loss, FVU and weighted FVU at each target L0."""
+    """A markdown table: one row per family, delta LM loss, KL, FVU and weighted FVU at each target L0."""
     keys = shown(matched)
     heads = [f"{FRONTIER[key]} @ L0 {t:g}" for key in keys for t in targets]
     lines = ["| family | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]

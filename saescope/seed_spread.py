@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 # What a matched-L0 table reads off each family's frontier, and the heading of its columns: delta LM loss,
-# FVU, and FVU weighted as the SAE was trained (`fvu_weighted`, saescope/evaluate/rows.py).
-FRONTIER = {"delta_loss": "delta LM loss", "fvu": "FVU", "fvu_weighted": "weighted FVU"}
+# KL (the same spliced forward; moves less with the held-out tokens), FVU, and FVU weighted as the SAE was
+# trained (`fvu_weighted`, saescope/evaluate/rows.py).
+FRONTIER = {"delta_loss": "delta LM loss", "kl_div": "KL", "fvu": "FVU", "fvu_weighted": "weighted FVU"}
 
 
 def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
@@ -26,7 +27,8 @@ def seed_spread(per_seed: list[list[dict]]) -> list[dict]:
         entry: dict = {"family": family}
         for key in FRONTIER:
             entry[key] = []
-            for values in zip(*(m[key] for m in seeds)):
+            width = len(seeds[0]["delta_loss"])  # seeds read before a FRONTIER number existed lack it: None
+            for values in zip(*(m.get(key, [None] * width) for m in seeds)):
                 if len(seeds) < len(per_seed) or any(v is None for v in values):
                     entry[key].append(None)
                 else:

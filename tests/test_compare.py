@@ -108,6 +108,7 @@ def test_matched_l0_table_per_family():
     assert weighted[0].endswith("| weighted FVU @ L0 16 | weighted FVU @ L0 32 | weighted FVU @ L0 64 |")
     assert weighted[2].endswith("| - | - | - |") and weighted[3].endswith("| 0.4000 | 0.3000 | 0.2000 |")
     assert [m.pop("fvu_weighted") for m in matched] == [[None] * 3, [0.4, pytest.approx(0.3), 0.2]]
+    assert [m.pop("kl_div") for m in matched] == [[None] * 3, [None] * 3]  # no KL in these rows
     assert matched == [
         {
             "family": "jumprelu",
@@ -397,7 +398,7 @@ def test_seed_spread_is_mean_and_range_over_seeds_and_none_where_a_seed_has_no_v
         ],
     ]
     relu, topk = seed_spread(per_seed)
-    assert relu == {"family": "relu", **dict.fromkeys(("delta_loss", "fvu", "fvu_weighted"), [None, None])}
+    assert relu == {"family": "relu", **dict.fromkeys(("delta_loss", "kl_div", "fvu", "fvu_weighted"), [None, None])}
     assert topk["delta_loss"][0] == pytest.approx({"mean": 0.5, "min": 0.4, "max": 0.6})
     assert topk["delta_loss"][1] == pytest.approx({"mean": 0.15, "min": 0.1, "max": 0.2})
     assert topk["fvu"][1] is None
