@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 # What a matched-L0 table reads off each family's frontier, and the heading of its columns: delta LM loss,
-# KL (the same spliced forward; moves less with the held-out tokens), FVU, and FVU weighted as the SAE was
-# trained (`fvu_weighted`, saescope/evaluate/rows.py).
+# KL (the same spliced forward, against the clean model's whole next-token distribution), FVU, and FVU
+# weighted as the SAE was trained (`fvu_weighted`, saescope/evaluate/rows.py).
 FRONTIER = {"delta_loss": "delta LM loss", "kl_div": "KL", "fvu": "FVU", "fvu_weighted": "weighted FVU"}
 
 
