@@ -373,3 +373,13 @@ class ActivationStore:
         for col in [self.tokens, *self.columns.values()]:
             for i in range(len(col.shards)):
                 col.read(i, verify=True)
+
+
+def run_store(out: str | Path) -> ActivationStore:
+    """The store a run's SAEs were trained on: OUT/activations (`saescope run`), else the --store
+    that OUT/config.json records (`run --store`, `compare` and `train` read a store kept elsewhere)."""
+    out = Path(out)
+    if (out / "activations").is_dir() or not (out / "config.json").exists():
+        return ActivationStore(out / "activations")
+    config = read_json(out / "config.json", "run the job again to rewrite it")
+    return ActivationStore(config.get("store") or out / "activations")

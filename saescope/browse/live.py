@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from saescope.activations.packing import encode_documents
+from saescope.activations.store import run_store
 from saescope.browse.db import FeatureDB
 from saescope.browse.suite import SuiteSAE, list_saes
 from saescope.errors import SaescopeError
-from saescope.io import read_json
 from saescope.models.sites import Site, replace, run_to_sites
 from saescope.release.formats import load
 
@@ -105,7 +105,7 @@ class Live:
             if self._model is None:
                 from saescope.models.loading import load_model
 
-                info = read_json(self.run / "activations" / "store.json")
+                info = run_store(self.run).info
                 self._model, self._tokenizer = load_model(info["model"], "float32", "cpu")
             return self._model, self._tokenizer
 

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from saescope.activations.documents import check_store_text, load_documents
-from saescope.activations.store import ActivationStore
+from saescope.activations.store import ActivationStore, run_store
 from saescope.browse.db import Examples, connect, db_path, pack_examples
 from saescope.browse.suite import SuiteSAE, list_saes
 from saescope.errors import SaescopeError
@@ -235,7 +235,7 @@ def compute_stats(
     opts = opts or StatsOptions()
     run = Path(run)
     suite = list_saes(run)
-    store = ActivationStore(run / "activations")
+    store = run_store(run)
     data = held_out(store, opts)
     con = connect(db_path(run), write=True)
     done = dict(con.execute("SELECT name, signature FROM saes"))

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.store import ActivationStore
+from saescope.activations.store import ActivationStore, run_store
 from saescope.browse import lens
 from saescope.errors import SaescopeError
 from saescope.io import read_json
@@ -224,15 +224,6 @@ def feature_splitting(
 
 
 # ---- a run's pairs, and the table -------------------------------------------------------------------
-
-
-def run_store(out: Path) -> ActivationStore:
-    """The store a run's SAEs were trained on: OUT/activations (`saescope run`), else the --store
-    that OUT/config.json records (`saescope compare` and `train` read a store kept elsewhere)."""
-    out = Path(out)
-    if (out / "activations").is_dir() or not (out / "config.json").exists():
-        return ActivationStore(out / "activations")
-    return ActivationStore(read_json(out / "config.json", SAE_FIX).get("store") or out / "activations")
 
 
 def splitting_results(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -124,3 +125,21 @@ def test_latent_then_activation_order_is_lexsorts():
         ]
     )
     assert (_by_latent_then_activation(lats, vals) == np.lexsort((-vals, lats))).all()
+
+
+def test_a_run_with_its_store_elsewhere_reads_that_store(browse_run, tmp_path):
+    """`saescope run --store S` trains on S, not OUT/activations: the statistics pass (the run's last
+    stage) and the live model must find S through the run's config.json."""
+    other = tmp_path / "run"
+    (other / "saes").mkdir(parents=True)
+    for folder in (browse_run / "saes").iterdir():
+        if folder.name == RES:
+            shutil.copytree(folder, other / "saes" / folder.name)
+    store = browse_run / "activations"
+    (other / "config.json").write_text(json.dumps({"store": str(store)}))
+    assert compute_stats(other, progress=False)["saes"] == 1
+    ours, theirs = FeatureDB(db_path(other)), FeatureDB(db_path(browse_run))
+    assert np.array_equal(ours.max_acts(RES), theirs.max_acts(RES))
+    # the last column (logit-lens text) fills lazily as pages are viewed
+    assert [r[:-1] for r in ours.latent_table(RES)] == [r[:-1] for r in theirs.latent_table(RES)]
+    assert Live(other, ours).model()[0] is not None
