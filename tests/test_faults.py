@@ -249,6 +249,9 @@ def damaged_run(
 
 
 def eval_args(run: Path) -> list[str]:
+    """Evaluate a copy of the run whose SAEs are not measured yet (evaluate keeps a result whose key holds)."""
+    for path in run.glob("saes/*/metrics*.json"):
+        path.unlink()
     return eval_base(run, run, run)
 
 
@@ -668,6 +671,34 @@ def test_export_replaces_its_own_previous_export(run, tmp_path):
         assert main(["export", "--format", "saelens", str(run), str(tmp_path / "x")]) == 0
     assert json.loads((tmp_path / "x" / "export.json").read_text())["format"] == "saelens"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_evaluate_again_measures_only_what_changed(run, tmp_path, monkeypatch):
+    """A run resumed after its evaluate stage (or with one SAE retrained) keeps the results whose key
+    holds, byte for byte, and measures the rest."""
+    from saescope.evaluate.metrics import Evaluation
+
+    copy = copy_run(run, tmp_path)
+    measured = []
+    measure = Evaluation.measure
+    monkeypatch.setattr(
+        Evaluation, "measure", lambda self, folder, *a: measured.append(folder.name) or measure(self, folder, *a)
+    )
+    assert main(eval_base(copy, copy, copy)) == 0  # other settings than the fixture's: all measured
+    assert measured == [f.name for f in sorted((copy / "saes").iterdir())]
+    files = sorted(copy.glob("saes/*/metrics.json"))
+    before = [f.read_bytes() for f in files]
+    measured.clear()
+    assert main(eval_base(copy, copy, copy)) == 0
+    assert measured == [] and [f.read_bytes() for f in files] == before
+    tensors = load_file(str(one_sae(copy) / "sae.safetensors"))
+    tensors["b_dec"] = tensors["b_dec"] + 0.01
+    save_file(tensors, str(one_sae(copy) / "sae.safetensors"))
+    assert main(eval_base(copy, copy, copy)) == 0
+    assert measured == [one_sae(copy).name]
+    assert json.loads((one_sae(copy) / "metrics.json").read_text()) != json.loads(
+        before[files.index(one_sae(copy) / "metrics.json")]
+    )
 
 
 def test_train_rerun_with_force_trains_again(run, tmp_path):

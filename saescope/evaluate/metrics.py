@@ -334,13 +334,19 @@ class Evaluation:
 
 def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     """Write OUT/saes/<sae>/metrics.json for every trained SAE, each with the key it was measured
-    under (the suite reuses it while that holds); return them by SAE name."""
+    under; return them by SAE name. A result whose key still holds is kept, so a run interrupted
+    after this stage (or one with a single retrained SAE) measures only what changed."""
     folders = trained_folders(cfg.out)
-    ev = Evaluation(cfg)
-    settings = cache.settings(cfg, ev.store.info, text=True)
-    results = {}
-    for folder in tqdm(folders, desc="evaluate", unit="sae", dynamic_ncols=True):
-        metrics = ev.measure(folder) | {"key": cache.key([folder], "core", settings)}
+    settings = cache.settings(cfg, finished_store(cfg).info, text=True)
+    results, todo = {}, []
+    for folder in folders:
+        key = cache.key([folder], "core", settings)
+        results[folder.name] = cache.cached(folder / metrics_file(cfg.text), key)
+        if results[folder.name] is None:
+            todo.append((folder, key))
+    ev = Evaluation(cfg) if todo else None
+    for folder, key in tqdm(todo, desc="evaluate", unit="sae", dynamic_ncols=True):
+        metrics = ev.measure(folder) | {"key": key}
         write_json_atomic(folder / metrics_file(cfg.text), metrics)
         results[folder.name] = metrics
     return results
