@@ -42,7 +42,7 @@ RUN_SCALE = RUN_SCHEDULE | {
     "checkpoint_every": 200,  # each writes every SAE and its Adam state: ~2 GB
     "log_every": 10,
     "eval_sequences": 4,
-    # The browser's SAEs: no latents firing on > 10% of tokens (up to 238 of 2048 per att SAE without it) for
+    # The browser's SAEs: at most 11 of 2048 latents fire on > 10% of tokens (up to 238 per att SAE without it) for
     # 0-6% more delta loss (README, "The default run"); `saescope train` and `compare` keep it off. A --knobs
     # given to `run` replaces this one, so name it again beside others.
     "knobs": "freq_coefficient=0.003",
