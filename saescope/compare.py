@@ -230,8 +230,6 @@ def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> floa
         return sum(at_target) / len(at_target)
     if not points or not points[0][0] <= target <= points[-1][0]:
         return None
-    if at_target:
-        return sum(at_target) / len(at_target)
     (l0_a, a), (l0_b, b) = next(pair for pair in zip(points, points[1:]) if pair[0][0] < target < pair[1][0])
     return a + math.log(target / l0_a) / math.log(l0_b / l0_a) * (b - a)
 

@@ -375,11 +375,21 @@ class ActivationStore:
                 col.read(i, verify=True)
 
 
-def run_store(out: str | Path) -> ActivationStore:
-    """The store a run's SAEs were trained on: OUT/activations (`saescope run`), else the --store
-    that OUT/config.json records (`run --store`, `compare` and `train` read a store kept elsewhere)."""
+def run_store_path(out: str | Path, store: str | Path | None = None) -> str:
+    """The store a run's SAEs were trained on: `store` when given, else OUT/activations (`saescope
+    run`), else the --store that the run's saved config records (`run --store` and `compare` in
+    OUT/config.json, `train` in OUT/train/config.json), else OUT/activations."""
+    if store:
+        return str(store)
     out = Path(out)
-    if (out / "activations").is_dir() or not (out / "config.json").exists():
-        return ActivationStore(out / "activations")
-    config = read_json(out / "config.json", "run the job again to rewrite it")
-    return ActivationStore(config.get("store") or out / "activations")
+    if not (out / "activations").is_dir():
+        for config in (out / "config.json", out / "train" / "config.json"):
+            if config.exists():
+                recorded = read_json(config, "run the job again to rewrite it")
+                if isinstance(recorded, dict) and recorded.get("store"):
+                    return str(recorded["store"])
+    return str(out / "activations")
+
+
+def run_store(out: str | Path, store: str | Path | None = None) -> ActivationStore:
+    return ActivationStore(run_store_path(out, store))

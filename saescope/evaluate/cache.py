@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.activations.documents import dataset_fingerprint
+from saescope.activations.store import run_store_path
 
 FORMAT = 1  # raised when what a part measures changes, so older results are measured again
 WEIGHTS = "sae.safetensors"  # a trained SAE's weights (saescope train)
@@ -31,7 +32,7 @@ def file_sha256(path: Path) -> str:
 def settings(cfg: Any, info: dict, text: bool) -> dict:
     """The evaluation settings a result depends on: the store's identity and held-out split, and,
     for `text` parts (core, position, topics), the held-out sequences or the `--text` file's bytes."""
-    store = str(cfg.store or Path(cfg.out, "activations"))
+    store = run_store_path(cfg.out, cfg.store)
     out = {
         "store": store if "://" in store else str(Path(store).resolve()),
         "model": info.get("model"),

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from saescope.activations.documents import Document, check_store_text, iter_documents
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.packing import pack_documents
-from saescope.activations.store import ActivationStore
+from saescope.activations.store import ActivationStore, run_store
 from saescope.config import RUN_FOLDER, device_option, held_out_option, option
 from saescope.errors import SaescopeError
 from saescope.evaluate import cache
@@ -277,7 +277,7 @@ def trained_folders(out: str | Path) -> list[Path]:
 
 def finished_store(cfg: EvalConfig) -> ActivationStore:
     """The store the held-out rows come from, refused unless its harvest finished."""
-    store = ActivationStore(cfg.store or (Path(cfg.out) / "activations"))
+    store = run_store(cfg.out, cfg.store)
     if not store.info.get("complete") or not isinstance(store.info.get("rows"), int):
         raise SaescopeError(
             f"store {store.path} is not a finished harvest: run the same `saescope harvest` again "

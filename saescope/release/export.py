@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from saescope.activations.store import run_store_path
 from saescope.errors import SaescopeError
 from saescope.outputs import replacing, strict_json
 from saescope.release import hub, interop
@@ -37,8 +38,8 @@ def export(
         raise SaescopeError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     src_path, dest = hub.resolve(src), Path(dest)
     folders = _suite_folders(src_path, source_format)
-    if store is None and (src_path / "activations" / "store.json").exists():
-        store = src_path / "activations"
+    if store is None and Path(run_store_path(src_path), "store.json").exists():
+        store = run_store_path(src_path)
     write = _neuronpedia_writer(store, model) if fmt == "neuronpedia" else format_writer(fmt)
     with replacing(dest, "DEST", "export.json", _export_names(dest)) as tmp:
         if folders is None:

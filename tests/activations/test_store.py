@@ -78,3 +78,20 @@ def test_a_shard_that_cannot_be_created_is_a_one_line_error(tmp_path, monkeypatc
         SaescopeError, match=r"could not write .*shard_00003\.bin \(No space left on device\): free disk"
     ):
         column.open_shard(3, new_staging())
+
+
+def test_a_runs_store_is_the_one_its_config_records(tmp_path):
+    """`run --store`, `compare` and `train` keep the store elsewhere and record it in their config;
+    every job that reads a run's rows after it (evaluate, browse, export) must find that store."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert store.run_store_path(run) == str(run / "activations")
+    assert store.run_store_path(run, "elsewhere") == "elsewhere"
+    (run / "train").mkdir()
+    (run / "train" / "config.json").write_text('{"store": "trained-on"}')
+    assert store.run_store_path(run) == "trained-on"
+    (run / "config.json").write_text('{"store": "compared-on"}')
+    assert store.run_store_path(run) == "compared-on"
+    (run / "activations").mkdir()
+    assert store.run_store_path(run) == str(run / "activations")
+    assert store.run_store_path(run, "elsewhere") == "elsewhere"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
-from saescope.evaluate.metrics import EvalConfig, HeldOutText, store_metrics, trained_scale
+from saescope.evaluate.metrics import EvalConfig, HeldOutText, finished_store, store_metrics, trained_scale
 from saescope.models.sites import Site
 from saescope.saes.registry import make_sae
 
@@ -177,3 +179,13 @@ def test_text_file_evaluation_and_l0_on_the_spliced_tokens(setup, tiny_tokenizer
         direct = torch.cat([(sae.encode(x)[m_] > 0).sum(-1).float() for x, m_ in zip(seen, real)]).mean().item()
     assert m["text_l0"] == pytest.approx(direct, rel=1e-6)
     assert metrics_file(str(path)) == "metrics.other.json" and metrics_file() == "metrics.json"
+
+
+def test_evaluate_reads_the_store_the_run_recorded(setup, tmp_path):
+    """`saescope evaluate --out RUN` of a run trained on a store kept elsewhere (`run --store`)
+    evaluates on that store's held-out rows, as --store's help says, not on a missing RUN/activations."""
+    _, trained_on = setup
+    (tmp_path / "config.json").write_text(json.dumps({"store": str(trained_on.path)}))
+    assert finished_store(EvalConfig(out=str(tmp_path))).path == trained_on.path
+    with pytest.raises(SaescopeError, match="does not exist"):
+        finished_store(EvalConfig(out=str(tmp_path / "no-run")))
