@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.store import ActivationStore
+from saescope.activations.store import ActivationStore, run_store
 from saescope.evaluate.metrics import load_trained, trained_folders
 from saescope.evaluate.rows import store_metrics
 
@@ -31,11 +31,11 @@ def training_firing(sae, store: ActivationStore, site: str, eval_shards: int) ->
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", help="a run folder with activations/, train/checkpoint.pt and evaluated saes/")
+    p.add_argument("run", help="a run folder with train/checkpoint.pt and evaluated saes/ (and its store)")
     args = p.parse_args(argv)
     run = Path(args.run)
     config = json.loads((run / "train" / "config.json").read_text())
-    store = ActivationStore(run / "activations")
+    store = run_store(run)
     counters = torch.load(run / "train" / "checkpoint.pt", map_location="cpu", weights_only=False)["saes"]
     total = within = 0
     for folder in trained_folders(run):
