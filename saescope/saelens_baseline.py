@@ -56,6 +56,7 @@ read as saescope's JumpReLU or TopK (k) with `pre_encoder_bias` = `apply_b_dec_t
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,11 +213,7 @@ def write(
     for key, sae in saes.items():
         folder = trainer.out / "saes" / key
         meta = read_json(folder / "config.json")
-        meta["saelens"] = {
-            "version": version,
-            "sae_config": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"},
-            "trainer_config": {k: getattr(trainer_cfg, k) for k in TRAINER_FIELDS},
-        }
+        meta["saelens"] = told(sae, trainer_cfg, version)
         write_json_atomic(folder / "config.json", meta)
         folders.append(folder)
     return folders
@@ -232,5 +229,33 @@ def train_saelens(trainer: Trainer, families: list[tuple[str, list[float], dict]
         raise SaescopeError("the SAELens baseline runs after saescope's SAEs have trained: call Trainer.train() first")
     saes, sites, values = suite(trainer, families)
     cfg = trainer_config(trainer)
+    folders = [trainer.out / "saes" / key for key in saes]
+    if all(
+        trained_as(folder, told(sae, cfg, version), trainer.cfg.seed) for folder, sae in zip(folders, saes.values())
+    ):
+        print(f"saescope: SAELens' {len(folders)} SAEs are already trained with these settings; kept")
+        return folders  # a compare resumed after the baseline trained (11 minutes of a site here) skips it
     MultiSAETrainer(cfg, saes, sites, normalized_batches(trainer)).fit()
     return write(trainer, saes, sites, values, cfg, version)
+
+
+def told(sae: Any, trainer_cfg: Any, version: str) -> dict:
+    """What SAELens was told for one SAE, as its folder's config.json records it under "saelens"."""
+    return json.loads(
+        json.dumps(
+            {
+                "version": version,
+                "sae_config": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"},
+                "trainer_config": {k: getattr(trainer_cfg, k) for k in TRAINER_FIELDS},
+            }
+        )
+    )
+
+
+def trained_as(folder: Path, settings: dict, seed: int) -> bool:
+    """Whether `folder` holds a baseline SAE trained under `settings` and `seed` (the "saelens" record
+    is written last, so a folder that has it is complete)."""
+    if not (folder / "sae.safetensors").exists() or not (folder / "config.json").exists():
+        return False
+    meta = read_json(folder / "config.json")
+    return meta.get("saelens") == settings and meta.get("seed") == seed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -345,7 +346,7 @@ def test_converted_saelens_sae_equals_saelens_forward_on_raw_activations(arch, v
         torch.testing.assert_close(ours, sae((x_raw - mean) / scale) * scale + mean, rtol=1e-4, atol=1e-4)
 
 
-def test_compare_with_saelens_baseline_writes_its_rows(store, tmp_path):
+def test_compare_with_saelens_baseline_writes_its_rows(store, tmp_path, monkeypatch):
     cfg = CompareConfig(
         store=str(store),
         out=str(tmp_path),
@@ -373,6 +374,14 @@ def test_compare_with_saelens_baseline_writes_its_rows(store, tmp_path):
     assert all(r["l0"] <= r["value"] + 1e-6 for r in rows if r["family"].endswith("topk"))
     matched = json.loads((tmp_path / "compare.json").read_text())["matched_l0"]["families"]
     assert {m["family"] for m in matched} == {"topk", "saelens-jumprelu", "saelens-topk"}
+    # run again (an interrupted compare resumed, or another --eval-sequences): SAELens' SAEs are kept
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+    weights = {f: f.read_bytes() for f in tmp_path.glob("saes/saelens-*/sae.safetensors")}
+    monkeypatch.setattr(MultiSAETrainer, "fit", lambda self: pytest.fail("SAELens trained again"))
+    compare(replace(cfg, eval_sequences=3))
+    assert len(weights) == 4 and all(f.read_bytes() == b for f, b in weights.items())
+    assert json.loads((tmp_path / "compare.json").read_text())["rows"] != rows  # measured on 3 sequences
 
 
 def test_baseline_options_fail_in_one_line_before_training(tmp_path, monkeypatch):
