@@ -17,6 +17,7 @@ activation by transcoder(the `mlp_in.L` activation of the same forward pass).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,24 @@ from saescope.models.loading import DTYPES, load_model
 from saescope.models.sites import Site, blocks, capture, replace
 from saescope.saes.base import SAE
 
-CLEAN_CACHE_BYTES = 8 << 30  # 8k positions of a 262k vocabulary; beyond, clean forwards are redone per SAE
+# The clean distributions are kept while they take at most this share of the device's memory (CPU: RAM;
+# 9.6 GiB of a 24 GiB machine, enough for 32 sequences of 256 of a 262k vocabulary, 8.9 GB), else 8 GiB
+# where it is unknown; beyond, the clean model runs again per SAE (32 sequences on Gemma 3 270M: 100 s
+# per SAE, against 50 s kept, when the whole process peaked at 21.5 GB of RAM: the forward's logits and
+# their log-softmax come on top, ~1 GB each per batch of 4 sequences).
+CLEAN_CACHE_SHARE = 0.4
+
+
+def clean_cache_bytes(device: torch.device) -> int:
+    """How many bytes of clean distributions an evaluation on `device` keeps in memory."""
+    if device.type == "cuda":
+        return int(CLEAN_CACHE_SHARE * torch.cuda.get_device_properties(device).total_memory)
+    try:
+        if device.type == "cpu":
+            return int(CLEAN_CACHE_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+        pass
+    return 8 << 30
 
 
 @dataclass
@@ -127,10 +145,10 @@ class HeldOutText:
                 (b.input_ids.to(self.device), b.attention_mask.to(self.device), ~b.train_mask.to(self.device), count)
             )
         self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
-        # the clean distributions take 4 bytes x vocabulary per position: kept while they fit in
-        # CLEAN_CACHE_BYTES (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
+        # the clean distributions take 4 bytes x vocabulary per position: kept while they fit
+        # (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
         vocab = model.get_output_embeddings().weight.shape[0]
-        keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= CLEAN_CACHE_BYTES
+        keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= clean_cache_bytes(self.device)
         self._clean = [self._clean_outputs(i) for i in range(len(self.batches))] if keep else None
 
     @torch.inference_mode()

@@ -124,7 +124,7 @@ def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch,
     from saescope.models.sites import replace
 
     if not cache:
-        monkeypatch.setattr(metrics, "CLEAN_CACHE_BYTES", 0)
+        monkeypatch.setattr(metrics, "CLEAN_CACHE_SHARE", 0)
     model, store = setup
     text = HeldOutText(
         model,
