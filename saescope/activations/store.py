@@ -385,9 +385,9 @@ def run_store_path(out: str | Path, store: str | Path | None = None) -> str:
     if not (out / "activations").is_dir():
         for config in (out / "config.json", out / "train" / "config.json"):
             if config.exists():
-                recorded = read_json(config, "run the job again to rewrite it")
-                if isinstance(recorded, dict) and recorded.get("store"):
-                    return str(recorded["store"])
+                recorded = read_json(config, "run the job again to rewrite it").get("store")
+                if recorded:
+                    return str(recorded)
     return str(out / "activations")
 
 

@@ -39,7 +39,7 @@ def export(
     src_path, dest = hub.resolve(src), Path(dest)
     folders = _suite_folders(src_path, source_format)
     if store is None and Path(run_store_path(src_path), "store.json").exists():
-        store = run_store_path(src_path)
+        store = run_store_path(src_path)  # a run folder: the store its SAEs were trained on
     write = _neuronpedia_writer(store, model) if fmt == "neuronpedia" else format_writer(fmt)
     with replacing(dest, "DEST", "export.json", _export_names(dest)) as tmp:
         if folders is None:
