@@ -21,9 +21,10 @@ import torch
 
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
-from saescope.compare import family_of, interpolate_log_l0
+from saescope.compare import family_of
 from saescope.evaluate.metrics import load_trained, trained_folders, trained_scale
 from saescope.evaluate.rows import store_metrics
+from saescope.matched import interpolate_log_l0
 
 TARGETS = (16.0, 32.0, 64.0)
 

@@ -20,7 +20,9 @@ Sweeps rarely land two families on the same L0, so the matched-L0 table reads ea
 frontier at common L0 targets (`--matched-l0`, default 16, 32, 64): delta LM loss and FVU
 interpolated linearly in log(L0) between the two measured SAEs around the target, and "-" where
 the target lies outside the family's measured L0 range (no extrapolation: a frontier's slope
-beyond its last point is not known).
+beyond its last point is not known). Every SAE is measured on the same held-out sequences, so beside
+it each family's gap to saescope's JumpReLU is paired sequence by sequence, with its standard error
+over the sequences (`saescope/matched.py`): whether the evaluation text alone could have produced it.
 
 With `--seeds N` the whole comparison runs N times (seeds SEED..SEED+N-1: every SAE's
 initialisation and the order of the rows), each in OUT/seed<k> with its own tables and plot, and
@@ -44,6 +46,7 @@ from saescope.evaluate.position import POSITION_LABELS, curve, position_table
 from saescope.evaluate.report import SUITE_NUMBERS, suite_numbers
 from saescope.evaluate.suite import SuiteConfig, run_suite
 from saescope.io import read_json, write_json_atomic
+from saescope.matched import interpolate_log_l0, paired_gaps, paired_table
 from saescope.run import RUN_SCHEDULE
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
@@ -188,6 +191,7 @@ def collect(out: str | Path) -> list[dict]:
                 "dead_fraction": m.get("dead_fraction"),
                 "name": folder.name,
                 "by_position": m.get("by_position"),
+                "by_sequence": m.get("by_sequence"),
             }
             | {key: value for key, value in suite_numbers(m).items() if key in SUITE_COLUMNS}
         )
@@ -214,34 +218,19 @@ def _f(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-# A TopK SAE with k = 64 measures L0 63.97 on held-out rows (a kept pre-activation can be <= 0): an
-# L0 within 0.1% of a target counts as measured at it.
-AT_TARGET = 1e-3
-
-
-def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> float | None:
-    """The value at L0 = `target` on the line through (log L0, value) of the two points around it
-    (a point measured at the target itself, or within AT_TARGET of it: its value, or the mean of
-    several); None outside [min L0, max L0] (no extrapolation). Points with L0 <= 0 have no log and
-    are skipped."""
-    points = sorted((l0, v) for l0, v in points if l0 > 0)
-    at_target = [v for l0, v in points if abs(l0 - target) <= AT_TARGET * target]
-    if at_target:
-        return sum(at_target) / len(at_target)
-    if not points or not points[0][0] <= target <= points[-1][0]:
-        return None
-    (l0_a, a), (l0_b, b) = next(pair for pair in zip(points, points[1:]) if pair[0][0] < target < pair[1][0])
-    return a + math.log(target / l0_a) / math.log(l0_b / l0_a) * (b - a)
+def families(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each family."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[r["family"]].append(r)
+    return out
 
 
 def matched_l0(rows: list[dict], targets: list[float]) -> list[dict]:
     """Per family: the FRONTIER numbers and the suite's at each target L0 (None where they cannot be
     read off)."""
-    by_family: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_family[r["family"]].append(r)
     out = []
-    for family, points in sorted(by_family.items()):
+    for family, points in sorted(families(rows).items()):
         entry: dict = {"family": family}
         for key in (*FRONTIER, *SUITE_COLUMNS):
             measured = [(r["l0"], r[key]) for r in points if r.get(key) is not None]
@@ -303,10 +292,7 @@ def plot(rows: list[dict], path: str | Path, title: str = "", at_l0: float | Non
     fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(16 if curves else 11, 4.2))
     if curves:
         position_panel(axes[2], rows, at_l0 or sorted(r["l0"] for r in rows)[len(rows) // 2])
-    by_family: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_family[r["family"]].append(r)
-    for family, points in sorted(by_family.items()):
+    for family, points in sorted(families(rows).items()):
         points = sorted(points, key=lambda r: r["l0"])
         l0 = [r["l0"] for r in points]
         for ax, key in zip(axes, ("delta_loss", "fvu")):
@@ -389,18 +375,28 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
         raise SaescopeError(f"no evaluated SAEs in {Path(out) / 'saes'}: run `saescope compare --out {out}` first")
     targets = parse_targets(DEFAULT_MATCHED_L0) if targets is None else targets
     matched = matched_l0(rows, targets)
+    by_family = families(rows)
+    reference = "jumprelu" if "jumprelu" in by_family else min(by_family)
+    gaps = paired_gaps(by_family, reference, targets)
     text = (
         table(rows)
         + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n"
         + matched_table(matched, targets)
+        + (
+            f"\n\nPaired against {reference} on the same held-out sequences: the family's number minus "
+            f"{reference}'s at the same L0 (positive: behind {reference}) ± its standard error over the "
+            "sequences (the text's noise, not training's; - where either has no per-sequence numbers):\n\n"
+            + paired_table(gaps, reference, targets)
+            if gaps
+            else ""
+        )
         + "\n\nDelta LM loss by token position (index in its document, BOS at 0):\n\n"
         + position_table([(f"{r['family']} {r['value']:g} (L0 {r['l0']:.1f})", r) for r in rows])
     )
     Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
-    write_json_atomic(
-        Path(out, "compare.json"),
-        {"title": title, "rows": rows, "matched_l0": {"targets": targets, "families": matched}},
-    )
+    matched_json = {"targets": targets, "families": matched, "paired": {"reference": reference, "families": gaps}}
+    kept = [{k: v for k, v in r.items() if k != "by_sequence"} for r in rows]  # paired above, 2048 numbers at scale
+    write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": kept, "matched_l0": matched_json})
     png = plot(rows, Path(out, "compare.png"), title, targets[len(targets) // 2])
     print(text)
     print(f"saescope: plot written to {png}")

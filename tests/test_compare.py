@@ -18,7 +18,6 @@ from saescope.activations.loader import ShuffledLoader
 from saescope.compare import (
     CompareConfig,
     compare,
-    interpolate_log_l0,
     matched_l0,
     matched_table,
     parse_sweeps,
@@ -72,25 +71,6 @@ def test_parse_sweeps():
         parse_sweeps("relu=1", flag="--baseline-sweeps", families=("jumprelu", "topk"))
     with pytest.raises(SaescopeError, match="bad --baseline-sweeps values in 'topk=2.5'.*integer"):
         parse_sweeps("topk=2.5", flag="--baseline-sweeps", families=("jumprelu", "topk"))
-
-
-def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
-    points = [(10.0, 1.0), (40.0, 0.4), (160.0, 0.1)]
-    # L0 20 is halfway between 10 and 40 in log L0: halfway between 1.0 and 0.4
-    assert interpolate_log_l0(points, 20.0) == pytest.approx(0.7)
-    # L0 80 is halfway between 40 and 160 in log L0
-    assert interpolate_log_l0(points, 80.0) == pytest.approx(0.25)
-    # log(16/10) / log(4) of the way from 1.0 to 0.4
-    assert interpolate_log_l0(points, 16.0) == pytest.approx(1.0 - 0.6 * math.log(1.6) / math.log(4))
-    assert interpolate_log_l0(points, 40.0) == pytest.approx(0.4)
-    assert interpolate_log_l0(points, 10.0) == pytest.approx(1.0) and interpolate_log_l0(points, 160.0) == 0.1
-    assert interpolate_log_l0(points, 9.9) is None and interpolate_log_l0(points, 161.0) is None
-    # within 0.1% of a measured L0 is measured there (TopK k=64 measures 63.97 on held-out rows)
-    assert interpolate_log_l0([(16.0, 0.6), (63.968, 0.35)], 64.0) == 0.35
-    assert interpolate_log_l0(points, 160.1) == 0.1 and interpolate_log_l0(points, 160.5) is None
-    assert interpolate_log_l0([(32.0, 0.5)], 32.0) == 0.5 and interpolate_log_l0([(32.0, 0.5)], 16.0) is None
-    assert interpolate_log_l0([], 16.0) is None
-    assert interpolate_log_l0([(32.0, 0.4), (32.0, 0.6), (64.0, 0.1), (0.0, 9.0)], 32.0) == pytest.approx(0.5)
 
 
 def test_matched_l0_table_per_family():
@@ -152,6 +132,8 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
         store,
         tmp_path,
         sweeps="jumprelu=4/8,topk=4/8,batchtopk=4,gated=0.3,relu=0.3",
+        eval_sequences=4,
+        matched_l0="5,6,8",
         family_knobs="jumprelu.bandwidth=0.05",
         train_tokens=256 * 12,
         lr=3e-3,
@@ -171,7 +153,7 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     families = sorted({r["family"] for r in rows})
     md = (tmp_path / "compare.md").read_text()
-    tables = (len(rows) + 1) + 2 * (len(families) + 1) + (len(rows) + 1)  # per SAE, matched x 2, by position
+    tables = (len(rows) + 1) + 2 * (len(families) + 1) + len(families) + (len(rows) + 1)  # + paired to jumprelu
     assert md.count("\n| ") == tables
     assert "sparse probing top-1 @ L0 5" in md and all(0 <= r["probing_top1"] <= 1 for r in rows)
     assert "| weighted FVU |" in md and "| weighted FVU @ L0 5 |" in md
@@ -180,9 +162,22 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert "| pos 1 | pos 2-4 |" in by_position and "| topk 8 (L0 " in by_position
     assert all(len(r["by_position"]) == 6 for r in rows)
     matched = json.loads((tmp_path / "compare.json").read_text())["matched_l0"]
-    assert matched["targets"] == [5.0, 6.0] and [m["family"] for m in matched["families"]] == families
+    assert matched["targets"] == [5.0, 6.0, 8.0] and [m["family"] for m in matched["families"]] == families
     topk_matched = next(m for m in matched["families"] if m["family"] == "topk")
     assert all(np.isfinite(v) for v in topk_matched["delta_loss"] + topk_matched["fvu"])
+    # paired over the held-out sequences, a family's gap to jumprelu is the gap of the matched numbers
+    assert matched["paired"]["reference"] == "jumprelu" and "Paired against jumprelu" in md
+    numbers = {m["family"]: m for m in matched["families"]}
+    seen = 0
+    for gaps in matched["paired"]["families"]:
+        for key in ("delta_loss", "kl_div"):
+            for i, g in enumerate(gaps[key]):
+                ours, theirs = numbers["jumprelu"][key][i], numbers[gaps["family"]][key][i]
+                assert (g is None) == (ours is None or theirs is None)
+                if g is not None:
+                    assert g["gap"] == pytest.approx(theirs - ours, abs=1e-9) and g["se"] > 0
+                    seen += 1
+    assert seen >= 2  # topk at L0 8, in delta loss and KL
 
 
 def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):

@@ -34,7 +34,7 @@ from saescope.activations.store import ActivationStore, run_store
 from saescope.config import RUN_FOLDER, device_option, held_out_option, option
 from saescope.errors import SaescopeError
 from saescope.evaluate import cache
-from saescope.evaluate.position import BREAKDOWNS, Groupings, Tally, breakdowns
+from saescope.evaluate.position import BREAKDOWNS, Groupings, Tally, breakdowns, sequence_losses
 from saescope.evaluate.rows import reconstruct, store_metrics
 from saescope.io import write_json_atomic
 from saescope.models.loading import DTYPES, load_model
@@ -222,7 +222,8 @@ def model_metrics(
 ) -> dict:
     """Delta LM loss, KL and CE recovered with the SAE spliced in at `site`, its L0 and FVU on those
     same tokens (a JumpReLU SAE's L0 depends on the text: on text unlike the training corpus it
-    moves), and the breakdowns by position and topic named in `wanted`. A transcoder reads `source`
+    moves), the breakdowns by position and topic named in `wanted`, and delta loss and KL per held-out
+    sequence (always: `compare` pairs SAEs by them). A transcoder reads `source`
     (mlp_in.L) of the same forward and replaces `site` (mlp.L), i.e. the whole MLP branch."""
     tally = Tally(text.groups)
     seen: dict[str, torch.Tensor] = {}
@@ -252,6 +253,7 @@ def model_metrics(
         "kl_div_zero_ablation": ref.kl_zero,
         "ce_loss_recovered": (ref.ce_zero - ce) / (ref.ce_zero - ref.ce_clean) if ref.ce_zero != ref.ce_clean else None,
         **breakdowns(tally, ref.clean, ref.zero, list(wanted)),
+        "by_sequence": sequence_losses(tally, ref.clean),
     }
 
 

@@ -48,7 +48,9 @@ def topic_index(doc_ids: torch.Tensor, topic_of: dict[int, str], topics: Sequenc
 class Groupings:
     """Which group every token of a text falls in. `labels[g]` names grouping g's groups and
     `index[g][b]` is batch b's [rows, tokens] group index (-1: in none). Grouping "all" has one
-    group holding every token: the text-wide sums the groups' FVU is measured against."""
+    group holding every token: the text-wide sums the groups' FVU is measured against. Grouping
+    "sequence" has one group per held-out sequence (row of the packing): sequences are the unit over
+    which `saescope compare` pairs two SAEs measured on the same text (saescope/matched.py)."""
 
     labels: dict[str, list[str]]
     index: dict[str, list[torch.Tensor]]
@@ -58,12 +60,23 @@ class Groupings:
         """From each batch's (doc_ids, positions) and the documents' topics."""
         seen = torch.unique(torch.cat([d.flatten() for d, _ in where]))
         topics = sorted({topic_of.get(int(d), "") for d in seen} - {""})
+        first = [0]  # each batch's first sequence (row) number
+        for _, p in where:
+            first.append(first[-1] + len(p))
         return cls(
-            {"all": ["all"], "position": list(POSITION_LABELS), "topic": topics},
+            {
+                "all": ["all"],
+                "position": list(POSITION_LABELS),
+                "topic": topics,
+                "sequence": [str(i) for i in range(first[-1])],
+            },
             {
                 "all": [torch.where(p >= 0, 0, -1) for _, p in where],
                 "position": [position_buckets(p) for _, p in where],
                 "topic": [topic_index(d, topic_of, topics) for d, _ in where],
+                "sequence": [
+                    torch.where(p >= 0, torch.arange(len(p))[:, None] + f, -1) for (_, p), f in zip(where, first)
+                ],
             },
         )
 
@@ -160,6 +173,18 @@ def breakdowns(spliced: Tally, clean: Tally, zero: Tally, wanted: Sequence[str])
         else:
             out[BREAKDOWNS[grouping]] = breakdown(grouping, spliced, clean, zero)
     return out
+
+
+def sequence_losses(spliced: Tally, clean: Tally) -> dict[str, list]:
+    """metrics.json's by_sequence: each held-out sequence's predicted tokens, delta loss and KL (None
+    where a sequence predicts no token). Lists, not a table per sequence: Gemma Scope measured on 2048."""
+    tokens, ce, kl = (spliced.get("sequence", k) for k in ("tokens", "ce", "kl"))
+    delta = ce - clean.get("sequence", "ce")
+    return {
+        "tokens": [int(n) for n in tokens],
+        "delta_loss": [_ratio(float(d), float(n)) for d, n in zip(delta, tokens)],
+        "kl_div": [_ratio(float(k), float(n)) for k, n in zip(kl, tokens)],
+    }
 
 
 def curve(metrics: dict, key: str = "delta_loss") -> list[float | None]:

@@ -17,8 +17,9 @@ an interrupted suite resumes where it stopped, and one retrained SAE is all a se
 
 Files per SAE folder (OUT/saes/<sae>/):
 
-    metrics.json          core metrics, by_position, by_topic, and "suite": per part its file and
-                          headline numbers, or {"not_applicable": why} / {"not_available": why}
+    metrics.json          core metrics, by_position, by_topic, by_sequence (delta loss and KL per
+                          held-out sequence, which `compare` pairs SAEs by), and "suite": per part
+                          its file and headline numbers, or {"not_applicable": why} / {"not_available": why}
     metrics.<text>.json   the same for `--text FILE` (core, position and topics on that text)
     eval/<part>.json      {"key", "result"} of probing, tpp, absorption; splitting's lives in the
                           wider SAE of each width pair
@@ -200,7 +201,7 @@ def run_core(ctx: Context, folders: list[Path], parts: list[str], bar: tqdm) -> 
         bar.set_postfix_str(f"core {folder.name}")
         key, path = cache.key([folder], "core", settings), folder / metrics_file(ctx.cfg.text)
         metrics = cache.cached(path, key)
-        if metrics is None or any(BREAKDOWNS[g] not in metrics for g in wanted):
+        if metrics is None or any(k not in metrics for k in ("by_sequence", *(BREAKDOWNS[g] for g in wanted))):
             metrics = ctx.evaluation.measure(folder, wanted) | {"key": key, "suite": {}}
             write_json_atomic(path, metrics)
         if not ctx.cfg.text and not saebench.results_path(folder, "core").exists():

@@ -13,7 +13,7 @@ from tinymodels import tiny_model
 
 from saescope.activations.documents import load_documents
 from saescope.evaluate.metrics import EvalConfig, HeldOutText, Reference, model_metrics
-from saescope.evaluate.position import POSITION_LABELS, Tally, breakdowns, position_buckets
+from saescope.evaluate.position import POSITION_LABELS, Tally, breakdowns, position_buckets, sequence_losses
 from saescope.models.sites import Site, capture, replace
 from saescope.saes.registry import make_sae
 
@@ -91,7 +91,7 @@ def tallied(text: HeldOutText, planted: list[torch.Tensor]) -> dict:
         return out
 
     text.loss_with(SITE, splice, spliced)
-    return breakdowns(spliced, clean, zero, ["position", "topic"])
+    return breakdowns(spliced, clean, zero, ["position", "topic"]) | {"by_sequence": sequence_losses(spliced, clean)}
 
 
 def check(got: dict[str, dict], want: dict[str, dict]) -> None:
@@ -118,6 +118,29 @@ def test_a_splice_planted_at_one_position_bucket(text):
     # the groups' parts add up to the whole text's FVU
     sse, spread = sum(w["sse"] for w in want.values()), sum(w["spread"] for w in want.values())
     assert out["text_fvu"] == pytest.approx(sse / spread, rel=1e-4)
+
+
+def test_each_sequences_losses_are_its_own(text):
+    """Zeroing the site on a different stretch of every sequence: each sequence's tokens and delta loss
+    match full forwards grouped by hand by row; a sequence left alone costs nothing."""
+    planted, first = [], 0
+    for _, _, keep, _ in text.batches:
+        rows, length = keep.shape
+        stretch = torch.zeros(rows, length, dtype=torch.bool)
+        for b in range(rows):
+            if (first + b) % 3:  # every third sequence is left alone
+                stretch[b, 2 + (first + b) % 7 : 10 + (first + b) % 11] = True
+        planted.append(stretch & ~keep)
+        first += rows
+    got = tallied(text, planted)["by_sequence"]
+    starts = [sum(len(p) for _, p in text.where[:i]) for i in range(len(text.where))]
+    want = direct(text, planted, lambda i: [[str(starts[i] + b)] * len(r) for b, r in enumerate(text.where[i][1])])
+    assert len(got["tokens"]) == first == len(got["delta_loss"]) == len(got["kl_div"]) and first >= 6
+    for s, (n, delta, kl) in enumerate(zip(got["tokens"], got["delta_loss"], got["kl_div"])):
+        assert n == want[str(s)]["tokens"]
+        assert delta == pytest.approx(want[str(s)]["delta_loss"], rel=1e-4, abs=1e-6)
+        assert (abs(delta) < 1e-6 and kl < 1e-6) if s % 3 == 0 else kl > 0
+    assert sum(got["tokens"]) == text.tokens
 
 
 def test_a_splice_planted_on_one_topic(text):
@@ -156,3 +179,4 @@ def test_the_identity_sae_costs_nothing_anywhere(text):
             assert abs(group["delta_loss"]) < 1e-5 and abs(group["kl_div"]) < 1e-5 and group["fvu"] < 1e-10
     assert sum(g["tokens"] for g in m["by_position"].values()) == text.tokens == m["eval_text_tokens"]
     assert sum(g["tokens"] for g in m["by_topic"].values()) == text.tokens  # every wiki document has a topic
+    assert sum(m["by_sequence"]["tokens"]) == text.tokens and max(map(abs, m["by_sequence"]["delta_loss"])) < 1e-5

@@ -1,0 +1,109 @@
+"""Reading a family's frontier at a matched L0, and how sure a gap between two families is.
+
+Sweeps rarely land two families on the same L0, so a family's number at a target L0 is interpolated
+linearly in log L0 between its two measured SAEs around the target. The interpolation is a weighted
+sum of those SAEs' numbers (`log_l0_weights`), so the same weights read each held-out sequence's
+value off the frontier too (`evaluate` records every SAE's delta loss and KL per sequence, its
+`by_sequence`). All SAEs of a comparison are measured on the same sequences, so two families can be
+compared sequence by sequence: the gap's standard error over sequences then says whether the text
+could have produced it (a paired test; the tokens' noise cancels where two SAEs err alike). Seeds
+(`--seeds`) measure the other noise, training's, which this does not see.
+"""
+
+from __future__ import annotations
+
+import math
+
+# A TopK SAE with k = 64 measures L0 63.97 on held-out rows (a kept pre-activation can be <= 0): an
+# L0 within 0.1% of a target counts as measured at it.
+AT_TARGET = 1e-3
+PAIRED = {"delta_loss": "delta LM loss", "kl_div": "KL"}  # the per-sequence numbers a pair is compared by
+
+
+def log_l0_weights(l0s: list[float], target: float) -> dict[int, float] | None:
+    """Weights on the points (by index into `l0s`) whose weighted sum is the value at L0 = `target`
+    on the line through (log L0, value) of the two points around it (a point measured at the target
+    itself, or within AT_TARGET of it: its value, or the mean of several); None outside [min L0,
+    max L0] (no extrapolation). Points with L0 <= 0 have no log and are skipped."""
+    points = sorted((l0, i) for i, l0 in enumerate(l0s) if l0 > 0)
+    at_target = [i for l0, i in points if abs(l0 - target) <= AT_TARGET * target]
+    if at_target:
+        return {i: 1 / len(at_target) for i in at_target}
+    if not points or not points[0][0] <= target <= points[-1][0]:
+        return None
+    (l0_a, a), (l0_b, b) = next(pair for pair in zip(points, points[1:]) if pair[0][0] < target < pair[1][0])
+    w = math.log(target / l0_a) / math.log(l0_b / l0_a)
+    return {a: 1 - w, b: w}
+
+
+def interpolate_log_l0(points: list[tuple[float, float]], target: float) -> float | None:
+    """The value at L0 = `target` of (L0, value) points, by `log_l0_weights`."""
+    weights = log_l0_weights([l0 for l0, _ in points], target)
+    return None if weights is None else sum(w * points[i][1] for i, w in weights.items())
+
+
+def sequence_curve(rows: list[dict], key: str, target: float) -> list[float] | None:
+    """Each held-out sequence's `key` (per token) at L0 `target` on the frontier of `rows` (one family's
+    SAEs, each with its metrics' by_sequence); None where the target is out of range or an SAE has no
+    per-sequence numbers (measured before evaluate kept them)."""
+    weights = log_l0_weights([r["l0"] for r in rows], target)
+    if weights is None or any(not (rows[i].get("by_sequence") or {}).get(key) for i in weights):
+        return None
+    curves = [rows[i]["by_sequence"][key] for i in weights]
+    if len({len(c) for c in curves}) > 1:
+        return None  # measured on different texts: nothing to pair
+    return [sum(w * (c[s] or 0.0) for w, c in zip(weights.values(), curves)) for s in range(len(curves[0]))]
+
+
+def paired_gap(ours: list[float], theirs: list[float], tokens: list[int]) -> dict | None:
+    """theirs - ours over the whole text (each sequence weighted by its tokens, as the text's mean is)
+    and its standard error over the sequences; None with fewer than two sequences holding tokens."""
+    used = [(n, t - o) for o, t, n in zip(ours, theirs, tokens) if n > 0]
+    if len(used) < 2:
+        return None
+    total = sum(n for n, _ in used)
+    gap = sum(n * d for n, d in used) / total
+    spread = sum((n * (d - gap)) ** 2 for n, d in used) * len(used) / (len(used) - 1)
+    return {"gap": gap, "se": math.sqrt(spread) / total, "sequences": len(used)}
+
+
+def paired_gaps(by_family: dict[str, list[dict]], reference: str, targets: list[float]) -> list[dict]:
+    """Per family other than `reference`: for each PAIRED number at each target, its gap to the
+    reference family at the same L0 (positive: the family is worse) with the standard error over the
+    held-out sequences, or None where either cannot be read off."""
+    ref_rows = by_family.get(reference)
+    if not ref_rows:
+        return []
+    out = []
+    for family, rows in sorted(by_family.items()):
+        if family == reference:
+            continue
+        entry: dict = {"family": family}
+        tokens = _tokens(ref_rows + rows)
+        for key in PAIRED:
+            entry[key] = []
+            for target in targets:
+                ours, theirs = sequence_curve(ref_rows, key, target), sequence_curve(rows, key, target)
+                ok = ours is not None and theirs is not None and tokens is not None
+                entry[key].append(paired_gap(ours, theirs, tokens) if ok else None)
+        out.append(entry)
+    return out
+
+
+def _tokens(rows: list[dict]) -> list[int] | None:
+    """The held-out sequences' token counts, if every SAE in `rows` was measured on the same ones."""
+    counts = {tuple((r.get("by_sequence") or {}).get("tokens") or ()) for r in rows}
+    return list(counts.pop()) if len(counts) == 1 and () not in counts else None
+
+
+def paired_table(gaps: list[dict], reference: str, targets: list[float]) -> str:
+    """A markdown table: per family, its gap to `reference` +- the standard error at each target."""
+
+    def cell(g: dict | None) -> str:
+        return "-" if g is None else f"{g['gap']:+.4f} ± {g['se']:.4f}"
+
+    heads = [f"{PAIRED[key]} @ L0 {t:g}" for key in PAIRED for t in targets]
+    lines = [f"| family minus {reference} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for g in gaps:
+        lines.append(f"| {g['family']} | " + " | ".join(cell(v) for key in PAIRED for v in g[key]) + " |")
+    return "\n".join(lines)
