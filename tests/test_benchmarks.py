@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(Path(__file__).parent / "evaluate"))
+from suite_helpers import make_run  # noqa: E402  (tests/evaluate/suite_helpers.py)
 
 
 def test_train_step_benchmark_runs_every_row_on_tiny_shapes():
@@ -29,4 +31,17 @@ def test_harvest_benchmark_runs_on_one_short_batch():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("ours vs naive (a)", "ours vs bare  (b)", "sensitivity pass"):
+        assert row in result.stdout, row
+
+
+def test_clean_cache_benchmark_measures_the_same_numbers_both_ways(tmp_path, tiny_model_dir):
+    """On a tiny run: kept and recomputed clean distributions give the same delta loss and KL (the
+    benchmark exits non-zero otherwise) and both rows are printed."""
+    run = make_run(tmp_path, tiny_model_dir)
+    args = ["--run", str(run), "--saes", "2", "--sequences", "4", "--context-len", "32"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "clean_cache.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("| kept in memory |", "| recomputed per SAE |", "2 SAEs, 4 sequences of 32"):
         assert row in result.stdout, row
