@@ -26,8 +26,9 @@ over the sequences (`saescope/matched.py`): whether the evaluation text alone co
 
 With `--seeds N` the whole comparison runs N times (seeds SEED..SEED+N-1: every SAE's
 initialisation and the order of the rows), each in OUT/seed<k> with its own tables and plot, and
-OUT/compare.md gives each family's mean and range over the seeds at every matched L0: a gap between
-two families means something only where it is larger than their ranges.
+OUT/compare.md gives each family's mean and range over the seeds at every matched L0 (a gap between
+two families means something only where it is larger than their ranges), and the paired gaps of the
+seed-averaged SAEs.
 """
 
 from __future__ import annotations
@@ -346,25 +347,45 @@ def compare(cfg: CompareConfig) -> list[dict]:
 def compare_seeds(cfg: CompareConfig, targets: list[float]) -> list[dict]:
     """Each seed's comparison in OUT/seed<k> (one already reported is kept: an interrupted run
     resumes), then the matched-L0 table over seeds in OUT/compare.md and .json."""
-    rows, matched = [], []
+    rows, matched, per_seed = [], [], []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         sub = replace(cfg, seed=seed, seeds=1, out=str(Path(cfg.out) / f"seed{seed}"))
         if not Path(sub.out, "compare.json").exists():
             compare(sub)
-        rows += collect(sub.out)
+        seed_rows = collect(sub.out)
+        rows += seed_rows
+        per_seed.append(families(seed_rows))
         matched.append(read_json(Path(sub.out, "compare.json"))["matched_l0"]["families"])
     spread = seed_spread(matched)
+    paired, gaps = paired_section(per_seed, targets)
     title = f"{cfg.site}, width {cfg.width}, {cfg.train_tokens:,} tokens per SAE, seeds {cfg.seed}-{seed}"
     text = (
         f"Matched L0 over {cfg.seeds} seeds: mean [min - max] (each seed's tables in OUT/seed<k>/compare.md):\n\n"
         + spread_table(spread, targets)
+        + paired
     )
     Path(cfg.out, "compare.md").write_text(f"{title}\n\n{text}\n")
-    write_json_atomic(
-        Path(cfg.out, "compare.json"), {"title": title, "seeds": cfg.seeds, "targets": targets, "families": spread}
-    )
+    summary = {"title": title, "seeds": cfg.seeds, "targets": targets, "families": spread, "paired": gaps}
+    write_json_atomic(Path(cfg.out, "compare.json"), summary)
     print(text)
     return rows
+
+
+def paired_section(seeds: list[dict[str, list[dict]]], targets: list[float]) -> tuple[str, dict]:
+    """The paired table's text (empty without a family to pair) and compare.json's entry for it: every
+    family against saescope's JumpReLU (or, without one, the first family), over one or more seeds'
+    rows by family."""
+    names = set().union(*seeds)
+    reference = "jumprelu" if "jumprelu" in names else min(names)
+    gaps = paired_gaps(seeds, reference, targets)
+    over = f", each sequence's numbers averaged over the {len(seeds)} seeds" if len(seeds) > 1 else ""
+    text = (
+        f"\n\nPaired against {reference} on the same held-out sequences{over}: the family's number minus "
+        f"{reference}'s at the same L0 (positive: behind {reference}) ± its standard error over the "
+        "sequences (the text's noise, not training's; - where either has no per-sequence numbers):\n\n"
+        + paired_table(gaps, reference, targets)
+    )
+    return (text if gaps else ""), {"reference": reference, "families": gaps}
 
 
 def report(out: str | Path, title: str = "", targets: list[float] | None = None) -> list[dict]:
@@ -375,26 +396,17 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
         raise SaescopeError(f"no evaluated SAEs in {Path(out) / 'saes'}: run `saescope compare --out {out}` first")
     targets = parse_targets(DEFAULT_MATCHED_L0) if targets is None else targets
     matched = matched_l0(rows, targets)
-    by_family = families(rows)
-    reference = "jumprelu" if "jumprelu" in by_family else min(by_family)
-    gaps = paired_gaps(by_family, reference, targets)
+    paired, gaps = paired_section([families(rows)], targets)
     text = (
         table(rows)
         + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n"
         + matched_table(matched, targets)
-        + (
-            f"\n\nPaired against {reference} on the same held-out sequences: the family's number minus "
-            f"{reference}'s at the same L0 (positive: behind {reference}) ± its standard error over the "
-            "sequences (the text's noise, not training's; - where either has no per-sequence numbers):\n\n"
-            + paired_table(gaps, reference, targets)
-            if gaps
-            else ""
-        )
+        + paired
         + "\n\nDelta LM loss by token position (index in its document, BOS at 0):\n\n"
         + position_table([(f"{r['family']} {r['value']:g} (L0 {r['l0']:.1f})", r) for r in rows])
     )
     Path(out, "compare.md").write_text((f"{title}\n\n" if title else "") + text + "\n")
-    matched_json = {"targets": targets, "families": matched, "paired": {"reference": reference, "families": gaps}}
+    matched_json = {"targets": targets, "families": matched, "paired": gaps}
     kept = [{k: v for k, v in r.items() if k != "by_sequence"} for r in rows]  # paired above, 2048 numbers at scale
     write_json_atomic(Path(out, "compare.json"), {"title": title, "rows": kept, "matched_l0": matched_json})
     png = plot(rows, Path(out, "compare.png"), title, targets[len(targets) // 2])

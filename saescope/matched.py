@@ -67,23 +67,31 @@ def paired_gap(ours: list[float], theirs: list[float], tokens: list[int]) -> dic
     return {"gap": gap, "se": math.sqrt(spread) / total, "sequences": len(used)}
 
 
-def paired_gaps(by_family: dict[str, list[dict]], reference: str, targets: list[float]) -> list[dict]:
+def seed_curve(seeds: list[dict[str, list[dict]]], family: str, key: str, target: float) -> list[float] | None:
+    """`sequence_curve` of `family` averaged over seeds (each a by-family dict of rows); None unless
+    every seed has it."""
+    curves = [sequence_curve(rows[family], key, target) if family in rows else None for rows in seeds]
+    if any(c is None for c in curves) or len({len(c) for c in curves}) > 1:
+        return None
+    return [sum(values) / len(values) for values in zip(*curves)]
+
+
+def paired_gaps(seeds: list[dict[str, list[dict]]], reference: str, targets: list[float]) -> list[dict]:
     """Per family other than `reference`: for each PAIRED number at each target, its gap to the
     reference family at the same L0 (positive: the family is worse) with the standard error over the
-    held-out sequences, or None where either cannot be read off."""
-    ref_rows = by_family.get(reference)
-    if not ref_rows:
+    held-out sequences, or None where either cannot be read off. `seeds` holds each seed's rows by
+    family (one for a single comparison): over several, each sequence's value is the seeds' mean, so
+    the error is the text's for the seed-averaged SAEs (all seeds measure on the same sequences)."""
+    if not all(reference in rows for rows in seeds):
         return []
     out = []
-    for family, rows in sorted(by_family.items()):
-        if family == reference:
-            continue
+    for family in sorted({f for rows in seeds for f in rows} - {reference}):
         entry: dict = {"family": family}
-        tokens = _tokens(ref_rows + rows)
+        tokens = _tokens([r for rows in seeds for r in rows.get(reference, []) + rows.get(family, [])])
         for key in PAIRED:
             entry[key] = []
             for target in targets:
-                ours, theirs = sequence_curve(ref_rows, key, target), sequence_curve(rows, key, target)
+                ours, theirs = seed_curve(seeds, reference, key, target), seed_curve(seeds, family, key, target)
                 ok = ours is not None and theirs is not None and tokens is not None
                 entry[key].append(paired_gap(ours, theirs, tokens) if ok else None)
         out.append(entry)

@@ -436,7 +436,22 @@ def test_compare_over_seeds_reports_each_seed_and_the_spread_and_resumes(store, 
             assert (stats is None) == any(v is None for v in values)
             if stats:
                 assert stats == pytest.approx({"mean": sum(values) / 2, "min": min(values), "max": max(values)})
-    assert "Matched L0 over 2 seeds" in (tmp_path / "compare.md").read_text()
+    md = (tmp_path / "compare.md").read_text()
+    assert "Matched L0 over 2 seeds" in md and "averaged over the 2 seeds" in md
+    # paired over seeds: each sequence averaged over the seeds, so the gap is the seeds' mean gap
+    assert spread["paired"]["reference"] == "jumprelu"
+    (topk,) = spread["paired"]["families"]
+    both = [{m["family"]: m for m in s["matched_l0"]["families"]} for s in seeds]
+    for i, g in enumerate(topk["delta_loss"]):
+        gaps = [
+            b["topk"]["delta_loss"][i] - b["jumprelu"]["delta_loss"][i]
+            for b in both
+            if None not in (b["topk"]["delta_loss"][i], b["jumprelu"]["delta_loss"][i])
+        ]
+        assert (g is None) == (len(gaps) < 2)
+        if g is not None:
+            assert g["gap"] == pytest.approx(sum(gaps) / 2, abs=1e-9) and g["se"] > 0
+    assert any(topk["delta_loss"])
     before = (tmp_path / "seed3" / "compare.json").stat().st_mtime_ns
     compare(cfg)  # finished seeds are kept, not trained again
     assert (tmp_path / "seed3" / "compare.json").stat().st_mtime_ns == before

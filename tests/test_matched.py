@@ -84,12 +84,12 @@ def test_paired_gaps_see_a_small_steady_gap_under_large_shared_noise():
         ]
 
     by_family = {"jumprelu": family("jumprelu", 0.0), "topk": family("topk", 0.003)}
-    (entry,) = paired_gaps(by_family, "jumprelu", [16.0, 64.0])
+    (entry,) = paired_gaps([by_family], "jumprelu", [16.0, 64.0])
     loss16, loss64 = entry["delta_loss"]
     assert loss64 is None and entry["family"] == "topk"
     assert loss16["gap"] == pytest.approx(0.003, abs=0.001) and loss16["se"] < 0.0005
     assert abs(entry["kl_div"][0]["gap"]) < 3 * entry["kl_div"][0]["se"]  # no gap in KL: within its error
-    assert paired_gaps(by_family, "gated", [16.0]) == []
+    assert paired_gaps([by_family], "gated", [16.0]) == []
     other = {"jumprelu": by_family["jumprelu"], "topk": family("topk", 0.0)}
     other["topk"][0]["by_sequence"]["tokens"] = tokens[:-1] + [10]  # measured on another text: no pairs
-    assert paired_gaps(other, "jumprelu", [16.0])[0]["delta_loss"] == [None]
+    assert paired_gaps([other], "jumprelu", [16.0])[0]["delta_loss"] == [None]
