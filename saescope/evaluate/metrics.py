@@ -43,9 +43,9 @@ from saescope.saes.base import SAE
 
 # The clean distributions are kept while they take at most this share of the device's memory (CPU: RAM;
 # 9.6 GiB of a 24 GiB machine, enough for 32 sequences of 256 of a 262k vocabulary, 8.9 GB), else 8 GiB
-# where it is unknown; beyond, the clean model runs again per SAE (32 sequences on Gemma 3 270M: 100 s
-# per SAE, against 50 s kept, when the whole process peaked at 21.5 GB of RAM: the forward's logits and
-# their log-softmax come on top, ~1 GB each per batch of 4 sequences).
+# where it is unknown; beyond, the clean model runs again per SAE, 2.0x the time per SAE
+# (benchmarks/clean_cache.py); with 32 sequences on Gemma 3 270M the whole process peaked at 21.5 GB of
+# RAM: the forward's logits and their log-softmax come on top, ~1 GB each per batch of 4 sequences.
 CLEAN_CACHE_SHARE = 0.4
 
 
