@@ -27,6 +27,9 @@ import torch
 POSITION_EDGES = (1, 2, 5, 17, 65, 257)  # each bucket's first position; the last is open-ended
 POSITION_LABELS = ("1", "2-4", "5-16", "17-64", "65-256", "257+")
 BREAKDOWNS = {"position": "by_position", "topic": "by_topic"}  # grouping -> metrics.json key
+# Per sequence only the losses are read (`sequence_losses`): the row sums (x alone is [sequences, d_in])
+# would cost a copy of that size per batch for nothing.
+SEQUENCE_SUMS = ("tokens", "ce", "kl")
 
 
 def position_buckets(positions: torch.Tensor) -> torch.Tensor:
@@ -93,6 +96,8 @@ class Tally:
         holds, to each group they fall in. T' may stop short of the row (losses have no last token)."""
         picked = values[mask].double().cpu()
         for grouping, index in self.groups.index.items():
+            if grouping == "sequence" and name not in SEQUENCE_SUMS:
+                continue
             where = index[batch][:, : mask.shape[1]].to(mask.device)[mask].cpu()
             ok = where >= 0
             n = len(self.groups.labels[grouping])
