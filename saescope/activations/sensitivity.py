@@ -5,17 +5,21 @@ read every dimension of a site equally: the next RMSNorm's gain, the unembedding
 layer and everything in between make an error in some dimensions cost far more loss than the same
 error in others. To second order the loss change from an error e at a site is 1/2 e^T F e, F the
 Fisher of the loss in that site's activations; its diagonal F_d = E[(dL/dx_d)^2] takes one
-backward pass over a few thousand tokens, for every site at once. `--normalize sensitivity`
-(train/normalize.py) weights the MSE with it.
+backward pass over a few thousand tokens, for every site at once. Tokens differ as dimensions do:
+the same pass measures how a token's sensitivity grows or falls with its activation's norm
+(`norm_power`). `--normalize sensitivity` (train/normalize.py) weights the MSE with both.
 
-The store keeps F per site in `sensitivity.safetensors`, written when the harvest finishes (a
+The store keeps F and the norm power per site in `sensitivity.safetensors`, written when the harvest finishes (a
 harvest run again on a store without one adds it), from the first SENSITIVITY_TOKENS training
 tokens of the same text.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,23 +33,22 @@ from saescope.errors import SaescopeError
 from saescope.models.sites import Site, replace
 
 SENSITIVITY_FILE = "sensitivity.safetensors"
+POWER_SUFFIX = ".norm_power"  # the key of a site's `norm_power` beside its own
 # Tokens the estimate averages over: on Gemma 3 270M res.6 the square roots of F from 2,048 and
 # 8,192 tokens correlate at 0.999 across dimensions (experiments/sensitivity.py).
 SENSITIVITY_TOKENS = 2048
 
 
-def loss_sensitivity(model, batches, sites: list[Site], full: bool = False) -> dict[str, torch.Tensor]:
-    """E[(dL/dx_d)^2] per dimension of each site over the scored tokens of `batches` (the LM loss
-    at the true next token; BOS, EOS and padding neither scored nor averaged over); with `full`,
-    the whole matrix E[g g^T] (experiments/fisher.py), g the gradient at the site."""
+def site_gradients(model, batches, sites: list[Site]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Per batch, every site's (loss gradient, activation) on the scored tokens: the LM loss at the
+    true next token, BOS, EOS and padding neither scored nor returned."""
     device = next(model.parameters()).device
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
     for batch in batches:
         probes: dict[str, torch.Tensor] = {}  # a zero added at each site: its gradient is the site's
+        inputs: dict[str, torch.Tensor] = {}
 
-        def add_probe(name: str, x: torch.Tensor, probes: dict = probes) -> torch.Tensor:
-            probes[name] = torch.zeros_like(x, requires_grad=True)
+        def add_probe(name: str, x: torch.Tensor, probes: dict = probes, inputs: dict = inputs) -> torch.Tensor:
+            probes[name], inputs[name] = torch.zeros_like(x, requires_grad=True), x.detach()
             return x + probes[name]
 
         ids, am = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -56,13 +59,56 @@ def loss_sensitivity(model, batches, sites: list[Site], full: bool = False) -> d
             scored = (batch.train_mask[:, :-1] & batch.attention_mask[:, 1:].bool()).to(device)
             F.cross_entropy(logits[scored], ids[:, 1:][scored], reduction="sum").backward()
         mask = batch.train_mask.to(device)
-        for name, probe in probes.items():
-            g = probe.grad[mask].double()
+        yield {name: (probe.grad[mask], inputs[name][mask]) for name, probe in probes.items()}
+
+
+def loss_sensitivity(model, batches, sites: list[Site], full: bool = False) -> dict[str, torch.Tensor]:
+    """E[(dL/dx_d)^2] per dimension of each site over the scored tokens of `batches`; with `full`,
+    the whole matrix E[g g^T] (experiments/fisher.py), g the gradient at the site."""
+    return measure_sensitivity(model, batches, sites, full)[0]
+
+
+def measure_sensitivity(
+    model, batches, sites: list[Site], full: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """`loss_sensitivity`, and each site's `norm_power`, from one backward pass per batch."""
+    sums: dict[str, torch.Tensor] = {}
+    g2s: dict[str, list[torch.Tensor]] = {}
+    norms: dict[str, list[torch.Tensor]] = {}
+    count = 0
+    for grads in site_gradients(model, batches, sites):
+        for name, (grad, x) in grads.items():
+            g = grad.double()
             sums[name] = sums.get(name, 0) + (g.T @ g if full else g.pow(2).sum(0))
-        count += int(mask.sum())
+            g2s.setdefault(name, []).append(g.pow(2).sum(1).cpu())
+            norms.setdefault(name, []).append(x.double().norm(dim=1).cpu())
+        count += len(next(iter(grads.values()))[0]) if grads else 0
     if not count:
         raise SaescopeError("no tokens to measure the loss sensitivity on: the dataset is empty")
-    return {name: (total / count).float().cpu() for name, total in sums.items()}
+    fisher = {name: (total / count).float().cpu() for name, total in sums.items()}
+    return fisher, {name: norm_power(torch.cat(g2s[name]), torch.cat(norms[name])) for name in sums}
+
+
+# Equal-count groups of tokens by the norm of their activation that `norm_power` fits a line through.
+NORM_GROUPS = 16
+
+
+def norm_power(g2: torch.Tensor, norms: torch.Tensor) -> float:
+    """p with E[|dL/dx|^2 | |x|] ~ |x|^p: the slope of log mean |g|^2 against log mean |x| over
+    NORM_GROUPS equal-count groups of tokens sorted by |x|. Why: a site the model reads through an
+    RMSNorm (Gemma's attention and MLP outputs) costs loss in proportion to its error relative to its
+    own norm, so its low-norm tokens matter most (att.6 of Gemma 3 270M: p = -1.5, its quarter of
+    lowest-norm tokens holds half the loss sensitivity); `--normalize sensitivity` weights each
+    token's squared error by |x|^p (train/normalize.py)."""
+    keep = norms > 0
+    order = norms[keep].argsort()
+    groups = torch.tensor_split(order, min(NORM_GROUPS, len(order)))
+    log_x = torch.stack([norms[keep][i].mean().log() for i in groups])
+    log_g = torch.stack([g2[keep][i].mean().clamp(min=1e-300).log() for i in groups])
+    if len(groups) < 2 or float(log_x.max() - log_x.min()) <= 0:
+        return 0.0
+    dx = log_x - log_x.mean()
+    return float((dx * (log_g - log_g.mean())).sum() / dx.pow(2).sum())
 
 
 def write_sensitivity(
@@ -72,29 +118,58 @@ def write_sensitivity(
     shards (written whole: a temporary file renamed into place)."""
     docs = iter_documents(dataset, text_field)
     batches = pack_documents(docs, tokenizer, context_len, 1, max_tokens=SENSITIVITY_TOKENS)
-    result = loss_sensitivity(model, batches, sites)
+    result, powers = measure_sensitivity(model, batches, sites)
     for name, f in result.items():
-        if not bool(torch.isfinite(f).all()):
+        if not bool(torch.isfinite(f).all()) or not math.isfinite(powers[name]):
             raise SaescopeError(
                 f"the loss gradient at {name} is not finite: the model's outputs overflow; harvest with --dtype float32"
             )
     tmp = store / f".{SENSITIVITY_FILE}.tmp"
-    save_file({name: f.contiguous() for name, f in result.items()}, str(tmp))
+    arrays = {name: f.contiguous() for name, f in result.items()}
+    save_file(arrays | {name + POWER_SUFFIX: torch.tensor([p]) for name, p in powers.items()}, str(tmp))
     os.replace(tmp, store / SENSITIVITY_FILE)
 
 
 def read_sensitivity(store: Path, site: str) -> torch.Tensor:
+    """The site's E[(dL/dx_d)^2] per dimension, as the harvest stored it."""
+    return _read_entry(store, site)
+
+
+def read_norm_power(store: Path, site: str) -> float:
+    """The site's `norm_power`, as the harvest stored it."""
+    return float(_read_entry(store, site + POWER_SUFFIX)[0])
+
+
+def _read_entry(store: Path, key: str) -> torch.Tensor:
     path = store / SENSITIVITY_FILE
     if not path.exists():
         raise SaescopeError(
             f"store {store} has no loss sensitivities ({SENSITIVITY_FILE}, written by harvests since "
-            f"--normalize sensitivity exists): run `saescope harvest --out {store}` again to add them, "
+            f"--normalize sensitivity exists): run `{reharvest(store)}` again to add them, "
             f"or train with --normalize standardize"
         )
     try:
         values = load_file(str(path))
     except Exception as e:  # safetensors raises several types for a damaged file
-        raise SaescopeError(f"{path} is damaged ({e}): delete it and run `saescope harvest --out {store}`") from None
-    if site not in values:
-        raise SaescopeError(f"{path} has no entry for {site}: delete it and run `saescope harvest --out {store}`")
-    return values[site]
+        raise SaescopeError(f"{path} is damaged ({e}): delete it and run `{reharvest(store)}`") from None
+    if key not in values:  # a norm power is missing from files written before it existed
+        raise SaescopeError(f"{path} has no entry for {key}: delete it and run `{reharvest(store)}`")
+    return values[key]
+
+
+def reharvest(store: Path) -> str:
+    """The harvest command that wrote `store` (its settings that differ from the defaults, from
+    store.json): run again on the finished store, it only adds a missing sensitivity file."""
+    from saescope.activations.harvest import HarvestConfig  # the harvest imports this module
+
+    try:
+        settings = json.loads((store / "store.json").read_text()).get("harvest_config", {})
+    except (OSError, ValueError):
+        settings = {}
+    defaults = HarvestConfig()
+    flags = [
+        f"--{name.replace('_', '-')} {value}"
+        for name, value in settings.items()
+        if name not in ("store", "device") and hasattr(defaults, name) and getattr(defaults, name) != value
+    ]
+    return " ".join(["saescope harvest --out", str(store), *flags])

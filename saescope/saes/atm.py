@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import LossOutput, loss_output
+from saescope.saes.base import LossOutput, loss_output, mse_of
 from saescope.saes.relu import ReLUSAE
 
 
@@ -85,7 +85,7 @@ class ATMSAE(ReLUSAE):
             ema.mul_(d).add_((1 - d) * now)
         self.steps += 1
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
         with self.dense_matmuls(x.device):
             f = self.pre_acts(x).relu().float()
             if self.training:
@@ -93,7 +93,7 @@ class ATMSAE(ReLUSAE):
                 f = f * keep
                 self._track(f.detach())
             y_hat = (f @ self.W_dec).float() + self.b_dec
-        mse = (y_hat - y).pow(2).sum(dim=1).mean()
+        mse = mse_of(y_hat, y, weight)
         penalty = sparsity_scale * self.sparsity_coefficient * (f @ self.W_dec.norm(dim=1)).mean()
         with torch.no_grad():
             active = f > 0

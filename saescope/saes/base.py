@@ -56,6 +56,13 @@ MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder")  # keyword arguments of `SAE` itself
 
 
+def mse_of(y_hat: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Squared error summed over d_in, mean over tokens; with `weight` (mean 1 over the batch),
+    each token's counted by its weight (the trainer's token weights, train/normalize.py)."""
+    err = (y_hat - y).pow(2).sum(dim=1)
+    return err.mean() if weight is None else (err * weight).mean()
+
+
 def batch_variance(y: Tensor) -> Tensor:
     """Summed per-dimension variance of a batch (detached): FVU's denominator."""
     with torch.no_grad():
@@ -185,10 +192,13 @@ class SAE(nn.Module, ABC):
         out = self.decode(self.encode(x))
         return out + x @ self.affine_skip_connection if self.transcoder == "skip" else out
 
-    def loss(self, x: Tensor, sparsity_scale: float = 1.0, target: Tensor | None = None) -> LossOutput:
+    def loss(
+        self, x: Tensor, sparsity_scale: float = 1.0, target: Tensor | None = None, weight: Tensor | None = None
+    ) -> LossOutput:
         """The training loss on a batch already divided by the site's normalising constant;
         `sparsity_scale` in [0, 1] is the trainer's warm-up factor on the sparsity term.
-        Transcoders predict `target` (the output site, divided by the input's constant)."""
+        Transcoders predict `target` (the output site, divided by the input's constant). `weight`
+        [tokens] weights each token's squared error (`mse_of`)."""
         if x.ndim != 2 or x.shape[1] != self.d_in:
             raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
         x = x.to(torch.float32)
@@ -200,13 +210,14 @@ class SAE(nn.Module, ABC):
         if y.shape != x.shape:
             raise SaescopeError(f"transcoder target must be [tokens, {self.d_in}] like its input, got {tuple(y.shape)}")
         if self.transcoder != "skip":
-            return self._loss(x, y, sparsity_scale)
+            return self._loss(x, y, sparsity_scale, weight)
         # The SAE part fits what the skip path leaves; the skip matrix learns through that target.
-        out = self._loss(x, y - x @ self.affine_skip_connection, sparsity_scale)
+        out = self._loss(x, y - x @ self.affine_skip_connection, sparsity_scale, weight)
         return replace(out, fvu=out.mse / batch_variance(y))
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
-        """The family's loss for reconstructing `y` from `x` (y is x for an SAE)."""
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
+        """The family's loss for reconstructing `y` from `x` (y is x for an SAE), each token's
+        squared error weighted by `weight` when given."""
         raise SaescopeError(f"{type(self).__name__} cannot be trained; it was loaded for inference only")
 
     # ---- decoder constraint ----------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from saescope.saes.base import SAE, LossOutput, loss_output
+from saescope.saes.base import SAE, LossOutput, loss_output, mse_of
 from saescope.saes.jumprelu import JumpReLUSAE
 from saescope.saes.relu import l1_coefficient
 
@@ -49,7 +49,7 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._paths(x)
         return (pi_gate > 0) * pi_mag.relu()
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
         """Dense step; matmuls in bfloat16 under `matmul_dtype` as ReLUSAE's."""
         with self.dense_matmuls(x.device):
             pi_gate, pi_mag = self._paths(x)
@@ -59,9 +59,9 @@ class GatedSAE(SAE):
             gate_acts = pi_gate.relu()
             y_hat = (f @ self.W_dec).float() + self.b_dec
             y_aux = (gate_acts @ self.W_dec.detach()).float() + self.b_dec.detach()
-        mse = (y_hat - y).pow(2).sum(dim=1).mean()
+        mse = mse_of(y_hat, y, weight)
         penalty = sparsity_scale * self.sparsity_coefficient * gate_acts.sum(dim=1).mean()
-        aux = (y_aux - y).pow(2).sum(dim=1).mean()
+        aux = mse_of(y_aux, y, weight)
         with torch.no_grad():
             active = f > 0
         return loss_output(mse + penalty + aux, mse, y, active.sum(1), active.any(0), penalty)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, non_negative_knob
+from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, mse_of, non_negative_knob
 from saescope.saes.l0_penalty import DEFAULT_L0_COEFFICIENTS, L0_PENALTIES, l0_term, steer_after_step
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
 
@@ -331,7 +331,7 @@ class JumpReLUSAE(SAE):
             return self.freq_target
         return max(self.freq_target, FREQ_ABOVE_MEAN * self.target_l0 / self.d_sae)
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
         """Squared error (sum over d_in, mean over tokens) + sparsity_scale * penalty, where the
         penalty is the L0 term of `l0_penalty` (saescope/saes/l0_penalty.py: lambda * L0 with a
         fixed or a steered lambda, or a quadratic pull to the target L0), plus freq_coefficient * sum
@@ -343,7 +343,7 @@ class JumpReLUSAE(SAE):
             self.threshold.clamp_(min=0.0)
         x_hat, token_l0, latent_counts = self._train_forward(x, self.effective_threshold())
         n = x.shape[0]
-        mse = (x_hat - y).pow(2).sum(dim=1).mean()
+        mse = mse_of(x_hat, y, weight)
         penalty = l0_term(self.l0_penalty, self.l0_coefficient, token_l0, self.target_l0, self.l0_steer)
         if self.freq_coefficient > 0:
             penalty = penalty + self.freq_coefficient * (latent_counts / n - self.freq_line()).relu().sum()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
+from saescope.saes.base import mse_of
 from saescope.saes.batchtopk import BatchTopKSAE
 from saescope.saes.topk import Code
 
@@ -45,7 +46,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     def prefix_sizes(self) -> list[int]:
         return [self.d_sae >> j for j in reversed(range(self.prefixes))]
 
-    def reconstruction_loss(self, code: Code, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def reconstruction_loss(self, code: Code, y: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         y_hat = self.b_dec.expand_as(y)
         losses = []
         start = 0
@@ -53,6 +54,6 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             part = (code.cols >= start) & (code.cols < end)  # keeps token-major order
             group = Code(code.rows[part], code.cols[part], code.acts[part], code.n)
             y_hat = y_hat + group.decode(self.W_dec)
-            losses.append((y_hat - y).pow(2).sum(dim=1).mean())
+            losses.append(mse_of(y_hat, y, weight))
             start = end
         return torch.stack(losses).mean(), losses[-1], y_hat

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput, flag_knob, loss_output
+from saescope.saes.base import SAE, LossOutput, flag_knob, loss_output, mse_of
 from saescope.saes.jumprelu import JumpReLUSAE
 
 # On inputs scaled to E||x||^2 = 1, a coefficient of a few units gives L0 in the tens to
@@ -62,12 +62,12 @@ class ReLUSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
         with self.dense_matmuls(x.device):
             f = self.pre_acts(x).relu()
             y_hat = (f @ self.W_dec).float() + self.b_dec
             f = f.float()
-        mse = (y_hat - y).pow(2).sum(dim=1).mean()
+        mse = mse_of(y_hat, y, weight)
         weights = self.W_dec.norm(dim=1)
         penalty = sparsity_scale * self.sparsity_coefficient * (f @ weights).mean()
         with torch.no_grad():

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from saescope.errors import SaescopeError
-from saescope.saes.base import SAE, LossOutput, loss_output
+from saescope.saes.base import SAE, LossOutput, loss_output, mse_of
 from saescope.saes.sparse import dense_pre, exact_pre, gather_pre, sparse_decode
 
 DEFAULT_K = 32
@@ -104,17 +104,17 @@ class TopKSAE(SAE):
         values = pre[rows, cols] if exact else exact_pre(xc, self.W_enc, self.b_enc, rows, cols)
         return Code(rows, cols, gather_pre(xc, self.W_enc, self.b_enc, rows, cols, values).relu(), pre.shape[0])
 
-    def reconstruction_loss(self, code: Code, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def reconstruction_loss(self, code: Code, y: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """(loss term, mse, full reconstruction): the squared error of the full reconstruction
         is the loss here; Matryoshka sums nested prefixes' errors instead."""
         y_hat = code.decode(self.W_dec) + self.b_dec
-        mse = (y_hat - y).pow(2).sum(dim=1).mean()
+        mse = mse_of(y_hat, y, weight)
         return mse, mse, y_hat
 
     def after_selection(self, code: Code) -> None:
         """Hook for families that track statistics of the kept entries (BatchTopK's threshold)."""
 
-    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, sparsity_scale: float, weight: Tensor | None = None) -> LossOutput:
         n = x.shape[0]
         xc = self.encoder_input(x)
         bf16 = self.uses_bf16(x.device)
@@ -122,7 +122,7 @@ class TopKSAE(SAE):
         rows, cols = self.select(pre)
         code = self.code(xc, pre, rows, cols, exact=not bf16)
         self.after_selection(code)
-        loss, mse, y_hat = self.reconstruction_loss(code, y)
+        loss, mse, y_hat = self.reconstruction_loss(code, y, weight)
         with torch.no_grad():
             active = code.acts > 0
             token_l0 = torch.zeros(n, device=x.device).index_add_(0, code.rows, active.float())
@@ -130,10 +130,10 @@ class TopKSAE(SAE):
             fired[code.cols[active]] = True
             if self.training:
                 self.tokens_since_fired.add_(n).masked_fill_(fired, 0)
-        aux = self.aux_loss(xc, pre, (y - y_hat).detach(), bf16)
+        aux = self.aux_loss(xc, pre, (y - y_hat).detach(), bf16, weight)
         return loss_output(loss + aux, mse, y, token_l0, fired, torch.zeros((), device=x.device))
 
-    def aux_loss(self, xc: Tensor, pre: Tensor, error: Tensor, bf16: bool) -> Tensor:
+    def aux_loss(self, xc: Tensor, pre: Tensor, error: Tensor, bf16: bool, weight: Tensor | None) -> Tensor:
         """AuxK: the dead latents' top aux_k pre-activations per token reconstruct the error of
         the main reconstruction (detached), through the decoder without b_dec."""
         zero = torch.zeros((), device=xc.device)
@@ -148,5 +148,5 @@ class TopKSAE(SAE):
             cols = dead[pick].flatten()
             rows = torch.arange(n, device=pre.device).repeat_interleave(k_aux)
         aux_code = self.code(xc, pre, rows, cols, exact=not bf16)
-        aux = (aux_code.decode(self.W_dec) - error).pow(2).sum(dim=1).mean()
+        aux = mse_of(aux_code.decode(self.W_dec), error, weight)
         return self.aux_coefficient * aux

@@ -1,10 +1,12 @@
 """How a site's activations are put on the unit scale an SAE trains on.
 
 The recipe divides by one constant C with E||x/C||^2 = 1; `standardize` subtracts each dimension's
-mean and divides by its spread (why: README, "Per-dimension standardisation"); `sensitivity`, the
-default, then weights each dimension by how much the LM loss depends on it. All are estimated once
-from the first training rows (and the store's loss sensitivities) and folded into the released
-weights, so a released SAE takes raw activations.
+mean and divides by its spread (why: README, "Per-dimension standardisation"); `sensitivity-dims`
+then weights each dimension by how much the LM loss depends on it; `sensitivity`, the default, also
+weights each token's squared error by how the loss's sensitivity scales with the token's norm
+(`token_weights`). The scales are estimated once from the first training rows (and the store's
+loss sensitivities) and folded into the released weights, so a released SAE takes raw activations;
+the token weights only shape training.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 
 import torch
 
-from saescope.activations.sensitivity import SENSITIVITY_FILE, read_sensitivity
+from saescope.activations.sensitivity import SENSITIVITY_FILE, read_norm_power, read_sensitivity
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
 
@@ -91,4 +93,27 @@ def estimate_sensitivity_scaling(store: ActivationStore, site: str, rows: int) -
 
 
 # The per-dimension normalisations by name (--normalize), each giving (scale, mean).
-PER_DIMENSION = {"standardize": estimate_standardization, "sensitivity": estimate_sensitivity_scaling}
+PER_DIMENSION = {
+    "standardize": estimate_standardization,
+    "sensitivity-dims": estimate_sensitivity_scaling,
+    "sensitivity": estimate_sensitivity_scaling,
+}
+# The normalisation that also weights tokens (`token_weights`).
+TOKEN_WEIGHTED = "sensitivity"
+
+
+def token_power(store: ActivationStore, site: str) -> float:
+    """The site's norm power the harvest measured (activations/sensitivity.py, `norm_power`)."""
+    power = read_norm_power(store.path, site)
+    if not math.isfinite(power):
+        raise SaescopeError(f"the norm power of {site} in {store.path} is not finite: harvest it again")
+    return power
+
+
+def token_weights(x: torch.Tensor, power: float) -> torch.Tensor:
+    """Each raw row's weight |x|^power, scaled to mean 1 over the batch: the loss's sensitivity to a
+    token as a power of its norm (activations/sensitivity.py, `norm_power`), so the squared error is
+    spent where the model will notice it (README, "Token weighting")."""
+    norms = x.float().norm(dim=1)
+    w = norms.clamp(min=1e-3 * float(norms.mean())) ** power
+    return w / w.mean()

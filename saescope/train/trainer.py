@@ -42,8 +42,9 @@ from saescope.models.loading import resolve_device
 from saescope.models.sites import Site
 from saescope.saes.base import SAE
 from saescope.saes.registry import make_sae, sae_from_state, sweep_knobs
-from saescope.train import checkpoint
+from saescope.train import checkpoint, normalize
 from saescope.train.job import TrainConfig, parse_knobs, refuse_shared_names, sae_key, select_sites, transcoder_target
+from saescope.train.moments import clip_jolts, floor_stale_moments
 from saescope.train.normalize import INIT_ROWS, PER_DIMENSION, estimate_scale, first_rows
 from saescope.train.schedule import lr_at, sparsity_scale_at
 
@@ -105,6 +106,7 @@ class Trainer:
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
         self.shifts: dict[str, torch.Tensor] = {}  # per site, with a per-dimension --normalize: the mean
+        self.powers: dict[str, float] = {}  # per site, with --normalize sensitivity: the token weights' power
         if cfg.normalize != "scalar" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: train them with --normalize scalar")
 
@@ -139,6 +141,7 @@ class Trainer:
                 "step": self.step,
                 "scales": self.scales,
                 "shifts": self.shifts,
+                "powers": self.powers,
                 "optimizer": self.opt.state_dict(),
                 "saes": {k: s.state_dict() for k, s in self.saes.items()},
                 "config": asdict(self.cfg),
@@ -156,6 +159,7 @@ class Trainer:
         self.opt = self._adam()
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.scales, self.shifts = ckpt["step"], ckpt["scales"], ckpt.get("shifts", {})
+        self.powers = ckpt.get("powers", {})
         return True
 
     def estimate_normalization(self) -> None:
@@ -164,6 +168,8 @@ class Trainer:
                 estimate = PER_DIMENSION[self.cfg.normalize]
                 scale, mean = estimate(self.store, site, self.cfg.norm_rows)
                 self.scales[site], self.shifts[site] = scale.to(self.device), mean.to(self.device)
+                if self.cfg.normalize == normalize.TOKEN_WEIGHTED:
+                    self.powers[site] = normalize.token_power(self.store, site)
             else:
                 self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows)
 
@@ -249,6 +255,9 @@ class Trainer:
         scale = sparsity_scale_at(self.step, cfg)
         per_sae, l0s, fvus, batch_l0 = {}, [], [], []
         normalised: dict[str, torch.Tensor] = {}
+        weights = {
+            site: normalize.token_weights(acts[site], power) for site, power in self.powers.items() if site in acts
+        }
         # Data ranks: each loss is a mean over this rank's rows; weighting it by the rank's share of
         # the global batch and summing over ranks gives the gradient of the global-batch mean.
         share = None if self.layout.data_ways == 1 else len(next(iter(acts.values()))) / cfg.batch_size
@@ -262,7 +271,8 @@ class Trainer:
                     raise self.nan_error(site, "the activation batch")
                 normalised[site] = x
             target = self.targets.get(site)  # a transcoder's output, scaled by its input's constant
-            out = sae.loss(normalised[site], scale, **({"target": acts[target] / self.scales[site]} if target else {}))
+            extra = {"target": acts[target] / self.scales[site]} if target else {}
+            out = sae.loss(normalised[site], scale, **extra, weight=weights.get(site))
             if not torch.isfinite(out.loss):
                 raise self.nan_error(site, f"the loss of SAE {key}")
             if share is None:
@@ -362,56 +372,6 @@ class Trainer:
                     **({"transcoder": True, "target_site": self.targets[self.site_of[key]]} if self.targets else {}),
                 },
             )
-
-
-@torch.no_grad()
-def floor_stale_moments(opt: torch.optim.Adam, sae: SAE) -> None:
-    """Lift Adam's second moments of `sae.stale_latents()` to at least the mean of their tensor,
-    along each per-latent parameter's latent axis.
-
-    Why: a latent with no gradient for many steps keeps second moments near 0 (or, for a JumpReLU
-    threshold and b_enc, the revival term's tiny ones), so its first real gradients once it fires
-    again move each of its entries by up to ~30x lr (beta2 0.999). Revived latents then fired with
-    huge activations: on att.6 at target 14 (width 4096) training FVU jumped to 5-14 and 90% of
-    latents ended dead. Floored, they take ordinary steps: 4% dead, delta loss 0.047 -> 0.024
-    (README, "Reviving without the jolt")."""
-    stale = sae.stale_latents()
-    if stale is None or stale.numel() == 0:
-        return
-    for name, axis in sae.latent_axes.items():
-        state = opt.state.get(getattr(sae, name))
-        if state and "exp_avg_sq" in state:
-            v = state["exp_avg_sq"]
-            v.index_copy_(axis, stale, v.index_select(axis, stale).clamp(min=v.mean()))
-
-
-@torch.no_grad()
-def clip_jolts(opt: torch.optim.Adam, sae: SAE) -> None:
-    """Scale all of a latent's gradients (its slices along `SAE.latent_axes`) by one factor, so that
-    its decoder row's is at most `sae.jolt_clip` times the norm that row's bias-corrected Adam second
-    moments expect (their mean floored at the tensor's, so rare latents are judged as ordinary ones).
-
-    Why: one token that many latents reconstruct together can cost hundreds of times a batch's usual
-    error, which Adam turns into steps of 10-30x lr on those latents: the default run's att.5 went from
-    training FVU 0.34 to 7,400 in 14 steps, 1,901 of 2,048 latents dead (README, "Clipping jolts").
-    The decoder row alone is measured because it is contiguous: a reduction along W_enc's latent
-    axis reads memory 7x slower, and measuring it too cost the default run's step 12%."""
-    state = opt.state.get(sae.W_dec)
-    if not sae.jolt_clip or sae.W_dec.grad is None or not state or "exp_avg_sq" not in state:
-        return
-    beta2 = next(g["betas"][1] for g in opt.param_groups if any(q is sae.W_dec for q in g["params"]))
-    v = state["exp_avg_sq"].mean(dim=1)
-    expected = v.clamp(min=v.mean().clamp(min=torch.finfo(v.dtype).tiny)) * sae.W_dec.shape[1]
-    norm = torch.linalg.vector_norm(sae.W_dec.grad.float(), dim=1)
-    scale = sae.jolt_clip * (expected / (1 - beta2 ** float(state["step"]))).sqrt() / norm
-    clipped = (scale < 1).nonzero().squeeze(1)  # only these latents' slices are written
-    if not len(clipped):
-        return
-    for name, axis in sae.latent_axes.items():
-        g = getattr(sae, name).grad
-        if g is not None:
-            shape = [-1 if d == axis else 1 for d in range(g.dim())]
-            g.index_copy_(axis, clipped, g.index_select(axis, clipped) * scale[clipped].view(shape).to(g.dtype))
 
 
 def train(cfg: TrainConfig) -> dict[str, SAE]:

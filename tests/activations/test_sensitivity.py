@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 import torch.nn.functional as F
 from tinymodels import tiny_model
@@ -9,7 +12,17 @@ from tinymodels import tiny_model
 from saescope.activations.documents import iter_documents
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.packing import pack_documents
-from saescope.activations.sensitivity import SENSITIVITY_FILE, loss_sensitivity, read_sensitivity
+from saescope.activations.sensitivity import (
+    SENSITIVITY_FILE,
+    SENSITIVITY_TOKENS,
+    loss_sensitivity,
+    measure_sensitivity,
+    norm_power,
+    read_norm_power,
+    read_sensitivity,
+    site_gradients,
+)
+from saescope.errors import SaescopeError
 from saescope.models.sites import Site, site_module
 
 
@@ -75,9 +88,48 @@ def test_harvest_writes_it_and_a_harvest_run_again_adds_it_to_an_older_store(tmp
     model = tiny_model("gemma3_text")
     store = harvest(cfg, model, tiny_tokenizer)
     first = {s: read_sensitivity(store, s) for s in ("res.0", "mlp.0")}
+    powers = {s: read_norm_power(store, s) for s in first}
+    batches = list(pack_documents(iter_documents("wiki"), tiny_tokenizer, 64, 1, max_tokens=SENSITIVITY_TOKENS))
+    fisher, measured = measure_sensitivity(model, batches, [Site.parse(s) for s in first])
+    for site in first:  # what the harvest stored is what one pass over its first training text measures
+        torch.testing.assert_close(fisher[site], first[site])
+        assert powers[site] == pytest.approx(measured[site], abs=1e-6)
     shards = {p.name: p.stat().st_mtime_ns for p in store.rglob("*.bin")}
     (store / SENSITIVITY_FILE).unlink()  # a store harvested before sensitivities existed
     harvest(cfg, model, tiny_tokenizer)
     for site, values in first.items():
         assert torch.equal(read_sensitivity(store, site), values)
+        assert read_norm_power(store, site) == powers[site]
     assert {p.name: p.stat().st_mtime_ns for p in store.rglob("*.bin")} == shards  # no shard rewritten
+
+
+def test_the_norm_power_is_the_slope_of_the_loss_sensitivity_against_the_norm_in_log_log():
+    g = torch.Generator().manual_seed(0)
+    norms = torch.exp(torch.randn(20_000, generator=g) * 0.4) * 7
+    noise = torch.distributions.Exponential(1.0).sample((20_000,))  # mean 1, as skewed as real |g|^2
+    assert norm_power(norms**-1.5 * noise, norms) == pytest.approx(-1.5, abs=0.1)
+    assert norm_power(norms**0.5 * noise, norms) == pytest.approx(0.5, abs=0.1)
+    assert norm_power(noise, torch.full((20_000,), 3.0)) == 0.0  # one norm: nothing to fit
+
+
+def test_the_norm_power_fits_the_per_token_gradients_of_the_real_pass(tiny_tokenizer):
+    model = tiny_model("gemma3_text")
+    batches = list(pack_documents(iter_documents("wiki"), tiny_tokenizer, 64, 2, max_tokens=512))
+    site = Site(1, "res")
+    grads = list(site_gradients(model, batches, [site]))
+    g2 = torch.cat([b[site.name][0].double().pow(2).sum(1) for b in grads])
+    norms = torch.cat([b[site.name][1].double().norm(dim=1) for b in grads])
+    assert measure_sensitivity(model, batches, [site])[1][site.name] == pytest.approx(norm_power(g2, norms), rel=1e-6)
+
+
+def test_a_sensitivity_file_from_before_norm_powers_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"res.0": torch.ones(4)}, str(tmp_path / SENSITIVITY_FILE))
+    settings = {"layers": "3", "tokens": 500, "sites": "res,mlp,att", "store": "elsewhere", "device": "cpu"}
+    (tmp_path / "store.json").write_text(json.dumps({"harvest_config": settings}))
+    with pytest.raises(SaescopeError, match="no entry for res.0.norm_power") as e:
+        read_norm_power(tmp_path, "res.0")
+    # the command that wrote the store, with only the settings that differ from the defaults
+    assert str(e.value).endswith(f"run `saescope harvest --out {tmp_path} --layers 3 --tokens 500`")
+    assert "\n" not in str(e.value)

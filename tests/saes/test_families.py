@@ -442,3 +442,23 @@ def test_knobs_are_the_keyword_arguments(arch):
     sae = make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch)))
     assert set(sae.knobs()) - {"transcoder"} == keywords - {"transcoder"}
     assert make_sae(arch, D_IN, D_SAE, **sae.knobs()).knobs() == sae.knobs()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_token_weight_counts_its_squared_error_as_that_many_copies_of_the_token(arch):
+    """The trainer's token weights (--normalize sensitivity) enter every family's squared error as
+    a per-token count: linear in the weights, and weights c / mean(c) give the error of the batch with
+    each token repeated c times (where a token's code does not depend on the rest of the batch)."""
+    torch.manual_seed(0)
+    sae = _perturb(make_sae(arch, D_IN, D_SAE)).eval()  # eval: no batch statistics move between calls
+    x = _x(64)
+    counts = torch.randint(1, 4, (64,)).float()
+    a, b = counts / counts.mean(), torch.rand(64)
+    weighted = sae.loss(x, weight=a)
+    torch.testing.assert_close(weighted.mse + sae.loss(x, weight=b).mse, sae.loss(x, weight=a + b).mse)
+    plain = sae.loss(x)
+    torch.testing.assert_close(sae.loss(x, weight=torch.ones(64)).loss, plain.loss)
+    assert abs(weighted.mse.item() - plain.mse.item()) > 1e-4 * plain.mse.item()  # the weights did something
+    if not isinstance(sae, BatchTopKSAE):  # BatchTopK picks its entries across the batch
+        repeated = sae.loss(x.repeat_interleave(counts.long(), dim=0))
+        torch.testing.assert_close(weighted.mse, repeated.mse, rtol=1e-5, atol=1e-7)

@@ -16,6 +16,7 @@ from saescope.train.normalize import (
     estimate_sensitivity_scaling,
     estimate_standardization,
     first_rows,
+    token_weights,
 )
 
 
@@ -77,3 +78,14 @@ def test_missing_damaged_or_misshapen_sensitivities_are_one_line(store):
     with pytest.raises(SaescopeError, match="saescope harvest --out") as e:
         estimate_sensitivity_scaling(store, "res.1", 2048)
     assert "--normalize standardize" in str(e.value)
+
+
+def test_token_weights_follow_the_norm_power_with_mean_one():
+    x = torch.randn(100, 8) * torch.linspace(0.5, 4, 100)[:, None]
+    w = token_weights(x, -1.5)
+    assert w.mean().item() == pytest.approx(1.0, rel=1e-5)
+    norms = x.norm(dim=1)
+    assert (w[3] / w[90]).item() == pytest.approx((norms[3] / norms[90]).item() ** -1.5, rel=1e-4)
+    assert torch.equal(token_weights(x, 0.0), torch.ones(100))
+    x[7] = 0  # an all-zero row gets a large, finite weight
+    assert bool(torch.isfinite(token_weights(x, -1.5)).all())

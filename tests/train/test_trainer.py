@@ -11,11 +11,13 @@ import torch
 from tinymodels import tiny_model
 
 from saescope.activations.harvest import HarvestConfig, harvest
+from saescope.activations.sensitivity import read_norm_power
 from saescope.errors import SaescopeError
 from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
-from saescope.train.normalize import first_rows
-from saescope.train.trainer import Trainer, clip_jolts, floor_stale_moments
+from saescope.train.moments import clip_jolts, floor_stale_moments
+from saescope.train.normalize import first_rows, token_weights
+from saescope.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +249,33 @@ def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
     Trainer(cfg_for(store, tmp_path, train_tokens=256 * 4)).train()
     with pytest.raises(SaescopeError, match="other SAEs"):
         Trainer(cfg_for(store, tmp_path, widths=[64], train_tokens=256 * 8)).train()
+
+
+@pytest.mark.parametrize("normalize", ["sensitivity", "sensitivity-dims"])
+def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power(store, tmp_path, normalize):
+    trainer = Trainer(cfg_for(store, tmp_path, normalize=normalize, l0_coefficients=[1e-3], train_tokens=256 * 2))
+    seen: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+    batches: list[dict[str, torch.Tensor]] = []
+    real_step = trainer.train_step
+    trainer.train_step = lambda acts: (batches.append(acts), real_step(acts))[1]
+    for key, sae in trainer.saes.items():
+        real_loss = sae.loss
+
+        def spy(x, scale, weight=None, key=key, real_loss=real_loss, **kw):
+            seen.append((trainer.site_of[key], x, weight))
+            return real_loss(x, scale, weight=weight, **kw)
+
+        sae.loss = spy
+    trainer.train()
+    assert len(seen) == 2 * len(trainer.saes)
+    for i, (site, _, weight) in enumerate(seen):
+        if normalize == "sensitivity-dims":
+            assert weight is None
+            continue
+        power = read_norm_power(store, site)
+        assert power != 0 and trainer.powers[site] == power
+        raw = batches[i // len(trainer.saes)][site]
+        torch.testing.assert_close(weight, token_weights(raw, power))
 
 
 @pytest.mark.parametrize("normalize", ["standardize", "sensitivity"])
