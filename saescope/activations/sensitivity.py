@@ -158,18 +158,13 @@ def _read_entry(store: Path, key: str) -> torch.Tensor:
 
 
 def reharvest(store: Path) -> str:
-    """The harvest command that wrote `store` (its settings that differ from the defaults, from
-    store.json): run again on the finished store, it only adds a missing sensitivity file."""
-    from saescope.activations.harvest import HarvestConfig  # the harvest imports this module
-
+    """The harvest command that wrote `store`, with every setting store.json keeps: run again on the
+    finished store, it only adds a missing sensitivity file."""
     try:
         settings = json.loads((store / "store.json").read_text()).get("harvest_config", {})
     except (OSError, ValueError):
         settings = {}
-    defaults = HarvestConfig()
     flags = [
-        f"--{name.replace('_', '-')} {value}"
-        for name, value in settings.items()
-        if name not in ("store", "device") and hasattr(defaults, name) and getattr(defaults, name) != value
+        f"--{name.replace('_', '-')} {value}" for name, value in settings.items() if name not in ("store", "device")
     ]
     return " ".join(["saescope harvest --out", str(store), *flags])

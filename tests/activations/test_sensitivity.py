@@ -130,6 +130,6 @@ def test_a_sensitivity_file_from_before_norm_powers_is_a_one_line_error(tmp_path
     (tmp_path / "store.json").write_text(json.dumps({"harvest_config": settings}))
     with pytest.raises(SaescopeError, match="no entry for res.0.norm_power") as e:
         read_norm_power(tmp_path, "res.0")
-    # the command that wrote the store, with only the settings that differ from the defaults
-    assert str(e.value).endswith(f"run `saescope harvest --out {tmp_path} --layers 3 --tokens 500`")
+    # the command that wrote the store, with its settings
+    assert str(e.value).endswith(f"run `saescope harvest --out {tmp_path} --layers 3 --tokens 500 --sites res,mlp,att`")
     assert "\n" not in str(e.value)
