@@ -14,9 +14,10 @@ owns a contiguous share of the suite (SAE i is initialised from seed i whoever o
 only its sites; its data ranks each take a slice of every global batch, scale their loss by their
 share of the batch's tokens and sum gradients: the one-process gradient for any loss that is a mean
 over tokens (MSE, lambda * L0; the steered lambda moves by the whole batch's L0, `SAE.after_step`).
-The frequency penalty, the quadratic L0 penalties and BatchTopK's batch-wide top-k see each rank's
-slice instead (SAE parallel is exact for every family), the dead-latent counters count each slice,
-and logged FVU is the token-weighted mean of the slices'. Each group's first rank writes the group's
+The frequency penalty, the quadratic L0 penalties, BatchTopK's batch-wide top-k and the token weights'
+mean of 1 (`normalize.token_weights`) see each rank's slice instead (SAE parallel is exact for every
+family), the dead-latent counters count each slice, and logged FVU is the token-weighted mean of the
+slices'. Each group's first rank writes the group's
 checkpoint, log and SAEs; groups never wait for each other until the end.
 """
 
