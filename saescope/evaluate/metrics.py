@@ -35,7 +35,7 @@ from saescope.config import RUN_FOLDER, device_option, held_out_option, option
 from saescope.errors import SaescopeError
 from saescope.evaluate import cache
 from saescope.evaluate.position import BREAKDOWNS, Groupings, Tally, breakdowns, sequence_losses
-from saescope.evaluate.rows import reconstruct, store_metrics
+from saescope.evaluate.rows import store_metrics
 from saescope.io import write_json_atomic
 from saescope.models.loading import DTYPES, load_model
 from saescope.models.sites import Site, blocks, capture, replace
@@ -235,7 +235,7 @@ def model_metrics(
         target = y.float()
         x = seen["x"].float() if source else target
         f = sae.encode(x)
-        out = reconstruct(sae, x, f)
+        out = sae.reconstruct(x, f)
         tally.add_rows(text.batch, target, out, (f > 0).sum(-1), ~text.batches[text.batch][2])
         return out
 

@@ -27,13 +27,6 @@ DENSE_FREQUENCY = 0.1
 HISTOGRAM_EDGES = np.arange(-7.0, 0.5, 0.5)  # log10 firing frequency bins
 
 
-def reconstruct(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """decode(f), plus the skip path of a skip transcoder (whose decode leaves it out)."""
-    out = sae.decode(f)
-    skip = getattr(sae, "affine_skip_connection", None)
-    return out if skip is None else out + x @ skip
-
-
 def _refuse_nonfinite(x: torch.Tensor, site: str, loader: ShuffledLoader) -> None:
     """One NaN in the held-out rows would turn FVU into NaN; stop and say where it is (batches mix
     shards, so the held-out shards are searched for it, which only a failing evaluation pays for)."""
@@ -105,7 +98,7 @@ def store_metrics(
         x = batch.acts[site]
         _refuse_nonfinite(x, site, loader)
         f = sae.encode(x)
-        x_hat = reconstruct(sae, x, f)
+        x_hat = sae.reconstruct(x, f)
         x = batch.acts[target] if target else x
         if target:
             _refuse_nonfinite(x, target, loader)

@@ -48,9 +48,10 @@ def read_saelens(path: Path) -> LoadedSAE:
         raise SaescopeError(
             f"{folder}: SAELens architecture {arch!r} has no saescope equivalent; saescope loads {sorted(_SAELENS_IN)}"
         )
-    if info.get("normalize_activations", "none") not in ("none", False, None):
+    norm = info.get("normalize_activations", "none")
+    if norm not in ("none", False, None, "constant_norm_rescale"):
         raise SaescopeError(
-            f"{folder}: SAELens normalize_activations={info['normalize_activations']!r} is applied at "
+            f"{folder}: SAELens normalize_activations={norm!r} is applied at "
             f"run time; fold it first (SAELens fold_activation_norm_scaling_factor) and save again"
         )
     if cfg.get("rescale_acts_by_decoder_norm"):
@@ -65,6 +66,7 @@ def read_saelens(path: Path) -> LoadedSAE:
     if "W_skip" in params:  # SAELens stores [d_out, d_in], Gemma Scope 2 [d_in, d_out]
         params["affine_skip_connection"] = np.ascontiguousarray(params.pop("W_skip").T)
     knobs = {"k": int(cfg["k"])} if _SAELENS_IN[arch] == "topk" else {}
+    knobs |= {"token_norm": True} if norm == "constant_norm_rescale" else {}  # the same function (base.token_scale)
     sae = build_sae(
         _SAELENS_IN[arch],
         params,
@@ -133,7 +135,7 @@ def saelens_cfg(sae: SAE | SkipTranscoder, meta: dict) -> dict[str, Any]:
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": bool(sae.pre_encoder_bias),
-        "normalize_activations": "none",
+        "normalize_activations": "constant_norm_rescale" if sae.knobs().get("token_norm") else "none",
         "reshape_activations": "hook_z" if hook_name and hook_name.endswith("hook_z") else "none",
     }
     if arch == "topk":

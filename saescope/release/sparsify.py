@@ -74,6 +74,11 @@ def write_sparsify(sae: SAE | SkipTranscoder, meta: dict, metrics: dict, folder:
             f"sparsify only loads TopK SAEs and this one is {sae.arch}; "
             f"export it as gemma-scope, gemma-scope-2 or saelens instead"
         )
+    if sae.knobs().get("token_norm"):
+        raise SaescopeError(
+            "sparsify cannot rescale each token before its SAE and this one does (token_norm); "
+            "export it as saelens (constant_norm_rescale) instead"
+        )
     arrays = gemma_scope_arrays(sae)
     transcoder = bool(meta.get("transcoder"))
     b_enc = arrays["b_enc"]

@@ -53,7 +53,16 @@ class LossOutput:
 
 TRANSCODER_KINDS = ("none", "plain", "skip")
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
-SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder")  # keyword arguments of `SAE` itself
+SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder", "token_norm")  # keyword arguments of `SAE` itself
+
+
+def token_scale(x: Tensor) -> Tensor:
+    """|x| / sqrt(d_in) per row [tokens, 1]: dividing by it puts every token at norm sqrt(d_in) (SAELens'
+    `constant_norm_rescale`). Why: a site the model reads through an RMSNorm (Gemma 3's attention
+    output) costs the same for the same relative error at any norm, so an SAE that fires by absolute
+    size spends its latents on the loud tokens (README, "Token norm")."""
+    norms = x.float().norm(dim=-1, keepdim=True)
+    return (norms / x.shape[-1] ** 0.5).clamp(min=1e-12).to(x.dtype)
 
 
 def mse_of(y_hat: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -134,6 +143,7 @@ class SAE(nn.Module, ABC):
         matmul_dtype: str = "auto",
         pre_encoder_bias: bool | None = None,
         transcoder: str = "none",
+        token_norm: bool = False,
     ) -> None:
         super().__init__()
         self.d_in = _positive_int("d_in", d_in)
@@ -148,6 +158,11 @@ class SAE(nn.Module, ABC):
                 "a transcoder has no pre-encoder bias (b_dec lives in the target site); drop pre_encoder_bias=True"
             )
         self.transcoder = transcoder
+        if token_norm and transcoder != "none":
+            raise SaescopeError("a transcoder predicts another site, so it cannot rescale tokens; drop token_norm")
+        # Released form only: the input is divided by `token_scale` and the output multiplied by it.
+        # The trainer rescales raw rows itself before standardising, so a training-form SAE never has it.
+        self.token_norm = flag_knob("token_norm", token_norm)
         self.pre_encoder_bias = transcoder == "none" if pre_encoder_bias is None else bool(pre_encoder_bias)
         # Recipe init: He-uniform decoder scaled to unit rows, encoder its transpose, zero biases.
         # Transcoders map one space to another, so their encoder is drawn on its own (same scale).
@@ -166,6 +181,7 @@ class SAE(nn.Module, ABC):
 
     # ---- inference -------------------------------------------------------------------
     def encoder_input(self, x: Tensor) -> Tensor:
+        x = x / token_scale(x) if self.token_norm else x
         return x - self.b_dec if self.pre_encoder_bias else x
 
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -188,9 +204,14 @@ class SAE(nn.Module, ABC):
         """A dense step's context: bfloat16 autocast where `uses_bf16`, else nothing."""
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.uses_bf16(device) else contextlib.nullcontext()
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.decode(self.encode(x))
+    def reconstruct(self, x: Tensor, f: Tensor) -> Tensor:
+        """The output for input `x` with latents `f = encode(x)`: decode(f), back at x's norm with
+        token_norm, plus the skip path of a skip transcoder."""
+        out = self.decode(f) * token_scale(x) if self.token_norm else self.decode(f)
         return out + x @ self.affine_skip_connection if self.transcoder == "skip" else out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstruct(x, self.encode(x))
 
     def loss(
         self, x: Tensor, sparsity_scale: float = 1.0, target: Tensor | None = None, weight: Tensor | None = None
@@ -201,6 +222,8 @@ class SAE(nn.Module, ABC):
         [tokens] weights each token's squared error (`mse_of`)."""
         if x.ndim != 2 or x.shape[1] != self.d_in:
             raise SaescopeError(f"SAE input must be [tokens, {self.d_in}], got {tuple(x.shape)}")
+        if self.token_norm:
+            raise SaescopeError("this SAE is in released form (token_norm); train with --token-norm instead")
         x = x.to(torch.float32)
         if (target is None) != (self.transcoder == "none"):
             raise SaescopeError(
@@ -271,6 +294,7 @@ class SAE(nn.Module, ABC):
         """Everything `make_sae(arch, d_in, d_sae, **knobs)` needs to rebuild this SAE."""
         knobs: dict[str, Any] = {"pre_encoder_bias": self.pre_encoder_bias}
         knobs |= {"transcoder": self.transcoder} if self.transcoder != "none" else {}
+        knobs |= {"token_norm": True} if self.token_norm else {}
         return knobs | {k: getattr(self, k) for k in self.knob_names} | {"matmul_dtype": self.matmul_dtype}
 
     def release_form(self) -> tuple[type[SAE], dict[str, Tensor], dict[str, Any]]:
@@ -281,10 +305,14 @@ class SAE(nn.Module, ABC):
         return type(self), arrays | self.extra_arrays(), self.knobs()
 
     @torch.no_grad()
-    def folded(self, scale: float | Tensor, shift: Tensor | None = None) -> SAE | SkipTranscoder:
+    def folded(
+        self, scale: float | Tensor, shift: Tensor | None = None, token_norm: bool = False
+    ) -> SAE | SkipTranscoder:
         """The released SAE: it takes raw activations and gives back raw reconstructions, with no
-        pre-encoder bias. A skip transcoder comes back as a `SkipTranscoder` around the plain one
-        (the skip is unchanged by folding).
+        pre-encoder bias. `token_norm`: it was trained on rows divided by `token_scale` before the
+        scale and shift, so the released SAE divides by it too (and multiplies its output back). A
+        skip transcoder comes back as a `SkipTranscoder` around the plain one (the skip is unchanged
+        by folding).
 
         A number C (the recipe, `x_raw = C * x`): b_enc' = C*b_enc - C*(b_dec @ W_enc),
         b_dec' = C*b_dec, extra per-latent arrays (the threshold) scaled by C, W_enc and W_dec
@@ -322,7 +350,7 @@ class SAE(nn.Module, ABC):
                 b_enc = b_enc - b_dec @ W_enc
             params = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": scale * b_enc, "b_dec": scale * b_dec}
             params |= {k: scale * arrays[k] for k in cls.extra_params}
-        knobs = knobs | {"pre_encoder_bias": False}
+        knobs = knobs | {"pre_encoder_bias": False} | ({"token_norm": True} if token_norm else {})
         if self.transcoder == "skip":
             knobs["transcoder"] = "plain"
         out = cls.from_params(params, **knobs).to(self.W_enc.device)

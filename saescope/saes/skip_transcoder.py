@@ -66,8 +66,11 @@ class SkipTranscoder(nn.Module):
         """The SAE part of the output only; the skip path needs the input, see `forward`."""
         return self.sae.decode(f)
 
+    def reconstruct(self, x: Tensor, f: Tensor) -> Tensor:
+        return self.sae.reconstruct(x, f) + x @ self.affine_skip_connection
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.sae.decode(self.sae.encode(x)) + x @ self.affine_skip_connection
+        return self.reconstruct(x, self.encode(x))
 
     def knobs(self) -> dict[str, Any]:
         return self.sae.knobs()

@@ -18,13 +18,15 @@ import torch
 from saescope.activations.sensitivity import SENSITIVITY_FILE, read_norm_power, read_sensitivity
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
+from saescope.saes.base import token_scale
 
 # Rows of a site that data-dependent initialisation (JumpReLU thresholds) looks at.
 INIT_ROWS = 4096
 
 
-def first_rows(store: ActivationStore, site: str, rows: int) -> torch.Tensor:
-    """The first `rows` rows of a site in store order (training shards come first)."""
+def first_rows(store: ActivationStore, site: str, rows: int, token_norm: bool = False) -> torch.Tensor:
+    """The first `rows` rows of a site in store order (training shards come first), each divided
+    by its `token_scale` with `token_norm` (as the trainer feeds them)."""
     parts, count = [], 0
     for shard in range(store.n_shards):
         x = store.read(site, shard)[: rows - count]
@@ -32,13 +34,14 @@ def first_rows(store: ActivationStore, site: str, rows: int) -> torch.Tensor:
         count += len(x)
         if count >= rows:
             break
-    return torch.cat([torch.as_tensor(p) for p in parts])
+    x = torch.cat([torch.as_tensor(p) for p in parts])
+    return x / token_scale(x) if token_norm else x
 
 
 @torch.no_grad()
-def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
+def estimate_scale(store: ActivationStore, site: str, rows: int, token_norm: bool = False) -> float:
     """C with E[||x/C||^2] = 1, from the first `rows` training rows (the recipe's normalisation)."""
-    x = first_rows(store, site, rows).double()
+    x = first_rows(store, site, rows, token_norm).double()
     total = x.pow(2).sum().item()
     if not math.isfinite(total) or total <= 0:
         raise SaescopeError(f"site {site}: activations are all zero or not finite; harvest again")
@@ -46,14 +49,16 @@ def estimate_scale(store: ActivationStore, site: str, rows: int) -> float:
 
 
 @torch.no_grad()
-def estimate_standardization(store: ActivationStore, site: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_standardization(
+    store: ActivationStore, site: str, rows: int, token_norm: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, mean) per dimension, with x = (x_raw - mean) / scale having unit variance spread
     evenly over the dimensions (E||x||^2 = 1, as the scalar normalisation gives).
 
     Why: an MSE on x_raw / C spends the SAE on the few dimensions that hold most of the variance;
     in Gemma 3 270M the hundreds of others carry what the next layers read, and their error is
     what costs LM loss (measured in the README)."""
-    x = first_rows(store, site, rows).double()
+    x = first_rows(store, site, rows, token_norm).double()
     mean = x.mean(0)
     std = (x.pow(2).mean(0) - mean.pow(2)).clamp(min=0).sqrt()
     if not bool(torch.isfinite(std).all()) or float(std.max()) <= 0:
@@ -72,12 +77,14 @@ SENSITIVITY_FLOOR = 1e-3
 
 
 @torch.no_grad()
-def estimate_sensitivity_scaling(store: ActivationStore, site: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_sensitivity_scaling(
+    store: ActivationStore, site: str, rows: int, token_norm: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, mean) per dimension: standardisation, then each dimension weighted by the square
     root of its loss sensitivity in standardised units (F_d sigma_d^2, F from the store, see
     activations/sensitivity.py), still E||x||^2 = 1. Why: the MSE then spends the SAE where an
     error costs LM loss instead of spreading it evenly over dimensions the model reads unevenly."""
-    scale, mean = estimate_standardization(store, site, rows)
+    scale, mean = estimate_standardization(store, site, rows, token_norm)
     fisher = read_sensitivity(store.path, site).double()
     if fisher.shape != scale.shape or not bool(torch.isfinite(fisher).all()):
         raise SaescopeError(
@@ -102,12 +109,15 @@ PER_DIMENSION = {
 TOKEN_WEIGHTED = "sensitivity"
 
 
-def token_power(store: ActivationStore, site: str) -> float:
-    """The site's norm power the harvest measured (activations/sensitivity.py, `norm_power`)."""
+def token_power(store: ActivationStore, site: str, token_norm: bool = False) -> float:
+    """The power of a raw row's norm that weights its squared error in training units: the site's norm
+    power the harvest measured (activations/sensitivity.py, `norm_power`), plus 2 with `token_norm`,
+    whose rows are divided by a scale proportional to their norm, so an error in training units
+    costs that scale squared times more in raw units."""
     power = read_norm_power(store.path, site)
     if not math.isfinite(power):
         raise SaescopeError(f"the norm power of {site} in {store.path} is not finite: harvest it again")
-    return power
+    return power + 2.0 if token_norm else power
 
 
 def token_weights(x: torch.Tensor, power: float) -> torch.Tensor:

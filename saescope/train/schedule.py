@@ -50,6 +50,12 @@ class Schedule:
         "train far better than with scalar); scalar: divide each site by one constant so E||x||^2 = 1 "
         "(the recipe)",
     )
+    token_norm: bool = option(
+        False,
+        "divide each token by its norm / sqrt(d_in) before the SAE and multiply the output back (SAELens' "
+        "constant_norm_rescale), so latents fire by direction, not loudness: for sites the model reads "
+        "through an RMSNorm",
+    )
     seed: int = option(0, "seed for initialisation and shuffling")
 
 

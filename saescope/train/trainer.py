@@ -41,7 +41,7 @@ from saescope.errors import SaescopeError
 from saescope.io import write_json_atomic
 from saescope.models.loading import resolve_device
 from saescope.models.sites import Site
-from saescope.saes.base import SAE
+from saescope.saes.base import SAE, token_scale
 from saescope.saes.registry import make_sae, sae_from_state, sweep_knobs
 from saescope.train import checkpoint, normalize
 from saescope.train.job import TrainConfig, parse_knobs, refuse_shared_names, sae_key, select_sites, transcoder_target
@@ -110,6 +110,8 @@ class Trainer:
         self.powers: dict[str, float] = {}  # per site, with --normalize sensitivity: the token weights' power
         if cfg.normalize != "scalar" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: train them with --normalize scalar")
+        if cfg.token_norm and cfg.transcoder:
+            raise SaescopeError("a transcoder predicts another site, so it cannot rescale tokens: drop --token-norm")
 
     def _adam(self) -> torch.optim.Adam:
         """One Adam over every SAE's parameters, one parameter group per learning-rate scale and
@@ -167,12 +169,12 @@ class Trainer:
         for site in self.sites:
             if self.cfg.normalize != "scalar":
                 estimate = PER_DIMENSION[self.cfg.normalize]
-                scale, mean = estimate(self.store, site, self.cfg.norm_rows)
+                scale, mean = estimate(self.store, site, self.cfg.norm_rows, self.cfg.token_norm)
                 self.scales[site], self.shifts[site] = scale.to(self.device), mean.to(self.device)
                 if self.cfg.normalize == normalize.TOKEN_WEIGHTED:
-                    self.powers[site] = normalize.token_power(self.store, site)
+                    self.powers[site] = normalize.token_power(self.store, site, self.cfg.token_norm)
             else:
-                self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows)
+                self.scales[site] = estimate_scale(self.store, site, self.cfg.norm_rows, self.cfg.token_norm)
 
     @torch.no_grad()
     def init_from_data(self) -> None:
@@ -182,7 +184,7 @@ class Trainer:
         for key, sae in self.saes.items():
             site = self.site_of[key]
             if site not in rows:
-                x = first_rows(self.store, site, INIT_ROWS).to(self.device, torch.float32)
+                x = first_rows(self.store, site, INIT_ROWS, self.cfg.token_norm).to(self.device, torch.float32)
                 rows[site] = ((x - self.shifts[site]) if site in self.shifts else x) / self.scales[site]
             sae.init_from_data(rows[site])
 
@@ -266,7 +268,8 @@ class Trainer:
         for key, sae in self.saes.items():
             site = self.site_of[key]
             if site not in normalised:
-                x = acts[site] - self.shifts[site] if site in self.shifts else acts[site]
+                x = acts[site] / token_scale(acts[site]) if self.cfg.token_norm else acts[site]
+                x = x - self.shifts[site] if site in self.shifts else x
                 x = x / self.scales[site]
                 if not torch.isfinite(x).all():
                     raise self.nan_error(site, "the activation batch")
@@ -343,7 +346,7 @@ class Trainer:
         for key, sae in self.saes.items():
             site = Site.parse(self.site_of[key])
             site_name = self.site_of[key]
-            folded = sae.folded(self.scales[site_name], self.shifts.get(site_name)).cpu()
+            folded = sae.folded(self.scales[site_name], self.shifts.get(site_name), self.cfg.token_norm).cpu()
             scale = self.scales[site_name]
             folder = self.out / "saes" / key
             folder.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from saescope.errors import SaescopeError
 from saescope.release import interop
 from saescope.release.export import export
 from saescope.release.gemma_scope import write_gemma_scope, write_gemma_scope_2
+from saescope.release.loaded import build_sae
 from saescope.release.saelens import write_saelens
 from saescope.release.sparsify import write_sparsify
 from saescope.saes.skip_transcoder import SkipTranscoder
@@ -44,6 +45,9 @@ def same_outputs(a, b, x) -> None:
         ("saelens", jumprelu),
         ("saelens", topk),
         ("sparsify", topk),
+        ("gemma-scope", lambda: jumprelu(knobs={"token_norm": True})),
+        ("gemma-scope-2", lambda: jumprelu(knobs={"token_norm": True})),
+        ("saelens", lambda: jumprelu(knobs={"token_norm": True})),
     ],
 )
 def test_round_trip_is_bit_exact_with_same_outputs(tmp_path, fmt, make):
@@ -55,6 +59,7 @@ def test_round_trip_is_bit_exact_with_same_outputs(tmp_path, fmt, make):
         back.arch == sae.arch
         and back.pre_encoder_bias == sae.pre_encoder_bias
         and back.knobs().get("k") == sae.knobs().get("k")
+        and back.knobs().get("token_norm") == sae.knobs().get("token_norm")
     )
     assert_bit_exact(arrays(back), arrays(sae))
     same_outputs(back, sae, x)
@@ -69,6 +74,13 @@ def test_round_trip_is_bit_exact_with_same_outputs(tmp_path, fmt, make):
         "sparsify": "sae.safetensors",
     }[fmt]
     assert (tmp_path / "out" / weights).read_bytes() == (tmp_path / "again" / weights).read_bytes()
+
+
+def test_sparsify_refuses_an_sae_that_rescales_tokens(tmp_path):
+    sae = build_sae("topk", random_params(0, threshold=False), knobs={"k": 5, "token_norm": True})
+    with pytest.raises(SaescopeError, match="export it as saelens"):
+        interop.WRITERS["sparsify"](sae, META, {}, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_gemma_scope_2_files_use_lower_case_keys_and_its_config(tmp_path):

@@ -25,6 +25,7 @@ from saescope.saes import (
     sae_from_state,
     sweep_knobs,
 )
+from saescope.saes.base import token_scale
 
 
 @pytest.fixture(autouse=True)
@@ -428,6 +429,33 @@ def test_per_dimension_folding_gives_the_trained_sae_on_raw_activations(arch):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_token_norm_folding_fires_by_direction_and_returns_the_tokens_scale(arch):
+    """Trained on rows divided by their token_scale, then standardised: the released SAE takes x_raw,
+    fires what the trained SAE fires on the rescaled row, and gives the reconstruction back at x_raw's
+    norm; a louder token fires the same latents with the same values."""
+    torch.manual_seed(0)
+    sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
+    for _ in range(3):
+        sae.loss(_x())
+    sae.eval()
+    g = torch.Generator().manual_seed(5)
+    s, m = torch.rand(D_IN, generator=g) * 5 + 0.1, torch.randn(D_IN, generator=g)
+    x_raw = _x() * torch.logspace(-2, 2, len(_x()))[:, None]
+    r = token_scale(x_raw)
+    released = sae.folded(s, m, token_norm=True)
+    assert released.knobs()["token_norm"] and make_sae(released.arch, D_IN, D_SAE, **released.knobs()).token_norm
+    with torch.no_grad():
+        z = (x_raw / r - m) / s
+        torch.testing.assert_close(released.encode(x_raw), sae.encode(z), atol=5e-4, rtol=1e-4)
+        torch.testing.assert_close(released(x_raw), (sae(z) * s + m) * r, atol=5e-3, rtol=1e-4)
+        torch.testing.assert_close(released.encode(7 * x_raw), released.encode(x_raw), atol=5e-4, rtol=1e-4)
+    with pytest.raises(SaescopeError, match="released form"):
+        released.loss(_x())
+    with pytest.raises(SaescopeError, match="drop token_norm"):
+        make_sae(arch, D_IN, D_SAE, transcoder="plain", token_norm=True)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_knobs_are_the_keyword_arguments(arch):
     """`knobs()` rebuilds the SAE: every keyword argument of the family's constructors (its own and
     its parents') is a knob, under its own name, and nothing else is."""
@@ -440,7 +468,8 @@ def test_knobs_are_the_keyword_arguments(arch):
         if p.kind is p.KEYWORD_ONLY
     }
     sae = make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch)))
-    assert set(sae.knobs()) - {"transcoder"} == keywords - {"transcoder"}
+    optional = {"transcoder", "token_norm"}  # knobs only when set, so older config.json files read the same
+    assert set(sae.knobs()) - optional == keywords - optional
     assert make_sae(arch, D_IN, D_SAE, **sae.knobs()).knobs() == sae.knobs()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.sensitivity import read_norm_power
 from saescope.errors import SaescopeError
+from saescope.saes.base import token_scale
 from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
 from saescope.train.moments import clip_jolts, floor_stale_moments
@@ -251,9 +253,16 @@ def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
         Trainer(cfg_for(store, tmp_path, widths=[64], train_tokens=256 * 8)).train()
 
 
-@pytest.mark.parametrize("normalize", ["sensitivity", "sensitivity-dims"])
-def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power(store, tmp_path, normalize):
-    trainer = Trainer(cfg_for(store, tmp_path, normalize=normalize, l0_coefficients=[1e-3], train_tokens=256 * 2))
+@pytest.mark.parametrize(
+    "normalize,token_norm", [("sensitivity", False), ("sensitivity-dims", False), ("sensitivity", True)]
+)
+def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power(
+    store, tmp_path, normalize, token_norm
+):
+    """With --token-norm, an error in training units is one in raw units divided by the token's
+    scale, so the weight's power rises by 2; the SAE sees rows of equal norm before standardising."""
+    cfg = cfg_for(store, tmp_path, normalize=normalize, l0_coefficients=[1e-3], train_tokens=256 * 2)
+    trainer = Trainer(replace(cfg, token_norm=token_norm))
     seen: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
     batches: list[dict[str, torch.Tensor]] = []
     real_step = trainer.train_step
@@ -268,25 +277,30 @@ def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power
         sae.loss = spy
     trainer.train()
     assert len(seen) == 2 * len(trainer.saes)
-    for i, (site, _, weight) in enumerate(seen):
+    for i, (site, x, weight) in enumerate(seen):
+        raw = batches[i // len(trainer.saes)][site]
+        fed = raw / token_scale(raw) if token_norm else raw
+        torch.testing.assert_close(x, (fed - trainer.shifts[site]) / trainer.scales[site])
         if normalize == "sensitivity-dims":
             assert weight is None
             continue
-        power = read_norm_power(store, site)
+        power = read_norm_power(store, site) + (2 if token_norm else 0)
         assert power != 0 and trainer.powers[site] == power
-        raw = batches[i // len(trainer.saes)][site]
         torch.testing.assert_close(weight, token_weights(raw, power))
 
 
-@pytest.mark.parametrize("normalize", ["standardize", "sensitivity"])
-def test_per_dimension_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path, normalize):
+@pytest.mark.parametrize(
+    "normalize,token_norm", [("standardize", False), ("sensitivity", False), ("sensitivity", True)]
+)
+def test_per_dimension_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path, normalize, token_norm):
     from saescope.release.formats import load
 
-    cfg = dict(normalize=normalize, l0_coefficients=[1e-3])
+    cfg = dict(normalize=normalize, l0_coefficients=[1e-3], token_norm=token_norm)
     whole = Trainer(cfg_for(store, tmp_path / "whole", **cfg))
     whole.train()
     for site in whole.sites:  # each dimension centred, E||x||^2 = 1; with standardize, equal variances
         x = torch.cat([whole.store.read(site, i).float() for i in range(4)])
+        x = x / token_scale(x) if token_norm else x
         z = (x - whole.shifts[site]) / whole.scales[site]
         torch.testing.assert_close(z.mean(0), torch.zeros(x.shape[1]), atol=1e-5, rtol=0)
         torch.testing.assert_close(z.pow(2).sum(1).mean(), torch.tensor(1.0), rtol=1e-3, atol=0)
@@ -305,10 +319,16 @@ def test_per_dimension_training_resumes_and_releases_an_sae_of_raw_activations(s
         released = load(tmp_path / "whole" / "saes" / key)
         meta = json.loads((tmp_path / "whole" / "saes" / key / "config.json").read_text())
         assert meta["normalization"] == normalize and len(meta["normalization_scale"]) == sae.d_in
+        assert released.knobs().get("token_norm", False) == token_norm
         x_raw = whole.store.read(site, 5).float()[:64]
+        r = token_scale(x_raw) if token_norm else torch.ones(len(x_raw), 1)
         with torch.no_grad():
-            expected = sae((x_raw - whole.shifts[site]) / whole.scales[site]) * whole.scales[site] + whole.shifts[site]
+            z = (x_raw / r - whole.shifts[site]) / whole.scales[site]
+            expected = (sae(z) * whole.scales[site] + whole.shifts[site]) * r
             torch.testing.assert_close(released(x_raw), expected, atol=1e-3, rtol=1e-4)
+            if token_norm:  # fires by direction alone: a louder token gets the same latents, output scaled
+                torch.testing.assert_close(released.encode(3 * x_raw), released.encode(x_raw), atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(released(3 * x_raw), 3 * released(x_raw), atol=3e-3, rtol=1e-4)
     with pytest.raises(SaescopeError, match="normalize"):
         Trainer(cfg_for(store, tmp_path / "bad", normalize="whiten"))
 
