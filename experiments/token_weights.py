@@ -1,6 +1,6 @@
-"""Token weighting on and off: the same SAEs trained with `--normalize sensitivity` (each token's squared
-error weighted by |x|^p, p the site's norm power) and `--normalize sensitivity-dims` (the per-dimension
-weights only, the default before), everything else equal: the same store rows in the same order, the same
+"""Token weighting on and off: the same SAEs trained with `--normalize sensitivity-tokens` (each token's
+squared error weighted by |x|^p, p the site's norm power) and `--normalize sensitivity` (the per-dimension
+weights only, the default), everything else equal: the same store rows in the same order, the same
 initialisations (one `saescope compare` per setting with the same sweeps and seeds), evaluated the same way
 on the same held-out sequences. Prints, per SAE, both settings' numbers (mean over seeds) and the paired
 gap in delta LM loss and KL (weighted minus not, of the seed-averaged SAEs) +- its standard error over
@@ -14,26 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from paired import table
+
 from saescope.compare import CompareConfig, compare
-from saescope.io import read_json
-from saescope.matched import paired_gap
 
-SETTINGS = ("sensitivity-dims", "sensitivity")
-
-
-def metrics(out: Path, seeds: int) -> dict[str, list[dict]]:
-    """Each SAE folder name's metrics.json, one per seed."""
-    folders = [out / f"seed{s}" for s in range(seeds)] if seeds > 1 else [out]
-    names = sorted(p.name for p in (folders[0] / "saes").iterdir())
-    return {name: [read_json(f / "saes" / name / "metrics.json") for f in folders] for name in names}
-
-
-def seed_mean(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows)
-
-
-def sequence_mean(rows: list[dict], key: str) -> list[float]:
-    return [sum(v) / len(v) for v in zip(*(r["by_sequence"][key] for r in rows))]
+SETTINGS = ("sensitivity", "sensitivity-tokens")
 
 
 def main() -> None:
@@ -44,7 +29,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="runs/token_weights")
     args = parser.parse_args()
-    runs = {}
     for setting in SETTINGS:
         out = Path(args.out) / f"{args.site.replace('.', '')}_{setting}"
         compare(
@@ -54,18 +38,8 @@ def main() -> None:
                 eval_sequences=32, eval_context_len=256, suite="core",
             )
         )  # fmt: skip
-        runs[setting] = metrics(out, args.seeds)
-    print(f"\n{args.site}, {args.seeds} seed(s): without token weights -> with them; gap = with - without")
-    print("| SAE | L0 | FVU | delta LM loss | KL | gap in delta loss | gap in KL |\n|---|---|---|---|---|---:|---:|")
-    for name, off in runs["sensitivity-dims"].items():
-        on = runs["sensitivity"][name]
-        cells = [f"{seed_mean(off, k):.{d}f} -> {seed_mean(on, k):.{d}f}" for k, d in (("l0", 1), ("fvu", 4))]
-        cells += [f"{seed_mean(off, k):.4f} -> {seed_mean(on, k):.4f}" for k in ("delta_loss", "kl_div")]
-        tokens = off[0]["by_sequence"]["tokens"]
-        for key in ("delta_loss", "kl_div"):
-            g = paired_gap(sequence_mean(off, key), sequence_mean(on, key), tokens)
-            cells.append(f"{g['gap']:+.4f} +- {g['se']:.4f}")
-        print(f"| {name.split('__')[0]} {name.split('__c')[-1]} | " + " | ".join(cells) + " |")
+    print(f"\n{args.site}, {args.seeds} seed(s): without token weights (A) and with them (B)")
+    print(table(*(Path(args.out) / f"{args.site.replace('.', '')}_{setting}" for setting in SETTINGS)))
 
 
 if __name__ == "__main__":

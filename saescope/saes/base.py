@@ -58,9 +58,9 @@ SHARED_KNOBS = ("matmul_dtype", "pre_encoder_bias", "transcoder", "token_norm") 
 
 def token_scale(x: Tensor) -> Tensor:
     """|x| / sqrt(d_in) per row [tokens, 1]: dividing by it puts every token at norm sqrt(d_in) (SAELens'
-    `constant_norm_rescale`). Why: a site the model reads through an RMSNorm (Gemma 3's attention
-    output) costs the same for the same relative error at any norm, so an SAE that fires by absolute
-    size spends its latents on the loud tokens (README, "Token norm")."""
+    `constant_norm_rescale`), so latents fire by the token's direction, not its loudness. A site the
+    model reads through an RMSNorm costs the same for the same relative error at any norm; on Gemma 3's
+    att.6 it still did not help the JumpReLU (README, "Token norm")."""
     norms = x.float().norm(dim=-1, keepdim=True)
     return (norms / x.shape[-1] ** 0.5).clamp(min=1e-12).to(x.dtype)
 

@@ -1,13 +1,13 @@
 """How a site's activations are put on the unit scale an SAE trains on.
 
 The recipe divides by one constant C with E||x/C||^2 = 1; `standardize` subtracts each dimension's
-mean and divides by its spread (why: README, "Per-dimension standardisation"); `sensitivity-dims`
-then weights each dimension by how much the LM loss depends on it; `sensitivity`, the default, also
+mean and divides by its spread (why: README, "Per-dimension standardisation"); `sensitivity`, the
+default, then weights each dimension by how much the LM loss depends on it; `sensitivity-tokens` also
 weights each token's squared error by how the loss's sensitivity scales with the token's norm
-(`token_weights`). The scales are estimated once from the first training rows (and the store's
-loss sensitivities) and folded into the released weights, so a released SAE takes raw activations;
-the token weights only shape training.
-"""
+(`token_weights`; it helps TopK on attention outputs and not the JumpReLU: README, "Token weighting").
+The scales are estimated once from the first training rows (and the store's loss sensitivities) and
+folded into the released weights, so a released SAE takes raw activations; the token weights only
+shape training."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def estimate_sensitivity_scaling(
 # The per-dimension normalisations by name (--normalize), each giving (scale, mean).
 PER_DIMENSION = {
     "standardize": estimate_standardization,
-    "sensitivity-dims": estimate_sensitivity_scaling,
     "sensitivity": estimate_sensitivity_scaling,
+    "sensitivity-tokens": estimate_sensitivity_scaling,
 }
 # The normalisation that also weights tokens (`token_weights`).
-TOKEN_WEIGHTED = "sensitivity"
+TOKEN_WEIGHTED = "sensitivity-tokens"
 
 
 def token_power(store: ActivationStore, site: str, token_norm: bool = False) -> float:

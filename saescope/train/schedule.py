@@ -40,12 +40,12 @@ class Schedule:
         "Adam epsilon; with beta1 = 0 an entry whose gradient is far below it moves "
         "by about lr * gradient / eps instead of lr * sign(gradient)",
     )
-    normalize: Literal["sensitivity", "sensitivity-dims", "standardize", "scalar"] = option(
+    normalize: Literal["sensitivity", "sensitivity-tokens", "standardize", "scalar"] = option(
         "sensitivity",
-        "sensitivity: standardize, weight each dimension by the square root of how much the LM "
-        "loss depends on it and each token's squared error by how that dependence scales with the "
-        "token's norm (both measured by the harvest); sensitivity-dims: the dimensions' weights only; "
-        "standardize: subtract each dimension's mean and "
+        "sensitivity: standardize, then weight each dimension by the square root of how much the LM "
+        "loss depends on it (measured by the harvest); sensitivity-tokens: also weight each token's squared "
+        "error by how that dependence scales with the token's norm (better for TopK on attention outputs, "
+        "worse for JumpReLU on the residual stream); standardize: subtract each dimension's mean and "
         "divide by its spread (models whose residual stream has a few huge dimensions, as Gemma 3's, "
         "train far better than with scalar); scalar: divide each site by one constant so E||x||^2 = 1 "
         "(the recipe)",

@@ -107,7 +107,7 @@ class Trainer:
         self.step = 0
         self.scales: dict[str, float | torch.Tensor] = {}  # per site: C, or a per-dimension scale
         self.shifts: dict[str, torch.Tensor] = {}  # per site, with a per-dimension --normalize: the mean
-        self.powers: dict[str, float] = {}  # per site, with --normalize sensitivity: the token weights' power
+        self.powers: dict[str, float] = {}  # per site, with --normalize sensitivity-tokens: the token weights' power
         if cfg.normalize != "scalar" and cfg.transcoder:
             raise SaescopeError("transcoders use the recipe's scalar normalisation: train them with --normalize scalar")
         if cfg.token_norm and cfg.transcoder:

@@ -254,7 +254,7 @@ def test_checkpoint_of_other_saes_is_refused(store, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "normalize,token_norm", [("sensitivity", False), ("sensitivity-dims", False), ("sensitivity", True)]
+    "normalize,token_norm", [("sensitivity-tokens", False), ("sensitivity", False), ("sensitivity-tokens", True)]
 )
 def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power(
     store, tmp_path, normalize, token_norm
@@ -281,7 +281,7 @@ def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power
         raw = batches[i // len(trainer.saes)][site]
         fed = raw / token_scale(raw) if token_norm else raw
         torch.testing.assert_close(x, (fed - trainer.shifts[site]) / trainer.scales[site])
-        if normalize == "sensitivity-dims":
+        if normalize == "sensitivity":
             assert weight is None
             continue
         power = read_norm_power(store, site) + (2 if token_norm else 0)
@@ -290,7 +290,7 @@ def test_sensitivity_weights_each_tokens_error_by_its_norm_to_the_measured_power
 
 
 @pytest.mark.parametrize(
-    "normalize,token_norm", [("standardize", False), ("sensitivity", False), ("sensitivity", True)]
+    "normalize,token_norm", [("standardize", False), ("sensitivity-tokens", False), ("sensitivity-tokens", True)]
 )
 def test_per_dimension_training_resumes_and_releases_an_sae_of_raw_activations(store, tmp_path, normalize, token_norm):
     from saescope.release.formats import load
