@@ -20,7 +20,8 @@ def metrics(out: Path) -> dict[str, list[dict]]:
     folders = sorted(out.glob("seed*")) or [out]
     names = sorted(p.name for p in (folders[0] / "saes").iterdir() if (p / "metrics.json").exists())
     return {
-        n: [read_json(f / "saes" / n / "metrics.json") for f in folders if (f / "saes" / n).exists()] for n in names
+        n: [read_json(f / "saes" / n / "metrics.json") for f in folders if (f / "saes" / n / "metrics.json").exists()]
+        for n in names
     }
 
 
