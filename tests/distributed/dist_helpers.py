@@ -53,9 +53,12 @@ def as_args(cfg: TrainConfig) -> list[str]:
     """The `saescope train` command line that builds this config."""
     args = ["train"]
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+        value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
+        if isinstance(value, bool):  # argparse's BooleanOptionalAction: --flag / --no-flag
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+            continue
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        args += [f"--{f.name.replace('_', '-')}", text]
+        args += [f"--{flag}", text]
     return args
 
 
