@@ -405,15 +405,20 @@ def test_bad_family_knobs_are_one_line_errors():
         make_sae("atm", D_IN, D_SAE, ema_decay=1.5)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_per_dimension_folding_gives_the_trained_sae_on_raw_activations(arch):
-    """Standardised training (x = (x_raw - m) / s): the released SAE takes x_raw, fires the same
-    latents with the same values, and returns s * reconstruction + m."""
+def _stepped(arch: str) -> SAE:
+    """A perturbed SAE of the family after three loss calls (its running state set), for inference."""
     torch.manual_seed(0)
     sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
     for _ in range(3):
         sae.loss(_x())
-    sae.eval()
+    return sae.eval()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_per_dimension_folding_gives_the_trained_sae_on_raw_activations(arch):
+    """Standardised training (x = (x_raw - m) / s): the released SAE takes x_raw, fires the same
+    latents with the same values, and returns s * reconstruction + m."""
+    sae = _stepped(arch)
     g = torch.Generator().manual_seed(5)
     s = torch.rand(D_IN, generator=g) * 50 + 0.1
     m = torch.randn(D_IN, generator=g) * 100
@@ -433,11 +438,7 @@ def test_token_norm_folding_fires_by_direction_and_returns_the_tokens_scale(arch
     """Trained on rows divided by their token_scale, then standardised: the released SAE takes x_raw,
     fires what the trained SAE fires on the rescaled row, and gives the reconstruction back at x_raw's
     norm; a louder token fires the same latents with the same values."""
-    torch.manual_seed(0)
-    sae = _perturb(make_sae(arch, D_IN, D_SAE, **sweep_knobs(arch, _sweep_value(arch))))
-    for _ in range(3):
-        sae.loss(_x())
-    sae.eval()
+    sae = _stepped(arch)
     g = torch.Generator().manual_seed(5)
     s, m = torch.rand(D_IN, generator=g) * 5 + 0.1, torch.randn(D_IN, generator=g)
     x_raw = _x() * torch.logspace(-2, 2, len(_x()))[:, None]
