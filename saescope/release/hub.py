@@ -124,7 +124,7 @@ def model_card(
         "import saescope",
         f'sae = saescope.load("{repo_id}/{first}")',
         "latents = sae.encode(activations)  # activations: [tokens, d_in], raw (not normalised)",
-        "reconstruction = sae.decode(latents)",
+        "reconstruction = sae.reconstruct(activations, latents)  # = sae(activations)",
         "```",
         "",
         "## Load with SAELens",
@@ -135,7 +135,9 @@ def model_card(
         "```",
         "",
         "The reference forward, with no library: "
-        "`pre = x @ W_enc + b_enc; acts = (pre > threshold) * relu(pre); recon = acts @ W_dec + b_dec`.",
+        "`pre = x @ W_enc + b_enc; acts = (pre > threshold) * relu(pre); recon = acts @ W_dec + b_dec` "
+        "(an SAE whose `config.json` knobs hold `token_norm` first divides x by |x| / sqrt(d_in) and "
+        "multiplies recon back; a skip transcoder adds `x @ affine_skip_connection`).",
         "",
     ]
     return "\n".join(front + body)
