@@ -100,6 +100,7 @@ class CompareConfig(Schedule):
     )
     eval_sequences: int = option(16, "held-out sequences for delta LM loss")
     eval_context_len: int = same_as(EvalConfig, "eval_context_len")
+    eval_offset: int = same_as(EvalConfig, "eval_offset")
     suite: str = same_as(SuiteConfig, "suite")
     device: str = device_option()
 

@@ -202,7 +202,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     },
     **{
         name: _at_least(0)
-        for name in ("eval_shards", "lr_warmup_steps", "l0_warmup_steps", "sae_groups", "export_latents")
+        for name in ("eval_shards", "eval_offset", "lr_warmup_steps", "l0_warmup_steps", "sae_groups", "export_latents")
     },
     "lr": ((lambda v: 0 < v < math.inf), "a positive number"),
     "adam_eps": ((lambda v: 0 < v < math.inf), "a positive number"),

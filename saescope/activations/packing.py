@@ -73,6 +73,7 @@ def pack_documents(
     mode: Literal["pack", "truncate"] = "pack",
     max_tokens: int | None = None,
     skip_tokens: int = 0,
+    then_skip_tokens: int = 0,
 ) -> Iterator[PackedBatch]:
     """Turn documents into `[batch_size, context_len]` token batches, deterministically.
 
@@ -85,6 +86,7 @@ def pack_documents(
     independent of `batch_size`:
     * `skip_tokens`: rows are dropped from the start until at least `skip_tokens` train tokens
       have been dropped.
+    * `then_skip_tokens`: after those, rows are dropped until at least this many more have been.
     * `max_tokens`: rows are emitted until at least `max_tokens` train tokens have been emitted;
       the batch holding that row is yielded (possibly with fewer rows) and iteration stops.
     Hence a harvest with `max_tokens=N` and a held-out evaluation with `skip_tokens=N` (same
@@ -100,8 +102,9 @@ def pack_documents(
         raise SaescopeError(f"unknown packing mode {mode!r}; use 'pack' or 'truncate'")
     if max_tokens is not None and max_tokens < 1:
         raise SaescopeError(f"max_tokens must be positive, got {max_tokens}")
-    if skip_tokens < 0:
-        raise SaescopeError(f"skip_tokens must be zero or positive, got {skip_tokens}")
+    for name, value in (("skip_tokens", skip_tokens), ("then_skip_tokens", then_skip_tokens)):
+        if value < 0:
+            raise SaescopeError(f"{name} must be zero or positive, got {value}")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     maybe_special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -113,7 +116,7 @@ def pack_documents(
     else:
         rows = _truncated_rows(tokenized, context_len)
 
-    skipped = emitted = 0
+    skipped = then_skipped = emitted = 0
     pending: list[_Row] = []
     for row in rows:
         ids, doc_ids, positions = _row_tensors(row, context_len, pad_id)
@@ -122,6 +125,9 @@ def pack_documents(
         count = int(train.sum())
         if skipped < skip_tokens:
             skipped += count
+            continue
+        if then_skipped < then_skip_tokens:
+            then_skipped += count
             continue
         pending.append((ids, real, doc_ids, positions, train))
         emitted += count

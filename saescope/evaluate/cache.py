@@ -43,6 +43,8 @@ def settings(cfg: Any, info: dict, text: bool) -> dict:
     }
     if text:
         out |= {"eval_sequences": cfg.eval_sequences, "eval_context_len": cfg.eval_context_len, "text": cfg.text}
+        if cfg.eval_offset:  # absent at 0, so results measured before the option existed still hold
+            out["eval_offset"] = cfg.eval_offset
         out["text_fingerprint"] = dataset_fingerprint(cfg.text) if cfg.text else None
     return out
 

@@ -68,6 +68,12 @@ class EvalConfig:
     eval_shards: int = held_out_option()
     eval_sequences: int = option(8, "held-out sequences for the model-based metrics (Gemma Scope: 2048)")
     eval_context_len: int = option(256, "tokens per held-out sequence (Gemma Scope: 1024)")
+    eval_offset: int = option(
+        0,
+        "held-out sequences passed over before the evaluated ones: after an evaluation of N sequences, "
+        "--eval-offset N measures on the next N, which that evaluation never saw (to confirm a result "
+        "on text it was not found on)",
+    )
     eval_batch_size: int = option(4, "sequences per forward pass")
     eval_dtype: Literal[tuple(DTYPES)] = option(
         "bfloat16", "model dtype for the model-based metrics (bfloat16 runs float32 on CPUs without it: compute_dtype)"
@@ -125,10 +131,15 @@ class HeldOutText:
                 cfg.eval_batch_size,
                 max_tokens=cfg.eval_sequences * cfg.eval_context_len,
                 skip_tokens=skip_tokens,
+                then_skip_tokens=cfg.eval_offset * cfg.eval_context_len,
             )
         )
-        if not batches and not skip_tokens:
+        if not batches and not skip_tokens and not cfg.eval_offset:
             raise SaescopeError(f"{dataset} holds no text to evaluate on (no document has a token after BOS)")
+        if not batches and cfg.eval_offset:
+            raise SaescopeError(
+                f"no text is left after --eval-offset {cfg.eval_offset} sequences: lower it or use a larger dataset"
+            )
         if not batches:
             raise SaescopeError(
                 "no held-out text is left after the harvested tokens: harvest fewer tokens or use a larger dataset"

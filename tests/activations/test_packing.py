@@ -151,6 +151,11 @@ def test_budgets_work_on_whole_rows(wiki: list[Document], tokenizer: PreTrainedT
     window = list(pack_documents(docs, tokenizer, context_len=32, batch_size=2, skip_tokens=budget, max_tokens=1))
     assert rows_of(window) == every[cut : cut + 1]
 
+    # a second evaluation passes over the first one's rows (the same budget) and starts on the next row
+    first = list(pack_documents(docs, tokenizer, context_len=32, skip_tokens=budget, max_tokens=budget))
+    after = list(pack_documents(docs, tokenizer, context_len=32, skip_tokens=budget, then_skip_tokens=budget))
+    assert rows_of(first) + rows_of(after) == every[cut:] and rows_of(first) and rows_of(after)
+
 
 def test_determinism_and_batch_size_independence(wiki: list[Document], tokenizer: PreTrainedTokenizerFast) -> None:
     docs = wiki[200:230]
@@ -190,6 +195,7 @@ def test_invalid_packing_arguments(tokenizer: PreTrainedTokenizerFast) -> None:
         ({"batch_size": 0}, ("batch_size",)),
         ({"max_tokens": 0}, ("max_tokens",)),
         ({"skip_tokens": -1}, ("skip_tokens",)),
+        ({"then_skip_tokens": -1}, ("then_skip_tokens",)),
     ]:
         with pytest.raises(SaescopeError) as excinfo:
             next(pack_documents(docs, tokenizer, **kwargs))

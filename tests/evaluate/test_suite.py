@@ -61,6 +61,9 @@ def test_cached_parts_are_reused_until_the_weights_change(run_dir, monkeypatch):
     measured.clear()
     run_suite(config(run_dir, suite="core,position", eval_sequences=2))  # other settings: measured again
     assert len(measured) == 3
+    measured.clear()
+    run_suite(config(run_dir, suite="core,position", eval_sequences=2, eval_offset=2))  # other text: again
+    assert len(measured) == 3
 
 
 def test_a_missing_part_is_not_available_and_never_fails(run_dir, monkeypatch):
