@@ -18,8 +18,9 @@ saelens-jumprelu and saelens-topk, and evaluated, tabulated and plotted (dashed)
 
 Sweeps rarely land two families on the same L0, so the matched-L0 table reads each family's
 frontier at common L0 targets (`--matched-l0`, default 16, 32, 64): delta LM loss and FVU
-interpolated linearly in log(L0) between the two measured SAEs around the target, and "-" where
-the target lies outside the family's measured L0 range (no extrapolation: a frontier's slope
+interpolated linearly in log(L0) between the two measured SAEs around the target, read at the
+family's nearest SAE where the target lies outside its measured L0 range by at most 2% (a JumpReLU
+trained at the target lands about there), and "-" beyond (no extrapolation: a frontier's slope
 beyond its last point is not known). Every SAE is measured on the same held-out sequences, so beside
 it each family's gap to saescope's JumpReLU is paired sequence by sequence, with its standard error
 over the sequences (`saescope/matched.py`): whether the evaluation text alone could have produced it.
@@ -400,7 +401,7 @@ def report(out: str | Path, title: str = "", targets: list[float] | None = None)
     paired, gaps = paired_section([families(rows)], targets)
     text = (
         table(rows)
-        + "\n\nMatched L0 (linear in log L0 between measured SAEs; - outside a family's L0 range):\n\n"
+        + "\n\nMatched L0 (linear in log L0 between measured SAEs; - more than 2% outside a family's L0 range):\n\n"
         + matched_table(matched, targets)
         + paired
         + "\n\nDelta LM loss by token position (index in its document, BOS at 0):\n\n"

@@ -10,7 +10,7 @@ import pytest
 from saescope.matched import interpolate_log_l0, log_l0_weights, paired_gap, paired_gaps, sequence_curve
 
 
-def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
+def test_matched_l0_interpolates_linearly_in_log_l0_and_extrapolates_at_most_2_percent():
     points = [(10.0, 1.0), (40.0, 0.4), (160.0, 0.1)]
     # L0 20 is halfway between 10 and 40 in log L0: halfway between 1.0 and 0.4
     assert interpolate_log_l0(points, 20.0) == pytest.approx(0.7)
@@ -20,10 +20,14 @@ def test_matched_l0_interpolates_linearly_in_log_l0_and_never_extrapolates():
     assert interpolate_log_l0(points, 16.0) == pytest.approx(1.0 - 0.6 * math.log(1.6) / math.log(4))
     assert interpolate_log_l0(points, 40.0) == pytest.approx(0.4)
     assert interpolate_log_l0(points, 10.0) == pytest.approx(1.0) and interpolate_log_l0(points, 160.0) == 0.1
-    assert interpolate_log_l0(points, 9.9) is None and interpolate_log_l0(points, 161.0) is None
+    assert interpolate_log_l0(points, 9.7) is None and interpolate_log_l0(points, 164.0) is None
+    # a sweep wholly on one side of the target: its nearest SAE if within 2% (JumpReLU at target 16: 15.9)
+    assert interpolate_log_l0(points, 9.9) == 1.0 and interpolate_log_l0(points, 163.0) == 0.1
+    assert interpolate_log_l0([(15.9, 0.02), (13.7, 0.03)], 16.0) == 0.02
+    assert interpolate_log_l0([(15.6, 0.02)], 16.0) is None
     # within 0.1% of a measured L0 is measured there (TopK k=64 measures 63.97 on held-out rows)
     assert interpolate_log_l0([(16.0, 0.6), (63.968, 0.35)], 64.0) == 0.35
-    assert interpolate_log_l0(points, 160.1) == 0.1 and interpolate_log_l0(points, 160.5) is None
+    assert interpolate_log_l0(points, 160.1) == 0.1
     assert interpolate_log_l0([(32.0, 0.5)], 32.0) == 0.5 and interpolate_log_l0([(32.0, 0.5)], 16.0) is None
     assert interpolate_log_l0([], 16.0) is None
     assert interpolate_log_l0([(32.0, 0.4), (32.0, 0.6), (64.0, 0.1), (0.0, 9.0)], 32.0) == pytest.approx(0.5)
