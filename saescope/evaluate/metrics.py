@@ -134,16 +134,16 @@ class HeldOutText:
                 then_skip_tokens=cfg.eval_offset * cfg.eval_context_len,
             )
         )
-        if not batches and not skip_tokens and not cfg.eval_offset:
-            raise SaescopeError(f"{dataset} holds no text to evaluate on (no document has a token after BOS)")
         if not batches and cfg.eval_offset:
             raise SaescopeError(
                 f"no text is left after --eval-offset {cfg.eval_offset} sequences: lower it or use a larger dataset"
             )
-        if not batches:
+        if not batches and skip_tokens:
             raise SaescopeError(
                 "no held-out text is left after the harvested tokens: harvest fewer tokens or use a larger dataset"
             )
+        if not batches:
+            raise SaescopeError(f"{dataset} holds no text to evaluate on (no document has a token after BOS)")
         self.model, self.device = model, next(model.parameters()).device
         self.where = [(b.doc_ids, b.positions) for b in batches]  # traces every evaluated token to its text
         self.groups = Groupings.of(self.where, topic_of)  # position buckets and topics (evaluate/position.py)

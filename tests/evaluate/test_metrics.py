@@ -118,17 +118,15 @@ def test_heldout_text_is_disjoint_from_the_harvested_tokens(setup, tiny_tokenize
 def test_an_eval_offset_measures_the_next_sequences_no_earlier_evaluation_saw(setup, tiny_tokenizer):
     model, store = setup
 
-    def held(offset: int) -> list[tuple[int, int]]:
-        cfg = EvalConfig(eval_sequences=3, eval_context_len=32, eval_batch_size=2, eval_offset=offset)
+    def held(offset: int, sequences: int = 3) -> set[tuple[int, int]]:
+        cfg = EvalConfig(eval_sequences=sequences, eval_context_len=32, eval_batch_size=2, eval_offset=offset)
         text = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"], cfg)
-        return [(int(d), int(p)) for docs, pos in text.where for d, p in zip(docs.flatten(), pos.flatten()) if p > 0]
+        return {(int(d), int(p)) for docs, pos in text.where for d, p in zip(docs.flatten(), pos.flatten()) if p > 0}
 
-    first, second, both = held(0), held(3), set(held(0)) | set(held(3))
-    assert len(second) > 50 and not set(first) & set(second)
+    first, second = held(0), held(3)
+    assert len(second) > 50 and not first & second
     # the second starts where the first stopped: the first six sequences' tokens are all in one of the two
-    cfg = EvalConfig(eval_sequences=6, eval_context_len=32, eval_batch_size=2)
-    six = HeldOutText(model, tiny_tokenizer, "wiki", "text", store.info["rows"], cfg).where
-    assert {(int(d), int(p)) for docs, pos in six for d, p in zip(docs.flatten(), pos.flatten()) if p > 0} <= both
+    assert held(0, sequences=6) <= first | second
     with pytest.raises(SaescopeError, match=r"^no text is left after --eval-offset 1000000 sequences: lower it[^\n]*$"):
         held(10**6)
 
