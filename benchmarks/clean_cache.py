@@ -18,8 +18,8 @@ from pathlib import Path
 
 from machine import cpu  # benchmarks/machine.py, beside this script
 
-import saescope.evaluate.metrics as metrics
-from saescope.evaluate.metrics import EvalConfig, Evaluation, trained_folders
+import saescope.evaluate.heldout as heldout
+from saescope.evaluate.metrics import EvalConfig, Evaluation, finished_store, trained_folders
 from saescope.io import read_json
 from saescope.models.loading import load_model
 
@@ -43,15 +43,15 @@ def main() -> None:
     cfg = EvalConfig(out=str(run), **(settings | ({"eval_context_len": args.context_len} if args.context_len else {})))
     folders = trained_folders(run)[: args.saes]
     print(f"CPU: {cpu()}; run {run}: {len(folders)} SAEs, {args.sequences} sequences of {cfg.eval_context_len}")
-    info = metrics.finished_store(cfg).info
+    info = finished_store(cfg).info
     loaded = load_model(info["model"], cfg.eval_dtype, cfg.device)
     build_kept, kept = timed(lambda: Evaluation(cfg, loaded))
-    share = metrics.clean_cache_bytes
-    metrics.clean_cache_bytes = lambda _device: 0  # nothing fits: the clean model runs again per SAE
+    share = heldout.clean_cache_bytes
+    heldout.clean_cache_bytes = lambda _device: 0  # nothing fits: the clean model runs again per SAE
     try:
         build_again, again = timed(lambda: Evaluation(cfg, loaded))
     finally:
-        metrics.clean_cache_bytes = share
+        heldout.clean_cache_bytes = share
     assert kept.text._clean is not None and again.text._clean is None, "the cache did not switch"
     seconds = {"kept": 0.0, "again": 0.0}
     for folder in folders:

@@ -19,7 +19,8 @@ import torch
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
-from saescope.evaluate.metrics import EvalConfig, HeldOutText, evaluate, load_trained
+from saescope.evaluate.heldout import HeldOutText
+from saescope.evaluate.metrics import EvalConfig, evaluate, load_trained
 from saescope.models.loading import load_model
 from saescope.models.sites import Site
 from saescope.run import RunConfig

@@ -3,7 +3,7 @@
 From the held-out shards of the store (`saescope/evaluate/rows.py`): L0, FVU, firing frequencies,
 dead and dense latents, and the reconstruction's shape (norms, cosine, bias) SAEBench reports.
 
-From held-out text run through the model: next-token cross-entropy clean, with the SAE's
+From held-out text run through the model (`saescope/evaluate/heldout.py`): next-token cross-entropy clean, with the SAE's
 reconstruction spliced in at its site, and with the site zero-ablated; delta LM loss, KL divergence
 to the clean model, and CE loss recovered; the same broken down by token position and by document
 topic (`saescope/evaluate/position.py`). BOS, EOS and padding positions are never counted and
@@ -17,48 +17,26 @@ activation by transcoder(the `mlp_in.L` activation of the same forward pass).
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from saescope.activations.documents import Document, check_store_text, iter_documents
+from saescope.activations.documents import check_store_text
 from saescope.activations.loader import ShuffledLoader
-from saescope.activations.packing import pack_documents
 from saescope.activations.store import ActivationStore, run_store
 from saescope.config import RUN_FOLDER, device_option, held_out_option, option
 from saescope.errors import SaescopeError
 from saescope.evaluate import cache
-from saescope.evaluate.position import BREAKDOWNS, Groupings, Tally, breakdowns, sequence_losses
+from saescope.evaluate.heldout import HeldOutText
+from saescope.evaluate.position import BREAKDOWNS, Tally, breakdowns, sequence_losses
 from saescope.evaluate.rows import store_metrics
 from saescope.io import write_json_atomic
 from saescope.models.loading import DTYPES, load_model
-from saescope.models.sites import Site, blocks, capture, replace
+from saescope.models.sites import Site, capture
 from saescope.saes.base import SAE
-
-# The clean distributions are kept while they take at most this share of the device's memory (CPU: RAM;
-# 9.6 GiB of a 24 GiB machine, enough for 32 sequences of 256 of a 262k vocabulary, 8.9 GB), else 8 GiB
-# where it is unknown; beyond, the clean model runs again per SAE, 2.0x the time per SAE
-# (benchmarks/clean_cache.py); with 32 sequences on Gemma 3 270M the whole process peaked at 21.5 GB of
-# RAM: the forward's logits and their log-softmax come on top, ~1 GB each per batch of 4 sequences.
-CLEAN_CACHE_SHARE = 0.4
-
-
-def clean_cache_bytes(device: torch.device) -> int:
-    """How many bytes of clean distributions an evaluation on `device` keeps in memory."""
-    if device.type == "cuda":
-        return int(CLEAN_CACHE_SHARE * torch.cuda.get_device_properties(device).total_memory)
-    try:
-        if device.type == "cpu":
-            return int(CLEAN_CACHE_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
-        pass
-    return 8 << 30
 
 
 @dataclass
@@ -85,129 +63,6 @@ class EvalConfig:
         "held-out corpus text; results go to each SAE's metrics.<name>.json beside metrics.json",
     )
     device: str = device_option()
-
-
-def _token_ce_kl(logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tensor, chunk: int = 128):
-    """Per-position CE and KL(clean || this) [rows, T-1], a few rows of the vocabulary-wide logits
-    at a time: KL = sum p_c log p_c - p_c . logits + logsumexp(logits), so per forward only one
-    float pass over the logits is needed, never a full log-softmax tensor."""
-    flat, targets = logits.flatten(0, 1), targets.flatten()
-    ce, kl = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), device=flat.device)
-    for i in range(0, len(flat), chunk):
-        z = flat[i : i + chunk].float()
-        lse = torch.logsumexp(z, -1)
-        ce[i : i + chunk] = lse - z.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
-        kl[i : i + chunk] = clean.neg_entropy[i : i + chunk] - torch.linalg.vecdot(clean.probs[i : i + chunk], z) + lse
-    return ce.view(logits.shape[:2]), kl.view(logits.shape[:2])
-
-
-@dataclass
-class CleanOutputs:
-    """The clean model's next-token distribution on one batch (flattened positions) and the
-    outputs of every block, so a spliced forward can start at the spliced layer."""
-
-    probs: torch.Tensor
-    neg_entropy: torch.Tensor
-    block_outputs: list
-
-
-class HeldOutText:
-    """Held-out sequences (after the text the harvest used) and the clean model's outputs on them."""
-
-    def __init__(self, model, tokenizer, dataset: str, text_field: str, skip_tokens: int, cfg: EvalConfig):
-        topic_of: dict[int, str] = {}
-
-        def noting_topics(docs: Iterator[Document]) -> Iterator[Document]:
-            for doc in docs:
-                if doc.topic:
-                    topic_of[doc.doc_id] = doc.topic
-                yield doc
-
-        batches = list(
-            pack_documents(
-                noting_topics(iter_documents(dataset, text_field)),
-                tokenizer,
-                cfg.eval_context_len,
-                cfg.eval_batch_size,
-                max_tokens=cfg.eval_sequences * cfg.eval_context_len,
-                skip_tokens=skip_tokens,
-                then_skip_tokens=cfg.eval_offset * cfg.eval_context_len,
-            )
-        )
-        if not batches and cfg.eval_offset:
-            raise SaescopeError(
-                f"no text is left after --eval-offset {cfg.eval_offset} sequences: lower it or use a larger dataset"
-            )
-        if not batches and skip_tokens:
-            raise SaescopeError(
-                "no held-out text is left after the harvested tokens: harvest fewer tokens or use a larger dataset"
-            )
-        if not batches:
-            raise SaescopeError(f"{dataset} holds no text to evaluate on (no document has a token after BOS)")
-        self.model, self.device = model, next(model.parameters()).device
-        self.where = [(b.doc_ids, b.positions) for b in batches]  # traces every evaluated token to its text
-        self.groups = Groupings.of(self.where, topic_of)  # position buckets and topics (evaluate/position.py)
-        self.batch = 0  # the batch loss_with is running, for splices that tally per token
-        self.batches = []
-        for b in batches:
-            # predict token t+1 at position t; count t only if t is a real token and t+1 exists
-            count = (b.train_mask[:, :-1] & b.attention_mask[:, 1:].bool()).to(self.device).float()
-            self.batches.append(
-                (b.input_ids.to(self.device), b.attention_mask.to(self.device), ~b.train_mask.to(self.device), count)
-            )
-        self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
-        # the clean distributions take 4 bytes x vocabulary per position: kept while they fit
-        # (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
-        vocab = model.get_output_embeddings().weight.shape[0]
-        keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= clean_cache_bytes(self.device)
-        self._clean = [self._clean_outputs(i) for i in range(len(self.batches))] if keep else None
-
-    @torch.inference_mode()
-    def _clean_outputs(self, i: int) -> CleanOutputs:
-        ids, am, _keep, _count = self.batches[i]
-        outputs: list = []
-        hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in blocks(self.model)]
-        try:
-            logits = self.model(input_ids=ids, attention_mask=am).logits[:, :-1].flatten(0, 1)
-        finally:
-            for h in hooks:
-                h.remove()
-        logp = F.log_softmax(logits.float(), -1)
-        probs = logp.exp()
-        return CleanOutputs(probs, (probs * logp).sum(-1), outputs)
-
-    def clean(self, i: int) -> CleanOutputs:
-        return self._clean[i] if self._clean is not None else self._clean_outputs(i)
-
-    @torch.inference_mode()
-    def loss_with(self, site: Site | None, fn, tally: Tally | None = None) -> tuple[float, float]:
-        """Mean CE and KL-to-clean with the site's activation replaced by fn(x) (None = clean); the
-        per-token losses also go to `tally`, for the breakdowns by position and topic.
-
-        Blocks before the site's layer return their clean outputs without running: their input
-        does not depend on the replacement, so the result is the same as a full forward."""
-        ce_sum = kl_sum = 0.0
-        skip = blocks(self.model)[: site.layer] if site is not None else []
-        for i, (ids, am, keep, count) in enumerate(self.batches):
-            self.batch = i
-            clean = self.clean(i)
-            for block, out in zip(skip, clean.block_outputs):
-                block.forward = lambda *_a, _out=out, **_k: _out
-            try:
-                if site is None:
-                    logits = self.model(input_ids=ids, attention_mask=am).logits
-                else:
-                    with replace(self.model, site, fn, keep=keep):
-                        logits = self.model(input_ids=ids, attention_mask=am).logits
-            finally:
-                for block in skip:
-                    del block.forward
-            ce, kl = _token_ce_kl(logits[:, :-1], clean, ids[:, 1:])
-            ce_sum += (ce.double() * count).sum().item()
-            kl_sum += (kl.double() * count).sum().item()
-            if tally is not None:
-                tally.add_losses(i, ce, kl, count)
-        return ce_sum / self.tokens, kl_sum / self.tokens
 
 
 @dataclass

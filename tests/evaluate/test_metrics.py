@@ -7,13 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tinymodels import tiny_model
 
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
-from saescope.evaluate.metrics import EvalConfig, HeldOutText, finished_store, store_metrics, trained_scale
+from saescope.evaluate.heldout import CleanOutputs, HeldOutText, _token_ce_kl, chunk_rows
+from saescope.evaluate.metrics import (
+    EvalConfig,
+    finished_store,
+    store_metrics,
+    trained_scale,
+)
 from saescope.models.sites import Site
 from saescope.saes.registry import make_sae
 
@@ -93,7 +100,21 @@ def test_identity_splice_costs_nothing_and_zero_ablation_costs_something(setup, 
     clean, kl0 = text.loss_with(None, None)
     same, kl = text.loss_with(Site(1, "res"), lambda x: x.clone())
     zero, klz = text.loss_with(Site(1, "mlp"), torch.zeros_like)
-    assert same == pytest.approx(clean, abs=1e-6) and abs(kl) < 1e-6 and abs(kl0) < 1e-6
+    with torch.no_grad():  # the clean CE from the cached pass is the model's own next-token loss
+        direct = (
+            sum(
+                F.cross_entropy(
+                    model(input_ids=ids, attention_mask=am).logits[:, :-1].flatten(0, 1).float(),
+                    ids[:, 1:].flatten(),
+                    reduction="none",
+                )
+                @ count.flatten()
+                for ids, am, _keep, count in text.batches
+            )
+            / text.tokens
+        )
+    assert clean == pytest.approx(direct.item(), rel=1e-5) and kl0 == 0
+    assert same == pytest.approx(clean, abs=1e-6) and abs(kl) < 1e-6
     assert zero != pytest.approx(clean, abs=1e-4) and klz > 0
 
 
@@ -134,13 +155,11 @@ def test_an_eval_offset_measures_the_next_sequences_no_earlier_evaluation_saw(se
 @pytest.mark.parametrize("cache", [True, False])
 def test_spliced_loss_matches_a_full_forward(setup, tiny_tokenizer, monkeypatch, cache):
     """Starting at the spliced layer from cached block outputs, and the chunked CE/KL, change nothing."""
-    import torch.nn.functional as F
-
-    from saescope.evaluate import metrics
+    from saescope.evaluate import heldout
     from saescope.models.sites import replace
 
     if not cache:
-        monkeypatch.setattr(metrics, "CLEAN_CACHE_SHARE", 0)
+        monkeypatch.setattr(heldout, "CLEAN_CACHE_SHARE", 0)
     model, store = setup
     text = HeldOutText(
         model,
@@ -205,3 +224,18 @@ def test_evaluate_reads_the_store_the_run_recorded(setup, tmp_path):
     assert finished_store(EvalConfig(out=str(tmp_path))).path == trained_on.path
     with pytest.raises(SaescopeError, match="does not exist"):
         finished_store(EvalConfig(out=str(tmp_path / "no-run")))
+
+
+def test_ce_and_kl_do_not_depend_on_how_many_positions_a_pass_over_the_vocabulary_takes():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 7, 50).bfloat16(), torch.randint(0, 50, (2, 7))
+    logp = torch.log_softmax(torch.randn(14, 50), -1)
+    clean = CleanOutputs(logp.exp(), (logp.exp() * logp).sum(-1), torch.zeros(2, 7), [])
+    z = logits.float().flatten(0, 1)
+    ce_ref = F.cross_entropy(z, targets.flatten(), reduction="none")
+    kl_ref = (logp.exp() * (logp - torch.log_softmax(z, -1))).sum(-1)
+    for chunk in (1, 3, 14, 0):
+        ce, kl = _token_ce_kl(logits, clean, targets, chunk)
+        assert torch.allclose(ce.flatten(), ce_ref, atol=1e-5) and torch.allclose(kl.flatten(), kl_ref, atol=1e-5)
+    # 4 MiB of float32 logits per pass on a CPU: 4 positions of Gemma 3's 262,144 tokens, at least one
+    assert chunk_rows(262_144, torch.device("cpu")) == 4 and chunk_rows(10**7, torch.device("cpu")) == 1

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from tinymodels import tiny_model
 
 from saescope.activations.documents import load_documents
-from saescope.evaluate.metrics import EvalConfig, HeldOutText, Reference, model_metrics
+from saescope.evaluate.heldout import HeldOutText
+from saescope.evaluate.metrics import EvalConfig, Reference, model_metrics
 from saescope.evaluate.position import POSITION_LABELS, Tally, breakdowns, position_buckets, sequence_losses
 from saescope.models.sites import Site, capture, replace
 from saescope.saes.registry import make_sae
