@@ -3,11 +3,11 @@
 From the held-out shards of the store (`saescope/evaluate/rows.py`): L0, FVU, firing frequencies,
 dead and dense latents, and the reconstruction's shape (norms, cosine, bias) SAEBench reports.
 
-From held-out text run through the model (`saescope/evaluate/heldout.py`): next-token cross-entropy clean, with the SAE's
-reconstruction spliced in at its site, and with the site zero-ablated; delta LM loss, KL divergence
-to the clean model, and CE loss recovered; the same broken down by token position and by document
-topic (`saescope/evaluate/position.py`). BOS, EOS and padding positions are never counted and
-keep their original activation (no SAE is trained on them).
+From held-out text run through the model (`saescope/evaluate/heldout.py`): next-token cross-entropy
+clean, with the SAE's reconstruction spliced in at its site, and with the site zero-ablated; delta LM
+loss, KL divergence to the clean model, and CE loss recovered; the same broken down by token position
+and by document topic (`saescope/evaluate/position.py`). BOS, EOS and padding positions are never
+counted and keep their original activation (no SAE is trained on them).
 
 Transcoders (config `transcoder: true`) read `mlp_in.L` and predict `mlp.L`: FVU is against the
 `mlp.L` rows, and delta LM loss replaces the whole MLP branch by the transcoder, i.e. the `mlp.L`

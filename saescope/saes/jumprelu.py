@@ -132,7 +132,9 @@ PATHS = ("auto", "sparse", "dense", "plain")
 # the dense one: the forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and
 # near 6% in float32 (README, "SAE families"). With the recipe's init about half of all latents fire at first.
 DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
-_PROBE_ROWS = 128
+# The probe reads 1/32 of the batch's rows (at least 16): 128 rows were a quarter of a default run's batch of
+# 512, 6% of its step in extra encoder products; 16 rows of 2048 latents still count 32k entries.
+_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16
 
 
 @torch.no_grad()
@@ -140,9 +142,9 @@ def dense_share(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float, pre_encoder_bias: bool
 ) -> float:
     """Share of entries active or in the window, estimated on the batch's first rows (a 3%
-    matmul for a 4096-token batch); deterministic in the weights and batch, so a resumed run
-    takes the same path as an uninterrupted one."""
-    rows = x[:_PROBE_ROWS]
+    matmul); deterministic in the weights and batch, so a resumed run takes the same path as an
+    uninterrupted one."""
+    rows = x[: max(_PROBE_MIN_ROWS, len(x) // _PROBE_SHARE)]
     xc = rows - b_dec if pre_encoder_bias else rows
     return (torch.addmm(b_enc, xc, W_enc) > theta - eps / 2).float().mean().item()
 

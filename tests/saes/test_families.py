@@ -173,6 +173,21 @@ def test_jumprelu_takes_the_dense_path_right_after_init():
     assert share > max(jumprelu.DENSE_ABOVE.values())
 
 
+def test_the_dense_probe_reads_a_thirty_second_of_the_batch_and_at_least_16_rows():
+    sae = JumpReLUSAE(D_IN, D_SAE, threshold_init=0.5)
+
+    def share(x):
+        return jumprelu.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+
+    for n, read in ((1024, 32), (256, 16)):
+        x = _x(n)
+        loud = x.clone()
+        loud[read:] = 100.0  # every latent of these rows fires: the probe must not see them
+        assert share(loud) == share(x)
+        loud[read - 1] = 100.0
+        assert share(loud) > share(x)
+
+
 def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(monkeypatch):
     x = _x()
     seen, step = {}, jumprelu.JumpReLUStep.apply
