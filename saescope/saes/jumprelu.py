@@ -132,9 +132,7 @@ PATHS = ("auto", "sparse", "dense", "plain")
 # the dense one: the forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and
 # near 6% in float32 (README, "SAE families"). With the recipe's init about half of all latents fire at first.
 DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
-# The probe reads 1/32 of the batch's rows (at least 16): 128 rows were a quarter of a default run's batch of
-# 512, 6% of its step in extra encoder products; 16 rows of 2048 latents still count 32k entries.
-_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16
+_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16  # 128 rows, a quarter of the default run's batch, cost 6% of its step
 
 
 @torch.no_grad()
