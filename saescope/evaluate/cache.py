@@ -17,7 +17,9 @@ from typing import Any
 from saescope.activations.documents import dataset_fingerprint
 from saescope.activations.store import run_store_path
 
-FORMAT = 1  # raised when what a part measures changes, so older results are measured again
+# Raised when what a part measures changes, so older results are measured again (2: KL from clean
+# log-probabilities normalised by logsumexp, evaluate/heldout.py `clean_distribution`).
+FORMAT = 2
 WEIGHTS = "sae.safetensors"  # a trained SAE's weights (saescope train)
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from saescope.activations.documents import Document, iter_documents
 from saescope.activations.packing import pack_documents
@@ -71,6 +70,24 @@ def _token_ce_kl(logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tenso
         ce[i : i + chunk] = lse - z.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
         kl[i : i + chunk] = clean.neg_entropy[i : i + chunk] - torch.linalg.vecdot(clean.probs[i : i + chunk], z) + lse
     return ce.view(logits.shape[:2]), kl.view(logits.shape[:2])
+
+
+def clean_distribution(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The clean model's next-token probabilities (flattened positions), sum p log p, and CE [rows, T-1].
+
+    log p = z - logsumexp(z), as the spliced passes compute their CE, not F.log_softmax: on CPU its
+    float32 result for Gemma 3's logits summed to up to 1.00006 after exp, and `_token_ce_kl` takes the
+    clean mass as 1, so KL came out low by logsumexp x 6e-5 per position, ~0.0004 of an att.6 SAE's 0.018."""
+    flat, targets = logits.flatten(0, 1), targets.flatten()
+    probs = torch.empty(flat.shape, device=flat.device)
+    neg_entropy, ce = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), device=flat.device)
+    chunk = chunk_rows(flat.shape[-1], flat.device)
+    for i in range(0, len(flat), chunk):
+        z = flat[i : i + chunk].float()
+        logp = z - torch.logsumexp(z, -1, keepdim=True)
+        neg_entropy[i : i + chunk] = torch.linalg.vecdot(torch.exp(logp, out=probs[i : i + chunk]), logp)
+        ce[i : i + chunk] = -logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
+    return probs, neg_entropy, ce.view(logits.shape[:2])
 
 
 @dataclass
@@ -146,15 +163,7 @@ class HeldOutText:
         finally:
             for h in hooks:
                 h.remove()
-        flat, targets = logits.flatten(0, 1), ids[:, 1:].flatten()
-        probs = torch.empty(flat.shape, device=flat.device)
-        neg_entropy, ce = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), device=flat.device)
-        chunk = chunk_rows(flat.shape[-1], flat.device)
-        for i in range(0, len(flat), chunk):
-            logp = F.log_softmax(flat[i : i + chunk].float(), -1)
-            neg_entropy[i : i + chunk] = torch.linalg.vecdot(torch.exp(logp, out=probs[i : i + chunk]), logp)
-            ce[i : i + chunk] = -logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
-        return CleanOutputs(probs, neg_entropy, ce.view(logits.shape[:2]), outputs)
+        return CleanOutputs(*clean_distribution(logits, ids[:, 1:]), outputs)
 
     def clean(self, i: int) -> CleanOutputs:
         return self._clean[i] if self._clean is not None else self._clean_outputs(i)

@@ -14,7 +14,7 @@ from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
-from saescope.evaluate.heldout import CleanOutputs, HeldOutText, _token_ce_kl, chunk_rows
+from saescope.evaluate.heldout import CleanOutputs, HeldOutText, _token_ce_kl, chunk_rows, clean_distribution
 from saescope.evaluate.metrics import (
     EvalConfig,
     finished_store,
@@ -239,3 +239,21 @@ def test_ce_and_kl_do_not_depend_on_how_many_positions_a_pass_over_the_vocabular
         assert torch.allclose(ce.flatten(), ce_ref, atol=1e-5) and torch.allclose(kl.flatten(), kl_ref, atol=1e-5)
     # 4 MiB of float32 logits per pass on a CPU: 4 positions of Gemma 3's 262,144 tokens, at least one
     assert chunk_rows(262_144, torch.device("cpu")) == 4 and chunk_rows(10**7, torch.device("cpu")) == 1
+
+
+def test_kl_to_the_clean_model_matches_float64_on_a_flat_distribution_over_a_large_vocabulary():
+    """F.log_softmax's float32 normalisation drifts on such logits (its exp summed to 1 + 9e-6 here, 1 + 6e-5
+    on Gemma 3's), and KL's formula takes the clean mass as 1: KL was biased by logsumexp x that drift."""
+    torch.manual_seed(0)
+    clean_z = torch.randn(1, 8, 262_144).bfloat16()
+    spliced_z = (clean_z.float() + 0.05 * torch.randn(1, 8, 262_144)).bfloat16()
+    targets = torch.randint(0, 262_144, (1, 8))
+    probs, neg_entropy, ce = clean_distribution(clean_z, targets)
+    assert (probs.double().sum(-1) - 1).abs().max() < 2e-6
+    ref_clean = torch.log_softmax(clean_z.double(), -1).flatten(0, 1)
+    ref_spliced = torch.log_softmax(spliced_z.double(), -1).flatten(0, 1)
+    ref_kl = (ref_clean.exp() * (ref_clean - ref_spliced)).sum(-1)
+    ref_ce = -ref_clean.gather(-1, targets.flatten()[:, None]).squeeze(-1)
+    _, kl = _token_ce_kl(spliced_z, CleanOutputs(probs, neg_entropy, ce, []), targets)
+    assert torch.allclose(kl.flatten().double(), ref_kl, atol=1e-5, rtol=0)
+    assert torch.allclose(ce.flatten().double(), ref_ce, atol=1e-5, rtol=0)
