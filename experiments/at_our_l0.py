@@ -32,8 +32,13 @@ def main() -> None:
         gaps: dict[str, list[float]] = {k: [] for k in KEYS}
         for path in sorted(Path(folder).glob("seed*/compare.json")):
             rows = json.loads(path.read_text())["rows"]
-            ours = next(r for r in rows if r["family"] == args.ours)
+            ours = next((r for r in rows if r["family"] == args.ours), None)
             peer = [r for r in rows if r["family"] == args.peer]
+            if ours is None or not peer:
+                families = sorted({r["family"] for r in rows})
+                raise SystemExit(
+                    f"at_our_l0: {path} has no {args.ours if ours is None else args.peer} SAEs: pick from {families}"
+                )
             cells = []
             for k in KEYS:
                 value = interpolate_log_l0([(r["l0"], r[k]) for r in peer], ours["l0"])
