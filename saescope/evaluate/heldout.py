@@ -46,7 +46,7 @@ def clean_cache_bytes(device: torch.device) -> int:
 
 # Per-position reductions over the vocabulary run on this many bytes of float32 logits at a time: kept
 # in the CPU's cache, the six passes of CE and KL over them cost a fifth of what 128 rows spilling a 32 MB L3
-# did (262k vocabulary: 0.31 s against 1.65 s per batch of 4 x 255 positions, benchmarks/logit_chunks.py).
+# did (262k vocabulary: 0.231 s against 1.132 s per batch of 4 x 255 positions, benchmarks/logit_chunks.py).
 # A GPU wants few large kernels instead.
 CHUNK_BYTES = {"cpu": 4 << 20}
 GPU_CHUNK_BYTES = 256 << 20
