@@ -24,6 +24,8 @@ trained at the target lands about there), and "-" beyond (no extrapolation: a fr
 beyond its last point is not known). Every SAE is measured on the same held-out sequences, so beside
 it each family's gap to saescope's JumpReLU is paired sequence by sequence, with its standard error
 over the sequences (`saescope/matched.py`): whether the evaluation text alone could have produced it.
+A second paired table reads every family at the L0 each of our JumpReLU SAEs actually landed on, so a
+JumpReLU that lands more than 2% off a target (a "-" above) is still compared at one L0 with the rest.
 
 With `--seeds N` the whole comparison runs N times (seeds SEED..SEED+N-1: every SAE's
 initialisation and the order of the rows), each in OUT/seed<k> with its own tables and plot, and
@@ -48,7 +50,7 @@ from saescope.evaluate.position import POSITION_LABELS, curve, position_table
 from saescope.evaluate.report import SUITE_NUMBERS, suite_numbers
 from saescope.evaluate.suite import SuiteConfig, run_suite
 from saescope.io import read_json, write_json_atomic
-from saescope.matched import interpolate_log_l0, paired_gaps, paired_table
+from saescope.matched import interpolate_log_l0, paired_section
 from saescope.run import RUN_SCHEDULE
 from saescope.saelens_baseline import DEFAULT_SWEEPS as DEFAULT_BASELINE_SWEEPS
 from saescope.saelens_baseline import FAMILIES as BASELINE_FAMILIES
@@ -371,23 +373,6 @@ def compare_seeds(cfg: CompareConfig, targets: list[float]) -> list[dict]:
     write_json_atomic(Path(cfg.out, "compare.json"), summary)
     print(text)
     return rows
-
-
-def paired_section(seeds: list[dict[str, list[dict]]], targets: list[float]) -> tuple[str, dict]:
-    """The paired table's text (empty without a family to pair) and compare.json's entry for it: every
-    family against saescope's JumpReLU (or, without one, the first family), over one or more seeds'
-    rows by family."""
-    names = set().union(*seeds)
-    reference = "jumprelu" if "jumprelu" in names else min(names)
-    gaps = paired_gaps(seeds, reference, targets)
-    over = f", each sequence's numbers averaged over the {len(seeds)} seeds" if len(seeds) > 1 else ""
-    text = (
-        f"\n\nPaired against {reference} on the same held-out sequences{over}: the family's number minus "
-        f"{reference}'s at the same L0 (positive: behind {reference}) ± its standard error over the "
-        "sequences (the text's noise, not training's; - where either has no per-sequence numbers):\n\n"
-        + paired_table(gaps, reference, targets)
-    )
-    return (text if gaps else ""), {"reference": reference, "families": gaps}
 
 
 def report(out: str | Path, title: str = "", targets: list[float] | None = None) -> list[dict]:

@@ -80,10 +80,14 @@ def paired_gap(ours: list[float], theirs: list[float], tokens: list[int]) -> dic
 def seed_curve(seeds: list[dict[str, list[dict]]], family: str, key: str, target: float) -> list[float] | None:
     """`sequence_curve` of `family` averaged over seeds (each a by-family dict of rows); None unless
     every seed has it."""
-    curves = [sequence_curve(rows[family], key, target) if family in rows else None for rows in seeds]
+    return _mean_curve([sequence_curve(rows[family], key, target) if family in rows else None for rows in seeds])
+
+
+def _mean_curve(curves: list[list[float] | None]) -> list[float] | None:
+    """Each sequence's mean over the curves; None if one is missing or they cover different texts."""
     if any(c is None for c in curves) or len({len(c) for c in curves}) > 1:
         return None
-    return [sum(values) / len(values) for values in zip(*curves)]
+    return [sum(v or 0.0 for v in values) / len(values) for values in zip(*curves)]
 
 
 def paired_gaps(seeds: list[dict[str, list[dict]]], reference: str, targets: list[float]) -> list[dict]:
@@ -94,18 +98,54 @@ def paired_gaps(seeds: list[dict[str, list[dict]]], reference: str, targets: lis
     the error is the text's for the seed-averaged SAEs (all seeds measure on the same sequences)."""
     if not all(reference in rows for rows in seeds):
         return []
+    return _family_gaps(
+        seeds,
+        reference,
+        targets,
+        lambda f, key, t: (seed_curve(seeds, reference, key, t), seed_curve(seeds, f, key, t)),
+    )
+
+
+def _family_gaps(seeds: list[dict[str, list[dict]]], reference: str, points: list, curves) -> list[dict]:
+    """Per family other than `reference`, each PAIRED number's paired gap at each point, from
+    `curves(family, key, point)`: the (reference's, family's) seed-averaged sequence curves there."""
     out = []
     for family in sorted({f for rows in seeds for f in rows} - {reference}):
         entry: dict = {"family": family}
         tokens = _tokens([r for rows in seeds for r in rows.get(reference, []) + rows.get(family, [])])
         for key in PAIRED:
             entry[key] = []
-            for target in targets:
-                ours, theirs = seed_curve(seeds, reference, key, target), seed_curve(seeds, family, key, target)
-                ok = ours is not None and theirs is not None and tokens is not None
+            for point in points:
+                ours, theirs = curves(family, key, point)
+                ok = ours is not None and theirs is not None and tokens is not None and len(ours) == len(theirs)
                 entry[key].append(paired_gap(ours, theirs, tokens) if ok else None)
         out.append(entry)
     return out
+
+
+def paired_at_reference(seeds: list[dict[str, list[dict]]], reference: str) -> dict:
+    """`paired_gaps` read at the L0 each of `reference`'s SAEs landed on rather than at fixed targets:
+    per sweep value of the reference, each seed's other families are read off their frontiers at that
+    seed's reference SAE's own L0, so both sides of every pair share one L0 even when the reference
+    lands off the targets (a JumpReLU trained at 64 measures 64.8-65.3 on mlp.6, more than 2% above
+    64 in a seed, and the matched tables show "-" there). Returns the sweep values, the reference's
+    mean L0 at each, and per family each PAIRED number's gap at each (None where unreadable); empty
+    unless every seed has exactly one reference SAE per sweep value."""
+    values = sorted({r["value"] for rows in seeds for r in rows.get(reference, [])})
+    picks = [[[r for r in rows.get(reference, []) if r["value"] == v] for rows in seeds] for v in values]
+    if not values or any(len(p) != 1 for pick in picks for p in pick):
+        return {}
+    refs = [[p[0] for p in pick] for pick in picks]  # [value][seed]
+
+    def curves(family: str, key: str, seed_refs: list[dict]) -> tuple:
+        ours = _mean_curve([(r.get("by_sequence") or {}).get(key) for r in seed_refs])
+        at_ours = [
+            sequence_curve(rows[family], key, r["l0"]) if family in rows else None for rows, r in zip(seeds, seed_refs)
+        ]
+        return ours, _mean_curve(at_ours)
+
+    l0 = [sum(r["l0"] for r in seed_refs) / len(seed_refs) for seed_refs in refs]
+    return {"values": values, "l0": l0, "families": _family_gaps(seeds, reference, refs, curves)}
 
 
 def _tokens(rows: list[dict]) -> list[int] | None:
@@ -116,12 +156,42 @@ def _tokens(rows: list[dict]) -> list[int] | None:
 
 def paired_table(gaps: list[dict], reference: str, targets: list[float]) -> str:
     """A markdown table: per family, its gap to `reference` +- the standard error at each target."""
+    heads = [f"{PAIRED[key]} @ L0 {t:g}" for key in PAIRED for t in targets]
+    return _gap_lines(gaps, reference, heads)
 
+
+def at_reference_table(at: dict, reference: str) -> str:
+    """A markdown table of `paired_at_reference`: per family, its gap at each reference SAE's L0."""
+    heads = [
+        f"{PAIRED[key]} @ {reference} {v:g} (L0 {l0:.1f})" for key in PAIRED for v, l0 in zip(at["values"], at["l0"])
+    ]
+    return _gap_lines(at["families"], reference, heads)
+
+
+def _gap_lines(gaps: list[dict], reference: str, heads: list[str]) -> str:
     def cell(g: dict | None) -> str:
         return "-" if g is None else f"{g['gap']:+.4f} ± {g['se']:.4f}"
 
-    heads = [f"{PAIRED[key]} @ L0 {t:g}" for key in PAIRED for t in targets]
     lines = [f"| family minus {reference} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for g in gaps:
         lines.append(f"| {g['family']} | " + " | ".join(cell(v) for key in PAIRED for v in g[key]) + " |")
     return "\n".join(lines)
+
+
+def paired_section(seeds: list[dict[str, list[dict]]], targets: list[float]) -> tuple[str, dict]:
+    """The paired table's text (empty without a family to pair) and compare.json's entry for it: every
+    family against saescope's JumpReLU (or, without one, the first family), over one or more seeds'
+    rows by family."""
+    names = set().union(*seeds)
+    reference = "jumprelu" if "jumprelu" in names else min(names)
+    gaps, at = paired_gaps(seeds, reference, targets), paired_at_reference(seeds, reference)
+    over = f", each sequence's numbers averaged over the {len(seeds)} seeds" if len(seeds) > 1 else ""
+    text = (
+        f"\n\nPaired against {reference} on the same held-out sequences{over}: the family's number minus "
+        f"{reference}'s at the same L0 (positive: behind {reference}) ± its standard error over the "
+        "sequences (the text's noise, not training's; - where either has no per-sequence numbers):\n\n"
+        + paired_table(gaps, reference, targets)
+        + (f"\n\nThe same at the L0 each {reference} SAE landed on (every seed's own):\n\n" if at else "")
+        + (at_reference_table(at, reference) if at else "")
+    )
+    return (text if gaps else ""), {"reference": reference, "families": gaps, "at_reference": at}

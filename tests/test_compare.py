@@ -25,6 +25,7 @@ from saescope.compare import (
 )
 from saescope.errors import SaescopeError
 from saescope.evaluate.metrics import EvalConfig, evaluate
+from saescope.matched import interpolate_log_l0
 from saescope.release.formats import release
 from saescope.saelens_baseline import to_saescope, train_saelens, training_sae
 from saescope.saes.skip_transcoder import SkipTranscoder
@@ -153,7 +154,8 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     families = sorted({r["family"] for r in rows})
     md = (tmp_path / "compare.md").read_text()
-    tables = (len(rows) + 1) + 2 * (len(families) + 1) + len(families) + (len(rows) + 1)  # + paired to jumprelu
+    # per SAE, matched (2), paired to jumprelu at the targets and at its own L0s, by position
+    tables = (len(rows) + 1) + 2 * (len(families) + 1) + 2 * len(families) + (len(rows) + 1)
     assert md.count("\n| ") == tables
     assert "sparse probing top-1 @ L0 5" in md and all(0 <= r["probing_top1"] <= 1 for r in rows)
     assert "| weighted FVU |" in md and "| weighted FVU @ L0 5 |" in md
@@ -178,6 +180,20 @@ def test_compare_trains_every_family_on_the_same_tokens_and_plots(store, tmp_pat
                     assert g["gap"] == pytest.approx(theirs - ours, abs=1e-9) and g["se"] > 0
                     seen += 1
     assert seen >= 2  # topk at L0 8, in delta loss and KL
+    # and at the L0 each jumprelu SAE landed on: every family read off its own frontier there
+    at = matched["paired"]["at_reference"]
+    ours = sorted((r for r in rows if r["family"] == "jumprelu"), key=lambda r: r["value"])
+    assert at["values"] == [4.0, 8.0] and at["l0"] == pytest.approx([r["l0"] for r in ours])
+    assert "The same at the L0 each jumprelu SAE landed on" in md
+    for gaps in at["families"]:
+        theirs = [(r["l0"], r["delta_loss"]) for r in rows if r["family"] == gaps["family"]]
+        for r, g in zip(ours, gaps["delta_loss"]):
+            value = interpolate_log_l0(theirs, r["l0"])
+            assert (g is None) == (value is None)
+            if g is not None:
+                assert g["gap"] == pytest.approx(value - r["delta_loss"], abs=1e-9)
+                seen += 1
+    assert seen >= 3
 
 
 def test_skip_transcoder_trains_evaluates_and_releases(store, tmp_path):

@@ -7,7 +7,15 @@ import random
 
 import pytest
 
-from saescope.matched import interpolate_log_l0, log_l0_weights, paired_gap, paired_gaps, sequence_curve
+from saescope.matched import (
+    at_reference_table,
+    interpolate_log_l0,
+    log_l0_weights,
+    paired_at_reference,
+    paired_gap,
+    paired_gaps,
+    sequence_curve,
+)
 
 
 def test_matched_l0_interpolates_linearly_in_log_l0_and_extrapolates_at_most_2_percent():
@@ -97,3 +105,37 @@ def test_paired_gaps_see_a_small_steady_gap_under_large_shared_noise():
     other = {"jumprelu": by_family["jumprelu"], "topk": family("topk", 0.0)}
     other["topk"][0]["by_sequence"]["tokens"] = tokens[:-1] + [10]  # measured on another text: no pairs
     assert paired_gaps([other], "jumprelu", [16.0])[0]["delta_loss"] == [None]
+
+
+def test_paired_at_reference_reads_peers_at_the_l0_each_seed_landed_on():
+    """Our SAE lands 3% above the target in one seed: the matched table cannot read it at 64, but the
+    peer read at our own L0, seed by seed, is paired with it; the gap is the seeds' mean gap."""
+    tokens = [100, 100, 100]
+
+    def sae(family: str, value: float, l0: float, loss: list[float]) -> dict:
+        by_sequence = {"tokens": tokens, "delta_loss": loss, "kl_div": [v / 2 for v in loss]}
+        return {"family": family, "value": value, "l0": l0, "by_sequence": by_sequence}
+
+    def peer(shift: float) -> list[dict]:  # delta loss falls linearly in log L0 from 32 to 128
+        return [sae("peer", 1.0, 32.0, [0.3 + shift, 0.4, 0.5]), sae("peer", 2.0, 128.0, [0.1 + shift, 0.2, 0.3])]
+
+    seeds = [
+        {"jumprelu": [sae("jumprelu", 64.0, 64.0, [0.19, 0.3, 0.4])], "peer": peer(0.0)},
+        {"jumprelu": [sae("jumprelu", 64.0, 65.92, [0.18, 0.29, 0.4])], "peer": peer(0.01)},
+    ]
+    assert paired_gaps(seeds, "jumprelu", [64.0])[0]["delta_loss"] == [None]  # seed 2 is 3% off the target
+    at = paired_at_reference(seeds, "jumprelu")
+    assert at["values"] == [64.0] and at["l0"] == [pytest.approx(64.96)]
+    (entry,) = at["families"]
+    w = math.log(65.92 / 32) / math.log(4)  # seed 2's peer, interpolated to L0 65.92
+    theirs = [[0.2, 0.3, 0.4], [0.3 + 0.01 - 0.2 * w, 0.4 - 0.2 * w, 0.5 - 0.2 * w]]
+    ours = [[0.19, 0.3, 0.4], [0.18, 0.29, 0.4]]
+    gaps = [sum(t[s] - o[s] for t, o in zip(theirs, ours)) / 2 for s in range(3)]
+    assert entry["delta_loss"][0]["gap"] == pytest.approx(sum(gaps) / 3)
+    assert entry["kl_div"][0]["gap"] == pytest.approx(sum(gaps) / 6)
+    assert "| peer | " in at_reference_table(at, "jumprelu") and "@ jumprelu 64 (L0 65.0)" in at_reference_table(
+        at, "jumprelu"
+    )
+    # two reference SAEs at one sweep value in a seed: which one is meant is unknown, so nothing is read
+    seeds[0]["jumprelu"].append(sae("jumprelu", 64.0, 63.0, [0.2, 0.3, 0.4]))
+    assert paired_at_reference(seeds, "jumprelu") == {}
