@@ -23,6 +23,7 @@ from saescope.saes import (
     jumprelu,
     make_sae,
     sae_from_state,
+    sparse,
     sweep_knobs,
 )
 from saescope.saes.base import token_scale
@@ -147,20 +148,45 @@ def test_jumprelu_dense_and_sparse_paths_give_the_same_gradients(monkeypatch):
     assert sparse["threshold"].abs().sum() > 0
 
 
-def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_and_rounds_only_values(monkeypatch):
-    """The dense path's bfloat16 products carry values only: the pre-activations stay float32, so
-    the L0 counts are identical and every gradient is within bfloat16 matmul rounding."""
-    torch.manual_seed(0)
+def _dense_bf16_against_float32(monkeypatch, bandwidth: float):
+    """The dense path's loss outputs and gradients with float32 and bfloat16 products on the same SAE and
+    rows, whose thresholds sit exactly on some float32 pre-activations (bfloat16 rounding moves those
+    across), and the float32 and bfloat16-product pre-activations themselves."""
     monkeypatch.setenv(jumprelu.PATH_VARIABLE, "dense")
-    out, grads = {}, {}
+    out, grads, x = {}, {}, _x().requires_grad_(True)
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
-        sae = _perturb(JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype=dtype))
+        sae = _perturb(JumpReLUSAE(D_IN, D_SAE, bandwidth=bandwidth, matmul_dtype=dtype))
         with torch.no_grad():
-            sae.threshold.uniform_(0.0, 0.3)
-        x = _x().requires_grad_(True)
+            pre32 = sae.pre_acts(x)
+            sae.threshold.copy_(pre32[torch.arange(D_SAE) % len(x), torch.arange(D_SAE)].clamp(min=0))
         out[dtype] = sae.loss(x)
         grads[dtype] = _grads(sae, out[dtype].loss, (*PARAMS, "threshold"))
+    pre16 = sparse.dense_pre(sae.encoder_input(x).detach(), sae.W_enc.detach(), sae.b_enc.detach(), True)
+    return out, grads, pre32, pre16, sae.threshold.detach()
+
+
+def test_jumprelu_dense_path_in_bfloat16_rounds_the_encoder_where_the_window_is_wide(monkeypatch):
+    """At saescope's 0.05 window the encoder product is bfloat16 too: L0 is counted on its rounded
+    pre-activations, which move a decision only for entries within that rounding of the threshold,
+    and every gradient stays within bfloat16 rounding of float32's."""
+    assert 0.05 >= sparse.BF16_PRE_MIN_BANDWIDTH
+    out, grads, pre32, pre16, theta = _dense_bf16_against_float32(monkeypatch, 0.05)
+    flipped = (pre32 > theta) != (pre16 > theta)
+    assert flipped.any(), "test data too easy: bf16 rounding flips no decision"
+    assert ((pre32 - theta).abs()[flipped] < 1e-2).all()
+    assert torch.equal(out["bfloat16"].l0, (pre16 > theta).float().sum(1).mean())
+    assert torch.equal(out["float32"].l0, (pre32 > theta).float().sum(1).mean())
+    # a flipped entry carries its whole value (here as large as the threshold) in or out of the code
+    _close(grads["bfloat16"], grads["float32"], rtol=5e-2)
+
+
+def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_under_the_recipes_window(monkeypatch):
+    """Under the recipe's 0.001 window, which bfloat16 rounding would scramble, the pre-activations
+    stay float32: identical L0 counts, and only values carry bfloat16 rounding."""
+    assert 0.001 < sparse.BF16_PRE_MIN_BANDWIDTH
+    out, grads, pre32, pre16, theta = _dense_bf16_against_float32(monkeypatch, 0.001)
+    assert ((pre32 > theta) != (pre16 > theta)).any(), "test data too easy: bf16 rounding flips no decision"
     assert torch.equal(out["float32"].l0, out["bfloat16"].l0)
     assert torch.equal(out["float32"].fired, out["bfloat16"].fired)
     _close(grads["bfloat16"], grads["float32"], rtol=3e-2)
