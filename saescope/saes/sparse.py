@@ -42,11 +42,11 @@ BLOCK_ELEMENTS = 1 << 24
 _BF16_UNIT_ROUNDOFF = 2.0**-8
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
-# From this bandwidth up, the dense path's encoder product runs in bfloat16 too. On the default run's
-# standardised sites (trained SAEs, bandwidth 0.05) that product is off by a standard deviation of 0.00012
-# (at most 0.004), so 0.3-0.5% of the active entries and 0.5-0.7% of those in the window land on the other
-# side of an edge, all within 0.004 of it, as often one way as the other; L0 moves by at most 0.06. The step
-# is 14% faster (2.12 -> 1.83 s for the default run's 54 SAEs). The recipe's 0.001 is a window of ~8 such
+# From this bandwidth up, the dense path's encoder product runs in bfloat16 too. On a default run's 54
+# trained SAEs (bandwidth 0.05) that product is off by a standard deviation of 0.00011-0.00016 (at most
+# 0.0046), so 0.33-0.56% of the active entries and 0.36-0.75% of those in the window land on the other
+# side of an edge, all within 0.0006 of it; L0 moves by at most 0.07, and the 54-SAE step runs 1.13x faster
+# (experiments/bf16_encoder.py; README, "SAE families"). The recipe's 0.001 is a window of ~8 such
 # standard deviations, which rounding would scramble: narrower windows keep float32 pre-activations.
 BF16_PRE_MIN_BANDWIDTH = 0.01
 
