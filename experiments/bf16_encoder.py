@@ -45,17 +45,12 @@ def trainer_at_end(run: Path) -> Trainer:
     return trainer
 
 
-def normalised(trainer: Trainer, acts: torch.Tensor, site: str) -> torch.Tensor:
-    x = acts - trainer.shifts[site] if site in trainer.shifts else acts
-    return x / trainer.scales[site]
-
-
 @torch.no_grad()
 def rounding_rows(trainer: Trainer, acts: dict[str, torch.Tensor]) -> list[str]:
     rows = []
     for key, sae in trainer.saes.items():
         site = trainer.site_of[key]
-        xc = sae.encoder_input(normalised(trainer, acts[site], site))
+        xc = sae.encoder_input(trainer.normalised(site, acts[site]))
         theta, half = sae.effective_threshold(), sae.bandwidth / 2
         pre32 = sparse.dense_pre(xc, sae.W_enc, sae.b_enc, False)
         pre16 = sparse.dense_pre(xc, sae.W_enc, sae.b_enc, True)

@@ -268,9 +268,7 @@ class Trainer:
         for key, sae in self.saes.items():
             site = self.site_of[key]
             if site not in normalised:
-                x = acts[site] / token_scale(acts[site]) if self.cfg.token_norm else acts[site]
-                x = x - self.shifts[site] if site in self.shifts else x
-                x = x / self.scales[site]
+                x = self.normalised(site, acts[site])
                 if not torch.isfinite(x).all():
                     raise self.nan_error(site, "the activation batch")
                 normalised[site] = x
@@ -311,6 +309,13 @@ class Trainer:
             sae.normalize_decoder()
             sae.after_step(l0)
         return {"l0": sum(l0s) / len(l0s), "fvu": sum(fvus) / len(fvus), "per_sae": per_sae}
+
+    def normalised(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """A batch of the site's stored rows as its SAEs train on them: token-normed with --token-norm,
+        then centred (per-dimension --normalize) and divided by the site's scale."""
+        x = x / token_scale(x) if self.cfg.token_norm else x
+        x = x - self.shifts[site] if site in self.shifts else x
+        return x / self.scales[site]
 
     def _sum_grads_async(self, sae: SAE):
         """Start summing one SAE's gradients over the data ranks, so the next SAE's step runs while

@@ -169,7 +169,7 @@ def _dense_bf16_against_float32(monkeypatch, bandwidth: float):
 def test_jumprelu_dense_path_in_bfloat16_rounds_the_encoder_where_the_window_is_wide(monkeypatch):
     """At saescope's 0.05 window the encoder product is bfloat16 too: L0 is counted on its rounded
     pre-activations, which move a decision only for entries within that rounding of the threshold,
-    and every gradient stays within bfloat16 rounding of float32's."""
+    and every gradient stays within 5% of float32's scale."""
     assert 0.05 >= sparse.BF16_PRE_MIN_BANDWIDTH
     out, grads, pre32, pre16, theta = _dense_bf16_against_float32(monkeypatch, 0.05)
     flipped = (pre32 > theta) != (pre16 > theta)
