@@ -33,10 +33,11 @@ from collections.abc import Callable
 from unittest import mock
 
 import torch
+from machine import cpu  # benchmarks/machine.py, beside this script
 from torch import Tensor, nn
 
 from saescope.memory import keep_freed_memory
-from saescope.saes import JumpReLUSAE, jumprelu, make_sae, sweep_knobs
+from saescope.saes import JumpReLUSAE, jumprelu, make_sae, sparse, sweep_knobs
 
 LR = 7e-5
 BETAS = (0.0, 0.999)
@@ -95,6 +96,17 @@ def forced(step: Callable[[], float], path: str) -> Callable[[], float]:
 
     def run() -> float:
         with mock.patch.dict(os.environ, {jumprelu.PATH_VARIABLE: path}):
+            return step()
+
+    return run
+
+
+def float32_encoder(step: Callable[[], float]) -> Callable[[], float]:
+    """`step` with the dense path's encoder product kept in float32 at every bandwidth (as before
+    sparse.BF16_PRE_MIN_BANDWIDTH), so its row against "dense path bf16" is that product's saving."""
+
+    def run() -> float:
+        with mock.patch.object(sparse, "BF16_PRE_MIN_BANDWIDTH", float("inf")):
             return step()
 
     return run
@@ -216,6 +228,9 @@ def benchmark(args: argparse.Namespace) -> None:
                 ("path chosen", "auto", "auto"),
             )
         },
+        "saescope defaults, dense path bf16, float32 encoder": float32_encoder(
+            forced(ours_step(clone(**defaults, matmul_dtype="auto"), x), "dense")
+        ),
         "plain dense loop": plain_step(PlainJumpReLU(base).to(device), x),
     }
     if not args.no_families:
@@ -238,7 +253,7 @@ def benchmark(args: argparse.Namespace) -> None:
     else:
         variants["SAELens"] = sl
     print(
-        f"d_in {args.d_in}, width {args.width}, batch {args.batch}, device {device}, "
+        f"{cpu()}; d_in {args.d_in}, width {args.width}, batch {args.batch}, device {device}, "
         f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
         f"auto matmul dtype here: {'bfloat16' if base.uses_bf16(device) else 'float32'}"
     )
