@@ -46,3 +46,14 @@ def test_clean_cache_benchmark_measures_the_same_numbers_both_ways(tmp_path, tin
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("| kept in memory |", "| recomputed per SAE |", "2 SAEs, 4 sequences of 32"):
         assert row in result.stdout, row
+
+
+def test_pages_benchmark_prints_each_comparison(tmp_path):
+    """Small sizes: every row of benchmarks/pages.py, the huge-page step among them, is printed."""
+    args = ["--mb", "8", "--saes", "2", "--dir", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "pages.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("copy into fresh memory", "3 x allocate+fill", "shard write buffered", "2 SAEs' weight casts + Adam"):
+        assert row in result.stdout, row
