@@ -92,13 +92,27 @@ DEFAULT_KNOBS = dict(
 
 
 def forced(step: Callable[[], float], path: str) -> Callable[[], float]:
-    """`step` on the JumpReLU path `path` (`sparse`, `dense`, or `auto`: the one the probe chooses)."""
+    """`step` on the JumpReLU path `path` (`sparse`, `dense`, or `auto`: the one the last step's kept
+    share chooses)."""
 
     def run() -> float:
         with mock.patch.dict(os.environ, {jumprelu.PATH_VARIABLE: path}):
             return step()
 
     return run
+
+
+def probing_each_batch(sae: JumpReLUSAE, x: Tensor) -> Callable[[], float]:
+    """`ours_step` on the path `auto` chooses, with the probe (`jumprelu.dense_share`) run on every
+    batch, as a first step runs it: its row against "path chosen" is what following the share the
+    last step kept saves."""
+    step = ours_step(sae, x)
+
+    def run() -> float:
+        sae.kept_share.fill_(-1.0)
+        return step()
+
+    return forced(run, "auto")
 
 
 def float32_encoder(step: Callable[[], float]) -> Callable[[], float]:
@@ -228,6 +242,9 @@ def benchmark(args: argparse.Namespace) -> None:
                 ("path chosen", "auto", "auto"),
             )
         },
+        "saescope defaults, path chosen, probing each batch": probing_each_batch(
+            clone(**defaults, matmul_dtype="auto"), x
+        ),
         "saescope defaults, dense path bf16, float32 encoder": float32_encoder(
             forced(ours_step(clone(**defaults, matmul_dtype="auto"), x), "dense")
         ),

@@ -19,7 +19,7 @@ def test_train_step_benchmark_runs_every_row_on_tiny_shapes():
         [sys.executable, str(BENCHMARKS / "train_step.py"), *args], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = ("saescope defaults, path chosen", "dense path bf16, float32 encoder", "plain dense loop", "topk", "SAELens")
+    rows = ("defaults, path chosen", "probing each batch", "float32 encoder", "plain dense loop", "topk", "SAELens")
     for row in rows:
         assert row in result.stdout, row
 

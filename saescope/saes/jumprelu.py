@@ -6,7 +6,7 @@ runs a hand-written step (saescope/saes/sparse.py: sparse after one dense matmul
 many entries are active, optionally with bfloat16 products) that gives the same values and
 gradients up to float rounding, several times faster; tests/saes/test_jumprelu.py holds it to the
 reference. For debugging, `SAESCOPE_JUMPRELU_PATH=plain` trains with the reference instead
-(`sparse` or `dense` forces one fast path; `auto`, the default, lets a probe of the batch choose).
+(`sparse` or `dense` forces one fast path; `auto`, the default, goes by the share the last step kept).
 """
 
 from __future__ import annotations
@@ -132,16 +132,15 @@ PATHS = ("auto", "sparse", "dense", "plain")
 # the dense one: the forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and
 # near 6% in float32 (README, "SAE families"). With the recipe's init about half of all latents fire at first.
 DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
-_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16  # 128 rows, a quarter of the default run's batch, cost 6% of its step
+_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16  # the first step's probe: a 32nd of the batch, at least 16 rows
 
 
 @torch.no_grad()
 def dense_share(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float, pre_encoder_bias: bool
 ) -> float:
-    """Share of entries active or in the window, estimated on the batch's first rows (a 3%
-    matmul); deterministic in the weights and batch, so a resumed run takes the same path as an
-    uninterrupted one."""
+    """Share of entries active or in the window, estimated on the batch's first rows (a 3% matmul),
+    for a first step, which has no share of the step before (`JumpReLUSAE.kept_share`)."""
     rows = x[: max(_PROBE_MIN_ROWS, len(x) // _PROBE_SHARE)]
     xc = rows - b_dec if pre_encoder_bias else rows
     return (torch.addmm(b_enc, xc, W_enc) > theta - eps / 2).float().mean().item()
@@ -275,6 +274,8 @@ class JumpReLUSAE(SAE):
         # (base lambda, running L0 / target) of the steered penalty; in checkpoints, never in releases
         steer = torch.tensor([self.l0_coefficient / self.target_l0, 1.0]) if l0_penalty == "steered" else None
         self.register_buffer("l0_steer", steer)
+        # the last training step's share of entries kept (-1: none yet); in checkpoints, so resumes take the same paths
+        self.register_buffer("kept_share", torch.tensor(-1.0))
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -336,9 +337,7 @@ class JumpReLUSAE(SAE):
         penalty is the L0 term of `l0_penalty` (saescope/saes/l0_penalty.py: lambda * L0 with a
         fixed or a steered lambda, or a quadratic pull to the target L0), plus freq_coefficient * sum
         over latents of max(0, p - freq_line()) on each latent's batch firing share p (our choice for
-        Gemma Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only).
-
-        x_hat and the counts come from `_train_forward`."""
+        Gemma Scope 2's frequency penalty: an extra L0 coefficient on over-frequent latents only)."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)
         x_hat, token_l0, latent_counts = self._train_forward(x, self.effective_threshold())
@@ -355,19 +354,22 @@ class JumpReLUSAE(SAE):
         return loss_output(loss, mse, y, token_l0, latent_counts > 0, penalty)
 
     def _train_forward(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x_hat and the L0 counts by the path `step_path` names. With `auto` the step
-        (`JumpReLUStep`) is sparse unless a probe of the batch finds more than DENSE_ABOVE (for the
-        dtype of its products) of the entries active or in the window; then it is dense."""
+        """x_hat and the L0 counts by the path `step_path` names. With `auto` the step (`JumpReLUStep`)
+        is dense while the last step kept more than DENSE_ABOVE (for the dtype of its products) of the
+        entries, active or in the window, else sparse; only a first step probes its batch (`dense_share`)."""
         args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
         path, bf16 = step_path(), self.uses_bf16(x.device)
         if path == "plain":
             return reference_forward(*args)
         if path == "auto":
-            share = dense_share(
-                x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), self.bandwidth, self.pre_encoder_bias
-            )
+            share = self.kept_share.item()
+            if share < 0:
+                share = dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), *args[-2:])
             path = "dense" if share > DENSE_ABOVE["bfloat16" if bf16 else "float32"] else "sparse"
-        return JumpReLUStep.apply(*args, bf16, path == "dense")
+        x_hat, token_l0, latent_counts, kept = JumpReLUStep.apply(*args, bf16, path == "dense")
+        if self.training:
+            self.kept_share.copy_(kept / (len(x) * self.d_sae))
+        return x_hat, token_l0, latent_counts
 
     def revival(self, x: Tensor) -> Tensor:
         """revive_pull() * mean over tokens of sum over dead latents of relu(theta - pre): a
@@ -402,9 +404,7 @@ class JumpReLUSAE(SAE):
 
     def stale_latents(self) -> Tensor | None:
         """The dead latents, while the revival term acts and floor_moments is on (`floor_stale_moments`)."""
-        if self.revive_coefficient == 0 or not self.floor_moments:
-            return None
-        return self.dead_latents()
+        return self.dead_latents() if self.revive_coefficient and self.floor_moments else None
 
     def extra_arrays(self) -> dict[str, Tensor]:
         return {"threshold": self.effective_threshold().detach().clamp(min=0.0)}

@@ -237,13 +237,8 @@ def _bias_grads(
 ) -> tuple[Tensor | None, Tensor | None]:
     """Both backward paths: b_enc gets the summed pre-activation gradient; b_dec the output
     gradient, minus what flows back through the encoder when it is also subtracted before encoding."""
-    grad_b_enc = colsum if needs.b_enc else None
-    grad_b_dec = None
-    if needs.b_dec:
-        grad_b_dec = g.sum(0)
-        if pre_encoder_bias:
-            grad_b_dec = grad_b_dec - W_enc @ colsum
-    return grad_b_enc, grad_b_dec
+    grad_b_dec = (g.sum(0) - W_enc @ colsum if pre_encoder_bias else g.sum(0)) if needs.b_dec else None
+    return colsum if needs.b_enc else None, grad_b_dec
 
 
 def select_entries(
@@ -303,9 +298,10 @@ def select_entries(
 
 
 class JumpReLUStep(torch.autograd.Function):
-    """x_hat = JumpReLU(pre) @ W_dec + b_dec, plus per-token and per-latent counts of active latents
-    (the differentiable L0): `reference_forward` of saescope/saes/jumprelu.py, whose arguments it
-    takes, then `bf16` and `dense`, with its straight-through gradients written out by hand.
+    """x_hat = JumpReLU(pre) @ W_dec + b_dec, the per-token and per-latent counts of active latents
+    (the differentiable L0) and `kept`, how many entries were active or in the window (the next step's
+    path follows it): `reference_forward` of saescope/saes/jumprelu.py, whose arguments it takes, then
+    `bf16` and `dense`, with its straight-through gradients written out by hand.
 
     Sparse (`dense` false): after the encoder matmul, only the entries active or in the window
     (`select_entries`) enter any product. Dense: [n, d_sae] tensors, the cheaper way while a large
@@ -320,13 +316,14 @@ class JumpReLUStep(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, eps, pre_encoder_bias, bf16, dense):
         xc = x - b_dec if pre_encoder_bias else x
         ctx.eps, ctx.pre_encoder_bias, ctx.bf16, ctx.dense = eps, pre_encoder_bias, bf16, dense
-        decoded, token_l0, latent_counts = (_dense_forward if dense else _sparse_forward)(
+        decoded, token_l0, latent_counts, kept = (_dense_forward if dense else _sparse_forward)(
             ctx, xc, W_enc, b_enc, W_dec, theta
         )
-        return decoded + b_dec, token_l0, latent_counts
+        ctx.mark_non_differentiable(kept)
+        return decoded + b_dec, token_l0, latent_counts, kept
 
     @staticmethod
-    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor):
+    def backward(ctx: Any, grad_x_hat: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor, _grad_kept: Tensor):
         """Gradients to (x, W_enc, b_enc, W_dec, b_dec, theta); none to the four options."""
         needs = Needs(*ctx.needs_input_grad[:6])
         step = _dense_backward if ctx.dense else _sparse_backward
@@ -338,8 +335,8 @@ Grads = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor
 
 def _sparse_forward(
     ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Decoded (without b_dec) and the counts, from the entries active or in the window."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Decoded (without b_dec), the counts and `kept`, from the entries active or in the window."""
     n, d_sae = xc.shape[0], W_enc.shape[1]
     rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, ctx.eps, ctx.bf16)
     f = pre * active
@@ -347,7 +344,8 @@ def _sparse_forward(
     token_l0 = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, rows, fired)
     latent_counts = torch.zeros(d_sae, dtype=xc.dtype, device=xc.device).index_add_(0, cols, fired)
     ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
-    return gather_sum(cols, W_dec, group_starts(rows, n), f), token_l0, latent_counts
+    kept = torch.tensor(len(rows), device=xc.device)
+    return gather_sum(cols, W_dec, group_starts(rows, n), f), token_l0, latent_counts, kept
 
 
 def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
@@ -381,12 +379,13 @@ def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, g
 
 def _dense_forward(
     ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Keeps for the backward the masks of active and in-window entries (not the pre-activations
     and codes) and each bfloat16 operand cast once: at a default run's scale the step is bound by
     passes over [tokens, d_sae] tensors, not by its products. The pre-activations are float32, from a
     bfloat16 product where the window is wide enough (`BF16_PRE_MIN_BANDWIDTH`)."""
     pre = dense_pre(xc, W_enc, b_enc, ctx.bf16 and ctx.eps >= BF16_PRE_MIN_BANDWIDTH)
+    kept = (pre > theta - ctx.eps / 2).sum()
     # Float masks, cast once: multiplying or summing a bool tensor casts it again every time.
     active = (pre > theta).to(xc.dtype)
     window = ((pre - theta).abs_() < ctx.eps / 2).to(xc.dtype)
@@ -394,7 +393,7 @@ def _dense_forward(
     dtype = torch.bfloat16 if ctx.bf16 else xc.dtype
     xc_m, f_m, W_dec_m = xc.to(dtype), f.to(dtype), W_dec.to(dtype)
     ctx.save_for_backward(xc_m, W_enc, W_dec_m, theta, f_m, active, window)
-    return (f_m @ W_dec_m).to(xc.dtype), active.sum(1), active.sum(0)
+    return (f_m @ W_dec_m).to(xc.dtype), active.sum(1), active.sum(0), kept
 
 
 def _dense_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:

@@ -297,6 +297,8 @@ class Trainer:
             if isinstance(getattr(sae, "tokens_since_fired", None), torch.Tensor):
                 # fired on any rank = fired: every rank then revives and floors the same latents
                 dist.all_reduce(sae.tokens_since_fired, op=dist.ReduceOp.MIN, group=self.layout.data_group)
+            if isinstance(getattr(sae, "kept_share", None), torch.Tensor):  # every rank takes the same path
+                dist.all_reduce(sae.kept_share, op=dist.ReduceOp.MAX, group=self.layout.data_group)
         for sae in self.saes.values():
             clip_jolts(self.opt, sae)
         self.opt.step()

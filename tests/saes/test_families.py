@@ -214,6 +214,36 @@ def test_the_dense_probe_reads_a_thirty_second_of_the_batch_and_at_least_16_rows
         assert share(loud) > share(x)
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_jumprelu_steps_after_the_first_take_the_path_the_share_kept_by_the_step_before_asks_for(path, monkeypatch):
+    sae, x = JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype="float32"), _x()
+    with torch.no_grad():  # each latent active on a tenth of the tokens
+        sae.threshold.copy_(sae.pre_acts(x).quantile(0.9, dim=0))
+    monkeypatch.setenv(jumprelu.PATH_VARIABLE, path)
+    sae.loss(x)
+    with torch.no_grad():  # the step's share is exact, on the whole batch, by either path
+        kept = (sae.pre_acts(x) > sae.threshold - sae.bandwidth / 2).float().mean().item()
+    assert 0 < kept < 1 and sae.kept_share.item() == pytest.approx(kept, rel=1e-6)
+    sae.eval()
+    sae.loss(2 * x)  # only training steps move it
+    assert sae.kept_share.item() == pytest.approx(kept, rel=1e-6)
+    sae.train()
+
+    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "auto")
+    monkeypatch.setattr(jumprelu, "dense_share", lambda *a: pytest.fail("probed after the first step"))
+    seen, step = {}, jumprelu.JumpReLUStep.apply
+
+    def spy(*args):
+        seen["dense"] = args[-1]
+        return step(*args)
+
+    monkeypatch.setattr(jumprelu.JumpReLUStep, "apply", spy)
+    for share, dense in ((0.9, True), (0.001, False)):
+        sae.kept_share.fill_(share)
+        sae.loss(x)
+        assert seen["dense"] is dense
+
+
 def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(monkeypatch):
     x = _x()
     seen, step = {}, jumprelu.JumpReLUStep.apply

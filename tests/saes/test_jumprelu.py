@@ -146,7 +146,7 @@ def test_threshold_gradient_formulas():
         window = (pre - sae.threshold).abs() < eps / 2
     assert window.sum() > 50
 
-    x_hat, token_l0, counts = JumpReLUStep.apply(*args)
+    x_hat, token_l0, counts, _ = JumpReLUStep.apply(*args)
     w = torch.randn(x.shape[0])
     (token_l0 * w).sum().backward()
     expected = -(window * w[:, None]).sum(0) / eps
@@ -154,7 +154,7 @@ def test_threshold_gradient_formulas():
     assert sae.W_enc.grad.abs().max() == 0 and sae.b_enc.grad.abs().max() == 0
 
     sae.zero_grad()
-    x_hat, token_l0, counts = JumpReLUStep.apply(*args)
+    x_hat, token_l0, counts, _ = JumpReLUStep.apply(*args)
     g = torch.randn_like(x_hat)
     (x_hat * g).sum().backward()
     dL_df = g @ sae.W_dec.detach().t()
@@ -181,7 +181,7 @@ def test_bfloat16_matmul_decides_exactly_like_float32():
     assert flips > 0, "test data too easy: bf16 rounding flips no decision"
 
     args = (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, eps, True, True, False)  # sparse
-    _, token_l0, counts = JumpReLUStep.apply(*args)
+    _, token_l0, counts, _ = JumpReLUStep.apply(*args)
     assert torch.equal(token_l0, (pre32 > t).sum(1).float())
     assert torch.equal(counts, (pre32 > t).sum(0).float())
     token_l0.sum().backward()

@@ -14,6 +14,7 @@ from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.sensitivity import read_norm_power
 from saescope.errors import SaescopeError
+from saescope.saes import jumprelu
 from saescope.saes.base import token_scale
 from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
@@ -192,7 +193,7 @@ DEFAULTS = dict(knobs="dead_tokens=256", normalize="standardize", l0_coefficient
 
 
 @pytest.mark.parametrize("kw", [{}, DEFAULTS], ids=["recipe", "saescope-defaults"])
-def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
+def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw, monkeypatch):
     whole = Trainer(cfg_for(store, tmp_path / "whole", **kw))
     whole.train()
     if kw:  # some latents are silent past dead_tokens at the end, so the revival term was acting
@@ -214,6 +215,8 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw):
     with pytest.raises(Killed):
         cut.train()
     assert torch.load(cut.checkpoint_path, weights_only=True)["step"] == 4
+    # the checkpoint holds the share of entries step 4 kept, so step 5 takes its path without a probe
+    monkeypatch.setattr(jumprelu, "dense_share", lambda *a: pytest.fail("a resumed run probed for its path"))
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **kw))
     resumed.train()
     for key, sae in whole.saes.items():
