@@ -24,6 +24,17 @@ def test_train_step_benchmark_runs_every_row_on_tiny_shapes():
         assert row in result.stdout, row
 
 
+def test_sensitivity_benchmark_times_both_gradients_in_fresh_processes():
+    """On the real model, short sequences: both variants run and the ratio is printed."""
+    args = ["--repeats", "1", "--context-len", "128", "--tokens", "256"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sensitivity.py"), *args], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("chunked", "reference", "reference / chunked"):
+        assert row in result.stdout, row
+
+
 def test_harvest_benchmark_runs_on_one_short_batch():
     """On the real model; on a CPU without native bfloat16 it also times the emulated forward."""
     args = ["--batches", "1", "--batch-size", "1", "--context-len", "128", "--repeats", "1"]

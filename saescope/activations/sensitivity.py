@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from saescope.activations.documents import iter_documents
 from saescope.activations.packing import pack_documents
 from saescope.errors import SaescopeError
+from saescope.evaluate.heldout import chunk_rows
 from saescope.models.sites import Site, replace
 
 SENSITIVITY_FILE = "sensitivity.safetensors"
@@ -56,11 +58,42 @@ def site_gradients(model, batches, sites: list[Site]) -> Iterator[dict[str, tupl
         with ExitStack() as hooks, torch.enable_grad():
             for site in sites:
                 hooks.enter_context(replace(model, site, lambda x, n=site.name: add_probe(n, x)))
-            logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+            logits = model(input_ids=ids, attention_mask=am).logits
             scored = (batch.train_mask[:, :-1] & batch.attention_mask[:, 1:].bool()).to(device)
-            F.cross_entropy(logits[scored], ids[:, 1:][scored], reduction="sum").backward()
+            logits.backward(cross_entropy_gradient(logits, ids, scored))
         mask = batch.train_mask.to(device)
         yield {name: (probe.grad[mask], inputs[name][mask]) for name, probe in probes.items()}
+
+
+@torch.no_grad()
+def cross_entropy_gradient(logits: Tensor, ids: Tensor, scored: Tensor) -> Tensor:
+    """d/d logits of the summed next-token CE over the `scored` positions [B, T-1]: softmax minus the
+    one-hot target, in float32 a few positions at a time (`chunk_rows`), in the logits' dtype.
+
+    Why not autograd through F.cross_entropy on float32 logits (`reference_cross_entropy_gradient`, its
+    test): with a 262k vocabulary that held ~6 float32 copies of every logit at once, ~7 GB per 1,024
+    tokens, and fresh memory costs microseconds a page here (saescope/memory.py): the pass took 41-53 s
+    in its first call, 15 s once its memory was reused."""
+    grad = torch.zeros_like(logits)
+    flat_grad, flat_logits = grad.view(-1, logits.shape[-1]), logits.reshape(-1, logits.shape[-1])
+    b, t = scored.nonzero(as_tuple=True)
+    rows, targets = b * logits.shape[1] + t, ids[b, t + 1]  # flat positions, and the next token at each
+    chunk = chunk_rows(logits.shape[-1], logits.device)
+    for i in range(0, len(rows), chunk):
+        at = rows[i : i + chunk]
+        p = torch.softmax(flat_logits[at].float(), -1)
+        p[torch.arange(len(at), device=p.device), targets[i : i + chunk]] -= 1
+        flat_grad[at] = p.to(grad.dtype)
+    return grad
+
+
+def reference_cross_entropy_gradient(logits: Tensor, ids: Tensor, scored: Tensor) -> Tensor:
+    """The same gradient by autograd through F.cross_entropy on float32 logits (the plain reference)."""
+    leaf = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        z = leaf[:, :-1].float()
+        F.cross_entropy(z[scored], ids[:, 1:][scored], reduction="sum").backward()
+    return leaf.grad
 
 
 def loss_sensitivity(model, batches, sites: list[Site], full: bool = False) -> dict[str, torch.Tensor]:

@@ -15,14 +15,17 @@ from saescope.activations.packing import pack_documents
 from saescope.activations.sensitivity import (
     SENSITIVITY_FILE,
     SENSITIVITY_TOKENS,
+    cross_entropy_gradient,
     loss_sensitivity,
     measure_sensitivity,
     norm_power,
     read_norm_power,
     read_sensitivity,
+    reference_cross_entropy_gradient,
     site_gradients,
 )
 from saescope.errors import SaescopeError
+from saescope.evaluate.heldout import chunk_rows
 from saescope.models.sites import Site, site_module
 
 
@@ -47,6 +50,21 @@ def leaf_gradient_squares(model, batch, site: Site) -> torch.Tensor:
         handle.remove()
     g = grabbed["x"].grad[batch.train_mask]
     return g.double().pow(2).mean(0).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_cross_entropy_gradient_is_autograds(dtype):
+    """Several sequences, unscored positions (padding, BOS) and more positions than one chunk holds."""
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(3, 40, 50_000)).to(dtype)
+    ids = torch.randint(0, 50_000, (3, 40))
+    scored = torch.rand(3, 39) > 0.25
+    assert chunk_rows(50_000, logits.device) < scored.sum()
+    grad = cross_entropy_gradient(logits, ids, scored)
+    expected = reference_cross_entropy_gradient(logits, ids, scored)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+    assert not grad[:, :-1][~scored].any() and not grad[:, -1].any()  # unscored positions get no gradient
 
 
 def test_sensitivity_is_the_mean_squared_loss_gradient_at_each_site(tiny_tokenizer):
