@@ -64,6 +64,23 @@ def test_store_metrics_match_direct_computation(setup):
     assert m["dead_latents"] == int((freq == 0).sum()) and m["dense_latents"] == int((freq > 0.1).sum())
     assert sum(m["frequency_histogram"]["counts"]) == int((freq > 0).sum())
     assert m["fvu_weighted"] == pytest.approx(m["fvu"], rel=1e-9)  # one scale for every dimension
+    with torch.no_grad():  # SAEBench's reconstruction-shape numbers, per token then averaged
+        x_hat = sae.decode(f)
+        n_in, n_out = x.norm(dim=1), x_hat.norm(dim=1)
+        legacy = [  # against the mean of each batch the loader gave
+            1 - (b - sae(b)).pow(2).sum(1) / (b - b.mean(0)).pow(2).sum(1) for b in (c.acts["res.1"] for c in loader)
+        ]
+    shape = {
+        "l1": f.abs().sum(1).mean(),
+        "cossim": F.cosine_similarity(x, x_hat, dim=1).mean(),
+        "l2_norm_in": n_in.mean(),
+        "l2_norm_out": n_out.mean(),
+        "l2_ratio": (n_out / n_in).mean(),
+        "relative_reconstruction_bias": n_out.pow(2).sum() / (x * x_hat).sum(),
+        "explained_variance_legacy": torch.cat(legacy).mean(),
+    }
+    for name, expected in shape.items():
+        assert m[name] == pytest.approx(expected.item(), rel=1e-5), name
 
     # per-dimension scales: the FVU of x / scale against x_hat / scale, what the SAE was trained to lower
     scale = torch.rand(64, generator=torch.Generator().manual_seed(1)) * 3 + 0.1
