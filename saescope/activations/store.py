@@ -44,6 +44,17 @@ STORE_DTYPES = {
 }
 
 
+# The shard files whose bytes this process has hashed (written or verified), by file identity and
+# manifest digest: `saescope run` trains and evaluates right after its harvest, and verifying again
+# hashed each of the ~9 GB of shards it had just hashed. A file changed since has a new ctime.
+_hashed: set[tuple] = set()
+
+
+def _hashed_key(path: Path, sha256: str) -> tuple:
+    st = path.stat()
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256
+
+
 def shard_name(index: int, prefix: str = "") -> str:
     return f"shard_{prefix}{index:05d}.bin"
 
@@ -207,6 +218,7 @@ class ShardColumn:
         """Rename a finished shard into place and list it in the manifest (only complete shards are listed)."""
         with disk_errors(shard.path, index, shard):
             sha256 = shard.finish()
+        _hashed.add(_hashed_key(shard.path, sha256))
         self.shards = self.shards[:index] + [{"file": shard.path.name, "rows": shard.rows, "sha256": sha256}]
         self.save_manifest()
 
@@ -256,7 +268,8 @@ class ShardColumn:
                 f"shard {path} is corrupt ({path.stat().st_size} bytes, expected {expected}): "
                 f"run the same `saescope harvest` again: it rewrites damaged shards"
             )
-        if verify:
+        key = _hashed_key(path, info["sha256"]) if verify else None
+        if verify and key not in _hashed:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 24), b""):
@@ -266,6 +279,7 @@ class ShardColumn:
                     f"shard {path} is corrupt (sha256 mismatch): "
                     f"run the same `saescope harvest` again: it rewrites damaged shards"
                 )
+            _hashed.add(key)
         # copy-on-write: torch wants writable arrays; the file itself is never changed
         return np.memmap(path, dtype=self.numpy_dtype, mode="c", shape=(info["rows"], self.width))
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from tinymodels import tiny_model
 
+from saescope.activations import store as store_module
 from saescope.activations.documents import load_documents
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.store import ActivationStore
@@ -155,6 +156,29 @@ def test_corrupt_and_missing_shards_are_clear_errors(tmp_path, tiny_tokenizer):
         store.read("res.0", 1)
     with pytest.raises(SaescopeError, match="does not exist"):
         ActivationStore(tmp_path / "nowhere")
+
+
+def test_shards_this_process_wrote_or_verified_are_not_hashed_again_until_they_change(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    path = harvest(small_cfg(tmp_path / "s", sites="res", layers="0", tokens=1024), tiny_model("qwen2"), tiny_tokenizer)
+    hashed = []
+    real = store_module.hashlib.sha256
+    monkeypatch.setattr(store_module.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    store = ActivationStore(path)
+    store.verify()  # the harvest hashed every shard as it wrote it
+    assert hashed == []
+    shard = path / "res.0" / "shard_00001.bin"
+    shard.write_bytes(shard.read_bytes())  # the same bytes, written again: a new ctime
+    store.verify()
+    assert len(hashed) == 1
+    store.verify()  # verified once, trusted while unchanged
+    assert len(hashed) == 1
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SaescopeError, match="shard_00001.bin is corrupt \\(sha256 mismatch\\)"):
+        store.verify()
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
