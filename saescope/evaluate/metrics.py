@@ -218,10 +218,11 @@ class Evaluation:
         return metrics | model_metrics(self.text, sae, out_site, self.refs[out_site.name], source, wanted)
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, dict]:
+def evaluate(cfg: EvalConfig, loaded: tuple | None = None) -> dict[str, dict]:
     """Write OUT/saes/<sae>/metrics.json for every trained SAE, each with the key it was measured
     under; return them by SAE name. A result whose key still holds is kept, so a run interrupted
-    after this stage (or one with a single retrained SAE) measures only what changed."""
+    after this stage (or one with a single retrained SAE) measures only what changed. `loaded`: as
+    for `Evaluation`."""
     folders = trained_folders(cfg.out)
     settings = cache.settings(cfg, finished_store(cfg).info, text=True)
     results, todo = {}, []
@@ -230,7 +231,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
         results[folder.name] = cache.cached(folder / metrics_file(cfg.text), key)
         if results[folder.name] is None:
             todo.append((folder, key))
-    ev = Evaluation(cfg) if todo else None
+    ev = Evaluation(cfg, loaded) if todo else None
     for folder, key in tqdm(todo, desc="evaluate", unit="sae", dynamic_ncols=True):
         metrics = ev.measure(folder) | {"key": key}
         write_json_atomic(folder / metrics_file(cfg.text), metrics)

@@ -128,3 +128,33 @@ def test_readme_table_is_regenerated_between_markers(tiny_run, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(saescope.SaescopeError, match="markers"):
         write_readme_table(tiny_run, readme)
+
+
+def test_evaluation_reuses_the_model_the_harvest_loaded_and_measures_what_a_fresh_load_does(
+    tiny_run, tiny_model_dir, tmp_path
+):
+    from dataclasses import replace
+
+    from saescope.activations.harvest import HarvestConfig
+    from saescope.evaluate.metrics import EvalConfig, Evaluation
+    from saescope.models.loading import compute_dtype
+    from saescope.run import evaluation_model, harvest_keeping_the_model
+
+    kept: list = []
+    harvest = HarvestConfig(
+        model=str(tiny_model_dir), store=str(tmp_path / "store"), sites="res", layers="0", tokens=2048,
+        shard_rows=1024, context_len=128, device="cpu", dtype="float32",
+    )  # fmt: skip
+    harvest_keeping_the_model(harvest, kept)
+    assert len(kept) == 2 and (tmp_path / "store" / "store.json").exists()
+    cfg = EvalConfig(out=str(tiny_run), eval_sequences=4, eval_context_len=64, eval_dtype="float32", device="cpu")
+    assert evaluation_model(cfg, kept) == tuple(kept)
+    other = replace(cfg, eval_dtype="bfloat16")  # the same model in another dtype is loaded again
+    runs_other = compute_dtype("bfloat16", torch.device("cpu")) != torch.float32
+    assert (evaluation_model(other, kept) is None) == runs_other
+    assert evaluation_model(cfg, []) is None
+    folder = next((tiny_run / "saes").iterdir())
+    fresh = Evaluation(cfg).measure(folder)
+    reused = Evaluation(cfg, evaluation_model(cfg, kept)).measure(folder)
+    for name in ("ce_clean", "ce_spliced", "ce_zero_ablation", "delta_loss", "kl_div", "l0", "fvu"):
+        assert reused[name] == fresh[name], name
