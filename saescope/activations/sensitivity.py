@@ -72,8 +72,8 @@ def cross_entropy_gradient(logits: Tensor, ids: Tensor, scored: Tensor) -> Tenso
 
     Why not autograd through F.cross_entropy on float32 logits (`reference_cross_entropy_gradient`, its
     test): with a 262k vocabulary that held ~6 float32 copies of every logit at once, ~7 GB per 1,024
-    tokens, and fresh memory costs microseconds a page here (saescope/memory.py): the pass took 41-53 s
-    in its first call, 15 s once its memory was reused."""
+    tokens, and fresh memory costs microseconds a page here (saescope/memory.py). `python
+    benchmarks/sensitivity.py` timed a harvest's pass (fresh processes) at 25.9 s against 65.5 s."""
     grad = torch.zeros_like(logits)
     flat_grad, flat_logits = grad.view(-1, logits.shape[-1]), logits.reshape(-1, logits.shape[-1])
     b, t = scored.nonzero(as_tuple=True)
