@@ -37,7 +37,7 @@ from machine import cpu  # benchmarks/machine.py, beside this script
 from torch import Tensor, nn
 
 from saescope.memory import keep_freed_memory
-from saescope.saes import JumpReLUSAE, jumprelu, make_sae, sparse, sweep_knobs
+from saescope.saes import JumpReLUSAE, jumprelu, jumprelu_paths, make_sae, sparse, sweep_knobs
 
 LR = 7e-5
 BETAS = (0.0, 0.999)
@@ -96,14 +96,14 @@ def forced(step: Callable[[], float], path: str) -> Callable[[], float]:
     share chooses)."""
 
     def run() -> float:
-        with mock.patch.dict(os.environ, {jumprelu.PATH_VARIABLE: path}):
+        with mock.patch.dict(os.environ, {jumprelu_paths.PATH_VARIABLE: path}):
             return step()
 
     return run
 
 
 def probing_each_batch(sae: JumpReLUSAE, x: Tensor) -> Callable[[], float]:
-    """`ours_step` on the path `auto` chooses, with the probe (`jumprelu.dense_share`) run on every
+    """`ours_step` on the path `auto` chooses, with the probe (`jumprelu_paths.dense_share`) run on every
     batch, as a first step runs it: its row against "path chosen" is what following the share the
     last step kept saves."""
     step = ours_step(sae, x)

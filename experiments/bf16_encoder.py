@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -69,20 +70,25 @@ def rounding_rows(trainer: Trainer, acts: dict[str, torch.Tensor]) -> list[str]:
     return rows
 
 
-def timed_steps(trainer: Trainer, batches, steps: int) -> dict[str, float]:
-    """Median seconds per training step of every SAE, float32 against bfloat16 encoder products."""
-    wide = sparse.BF16_PRE_MIN_BANDWIDTH
-    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+def timed_steps(trainer: Trainer, batches, steps: int, variants: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Median seconds per training step of every SAE under each variant (a callable that sets it up),
+    the variants taking turns in a rotating order on each batch."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
     trainer.train_step(next(batches).acts)  # warm-up: first-touch memory
     for i in range(steps):
         acts = next(batches).acts
-        for name in ("float32", "bfloat16") if i % 2 else ("bfloat16", "float32"):
-            sparse.BF16_PRE_MIN_BANDWIDTH = wide if name == "bfloat16" else float("inf")
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            variants[name]()
             start = time.perf_counter()
             trainer.train_step(acts)
             times[name].append(time.perf_counter() - start)
-    sparse.BF16_PRE_MIN_BANDWIDTH = wide
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bandwidth_floor(value: float) -> Callable[[], None]:
+    """Sets the bandwidth from which the dense path's encoder product runs in bfloat16."""
+    return lambda: setattr(sparse, "BF16_PRE_MIN_BANDWIDTH", value)
 
 
 def main() -> None:
@@ -100,7 +106,10 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rounding_rows(trainer, next(batches).acts)))
-    t = timed_steps(trainer, batches, args.steps)
+    wide = sparse.BF16_PRE_MIN_BANDWIDTH
+    variants = {"float32": bandwidth_floor(float("inf")), "bfloat16": bandwidth_floor(wide)}
+    t = timed_steps(trainer, batches, args.steps, variants)
+    sparse.BF16_PRE_MIN_BANDWIDTH = wide
     print(
         f"training step of {len(trainer.saes)} SAEs, median of {args.steps}: float32 encoder product "
         f"{t['float32']:.3f} s, bfloat16 {t['bfloat16']:.3f} s ({t['float32'] / t['bfloat16']:.2f}x)"

@@ -39,18 +39,28 @@ CPUINFO = Path("/proc/cpuinfo")  # where Linux lists the CPU's instruction-set f
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags Linux lists for this CPU (none where /proc/cpuinfo is missing)."""
+    try:
+        return frozenset(CPUINFO.read_text().split())
+    except OSError:
+        return frozenset()
+
+
 def native_bf16_matmul(device_type: str) -> bool:
     """bfloat16 only pays where the hardware multiplies it natively (CUDA with bf16, x86 with
     AVX512-BF16 or AMX); emulated it is no faster than float32 and the recompute is extra."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        try:
-            flags = CPUINFO.read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return False
+
+
+def narrow_float32_cpu(device_type: str) -> bool:
+    """A Linux CPU whose float32 vectors are AVX2 at the widest (no AVX-512): its float32 matmuls run at
+    half the width, so a JumpReLU step that gathers instead of multiplying pays from a higher share."""
+    return device_type == "cpu" and "avx2" in cpu_flags() and "avx512f" not in cpu_flags()
 
 
 def compute_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

@@ -1,23 +1,24 @@
-"""The JumpReLU SAE of Gemma Scope, its training step on one screen, and the switch to the fast step.
+"""The JumpReLU SAE of Gemma Scope and its training step on one screen.
 
 `reference_forward` is the recipe written as plain autograd: the JumpReLU and the step function
 with their straight-through estimators. It defines what training computes. Training normally
 runs a hand-written step (saescope/saes/sparse.py: sparse after one dense matmul, or dense while
 many entries are active, optionally with bfloat16 products) that gives the same values and
 gradients up to float rounding, several times faster; tests/saes/test_jumprelu.py holds it to the
-reference. For debugging, `SAESCOPE_JUMPRELU_PATH=plain` trains with the reference instead
-(`sparse` or `dense` forces one fast path; `auto`, the default, goes by the share the last step kept).
+reference. saescope/saes/jumprelu_paths.py says which path a step takes: for debugging,
+`SAESCOPE_JUMPRELU_PATH=plain` trains with the reference instead (`sparse` or `dense` forces one fast
+path; `auto`, the default, goes by the share the last step kept).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from saescope.errors import SaescopeError
+from saescope.saes import jumprelu_paths
 from saescope.saes.base import DEFAULT_JOLT_CLIP, SAE, LossOutput, flag_knob, loss_output, mse_of, non_negative_knob
 from saescope.saes.l0_penalty import DEFAULT_L0_COEFFICIENTS, L0_PENALTIES, l0_term, steer_after_step
 from saescope.saes.sparse import BLOCK_ELEMENTS, JumpReLUStep
@@ -122,37 +123,6 @@ def reference_forward(
     pre = (x - b_dec if pre_encoder_bias else x) @ W_enc + b_enc
     fired = ste_step(pre, theta, eps)
     return ste_jumprelu(pre, theta, eps) @ W_dec + b_dec, fired.sum(1), fired.sum(0)
-
-
-# ---- which step trains: the reference, or one of the fast paths ----------------------------------
-PATH_VARIABLE = "SAESCOPE_JUMPRELU_PATH"
-PATHS = ("auto", "sparse", "dense", "plain")
-
-# Above this share of [tokens, d_sae] entries active or inside the window, the sparse step costs more than
-# the dense one: the forced-path rows of benchmarks/train_step.py cross near 2.5% with bfloat16 products and
-# near 6% in float32 (README, "SAE families"). With the recipe's init about half of all latents fire at first.
-DENSE_ABOVE = {"bfloat16": 0.025, "float32": 0.05}
-_PROBE_SHARE, _PROBE_MIN_ROWS = 32, 16  # the first step's probe: a 32nd of the batch, at least 16 rows
-
-
-@torch.no_grad()
-def dense_share(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, theta: Tensor, eps: float, pre_encoder_bias: bool
-) -> float:
-    """Share of entries active or in the window, estimated on the batch's first rows (a 3% matmul),
-    for a first step, which has no share of the step before (`JumpReLUSAE.kept_share`)."""
-    rows = x[: max(_PROBE_MIN_ROWS, len(x) // _PROBE_SHARE)]
-    xc = rows - b_dec if pre_encoder_bias else rows
-    return (torch.addmm(b_enc, xc, W_enc) > theta - eps / 2).float().mean().item()
-
-
-def step_path() -> str:
-    """The path `SAESCOPE_JUMPRELU_PATH` asks for. An environment variable, not a knob: it changes
-    how a step is computed, never what the SAE is, so it stays out of configs and released SAEs."""
-    path = os.environ.get(PATH_VARIABLE) or "auto"
-    if path not in PATHS:
-        raise SaescopeError(f"{PATH_VARIABLE}={path} is not one of {', '.join(PATHS)}; unset it for the default")
-    return path
 
 
 class JumpReLUSAE(SAE):
@@ -355,17 +325,17 @@ class JumpReLUSAE(SAE):
 
     def _train_forward(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_hat and the L0 counts by the path `step_path` names. With `auto` the step (`JumpReLUStep`)
-        is dense while the last step kept more than DENSE_ABOVE (for the dtype of its products) of the
+        is dense while the last step kept more than `dense_above` (for its products' dtype and the CPU) of the
         entries, active or in the window, else sparse; only a first step probes its batch (`dense_share`)."""
         args = (x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta, self.bandwidth, self.pre_encoder_bias)
-        path, bf16 = step_path(), self.uses_bf16(x.device)
+        path, bf16 = jumprelu_paths.step_path(), self.uses_bf16(x.device)
         if path == "plain":
             return reference_forward(*args)
         if path == "auto":
             share = self.kept_share.item()
             if share < 0:
-                share = dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), *args[-2:])
-            path = "dense" if share > DENSE_ABOVE["bfloat16" if bf16 else "float32"] else "sparse"
+                share = jumprelu_paths.dense_share(x, self.W_enc, self.b_enc, self.b_dec, theta.detach(), *args[-2:])
+            path = "dense" if share > jumprelu_paths.dense_above(bf16, x.device) else "sparse"
         x_hat, token_l0, latent_counts, kept = JumpReLUStep.apply(*args, bf16, path == "dense")
         if self.training:
             self.kept_share.copy_(kept / (len(x) * self.d_sae))

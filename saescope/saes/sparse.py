@@ -12,11 +12,11 @@ sparse-dense product that reads only the rows it needs, `gather_dot` a sampled d
 product (one dot product per entry).
 
 JumpReLU's hand-written step (`JumpReLUStep`) picks, with one comparison per element of the
-encoder matmul, the entries that are active or inside the estimator's window, and runs every
-other product on those alone; its gradients are the recipe's straight-through estimators, equal
-to the plain autograd reference in saescope/saes/jumprelu.py up to float rounding. Right after
-the recipe's init about half of all latents fire and index lists that long lose to dense
-products, so jumprelu.py runs such steps dense (the same estimators on [tokens, d_sae] tensors).
+encoder matmul, the entries that are active or inside the estimator's window; the threshold's gradient
+reads them all, every other product only the active ones. Its gradients are the recipe's straight-through
+estimators, equal to the plain autograd reference in saescope/saes/jumprelu.py up to float rounding. Right
+after the recipe's init about half of all latents fire and index lists that long lose to dense products, so
+such steps run dense, the same estimators on [tokens, d_sae] tensors (saescope/saes/jumprelu_paths.py).
 
 Optionally the encoder matmul runs in bfloat16. On the sparse path, every entry within 8
 standard deviations of that rounding noise from the threshold or the window's edges is recomputed
@@ -336,26 +336,25 @@ Grads = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor
 def _sparse_forward(
     ctx: Any, xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, theta: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Decoded (without b_dec), the counts and `kept`, from the entries active or in the window."""
+    """Decoded (without b_dec), the counts and `kept`, from the entries active or in the window. An entry
+    in the window alone enters only the threshold's gradient (one dot product), so decoding skips it."""
     n, d_sae = xc.shape[0], W_enc.shape[1]
     rows, cols, pre, active, window = select_entries(xc, W_enc, b_enc, theta, ctx.eps, ctx.bf16)
-    f = pre * active
-    fired = active.to(xc.dtype)
-    token_l0 = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, rows, fired)
-    latent_counts = torch.zeros(d_sae, dtype=xc.dtype, device=xc.device).index_add_(0, cols, fired)
-    ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, f, active, window)
+    on = active.nonzero().squeeze(1)  # still token-major
+    rows_a, cols_a, f_a = rows[on], cols[on], pre[on]
+    token_l0 = torch.bincount(rows_a, minlength=n).to(xc.dtype)
+    latent_counts = torch.bincount(cols_a, minlength=d_sae).to(xc.dtype)
+    ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, pre * active, active, window)
     kept = torch.tensor(len(rows), device=xc.device)
-    return gather_sum(cols, W_dec, group_starts(rows, n), f), token_l0, latent_counts, kept
+    return gather_sum(cols_a, W_dec, group_starts(rows_a, n), f_a), token_l0, latent_counts, kept
 
 
 def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
     xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
     eps, n, d_sae = ctx.eps, xc.shape[0], W_enc.shape[1]
-    # Latent-major order: the products below then reuse one decoder/encoder row per group
-    # and stream the small [n, d_in] matrices, which stay in cache.
+    # Latent-major order: each product reuses one decoder/encoder row per group and streams the small [n, d_in] ones.
     order, rows_t, cols_t, starts_t = latent_major(rows, cols, d_sae)
     grad_f = gather_dot(W_dec, cols_t, g, rows_t, starts_t)  # d loss / d f at kept entries
-    grad_pre = grad_f * active[order]
     grad_x = grad_W_enc = grad_W_dec = grad_theta = None
     if needs.theta:
         win = window[order]
@@ -364,16 +363,19 @@ def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, g
         step = torch.zeros_like(jump).index_add_(0, wc, grad_token_l0[wr])
         step += torch.bincount(wc, minlength=d_sae).to(g.dtype) * grad_latent_counts
         grad_theta = -(theta / eps) * jump - step / eps
+    on_t = active[order].nonzero().squeeze(1)  # the other products sum over these (grad_pre, f: 0 elsewhere)
+    rows_ta, cols_ta, grad_pre = rows_t[on_t], cols_t[on_t], grad_f[on_t]
+    starts_ta = group_starts(cols_ta, d_sae)
     if needs.W_dec:
-        grad_W_dec = gather_sum(rows_t, g, starts_t, f[order])
+        grad_W_dec = gather_sum(rows_ta, g, starts_ta, f[order[on_t]])
     if needs.W_enc:
-        grad_W_enc = gather_sum(rows_t, xc, starts_t, grad_pre).t().contiguous()
-    colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_t, grad_pre)
+        grad_W_enc = gather_sum(rows_ta, xc, starts_ta, grad_pre).t().contiguous()
+    colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_ta, grad_pre)
     grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, needs, ctx.pre_encoder_bias)
-    if needs.x:
-        grad_pre_rows = torch.empty_like(grad_pre)
-        grad_pre_rows[order] = grad_pre
-        grad_x = gather_sum(cols, W_enc.t().contiguous(), group_starts(rows, n), grad_pre_rows)
+    if needs.x:  # the active entries back in token-major order
+        on = active.nonzero().squeeze(1)
+        grad_pre_rows = torch.zeros_like(f).index_put_((order[on_t],), grad_pre)[on]
+        grad_x = gather_sum(cols[on], W_enc.t().contiguous(), group_starts(rows[on], n), grad_pre_rows)
     return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta
 
 

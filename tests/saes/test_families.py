@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from saescope.errors import SaescopeError
+from saescope.models import loading
 from saescope.release import interop
 from saescope.saes import (
     ARCHITECTURES,
@@ -21,6 +22,7 @@ from saescope.saes import (
     ReLUSAE,
     TopKSAE,
     jumprelu,
+    jumprelu_paths,
     make_sae,
     sae_from_state,
     sparse,
@@ -140,9 +142,9 @@ def test_jumprelu_dense_and_sparse_paths_give_the_same_gradients(monkeypatch):
         sae.threshold.uniform_(0.0, 0.3)
     x = _x().requires_grad_(True)
     names = (*PARAMS, "threshold")
-    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "sparse")
+    monkeypatch.setenv(jumprelu_paths.PATH_VARIABLE, "sparse")
     sparse = _grads(sae, sae.loss(x).loss, names)
-    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "dense")
+    monkeypatch.setenv(jumprelu_paths.PATH_VARIABLE, "dense")
     dense = _grads(sae, sae.loss(x).loss, names)
     _close(sparse, dense)
     assert sparse["threshold"].abs().sum() > 0
@@ -152,7 +154,7 @@ def _dense_bf16_against_float32(monkeypatch, bandwidth: float):
     """The dense path's loss outputs and gradients with float32 and bfloat16 products on the same SAE and
     rows, whose thresholds sit exactly on some float32 pre-activations (bfloat16 rounding moves those
     across), and the float32 and bfloat16-product pre-activations themselves."""
-    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "dense")
+    monkeypatch.setenv(jumprelu_paths.PATH_VARIABLE, "dense")
     out, grads, x = {}, {}, _x().requires_grad_(True)
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
@@ -195,15 +197,15 @@ def test_jumprelu_dense_path_in_bfloat16_decides_as_float32_under_the_recipes_wi
 
 def test_jumprelu_takes_the_dense_path_right_after_init():
     sae = JumpReLUSAE(D_IN, D_SAE)  # theta = 0.001: about half of the latents fire
-    share = jumprelu.dense_share(_x(), sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
-    assert share > max(jumprelu.DENSE_ABOVE.values())
+    share = jumprelu_paths.dense_share(_x(), sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+    assert share > max(jumprelu_paths.DENSE_ABOVE.values())
 
 
 def test_the_dense_probe_reads_a_thirty_second_of_the_batch_and_at_least_16_rows():
     sae = JumpReLUSAE(D_IN, D_SAE, threshold_init=0.5)
 
     def share(x):
-        return jumprelu.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+        return jumprelu_paths.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
 
     for n, read in ((1024, 32), (256, 16)):
         x = _x(n)
@@ -219,7 +221,7 @@ def test_jumprelu_steps_after_the_first_take_the_path_the_share_kept_by_the_step
     sae, x = JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype="float32"), _x()
     with torch.no_grad():  # each latent active on a tenth of the tokens
         sae.threshold.copy_(sae.pre_acts(x).quantile(0.9, dim=0))
-    monkeypatch.setenv(jumprelu.PATH_VARIABLE, path)
+    monkeypatch.setenv(jumprelu_paths.PATH_VARIABLE, path)
     sae.loss(x)
     with torch.no_grad():  # the step's share is exact, on the whole batch, by either path
         kept = (sae.pre_acts(x) > sae.threshold - sae.bandwidth / 2).float().mean().item()
@@ -229,8 +231,8 @@ def test_jumprelu_steps_after_the_first_take_the_path_the_share_kept_by_the_step
     assert sae.kept_share.item() == pytest.approx(kept, rel=1e-6)
     sae.train()
 
-    monkeypatch.setenv(jumprelu.PATH_VARIABLE, "auto")
-    monkeypatch.setattr(jumprelu, "dense_share", lambda *a: pytest.fail("probed after the first step"))
+    monkeypatch.setenv(jumprelu_paths.PATH_VARIABLE, "auto")
+    monkeypatch.setattr(jumprelu_paths, "dense_share", lambda *a: pytest.fail("probed after the first step"))
     seen, step = {}, jumprelu.JumpReLUStep.apply
 
     def spy(*args):
@@ -244,7 +246,10 @@ def test_jumprelu_steps_after_the_first_take_the_path_the_share_kept_by_the_step
         assert seen["dense"] is dense
 
 
-def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(monkeypatch):
+@pytest.mark.parametrize("flags", [{"avx2", "avx512f"}, {"avx2"}], ids=["avx512", "avx2"])
+def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(monkeypatch, flags):
+    """bfloat16 products make the dense step cheap first; float32 ones on a CPU with AVX2 at the widest last."""
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset(flags))
     x = _x()
     seen, step = {}, jumprelu.JumpReLUStep.apply
 
@@ -253,14 +258,18 @@ def test_jumprelu_goes_dense_at_a_lower_share_when_its_products_run_in_bfloat16(
         return step(*args)
 
     monkeypatch.setattr(jumprelu.JumpReLUStep, "apply", spy)
-    middle = sum(jumprelu.DENSE_ABOVE.values()) / 2  # above bfloat16's switch, below float32's
+    cpu = torch.device("cpu")
+    bf16, fp32 = jumprelu_paths.dense_above(True, cpu), jumprelu_paths.dense_above(False, cpu)
+    assert fp32 == jumprelu_paths.DENSE_ABOVE["float32, AVX2" if "avx512f" not in flags else "float32"]
+    assert jumprelu_paths.dense_above(False, torch.device("cuda")) == jumprelu_paths.DENSE_ABOVE["float32"]
+    middle = (bf16 + fp32) / 2
     for dtype, dense in (("bfloat16", True), ("float32", False)):
         sae = JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, matmul_dtype=dtype)
         with torch.no_grad():  # each latent active or in the window on `middle` of the tokens
             pre = sae.pre_acts(x)
             sae.threshold.copy_(pre.quantile(1 - middle, dim=0) + sae.bandwidth / 2)
-        share = jumprelu.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
-        assert jumprelu.DENSE_ABOVE["bfloat16"] < share < jumprelu.DENSE_ABOVE["float32"]
+        share = jumprelu_paths.dense_share(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold, sae.bandwidth, True)
+        assert bf16 < share < fp32
         seen.clear()
         sae.loss(x)
         assert seen["dense"] is dense, dtype

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from saescope.errors import SaescopeError
-from saescope.saes import JumpReLUSAE, make_sae
-from saescope.saes.jumprelu import FREE_INIT_NORM, PATH_VARIABLE, reference_forward
+from saescope.saes import JumpReLUSAE, make_sae, sparse
+from saescope.saes.jumprelu import FREE_INIT_NORM, reference_forward
+from saescope.saes.jumprelu_paths import PATH_VARIABLE
 from saescope.saes.l0_penalty import STEER_GAIN
 from saescope.saes.registry import sae_from_state
 from saescope.saes.sparse import JumpReLUStep, dense_pre
@@ -126,6 +127,23 @@ def test_each_forced_path_equals_the_reference(monkeypatch, path):
     torch.testing.assert_close(out.loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert out.l0 == ref_l0
     _assert_close(_grads(sae, out.loss, x), _grads(sae, ref_loss, x), rtol=1e-5)
+
+
+def test_sparse_products_skip_entries_only_in_the_window(monkeypatch):
+    """Decoding and every gradient product but the threshold's run over the active entries alone
+    (an entry only in the window carries a zero value), with the reference's values and gradients."""
+    monkeypatch.setenv(PATH_VARIABLE, "sparse")
+    summed: list[int] = []
+    gather_sum = sparse.gather_sum
+    monkeypatch.setattr(sparse, "gather_sum", lambda index, *a: summed.append(len(index)) or gather_sum(index, *a))
+    sae = _sae(matmul_dtype="float32", bandwidth=0.2)  # a wide window: many entries in it alone
+    x = _x().requires_grad_()
+    out = sae.loss(x)
+    ref_loss, _ = reference_loss(sae, x)
+    _assert_close(_grads(sae, out.loss, x), _grads(sae, ref_loss, x), rtol=1e-5)
+    active, kept = round(out.l0.item() * len(x)), round(sae.kept_share.item() * len(x) * sae.d_sae)
+    assert kept > 1.5 * active > 0
+    assert summed == [active] * 4  # the decode, then the gradients to W_dec, W_enc and x
 
 
 def test_an_unknown_path_is_one_line(monkeypatch):

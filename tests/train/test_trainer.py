@@ -14,7 +14,7 @@ from tinymodels import tiny_model
 from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.sensitivity import read_norm_power
 from saescope.errors import SaescopeError
-from saescope.saes import jumprelu
+from saescope.saes import jumprelu_paths
 from saescope.saes.base import token_scale
 from saescope.saes.registry import make_sae
 from saescope.train.job import TrainConfig, parse_knobs
@@ -216,7 +216,7 @@ def test_killed_training_resumes_to_identical_weights(store, tmp_path, kw, monke
         cut.train()
     assert torch.load(cut.checkpoint_path, weights_only=True)["step"] == 4
     # the checkpoint holds the share of entries step 4 kept, so step 5 takes its path without a probe
-    monkeypatch.setattr(jumprelu, "dense_share", lambda *a: pytest.fail("a resumed run probed for its path"))
+    monkeypatch.setattr(jumprelu_paths, "dense_share", lambda *a: pytest.fail("a resumed run probed for its path"))
     resumed = Trainer(cfg_for(store, tmp_path / "cut", **kw))
     resumed.train()
     for key, sae in whole.saes.items():
