@@ -344,13 +344,13 @@ def _sparse_forward(
     rows_a, cols_a, f_a = rows[on], cols[on], pre[on]
     token_l0 = torch.bincount(rows_a, minlength=n).to(xc.dtype)
     latent_counts = torch.bincount(cols_a, minlength=d_sae).to(xc.dtype)
-    ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, pre * active, active, window)
+    ctx.save_for_backward(xc, W_enc, W_dec, theta, rows, cols, pre * active, active, window, on)
     kept = torch.tensor(len(rows), device=xc.device)
     return gather_sum(cols_a, W_dec, group_starts(rows_a, n), f_a), token_l0, latent_counts, kept
 
 
 def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, grad_latent_counts: Tensor) -> Grads:
-    xc, W_enc, W_dec, theta, rows, cols, f, active, window = ctx.saved_tensors
+    xc, W_enc, W_dec, theta, rows, cols, f, active, window, on = ctx.saved_tensors
     eps, n, d_sae = ctx.eps, xc.shape[0], W_enc.shape[1]
     # Latent-major order: each product reuses one decoder/encoder row per group and streams the small [n, d_in] ones.
     order, rows_t, cols_t, starts_t = latent_major(rows, cols, d_sae)
@@ -372,8 +372,7 @@ def _sparse_backward(ctx: Any, needs: Needs, g: Tensor, grad_token_l0: Tensor, g
         grad_W_enc = gather_sum(rows_ta, xc, starts_ta, grad_pre).t().contiguous()
     colsum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols_ta, grad_pre)
     grad_b_enc, grad_b_dec = _bias_grads(g, colsum, W_enc, needs, ctx.pre_encoder_bias)
-    if needs.x:  # the active entries back in token-major order
-        on = active.nonzero().squeeze(1)
+    if needs.x:  # the active entries back in token-major order (`on`, from the forward)
         grad_pre_rows = torch.zeros_like(f).index_put_((order[on_t],), grad_pre)[on]
         grad_x = gather_sum(cols[on], W_enc.t().contiguous(), group_starts(rows[on], n), grad_pre_rows)
     return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta
