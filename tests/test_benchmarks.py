@@ -46,6 +46,16 @@ def test_harvest_benchmark_runs_on_one_short_batch():
         assert row in result.stdout, row
 
 
+def test_logit_chunks_benchmark_checks_both_ways_agree_on_small_shapes():
+    args = ["--vocab", "5000", "--d-model", "32", "--positions", "60", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "logit_chunks.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("one product, then _token_ce_kl", "head_ce_kl, by vocabulary blocks"):
+        assert row in result.stdout, row
+
+
 def test_clean_cache_benchmark_measures_the_same_numbers_both_ways(tmp_path, tiny_model_dir):
     """On a tiny run: kept and recomputed clean distributions give the same delta loss and KL (the
     benchmark exits non-zero otherwise) and both rows are printed."""

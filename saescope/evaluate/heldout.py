@@ -19,6 +19,7 @@ from saescope.activations.documents import Document, iter_documents
 from saescope.activations.packing import pack_documents
 from saescope.errors import SaescopeError
 from saescope.evaluate.position import Groupings, Tally
+from saescope.models.head import LMHead, final_hidden
 from saescope.models.sites import Site, blocks, replace
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 # 9.6 GiB of a 24 GiB machine, enough for 32 sequences of 256 of a 262k vocabulary, 8.9 GB), else 8 GiB
 # where it is unknown; beyond, the clean model runs again per SAE, 2.0x the time per SAE
 # (benchmarks/clean_cache.py); with 32 sequences on Gemma 3 270M the whole process peaked at 21.5 GB of
-# RAM: the forward's logits and their log-softmax come on top, ~1 GB each per batch of 4 sequences.
+# RAM while every spliced pass also held its whole logits and their log-softmax, ~1 GB each per batch of
+# 4 sequences (`head_ce_kl` now holds one block of the vocabulary at a time).
 CLEAN_CACHE_SHARE = 0.4
 
 
@@ -44,10 +46,10 @@ def clean_cache_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
-# Per-position reductions over the vocabulary run on this many bytes of float32 logits at a time: kept
-# in the CPU's cache, the six passes of CE and KL over them cost a fifth of what 128 rows spilling a 32 MB L3
-# did (262k vocabulary: 0.231 s against 1.132 s per batch of 4 x 255 positions, benchmarks/logit_chunks.py).
-# A GPU wants few large kernels instead.
+# Per-position reductions over the vocabulary run on this many bytes of float32 logits at a time. On a CPU
+# they stay in cache: whole rows of 4 positions for the plain reference `_token_ce_kl`, and for `head_ce_kl`
+# a block of ~1k vocabulary entries for all of a batch's positions, whose product ran 1.3-1.45x faster than
+# one over the whole vocabulary (benchmarks/logit_chunks.py). A GPU wants few large kernels instead.
 CHUNK_BYTES = {"cpu": 4 << 20}
 GPU_CHUNK_BYTES = 256 << 20
 
@@ -60,7 +62,8 @@ def chunk_rows(vocab: int, device: torch.device) -> int:
 def _token_ce_kl(logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tensor, chunk: int = 0):
     """Per-position CE and KL(clean || this) [rows, T-1], a few rows of the vocabulary-wide logits
     at a time: KL = sum p_c log p_c - p_c . logits + logsumexp(logits), so per forward only one
-    float pass over the logits is needed, never a full log-softmax tensor."""
+    float pass over the logits is needed, never a full log-softmax tensor. The plain reference of
+    `head_ce_kl`, which never holds the whole logits."""
     flat, targets = logits.flatten(0, 1), targets.flatten()
     chunk = chunk or chunk_rows(flat.shape[-1], flat.device)
     ce, kl = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), device=flat.device)
@@ -72,19 +75,45 @@ def _token_ce_kl(logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tenso
     return ce.view(logits.shape[:2]), kl.view(logits.shape[:2])
 
 
-def clean_distribution(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The clean model's next-token probabilities (flattened positions), sum p log p, and CE [rows, T-1].
+def vocab_blocks(vocab: int, positions: int, device: torch.device) -> range:
+    """Starts of the vocabulary blocks whose logits for `positions` positions fill `CHUNK_BYTES`."""
+    return range(0, vocab, max(1, CHUNK_BYTES.get(device.type, GPU_CHUNK_BYTES) // (4 * positions)))
+
+
+def head_ce_kl(hidden: torch.Tensor, head: LMHead, clean: CleanOutputs, targets: torch.Tensor):
+    """`_token_ce_kl` of the logits head(hidden) [rows, T-1], one block of the vocabulary at a time:
+    each block's logsumexp, its p_c . logits and the targets' logits in it are taken while the block is
+    in cache, and the blocks' logsumexps combined at the end."""
+    h, t = hidden.flatten(0, 1), targets.flatten()
+    starts = vocab_blocks(head.vocab, len(h), h.device)
+    lses = torch.empty(len(h), len(starts), device=h.device)
+    p_dot_z, z_target = torch.zeros(len(h), device=h.device), torch.empty(len(h), device=h.device)
+    for j, lo in enumerate(starts):
+        z = head.logits(h, lo, lo + starts.step)
+        lses[:, j] = torch.logsumexp(z, -1)
+        p_dot_z += torch.linalg.vecdot(clean.probs[:, lo : lo + starts.step], z)
+        inside = ((t >= lo) & (t < lo + starts.step)).nonzero().squeeze(1)
+        z_target[inside] = z[inside, t[inside] - lo]
+    lse = torch.logsumexp(lses, -1)
+    return (lse - z_target).view(hidden.shape[:2]), (clean.neg_entropy - p_dot_z + lse).view(hidden.shape[:2])
+
+
+def clean_distribution(
+    logits: torch.Tensor, targets: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """The clean model's next-token probabilities (flattened positions), sum p log p, and CE [rows, T-1];
+    the probabilities go to `out` when given (it may be `logits` itself, when float32).
 
     log p = z - logsumexp(z), as the spliced passes compute their CE, not F.log_softmax: on CPU its
     float32 result for Gemma 3's logits summed to up to 1.00006 after exp, and `_token_ce_kl` takes the
     clean mass as 1, so KL came out low by logsumexp x 6e-5 per position, ~0.0004 of an att.6 SAE's 0.018."""
     flat, targets = logits.flatten(0, 1), targets.flatten()
-    probs = torch.empty(flat.shape, device=flat.device)
+    probs = torch.empty(flat.shape, device=flat.device) if out is None else out.view(flat.shape)
     neg_entropy, ce = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), device=flat.device)
     chunk = chunk_rows(flat.shape[-1], flat.device)
     for i in range(0, len(flat), chunk):
         z = flat[i : i + chunk].float()
-        logp = z - torch.logsumexp(z, -1, keepdim=True)
+        logp = z - torch.logsumexp(z, -1, keepdim=True)  # before `out`, which may be z's memory, is written
         neg_entropy[i : i + chunk] = torch.linalg.vecdot(torch.exp(logp, out=probs[i : i + chunk]), logp)
         ce[i : i + chunk] = -logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
     return probs, neg_entropy, ce.view(logits.shape[:2])
@@ -149,8 +178,8 @@ class HeldOutText:
         self.tokens = int(sum(c.sum().item() for *_, c in self.batches))
         # the clean distributions take 4 bytes x vocabulary per position: kept while they fit
         # (CPU-sized evaluations), recomputed per batch beyond (Gemma Scope scale)
-        vocab = model.get_output_embeddings().weight.shape[0]
-        keep = sum(ids.numel() for ids, *_ in self.batches) * vocab * 4 <= clean_cache_bytes(self.device)
+        self.head = LMHead.of(model)
+        keep = sum(ids.numel() for ids, *_ in self.batches) * self.head.vocab * 4 <= clean_cache_bytes(self.device)
         self._clean = [self._clean_outputs(i) for i in range(len(self.batches))] if keep else None
 
     @torch.inference_mode()
@@ -159,11 +188,17 @@ class HeldOutText:
         outputs: list = []
         hooks = [block.register_forward_hook(lambda _m, _a, out: outputs.append(out)) for block in blocks(self.model)]
         try:
-            logits = self.model(input_ids=ids, attention_mask=am).logits[:, :-1]
+            with final_hidden(self.model) as hidden:
+                self.model(input_ids=ids, attention_mask=am)
         finally:
             for h in hooks:
                 h.remove()
-        return CleanOutputs(*clean_distribution(logits, ids[:, 1:]), outputs)
+        h = hidden[0][:, :-1]
+        logits = torch.empty(*h.shape[:2], self.head.vocab, device=self.device)
+        starts = vocab_blocks(self.head.vocab, h.shape[0] * h.shape[1], self.device)
+        for lo in starts:
+            logits[..., lo : lo + starts.step] = self.head.logits(h, lo, lo + starts.step)
+        return CleanOutputs(*clean_distribution(logits, ids[:, 1:], out=logits), outputs)
 
     def clean(self, i: int) -> CleanOutputs:
         return self._clean[i] if self._clean is not None else self._clean_outputs(i)
@@ -195,9 +230,9 @@ class HeldOutText:
         for block, out in zip(skip, clean.block_outputs):
             block.forward = lambda *_a, _out=out, **_k: _out
         try:
-            with replace(self.model, site, fn, keep=keep):
-                logits = self.model(input_ids=ids, attention_mask=am).logits
+            with replace(self.model, site, fn, keep=keep), final_hidden(self.model) as hidden:
+                self.model(input_ids=ids, attention_mask=am)
         finally:
             for block in skip:
                 del block.forward
-        return _token_ce_kl(logits[:, :-1], clean, ids[:, 1:])
+        return head_ce_kl(hidden[0][:, :-1], self.head, clean, ids[:, 1:])

@@ -14,7 +14,14 @@ from saescope.activations.harvest import HarvestConfig, harvest
 from saescope.activations.loader import ShuffledLoader
 from saescope.activations.store import ActivationStore
 from saescope.errors import SaescopeError
-from saescope.evaluate.heldout import CleanOutputs, HeldOutText, _token_ce_kl, chunk_rows, clean_distribution
+from saescope.evaluate.heldout import (
+    CleanOutputs,
+    HeldOutText,
+    _token_ce_kl,
+    chunk_rows,
+    clean_distribution,
+    head_ce_kl,
+)
 from saescope.evaluate.metrics import (
     EvalConfig,
     finished_store,
@@ -256,6 +263,28 @@ def test_ce_and_kl_do_not_depend_on_how_many_positions_a_pass_over_the_vocabular
         assert torch.allclose(ce.flatten(), ce_ref, atol=1e-5) and torch.allclose(kl.flatten(), kl_ref, atol=1e-5)
     # 4 MiB of float32 logits per pass on a CPU: 4 positions of Gemma 3's 262,144 tokens, at least one
     assert chunk_rows(262_144, torch.device("cpu")) == 4 and chunk_rows(10**7, torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_ce_and_kl_by_blocks_of_the_vocabulary_match_the_reference_on_the_whole_logits(monkeypatch, dtype, softcap):
+    """`head_ce_kl` (the head's product a block of the vocabulary at a time, blocks that do not divide it)
+    gives `_token_ce_kl` of the whole logits, with a bias and a soft-cap, in float32 and bfloat16."""
+    from saescope.evaluate import heldout
+    from saescope.models.head import LMHead
+
+    torch.manual_seed(0)
+    vocab, d = 1000, 16
+    head = LMHead((torch.randn(vocab, d) * 0.5).to(dtype), torch.randn(vocab).to(dtype), softcap)
+    hidden, targets = torch.randn(2, 7, d).to(dtype), torch.randint(0, vocab, (2, 7))
+    clean_logits = head.logits(torch.randn(2, 7, d).to(dtype))
+    clean = CleanOutputs(*clean_distribution(clean_logits, targets), [])
+    ce_ref, kl_ref = _token_ce_kl(head.logits(hidden), clean, targets)
+    assert kl_ref.min() > 0.1
+    monkeypatch.setattr(heldout, "CHUNK_BYTES", {"cpu": 4 * 14 * 96})  # blocks of 96 entries: 11 blocks
+    assert len(heldout.vocab_blocks(vocab, 14, torch.device("cpu"))) == 11
+    ce, kl = head_ce_kl(hidden, head, clean, targets)
+    assert torch.allclose(ce, ce_ref, atol=1e-5, rtol=1e-5) and torch.allclose(kl, kl_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_kl_to_the_clean_model_matches_float64_on_a_flat_distribution_over_a_large_vocabulary():
