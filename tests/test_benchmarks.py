@@ -56,6 +56,15 @@ def test_logit_chunks_benchmark_checks_both_ways_agree_on_small_shapes():
         assert row in result.stdout, row
 
 
+def test_transpose_benchmark_checks_the_tiled_copy_on_each_shape():
+    args = ["--shapes", "64x32,50x16", "--repeats", "2"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "transpose.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "64x32" in result.stdout and "50x16" in result.stdout
+
+
 def test_clean_cache_benchmark_measures_the_same_numbers_both_ways(tmp_path, tiny_model_dir):
     """On a tiny run: kept and recomputed clean distributions give the same delta loss and KL (the
     benchmark exits non-zero otherwise) and both rows are printed."""

@@ -99,6 +99,15 @@ def test_topk_families_sparse_gradients_equal_dense_reference(cls):
     _close(ours, ref)
 
 
+@pytest.mark.parametrize("shape", [(2048, 640), (48, 32), (50, 32), (32, 7), (8192, 640 + 16)])
+def test_tiled_transpose_equals_the_plain_one(shape):
+    """Shapes that tile into 16 x 16 blocks, shapes that fall back (not multiples of 16, over 16 MiB) and a
+    non-contiguous input."""
+    m = torch.randn(shape)
+    assert torch.equal(sparse.transposed(m), m.t().contiguous()) and sparse.transposed(m).is_contiguous()
+    assert torch.equal(sparse.transposed(m.t()), m)
+
+
 def test_batchtopk_keeps_n_times_k_entries_and_tokens_differ():
     sae = _perturb(BatchTopKSAE(D_IN, D_SAE, k=5, matmul_dtype="float32"))
     x = _x() * torch.linspace(0.2, 3.0, 256).unsqueeze(1)  # tokens of very different norms
