@@ -48,8 +48,9 @@ def clean_cache_bytes(device: torch.device) -> int:
 
 # Per-position reductions over the vocabulary run on this many bytes of float32 logits at a time. On a CPU
 # they stay in cache: whole rows of 4 positions for the plain reference `_token_ce_kl`, and for `head_ce_kl`
-# a block of ~1k vocabulary entries for all of a batch's positions, whose product ran 1.3-1.45x faster than
-# one over the whole vocabulary (benchmarks/logit_chunks.py). A GPU wants few large kernels instead.
+# a block of ~1k vocabulary entries for all of a batch's positions, so the head's product with CE and KL ran 1.18x
+# faster than one product over the whole vocabulary followed by `_token_ce_kl` (benchmarks/logit_chunks.py, a
+# 2-core AVX2 EPYC). A GPU wants few large kernels instead.
 CHUNK_BYTES = {"cpu": 4 << 20}
 GPU_CHUNK_BYTES = 256 << 20
 

@@ -3,8 +3,8 @@ logits for one block of the vocabulary at a time.
 
 A spliced forward of Gemma 3 270M spends most of its time in the 262,144-token unembedding. One
 product over the whole vocabulary writes a [positions, vocabulary] tensor (1 GB for 4 x 255
-positions in float32) that the loss then reads back; products over ~1k vocabulary rows at a time
-ran 1.3-1.45x faster on a 2-core AVX2 EPYC and are reduced while they are still in cache
+positions in float32) that the loss then reads back; products over ~1k vocabulary rows at a time are
+reduced while they are still in cache, 1.18x faster in all on a 2-core AVX2 EPYC
 (`saescope/evaluate/heldout.py`, benchmarks/logit_chunks.py).
 """
 
