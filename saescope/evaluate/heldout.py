@@ -77,8 +77,9 @@ def _token_ce_kl(logits: torch.Tensor, clean: CleanOutputs, targets: torch.Tenso
 
 
 def vocab_blocks(vocab: int, positions: int, device: torch.device) -> range:
-    """Starts of the vocabulary blocks whose logits for `positions` positions fill `CHUNK_BYTES`."""
-    return range(0, vocab, max(1, CHUNK_BYTES.get(device.type, GPU_CHUNK_BYTES) // (4 * positions)))
+    """Starts of the vocabulary blocks whose logits for `positions` positions fill `CHUNK_BYTES` (the
+    transposed question of `chunk_rows`: how many entries per pass for that many positions)."""
+    return range(0, vocab, chunk_rows(positions, device))
 
 
 def head_ce_kl(hidden: torch.Tensor, head: LMHead, clean: CleanOutputs, targets: torch.Tensor):
