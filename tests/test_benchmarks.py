@@ -87,3 +87,21 @@ def test_pages_benchmark_prints_each_comparison(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("copy into fresh memory", "3 x allocate+fill", "shard write buffered", "2 SAEs' weight casts + Adam"):
         assert row in result.stdout, row
+
+
+def test_run_floor_benchmark_prints_every_stage_beside_a_runs_times(tmp_path, tiny_model_dir):
+    """On the tiny Gemma 3: each stage's floor is printed, and beside it the stage time read from a run's
+    summary.md, as a multiple of the floor."""
+    (tmp_path / "summary.md").write_text(
+        "# saescope run\n\nTime: harvest 5.6 min, train 20.8 min, evaluate 11.2 min, release 0.1 min, browse 1.0 min\n"
+    )
+    args = ["--model", str(tiny_model_dir), "--run", str(tmp_path), "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_floor.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("  ")}
+    for stage, minutes in (("harvest", "5.6"), ("train", "20.8"), ("evaluate", "11.2"), ("total", "37.7")):
+        floor, ran, ratio = rows[stage]
+        assert float(floor) >= 0 and ran == minutes and ratio.endswith("x"), rows[stage]
+    assert "20-minute goal" in result.stdout
