@@ -2,7 +2,7 @@
 
 The defaults are sized for the embedded Gemma 3 270M on a 2-core CPU: every layer's res, mlp
 and att sites, one JumpReLU SAE each (target L0 64, the frequency penalty on), the whole job in
-about 16 minutes with AMX, 21-23 with AVX512-BF16 alone, 38-42 with AVX2 alone (README, "The default
+about 16 minutes with AMX, 21-23 with AVX512-BF16 alone, 37-41 with AVX2 alone (README, "The default
 run"). Every option is the harvest, train or evaluate job's own, with its default, except the few that
 `RUN_SCALE` sets for that size (as nanoGPT's config files override train.py): the recipe's own
 scale (4B tokens, widths 16k+, lr 7e-5, 1k/10k warm-ups, 2048 x 1024 evaluation tokens) is the
