@@ -20,7 +20,6 @@ floor: what is left to gain by making saescope's own work faster, against what o
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from saescope.evaluate.heldout import HeldOutText
 from saescope.evaluate.metrics import EvalConfig
 from saescope.models.loading import compute_dtype, load_model, native_bf16_matmul
 from saescope.models.sites import Site, n_layers, parse_sites, run_to_sites, site_width
-from saescope.run import RUN_SCALE
+from saescope.run import RUN_SCALE, stage_minutes
 from saescope.saes.sparse import dense_pre
 
 GOAL_MINUTES = 20  # issue 12: harvest, train, evaluate and release of `make run`
@@ -85,12 +84,6 @@ def evaluate_floor(model, tokenizer, sites: list[Site], repeats: int) -> float:
     return held_out + 2 * sum(per_pass)  # the zero ablation and the splice
 
 
-def run_minutes(run: Path) -> dict[str, float]:
-    """The stage times a run printed into its summary.md ("Time: harvest 5.6 min, train ...")."""
-    line = (run / "summary.md").read_text().rsplit("Time:", 1)[-1]
-    return {name.strip(): float(minutes) for name, minutes in re.findall(r"([a-z -]+?) ([0-9.]+) min", line)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=HarvestConfig().model, help="model name or path (the embedded Gemma 3 270M)")
@@ -108,7 +101,7 @@ def main() -> None:
         "train": train_floor(model, sites, args.repeats) / 60,
         "evaluate": evaluate_floor(model, tokenizer, sites, args.repeats) / 60,
     }
-    measured = run_minutes(args.run) if args.run else {}
+    measured = stage_minutes(args.run) if args.run else {}
     sae_dtype = "bfloat16" if native_bf16_matmul("cpu") else "float32"
     print(f"CPU: {cpu()}; model in {dtype}, SAE encoder products in {sae_dtype}")
     print(f"  {len(sites)} sites, best of {args.repeats}")

@@ -12,6 +12,7 @@ default of `saescope train` / `evaluate` and reachable here through the same fla
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,15 @@ def evaluation_model(cfg: EvalConfig, kept: list) -> tuple | None:
     return tuple(kept) if same else None
 
 
+TIME_LINE = "Time: "  # summary.md's last line, "Time: harvest 4.9 min, train 18.9 min, ..."
+
+
+def stage_minutes(out: str | Path) -> dict[str, float]:
+    """The stage times a finished run wrote into its summary.md, in minutes, by stage name."""
+    line = (Path(out) / "summary.md").read_text().rsplit(TIME_LINE, 1)[-1]
+    return {name.strip(): float(minutes) for name, minutes in re.findall(r"([a-z -]+?) ([0-9.]+) min", line)}
+
+
 def run(cfg: RunConfig) -> Path:
     out = Path(cfg.out)
     save_config(cfg, out / "config.json")
@@ -141,7 +151,7 @@ def run(cfg: RunConfig) -> Path:
         timings[name] = time.perf_counter() - start
     table = summary_table(out)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
-    (out / "summary.md").write_text(f"# saescope run: {out}\n\n{table}\n\nTime: {times}\n")
+    (out / "summary.md").write_text(f"# saescope run: {out}\n\n{table}\n\n{TIME_LINE}{times}\n")
     print(table)
     print(f"saescope: {times}")
     print(f"saescope: release in {out / 'release'}; summary in {out / 'summary.md'}")

@@ -10,7 +10,7 @@ import torch
 
 import saescope
 from saescope.activations.store import ActivationStore
-from saescope.run import RunConfig, run
+from saescope.run import RunConfig, run, stage_minutes
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,9 @@ def test_run_writes_config_and_summary(tiny_run):
     assert config["job"] == "RunConfig" and config["widths"] == [256]
     summary = (tiny_run / "summary.md").read_text()
     assert summary.count("\n| ") >= 7 and "delta loss" in summary
+    minutes = stage_minutes(tiny_run)  # what benchmarks/run_floor.py reads back
+    assert list(minutes) == ["harvest", "train", "evaluate", "release", "browse"]
+    assert all(m >= 0 for m in minutes.values())
 
 
 def test_load_rejects_what_is_not_an_sae(tmp_path):
