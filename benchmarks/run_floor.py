@@ -27,6 +27,7 @@ import torch
 from machine import cpu  # benchmarks/machine.py, beside this script
 
 from saescope.activations.harvest import HarvestConfig
+from saescope.errors import SaescopeError
 from saescope.evaluate.heldout import HeldOutText
 from saescope.evaluate.metrics import EvalConfig
 from saescope.models.loading import compute_dtype, load_model, native_bf16_matmul
@@ -90,6 +91,10 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a default run folder whose stage times to print beside")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    try:  # before two minutes of timing, not after
+        measured = stage_minutes(args.run) if args.run else {}
+    except SaescopeError as e:
+        raise SystemExit(f"run_floor: {e}") from None
     torch.manual_seed(0)
     dtype = compute_dtype(HarvestConfig().dtype, torch.device("cpu"))
     model, tokenizer = load_model(args.model, dtype, "cpu")
@@ -101,7 +106,6 @@ def main() -> None:
         "train": train_floor(model, sites, args.repeats) / 60,
         "evaluate": evaluate_floor(model, tokenizer, sites, args.repeats) / 60,
     }
-    measured = stage_minutes(args.run) if args.run else {}
     sae_dtype = "bfloat16" if native_bf16_matmul("cpu") else "float32"
     print(f"CPU: {cpu()}; model in {dtype}, SAE encoder products in {sae_dtype}")
     print(f"  {len(sites)} sites, best of {args.repeats}")

@@ -124,7 +124,11 @@ TIME_LINE = "Time: "  # summary.md's last line, "Time: harvest 4.9 min, train 18
 
 def stage_minutes(out: str | Path) -> dict[str, float]:
     """The stage times a finished run wrote into its summary.md, in minutes, by stage name."""
-    line = (Path(out) / "summary.md").read_text().rsplit(TIME_LINE, 1)[-1]
+    path = Path(out) / "summary.md"
+    text = path.read_text() if path.is_file() else ""
+    if TIME_LINE not in text:
+        raise SaescopeError(f"{path} holds no stage times: pass the folder of a finished `saescope run`")
+    line = text.rsplit(TIME_LINE, 1)[-1]
     return {name.strip(): float(minutes) for name, minutes in re.findall(r"([a-z -]+?) ([0-9.]+) min", line)}
 
 

@@ -105,3 +105,11 @@ def test_run_floor_benchmark_prints_every_stage_beside_a_runs_times(tmp_path, ti
         floor, ran, ratio = rows[stage]
         assert float(floor) >= 0 and ran == minutes and ratio.endswith("x"), rows[stage]
     assert "20-minute goal" in result.stdout
+
+
+def test_run_floor_benchmark_stops_at_once_on_a_folder_that_is_no_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_floor.py"), "--run", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds no stage times" in result.stderr.strip().splitlines()[-1]
